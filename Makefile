@@ -1,0 +1,47 @@
+# Everything sets itself up: `make demo` and `make test` work on a fresh machine and are
+# idempotent (the venv is rebuilt only when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests run for real: a broker for the MQTT uplink, a browser for the
+# gateway's status page. Installed only when missing (root, or sudo without a password).
+APT_PACKAGES := mosquitto chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+
+.PHONY: demo test lint test-only system-deps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/roadside demo
+
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \
+	  || echo "warning: could not install$$missing; the tests that need them will be skipped"; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tools tests bench
+	$(BIN)/mypy --config-file firmware/mypy.ini firmware
+
+test: lint system-deps test-only
+
+test-only: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

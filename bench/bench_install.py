@@ -1,0 +1,33 @@
+"""Blank virtual board -> node saying hello (time per deploy step), then a redeploy with
+nothing changed (goal < 1 s).  .venv/bin/python bench/bench_install.py"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from roadside.tools import boards, deploy
+from roadside.tools.virtual_board import VirtualBoard
+
+
+def main() -> None:
+    board = boards.load("roadside-water-level-r1")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        vb = VirtualBoard(Path(tmp) / "board").start()
+        try:
+            boot = time.monotonic() - t0
+            first = deploy.deploy(board, "water", vb.port, link_port=vb.link_port)
+            again = deploy.deploy(board, "water", vb.port, link_port=vb.link_port)
+        finally:
+            vb.close()
+    print(f"virtual board start      {boot:.3f} s")
+    print(f"blank board -> hello     {first.total_s:.3f} s  ({len(first.copied)} files, "
+          f"{first.bytes_copied} bytes)  {first.seconds}")
+    print(f"redeploy, nothing changed {again.total_s:.3f} s  ({len(again.copied)} files)  "
+          f"{again.seconds}  goal < 1 s: {'ok' if again.total_s < 1 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+# BLE session security, node side (PROTOCOL.md section 5, SECURITY.md): the per-node secret,
+# the AUTH handshake (HMAC-SHA256 challenge-response, fresh nonces both ways), the session key
+# and the SEALED wrapper (counter + truncated MAC) every frame carries after it, and the
+# exponential lockout after failures. Pure logic: the BLE port (ble.py) moves the bytes.
+import hashlib
+import os
+import struct
+
+from micropython import const
+
+from . import cbor, proto
+
+SECRET_FILE = "secret.bin"  # in the node's filesystem; never in config.json, logs or replies
+SECRET_LEN = const(32)
+NONCE_LEN = const(16)
+MAC_LEN = const(32)
+TAG_LEN = const(8)  # truncated HMAC-SHA256 on every sealed frame
+SEAL_OVERHEAD = const(32)  # bytes a SEALED wrapper adds at most (map, counter, bstr heads, tag)
+LOCKOUT_BASE_MS = const(1000)  # the first failure locks out for this long, doubling after
+LOCKOUT_MAX_MS = const(300000)
+MAX_BAD_FRAMES = const(8)  # forged/replayed frames in one session before it is dropped
+HANDSHAKE_MS = const(10000)  # a started handshake must end within this
+
+# AUTH steps (key 1 of an AUTH message)
+A_CHALLENGE = const(1)  # gateway -> node: 2: gateway nonce
+A_RESPONSE = const(2)  # node -> gateway: 2: node nonce, 3: node MAC, 4: node id
+A_PROOF = const(3)  # gateway -> node: 2: gateway MAC
+
+# HMAC labels: each MAC says what it is, so one can never stand in for another
+L_NODE = b"roadside-auth-node"
+L_GATEWAY = b"roadside-auth-gateway"
+L_KEY = b"roadside-session-key"
+DIR_NODE = b"N"  # sealed frames from the node
+DIR_GATEWAY = b"G"
+
+_NONE = const(0)
+_WAIT_PROOF = const(1)
+_AUTHED = const(2)
+
+
+def _pads(key):
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    ipad = bytearray(64)
+    opad = bytearray(64)
+    for i in range(64):
+        b = key[i] if i < len(key) else 0
+        ipad[i] = b ^ 0x36
+        opad[i] = b ^ 0x5C
+    return bytes(ipad), bytes(opad)
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 (RFC 2104) from hashlib.sha256: MicroPython has no hmac module."""
+    ipad, opad = _pads(key)
+    inner = hashlib.sha256(ipad + msg).digest()
+    return hashlib.sha256(opad + inner).digest()
+
+
+def same(a, b):
+    """Constant-time comparison of two byte strings."""
+    if len(a) != len(b):
+        return False
+    r = 0
+    for i in range(len(a)):
+        r |= a[i] ^ b[i]
+    return r == 0
+
+
+class FrameMac:
+    """The session key's HMAC pads, computed once: tag(dir, ctr, data) per frame."""
+
+    def __init__(self, key):
+        self.ipad, self.opad = _pads(key)
+
+    def tag(self, direction, ctr, data):
+        h = hashlib.sha256(self.ipad)
+        h.update(direction)
+        h.update(struct.pack(">Q", ctr))
+        h.update(data)
+        return hashlib.sha256(self.opad + h.digest()).digest()[:TAG_LEN]
+
+
+def load_secret(path=SECRET_FILE):
+    """The provisioned secret, or None when the node has none (BLE refuses to authenticate)."""
+    try:
+        with open(path, "rb") as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s if len(s) == SECRET_LEN else None
+
+
+def fingerprint(secret):
+    """What may be shown of a secret: 8 hex digits of its SHA-256."""
+    return "".join("%02x" % b for b in hashlib.sha256(secret).digest()[:4])
+
+
+def parse_secret(value):
+    """32 bytes, or 64 hex digits -> bytes; ValueError saying what is allowed."""
+    if isinstance(value, str) and len(value) == 2 * SECRET_LEN:
+        try:
+            value = bytes(int(value[i:i + 2], 16) for i in range(0, len(value), 2))
+        except ValueError:
+            pass
+    if isinstance(value, (bytes, bytearray)) and len(value) == SECRET_LEN:
+        return bytes(value)
+    raise ValueError("secret.set: secret must be 32 bytes or 64 hex digits "
+                     "(`roadside` generates one)")
+
+
+def secret_command(session, args):
+    """The secret.set command: over the UART only; replies a fingerprint, never the secret."""
+    if session.port is not None:
+        raise proto.CommandError("secret.set: refused over BLE; provision the secret over "
+                                 "the serial cable")
+    try:
+        secret = parse_secret(args.get("secret"))
+    except ValueError as e:
+        raise proto.CommandError(str(e))
+    store_secret(secret)
+    if session.ble is not None:
+        session.ble.set_secret(secret)
+    return {"fingerprint": fingerprint(secret)}
+
+
+def store_secret(secret, path=SECRET_FILE):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(secret)
+    os.rename(tmp, path)
+
+
+def sealed(ctr, inner, tag):
+    """The SEALED message {0: 9, 1: ctr, 2: inner, 3: tag} as CBOR."""
+    w = cbor.Writer()
+    w.map(4)
+    w.int(0)
+    w.int(proto.T_SEALED)
+    w.int(1)
+    w.int(ctr)
+    w.int(2)
+    w.bytes(inner)
+    w.int(3)
+    w.bytes(tag)
+    return bytes(w.buf)
+
+
+def auth_msg(step, fields):
+    """AUTH {0: 8, 1: step, key: value...} as CBOR (fields: [(key, bytes or text)])."""
+    w = cbor.Writer()
+    w.map(2 + len(fields))
+    w.int(0)
+    w.int(proto.T_AUTH)
+    w.int(1)
+    w.int(step)
+    for k, v in fields:
+        w.int(k)
+        if isinstance(v, str):
+            w.text(v)
+        else:
+            w.bytes(v)
+    return bytes(w.buf)
+
+
+def _bstr(msg, key, n):
+    v = msg.get(key)
+    return v if isinstance(v, (bytes, bytearray)) and len(v) == n else None
+
+
+class Channel:
+    """The node's end of one BLE connection's security. handle() takes every payload that
+    arrives and returns the inner payload of a good SEALED frame (else None); seal() wraps an
+    outgoing payload. reply(payload) sends an unsealed payload (handshake, auth errors)."""
+
+    def __init__(self, node_id, hw, reply, secret=None, log=print):
+        self.node_id = node_id
+        self.hw = hw
+        self.reply = reply
+        self.secret = secret if secret is not None else load_secret()
+        self.log = log
+        self.on_authed = None  # called when the gateway proved the secret
+        self.on_fail = None  # called to drop the connection after a failure
+        self.fails = 0  # consecutive failures: the lockout doubles with each
+        self.locked_until = None  # ticks_ms
+        self.stats = {"auth_ok": 0, "auth_failed": 0, "locked_out": 0, "unauthenticated": 0,
+                      "replayed": 0, "forged": 0, "malformed": 0}
+        self.reset()
+
+    def reset(self):
+        """A new connection: nothing of the last session's state is reused."""
+        self.state = _NONE
+        self.ng = None
+        self.nn = None
+        self.mac = None
+        self.tx_ctr = 0
+        self.rx_ctr = 0
+        self.bad = 0
+        self.started = 0
+
+    @property
+    def authed(self):
+        return self.state == _AUTHED
+
+    def _count(self, key):
+        self.stats[key] += 1
+
+    def _error(self, text):
+        self.reply(proto.error(proto.E_AUTH, text, proto.T_AUTH))
+
+    def _fail(self, why):
+        self.fails += 1
+        ms = LOCKOUT_BASE_MS << min(self.fails - 1, 16)
+        ms = min(ms, LOCKOUT_MAX_MS)
+        self.locked_until = self.hw.ticks_ms() + ms
+        self._count("auth_failed")
+        self.log("ble auth failed (%s): locked out %d ms" % (why, ms))
+        self._error("auth failed: locked out for %d ms" % ms)
+        self.reset()
+        if self.on_fail is not None:
+            self.on_fail()
+
+    def _locked(self):
+        if self.locked_until is None:
+            return 0
+        left = self.hw.ticks_diff(self.locked_until, self.hw.ticks_ms())
+        return left if left > 0 else 0
+
+    def handle(self, payload):
+        try:
+            msg = cbor.loads(payload)
+        except cbor.CBORError:
+            self._count("malformed")
+            return None
+        if not isinstance(msg, dict):
+            self._count("malformed")
+            return None
+        mtype = msg.get(0)
+        if self.state == _AUTHED:
+            if mtype == proto.T_SEALED:
+                return self._open(msg)
+            self._count("unauthenticated")  # unsealed in a sealed session: dropped
+            return None
+        if mtype == proto.T_AUTH:
+            self._auth(msg)
+        else:
+            self._count("unauthenticated")
+            self._error("authenticate first: AUTH (type 8) challenge")
+        return None
+
+    def _auth(self, msg):
+        step = msg.get(1)
+        now = self.hw.ticks_ms()
+        if step == A_CHALLENGE:
+            if self.secret is None:
+                self._error("no secret on this node: provision it with secret.set over serial")
+                return
+            left = self._locked()
+            if left:
+                self._count("locked_out")
+                self._error("locked out for %d ms after failed authentication" % left)
+                return
+            ng = _bstr(msg, 2, NONCE_LEN)
+            if ng is None:
+                self._count("malformed")
+                self._error("AUTH challenge: key 2 must be a 16-byte nonce")
+                return
+            self.ng = bytes(ng)
+            self.nn = self.hw.random_bytes(NONCE_LEN)
+            self.state = _WAIT_PROOF
+            self.started = now
+            mac = hmac_sha256(self.secret, L_NODE + self.ng + self.nn + self.node_id.encode())
+            self.reply(auth_msg(A_RESPONSE, [(2, self.nn), (3, mac), (4, self.node_id)]))
+        elif step == A_PROOF:
+            if self.state != _WAIT_PROOF or self.hw.ticks_diff(now, self.started) > \
+                    HANDSHAKE_MS:
+                self._fail("proof without a fresh challenge")  # a replayed proof
+                return
+            mac = _bstr(msg, 2, MAC_LEN)
+            ng = self.ng or b""
+            nn = self.nn or b""
+            want = hmac_sha256(self.secret, L_GATEWAY + nn + ng)
+            if mac is None or not same(mac, want):
+                self._fail("wrong key")
+                return
+            self.mac = FrameMac(hmac_sha256(self.secret, L_KEY + ng + nn))
+            self.state = _AUTHED
+            self.fails = 0
+            self.locked_until = None
+            self._count("auth_ok")
+            self.log("ble authenticated")
+            if self.on_authed is not None:
+                self.on_authed()
+        else:
+            self._count("malformed")
+            self._error("AUTH: unknown step %r" % (step,))
+
+    def _open(self, msg):
+        ctr = msg.get(1)
+        inner = msg.get(2)
+        tag = msg.get(3)
+        if type(ctr) is not int or not isinstance(inner, (bytes, bytearray)) or \
+                not isinstance(tag, (bytes, bytearray)) or len(tag) != TAG_LEN:
+            self._count("malformed")  # a truncated tag among them
+            return self._bad("malformed sealed frame")
+        if not same(self.mac.tag(DIR_GATEWAY, ctr, inner), tag):  # type: ignore[union-attr]
+            self._count("forged")
+            return self._bad("forged frame")
+        if ctr <= self.rx_ctr:
+            self._count("replayed")
+            return self._bad("replayed frame")
+        self.rx_ctr = ctr
+        return bytes(inner)
+
+    def _bad(self, why):
+        self.bad += 1
+        if self.bad >= MAX_BAD_FRAMES:
+            self._fail("%d bad frames, last: %s" % (self.bad, why))
+        return None
+
+    def seal(self, inner):
+        """SEALED payload for `inner` (a message payload) with the next counter."""
+        self.tx_ctr += 1
+        tag = self.mac.tag(DIR_NODE, self.tx_ctr, inner)  # type: ignore[union-attr]
+        return sealed(self.tx_ctr, inner, tag)

@@ -1,0 +1,271 @@
+# The node's BLE transport (PROTOCOL.md section 5): a GATT service carrying the same framed
+# byte stream as the UART (the gateway writes RX, the node notifies TX), advertising node id,
+# role and a short status, and the security of auth.py on every frame. Raw IRQ style on the
+# ESP32 port's `bluetooth` module (hw.bluetooth(): the real one, or hw/sim_bluetooth.py).
+# The session, journal and acks are the UART's: a dropped connection resumes from the last
+# ACK because HELLO after re-authentication restarts the send window at first_unacked.
+import struct
+
+from micropython import const
+
+from . import auth, framing
+from .framing import Deframer
+
+_IRQ_CENTRAL_CONNECT = const(1)
+_IRQ_CENTRAL_DISCONNECT = const(2)
+_IRQ_GATTS_WRITE = const(3)
+_IRQ_MTU_EXCHANGED = const(21)
+_FLAG_READ = const(0x0002)
+_FLAG_WRITE_NO_RESPONSE = const(0x0004)
+_FLAG_WRITE = const(0x0008)
+_FLAG_NOTIFY = const(0x0010)
+
+SERVICE_UUID = "7d2a0001-3c4e-4b8a-9f1d-52e0a1b2c3d4"
+RX_UUID = "7d2a0002-3c4e-4b8a-9f1d-52e0a1b2c3d4"  # gateway -> node: write (no response)
+TX_UUID = "7d2a0003-3c4e-4b8a-9f1d-52e0a1b2c3d4"  # node -> gateway: notify
+COMPANY_ID = const(0xFFFF)  # "no company" (Bluetooth SIG: for tests and internal use)
+ADV_VERSION = const(1)
+ROLE_CODES = {"water": 1, "signal": 2, "toll": 3}
+ADV_ALARM = const(1)  # advertisement flag bits
+ADV_SAFE_MODE = const(2)
+ADV_BATTERY = const(4)
+ADV_NO_SECRET = const(8)
+ADV_INTERVAL_US = const(250000)
+ADV_REFRESH_MS = const(10000)  # status in the advertisement is at most this old
+PREFERRED_MTU = const(247)
+_RX_BUF = const(1024)  # the RX attribute's append buffer (a whole frame and some)
+_IN_MAX = const(1536)  # bytes written by the gateway not yet deframed
+_OUT_MAX = const(2560)  # bytes waiting for notification; a frame that does not fit is dropped
+_BURST = const(16)  # notifications per step at most: the role and the UART get their turn
+
+
+def site_tag(site):
+    """Two bytes naming the site in the advertisement (0 when the node has no site)."""
+    if not site:
+        return 0
+    import hashlib
+    d = hashlib.sha256(site.encode()).digest()
+    return d[0] << 8 | d[1] or 1
+
+
+def adv_payload(node_id, role, flags, battery, site):
+    """Advertising data: flags, manufacturer data (PROTOCOL.md 5.1), the node id as name."""
+    mfr = struct.pack("<HBBBBBBH", COMPANY_ID, 0x52, 0x53, ADV_VERSION,
+                      ROLE_CODES.get(role, 0), flags, battery, 0)[:8]
+    mfr += struct.pack(">H", site_tag(site))
+    out = bytearray(b"\x02\x01\x06")
+    out.extend(bytes((len(mfr) + 1, 0xFF)))
+    out.extend(mfr)
+    name = node_id.encode()
+    room = 31 - len(out) - 2
+    kind = 0x09 if len(name) <= room else 0x08  # complete or shortened local name
+    name = name[:room]
+    out.extend(bytes((len(name) + 1, kind)))
+    out.extend(name)
+    return bytes(out)
+
+
+def _uuid128_le(s):
+    h = s.replace("-", "")
+    b = bytes(int(h[i:i + 2], 16) for i in range(0, 32, 2))
+    return bytes(reversed(b))
+
+
+class BlePort:
+    """One GATT peripheral; at most one central (the gateway or an installer) at a time."""
+
+    max_payload = framing.MAX_PAYLOAD - auth.SEAL_OVERHEAD
+
+    def __init__(self, hw, config, session, log=print, app=None):
+        self.hw = hw
+        self.config = config
+        self.session = session
+        self.log = log
+        self.app = app
+        self.bt = hw.bluetooth()
+        self.channel = auth.Channel(config.get("node_id"), hw, self._send_plain, log=log)
+        self.channel.on_authed = self._authed
+        self.channel.on_fail = self.drop
+        self.dropping = False  # disconnect once the queued output (an auth ERROR) is out
+        self.deframer = Deframer()
+        self.inbox = bytearray()
+        self.out = bytearray()
+        self.out_at = 0  # bytes of out already notified
+        self.conn = None
+        self.mtu = 23
+        self.adv_at = None
+        self.adv_flags = None
+        self.connects = 0
+        self.dropped_in = 0
+        self.dropped_out = 0
+        self.notified = 0
+        ble = self.bt.BLE()
+        self.ble = ble
+        ble.active(True)
+        ble.config(mtu=PREFERRED_MTU)
+        ble.irq(self._irq)
+        svc = (self.bt.UUID(SERVICE_UUID), (
+            (self.bt.UUID(RX_UUID), _FLAG_WRITE | _FLAG_WRITE_NO_RESPONSE),
+            (self.bt.UUID(TX_UUID), _FLAG_NOTIFY | _FLAG_READ)))
+        ((self.rx, self.tx),) = ble.gatts_register_services((svc,))
+        ble.gatts_set_buffer(self.rx, _RX_BUF, True)
+        self.resp = bytes((17, 0x07)) + _uuid128_le(SERVICE_UUID)
+        self.advertise()
+
+    # -- advertising ----------------------------------------------------------------------
+    def status_flags(self):
+        f = 0
+        role = self.session.role
+        state = getattr(role, "state", None)
+        if state not in (None, 0, "ok", "normal"):
+            f |= ADV_ALARM
+        if self.session.safe_mode:
+            f |= ADV_SAFE_MODE
+        if self.config.get("battery"):
+            f |= ADV_BATTERY
+        if self.channel.secret is None:
+            f |= ADV_NO_SECRET
+        return f
+
+    def advertise(self):
+        c = self.config
+        flags = self.status_flags()
+        battery = self.hw.battery_pct() if hasattr(self.hw, "battery_pct") else 255
+        self.ble.gap_advertise(ADV_INTERVAL_US, adv_payload(
+            c.get("node_id"), c.get("role"), flags, battery, c.get("site")), self.resp)
+        self.adv_at = self.hw.ticks_ms()
+        self.adv_flags = flags
+
+    # -- events (IRQ context on the board: keep it short, no allocation-heavy work) ----------
+    def _irq(self, event, data):
+        if event == _IRQ_GATTS_WRITE:
+            conn, handle = data
+            if handle == self.rx and conn == self.conn:
+                chunk = self.ble.gatts_read(self.rx)
+                if len(self.inbox) + len(chunk) > _IN_MAX:
+                    self.dropped_in += len(chunk)  # the session's go-back-N recovers
+                else:
+                    self.inbox.extend(chunk)
+        elif event == _IRQ_CENTRAL_CONNECT:
+            conn = data[0]
+            if self.conn is not None:
+                self.ble.gap_disconnect(conn)  # one central at a time
+                return
+            self.conn = conn
+            self.dropping = False
+            self.mtu = 23
+            self.connects += 1
+            self.channel.reset()
+            self.deframer.reset()  # nothing of an old partial frame survives
+            self.inbox = bytearray()
+            self.out = bytearray(b"\x00")  # ends whatever partial frame the gateway holds
+            self.out_at = 0
+            self.log("ble connected")
+        elif event == _IRQ_CENTRAL_DISCONNECT:
+            if data[0] != self.conn:
+                return
+            self.conn = None
+            self.channel.reset()
+            self.out = bytearray()
+            self.out_at = 0
+            if self.session.port is self:
+                self.session.up = False
+                self.session.use_port(None)
+            self.log("ble disconnected")
+            self.adv_at = None  # advertise again at the next step
+        elif event == _IRQ_MTU_EXCHANGED:
+            self.mtu = data[1]
+
+    # -- the byte stream ----------------------------------------------------------------------
+    def _send_plain(self, payload):
+        """Unsealed: the handshake and its errors only."""
+        self._queue(framing.encode(payload))
+
+    def send(self, payload):
+        """The session's send: sealed, framed, queued for notification (dropped if no room)."""
+        if self.conn is None or not self.channel.authed:
+            return
+        self._queue(framing.encode(self.channel.seal(payload)))
+
+    def _queue(self, frame):
+        if self.conn is None:
+            return
+        if self.out_at:
+            self.out = self.out[self.out_at:]  # compact: what was notified goes
+            self.out_at = 0
+        if len(self.out) + len(frame) > _OUT_MAX:
+            self.dropped_out += 1
+            return
+        self.out.extend(frame)
+
+    def _authed(self):
+        s = self.session
+        s.use_port(self)
+        s.hello()  # resumes from first_unacked; the gateway ACKs where it stands
+
+    def disconnect(self):
+        self.dropping = False
+        if self.conn is not None:
+            self.ble.gap_disconnect(self.conn)
+
+    def drop(self):
+        """Disconnect after what is queued (the auth ERROR saying why) has been notified."""
+        self.dropping = True
+
+    def set_secret(self, secret):
+        self.channel.secret = secret
+        self.adv_at = None
+
+    def step(self):
+        """Deframe what the gateway wrote, run the channel, send notifications, advertise."""
+        pump = getattr(self.hw, "ble_pump", None)
+        if pump is not None:
+            pump()
+        if self.inbox:
+            data = self.inbox
+            self.inbox = bytearray()
+            for payload in self.deframer.feed(data):
+                inner = self.channel.handle(payload)
+                if inner is not None:
+                    self.session.use_port(self)
+                    self.session.on_payload(inner)
+        self.flush()
+        if self.conn is None:
+            now = self.hw.ticks_ms()
+            if self.adv_at is None or self.hw.ticks_diff(now, self.adv_at) > ADV_REFRESH_MS \
+                    or self.status_flags() != self.adv_flags:
+                self.advertise()
+
+    def flush(self):
+        out = self.out
+        if self.conn is None or self.out_at >= len(out):
+            return
+        chunk = self.mtu - 3
+        mv = memoryview(out)
+        at = self.out_at
+        n = 0
+        while at < len(out) and n < _BURST:
+            try:
+                self.ble.gatts_notify(self.conn, self.tx, mv[at:at + chunk])
+            except OSError:
+                break  # the controller is full: the rest waits for the next step
+            at += chunk
+            n += 1
+        self.notified += n
+        if at >= len(out):
+            self.out = bytearray()
+            at = 0
+            if self.dropping:
+                self.disconnect()
+        self.out_at = at
+
+    def stats(self):
+        st = dict(self.channel.stats)
+        st["connected"] = self.conn is not None
+        st["connects"] = self.connects
+        st["mtu"] = self.mtu
+        st["secret"] = self.channel.secret is not None
+        st["dropped_in"] = self.dropped_in
+        st["dropped_out"] = self.dropped_out
+        st["frames_bad"] = self.deframer.crc + self.deframer.cobs + self.deframer.oversize
+        return st

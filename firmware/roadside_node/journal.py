@@ -1,0 +1,252 @@
+# The node journal (PROTOCOL.md 2.3): records are appended here before they are sent and
+# dropped only when acked. Layout in NODE_DIR:
+#   journal.bin  append-only entries [len u16 LE][crc32 u32 LE][record CBOR]; a torn or corrupt
+#                tail (power cut mid-write) is cut off on load by rewriting the good prefix
+#   state.json   {"next_seq", "acked", "boot_count", "dropped_full"}, written atomically
+#                (temp file + rename). next_seq may lag the journal but never leads it: a record
+#                is flushed to journal.bin before state.json may say next_seq > its seq.
+# Only offsets are kept in RAM (4 bytes a record); records are read back from the file.
+import json
+import os
+import struct
+from array import array
+from binascii import crc32
+from micropython import const
+
+from . import cbor, proto
+
+JOURNAL = "journal.bin"
+STATE = "state.json"
+_HEAD = const(6)
+_COMPACT_AT = const(4096)  # rewrite the file once this many acked bytes lead it
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+    os.rename(tmp, path)
+
+
+def record_seq(rec):
+    if not rec or rec[0] != 0x85:  # array(5)
+        raise cbor.CBORError("not a record")
+    r = cbor.Reader(rec)
+    r.i = 1
+    seq = r.value()
+    if type(seq) is not int or seq < 1:
+        raise cbor.CBORError("bad seq")
+    return seq
+
+
+class Journal:
+    def __init__(self, max_bytes=32768, path=JOURNAL, state=STATE):
+        self.max_bytes = max_bytes
+        self.path = path
+        self.state_path = state
+        self.next_seq = 1  # the seq the next record gets
+        self.acked = 0
+        self.boot_count = 0
+        self.dropped_full = 0
+        self.first = 1  # lowest seq held (== next_seq when empty)
+        self.offs = array("I")  # file offset of each held record, then the end offset
+        self.dead = 0  # acked bytes still at the head of the file
+        self._saved_next = 1  # next_seq as state.json has it
+        self._wf = None
+        self._rf = None
+
+    # -- boot ---------------------------------------------------------------------------
+    def load(self, boot=True):
+        st = {}
+        try:
+            with open(self.state_path) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            st = {}
+        if not isinstance(st, dict):
+            st = {}
+        self.acked = int(st.get("acked", 0))
+        self.boot_count = int(st.get("boot_count", 0)) + (1 if boot else 0)
+        self.dropped_full = int(st.get("dropped_full", 0))
+        saved = max(int(st.get("next_seq", 1)), self.acked + 1)
+        seqs_hi, torn = self._scan()
+        self.next_seq = max(saved, seqs_hi + 1)
+        if not len(self.offs) > 1:
+            self.first = self.next_seq
+        self._saved_next = saved
+        if torn or self.dead:
+            self.compact()
+        self._save()
+
+    def _scan(self):
+        """Index journal.bin; returns (highest seq seen, whether a bad tail was found)."""
+        self.offs = array("I", [0])
+        self.dead = 0
+        hi = 0
+        prev = 0
+        off = 0
+        torn = False
+        first = 0
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            self.offs = array("I", [0])
+            return 0, False
+        with f:
+            while True:
+                head = f.read(_HEAD)
+                if not head:
+                    break
+                if len(head) < _HEAD:
+                    torn = True
+                    break
+                n, crc = struct.unpack("<HI", head)
+                rec = f.read(n)
+                if len(rec) < n or crc32(rec) & 0xFFFFFFFF != crc:
+                    torn = True
+                    break
+                try:
+                    seq = record_seq(rec)
+                except Exception:
+                    torn = True
+                    break
+                if prev and seq != prev + 1:
+                    torn = True
+                    break
+                prev = seq
+                hi = seq
+                end = off + _HEAD + n
+                if seq <= self.acked:
+                    self.dead = end  # acked before the power cut: skip, compact away
+                else:
+                    if not first:
+                        first = seq
+                    self.offs.append(end)
+                off = end
+        # offs[0] is where the first held record starts
+        self.offs[0] = self.dead
+        self.first = first if first else hi + 1
+        if torn:
+            print("journal: torn tail cut at", off)
+        self.torn_at = off if torn else -1
+        return hi, torn
+
+    # -- state --------------------------------------------------------------------------
+    def _save(self):
+        write_atomic(self.state_path, json.dumps({
+            "next_seq": self._saved_next, "acked": self.acked, "boot_count": self.boot_count,
+            "dropped_full": self.dropped_full}))
+
+    def mark_sent(self, seq):
+        """Call before sending seq: state.json's next_seq then counts it as produced."""
+        if seq + 1 > self._saved_next:
+            self._saved_next = seq + 1
+            self._save()
+
+    def flush_state(self):
+        """Persist next_seq for every journaled record (used on a clean stop or reboot)."""
+        self._saved_next = self.next_seq
+        self._save()
+
+    # -- records ------------------------------------------------------------------------
+    @property
+    def count(self):
+        return len(self.offs) - 1
+
+    @property
+    def used(self):
+        return self.offs[-1] - self.offs[0]
+
+    @property
+    def first_unacked(self):
+        return self.first if self.count else self.next_seq
+
+    def append(self, t, kind, flags, body):
+        """Journal a new record; returns its seq, or 0 when the journal is full (counted)."""
+        rec = proto.record(self.next_seq, t, kind, flags, body)
+        size = _HEAD + len(rec)
+        limit = self.max_bytes
+        if flags & proto.F_PRIORITY:
+            limit += limit // 4
+        if self.used + size > limit:
+            self.dropped_full += 1
+            self._save()
+            return 0
+        if self._wf is None:
+            self._wf = open(self.path, "ab")
+        self._wf.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
+        self._wf.write(rec)
+        self._wf.flush()
+        seq = self.next_seq
+        if not self.count:
+            self.first = seq
+        self.offs.append(self.offs[-1] + size)
+        self.next_seq = seq + 1
+        return seq
+
+    def read(self, seq):
+        """The CBOR of a held record."""
+        i = seq - self.first
+        if i < 0 or i >= self.count:
+            raise IndexError(seq)
+        if self._rf is None:
+            self._rf = open(self.path, "rb")
+        off = self.offs[i]
+        self._rf.seek(off + _HEAD)
+        return self._rf.read(self.offs[i + 1] - off - _HEAD)
+
+    def ack(self, upto):
+        """Drop every record with seq <= upto; returns how many were dropped."""
+        if upto <= self.acked or upto < self.first:
+            if upto > self.acked and upto < self.next_seq:
+                self.acked = upto
+            return 0
+        k = min(upto, self.next_seq - 1) - self.first + 1
+        if k <= 0:
+            return 0
+        self.acked = self.first + k - 1
+        self.dead = self.offs[k]
+        self.offs = self.offs[k:]
+        self.first += k
+        self._save()  # before any compaction: the acked records must never come back
+        if self.dead >= _COMPACT_AT or (not self.count and self.dead):
+            self.compact()
+        return k
+
+    def compact(self):
+        """Rewrite journal.bin with only the held records (temp file + rename)."""
+        self.close()
+        tmp = self.path + ".tmp"
+        start = self.offs[0]
+        end = self.offs[-1]
+        with open(tmp, "wb") as out:
+            if end > start:
+                with open(self.path, "rb") as f:
+                    f.seek(start)
+                    left = end - start
+                    while left:
+                        chunk = f.read(min(512, left))
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        left -= len(chunk)
+            out.flush()
+        os.rename(tmp, self.path)
+        self.offs = array("I", [o - start for o in self.offs])
+        self.dead = 0
+
+    def close(self):
+        for f in (self._wf, self._rf):
+            if f is not None:
+                f.close()
+        self._wf = None
+        self._rf = None

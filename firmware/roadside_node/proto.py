@@ -1,0 +1,208 @@
+# Protocol v1 numbers (docs/PROTOCOL.md), message builders and the parser of what a node gets.
+from micropython import const
+
+from . import cbor
+
+PROTOCOL_VERSION = const(1)
+WINDOW = const(32)
+ACK_TIMEOUT_MS = const(2000)
+
+# message types (key 0)
+T_HELLO = const(1)
+T_RECORDS = const(2)
+T_ACK = const(3)
+T_COMMAND = const(4)
+T_REPLY = const(5)
+T_TIME = const(6)
+T_ERROR = const(7)
+T_AUTH = const(8)  # BLE handshake (auth.py, PROTOCOL.md section 5)
+T_SEALED = const(9)  # BLE: counter + truncated MAC around a message
+
+# error codes
+E_UNKNOWN_TYPE = const(1)
+E_MALFORMED = const(2)
+E_NO_SESSION = const(3)
+E_UNKNOWN_COMMAND = const(4)
+E_BAD_ARGS = const(5)
+E_BUSY = const(6)
+E_AUTH = const(7)  # BLE: authenticate first / auth failed / locked out
+
+# record kinds and flags
+K_LEVEL = const(1)
+K_ALARM = const(2)
+K_HEALTH = const(3)
+K_PHASE = const(10)  # signal monitor (body keys in roles/signal.py and PROTOCOL.md 2.1)
+K_FAULT = const(11)
+K_COUNTS = const(12)
+K_PLAN = const(13)
+K_TRANSACTION = const(20)  # toll beacon (body keys in roles/toll.py)
+K_READER = const(21)
+F_CLOCK_UNSYNCED = const(1)
+F_PRIORITY = const(2)
+
+# body keys
+B_LEVEL_CM = const(1)
+B_RATE = const(2)
+B_DISTANCE_MM = const(3)
+B_STATE = const(1)
+B_ALARM_LEVEL = const(2)
+B_PREVIOUS = const(3)
+B_FREE_HEAP = const(1)
+B_UPTIME_S = const(2)
+B_JOURNAL_RECORDS = const(3)
+B_DROPPED_FULL = const(4)
+B_BOOT_COUNT = const(5)
+B_RESET_CAUSE = const(6)
+B_SAFE_MODE = const(7)
+
+
+class CommandError(ValueError):
+    """A command refused or with bad args: the REPLY carries ok=false and this text."""
+
+
+class ProtoError(ValueError):
+    """A payload that is not a valid message: code is the ERROR code to answer with."""
+
+    def __init__(self, code, text, ref=None):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.ref = ref
+
+
+def record(seq, t, kind, flags, body):
+    """One record [seq, t, kind, flags, body] as CBOR: it is journaled and sent as is."""
+    w = cbor.Writer()
+    w.array(5)
+    w.int(seq)
+    w.int(t)
+    w.int(kind)
+    w.int(flags)
+    w.value(body)
+    return bytes(w.buf)
+
+
+def hello(node_id, role, fw, board, boot_count, reset_cause, next_seq, first_unacked,
+          free_heap=None, safe_mode=False):
+    """HELLO; the optional keys 10 (free heap) and 11 (safe mode, only when true) are added
+    when given, so a HELLO without them is byte-identical to the v1 vectors."""
+    w = cbor.Writer()
+    w.map(10 + (free_heap is not None) + bool(safe_mode))
+    w.int(0)
+    w.int(T_HELLO)
+    w.int(1)
+    w.text(node_id)
+    w.int(2)
+    w.text(role)
+    w.int(3)
+    w.text(fw)
+    w.int(4)
+    w.text(board)
+    w.int(5)
+    w.int(boot_count)
+    w.int(6)
+    w.text(reset_cause)
+    w.int(7)
+    w.int(next_seq)
+    w.int(8)
+    w.int(PROTOCOL_VERSION)
+    w.int(9)
+    w.int(first_unacked)
+    if free_heap is not None:
+        w.int(10)
+        w.int(free_heap)
+    if safe_mode:
+        w.int(11)
+        w.bool(True)
+    return bytes(w.buf)
+
+
+# bytes a RECORDS message needs besides its records: map head, 0:2, 1:from (<= 9), 2:array(<= 3)
+RECORDS_OVERHEAD = const(16)
+
+
+def records(from_seq, recs):
+    """RECORDS with already encoded records (the caller keeps the total under MAX_PAYLOAD)."""
+    w = cbor.Writer()
+    w.map(3)
+    w.int(0)
+    w.int(T_RECORDS)
+    w.int(1)
+    w.int(from_seq)
+    w.int(2)
+    w.array(len(recs))
+    for r in recs:
+        w.raw(r)
+    return bytes(w.buf)
+
+
+def reply(req_id, ok, result=None, error=None):
+    w = cbor.Writer()
+    w.map(4)
+    w.int(0)
+    w.int(T_REPLY)
+    w.int(1)
+    w.int(req_id)
+    w.int(2)
+    w.bool(ok)
+    if ok:
+        w.int(3)
+        w.value(result)
+    else:
+        w.int(4)
+        w.text(error or "")
+    return bytes(w.buf)
+
+
+def error(code, text, ref=None):
+    w = cbor.Writer()
+    w.map(4 if ref is not None else 3)
+    w.int(0)
+    w.int(T_ERROR)
+    w.int(1)
+    w.int(code)
+    w.int(2)
+    w.text(text)
+    if ref is not None:
+        w.int(3)
+        w.int(ref)
+    return bytes(w.buf)
+
+
+def _uint(v):
+    return type(v) is int and v >= 0
+
+
+def _need(msg, key, check, what, mtype):
+    v = msg.get(key)
+    if not check(v):
+        raise ProtoError(E_MALFORMED, "key %d must be %s" % (key, what), mtype)
+    return v
+
+
+def parse(payload):
+    """A payload from the gateway -> (type, map). ProtoError says how to answer a bad one."""
+    try:
+        msg = cbor.loads(payload)
+    except cbor.CBORError as e:
+        raise ProtoError(E_MALFORMED, "not cbor: " + str(e))
+    if not isinstance(msg, dict):
+        raise ProtoError(E_MALFORMED, "message is not a map")
+    mtype = msg.get(0)
+    if not _uint(mtype):
+        raise ProtoError(E_MALFORMED, "key 0 must be a uint type")
+    if mtype == T_ACK or mtype == T_TIME:
+        _need(msg, 1, _uint, "a uint", mtype)
+    elif mtype == T_COMMAND:
+        _need(msg, 1, _uint, "a uint request id", mtype)
+        _need(msg, 2, lambda v: isinstance(v, str), "a text name", mtype)
+        args = msg.get(3)
+        if args is not None and not isinstance(args, dict):
+            raise ProtoError(E_MALFORMED, "key 3 must be a map of args", mtype)
+    elif mtype == T_ERROR:
+        _need(msg, 1, _uint, "a uint code", mtype)
+        if 2 in msg and not isinstance(msg[2], str):
+            raise ProtoError(E_MALFORMED, "key 2 must be text", mtype)
+    else:
+        raise ProtoError(E_UNKNOWN_TYPE, "unknown message type " + str(mtype), mtype)
+    return mtype, msg

@@ -1,0 +1,234 @@
+# The node's side of a session (PROTOCOL.md 2.2): HELLO, the send window over the journal
+# with go-back-N, cumulative ACKs, TIME, commands with a reply cache, ERROR handling.
+# All timeouts here are in real milliseconds, whatever the simulation speed.
+from micropython import const
+
+from . import framing, proto
+from .config import ConfigError
+
+HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
+SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
+BUSY_MS = const(1000)  # backoff after ERROR 6
+_CACHE = const(8)  # recent command replies kept for retried request ids
+COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set")
+
+
+class Session:
+    def __init__(self, hw, journal, config, fw, log=print):
+        self.hw = hw
+        self.journal = journal
+        self.config = config
+        self.fw = fw
+        self.log = log
+        self.up = False  # the gateway answered our HELLO
+        now = hw.ticks_ms()
+        self.hello_at = None
+        self.heard_at = now
+        self.progress_at = now
+        self.busy_until = None
+        self.no_session_at = None  # last ERROR 3 answered with a HELLO
+        self.send_seq = journal.first_unacked
+        self.time_base = None  # (epoch ms, ticks ms) from the last TIME
+        self.cache = []  # [(request id, reply payload)]
+        self.reboot_pending = False
+        self.ble = None  # the App sets it when BLE is on (ble.BlePort)
+        self.role = None  # the App sets it: role.commands (names), role.command(name, args)
+        self.safe_mode = False  # the App sets these two (bootguard.py)
+        self.guard = None
+        self.sent_frames = 0
+        self.errors_in = 0
+        self.port = None  # None: the UART; else the port that spoke last (ble.BlePort)
+        self.max_payload = framing.MAX_PAYLOAD  # a sealing port lowers it (auth.SEAL_OVERHEAD)
+
+    # -- clock --------------------------------------------------------------------------
+    def stamp(self):
+        """(t, flags) for a new record: epoch seconds once TIME came, else uptime seconds."""
+        if self.time_base is None:
+            return self.hw.uptime_s(), proto.F_CLOCK_UNSYNCED
+        ms, at = self.time_base
+        return (ms + self.hw.ticks_diff(self.hw.ticks_ms(), at)) // 1000, 0
+
+    # -- output -------------------------------------------------------------------------
+    def send(self, payload):
+        port = self.port
+        if port is None:
+            self.hw.uart_write(framing.encode(payload))
+        else:
+            port.send(payload)
+        self.sent_frames += 1
+
+    def use_port(self, port):
+        """Answer on `port` from now on (None: the UART)."""
+        if port is not self.port:
+            self.port = port
+            self.max_payload = framing.MAX_PAYLOAD if port is None else port.max_payload
+
+    def hello(self):
+        j = self.journal
+        self.send(proto.hello(self.config.get("node_id"), self.config.get("role"), self.fw,
+                              self.config.get("board"), j.boot_count, self.hw.reset_cause(),
+                              j.next_seq, j.first_unacked, self.hw.free_heap(),
+                              self.safe_mode))
+        self.hello_at = self.hw.ticks_ms()
+        self.send_seq = j.first_unacked  # the gateway's ACK will tell where it stands
+        self.log("hello sent next_seq %d first_unacked %d" % (j.next_seq, j.first_unacked))
+
+    # -- input --------------------------------------------------------------------------
+    def on_payload(self, payload):
+        self.heard_at = self.hw.ticks_ms()
+        try:
+            mtype, msg = proto.parse(payload)
+        except proto.ProtoError as e:
+            self.errors_in += 1
+            self.log("bad message: %s" % e.text)
+            self.send(proto.error(e.code, e.text, e.ref))
+            return
+        if mtype == proto.T_ACK:
+            self.up = True
+            self.on_ack(msg[1])
+        elif mtype == proto.T_TIME:
+            self.up = True
+            self.time_base = (msg[1], self.hw.ticks_ms())
+            self.log("time %d" % (msg[1] // 1000))
+        elif mtype == proto.T_COMMAND:
+            self.on_command(msg[1], msg[2], msg.get(3) or {})
+        elif mtype == proto.T_ERROR:
+            self.on_error(msg[1], msg.get(2, ""))
+
+    def on_ack(self, upto):
+        n = self.journal.ack(upto)
+        if n:
+            self.progress_at = self.hw.ticks_ms()
+            self.log("ack %d" % upto)
+        if self.send_seq < self.journal.first_unacked:
+            self.send_seq = self.journal.first_unacked
+
+    def on_error(self, code, text):
+        self.log("error %d from gateway: %s" % (code, text))
+        if code == proto.E_NO_SESSION:
+            # one ERROR comes back per RECORDS in flight: one HELLO answers them all
+            now = self.hw.ticks_ms()
+            if self.no_session_at is None or self.hw.ticks_diff(now, self.no_session_at) > 1000:
+                self.no_session_at = now
+                self.up = False
+                self.hello()
+        elif code == proto.E_BUSY:
+            self.busy_until = self.hw.ticks_ms()
+            self.send_seq = self.journal.first_unacked  # resend all after the backoff
+
+    def on_command(self, req, name, args):
+        for r, payload in self.cache:
+            if r == req:
+                self.send(payload)  # a retry: answer again, do not run it twice
+                return
+        try:
+            ok, res = True, self.run(name, args)
+        except ConfigError as e:
+            ok, res = False, str(e)
+        except CommandError as e:
+            ok, res = False, str(e)
+        payload = proto.reply(req, ok, res if ok else None, None if ok else res)
+        self.cache.append((req, payload))
+        if len(self.cache) > _CACHE:
+            self.cache.pop(0)
+        self.log("command %d %s ok=%s" % (req, name, ok))
+        self.send(payload)
+
+    def run(self, name, args):
+        j = self.journal
+        if name == "ping":
+            return "pong"
+        if name == "info":
+            c = self.config
+            out = {"node": c.get("node_id"), "role": c.get("role"), "fw": self.fw,
+                   "board": c.get("board"), "boot_count": j.boot_count,
+                   "next_seq": j.next_seq, "journal_records": j.count,
+                   "dropped_full": j.dropped_full, "safe_mode": self.safe_mode,
+                   "reset_cause": self.hw.reset_cause(), "free_heap": self.hw.free_heap()}
+            if self.ble is not None:
+                out["ble"] = self.ble.stats()
+            return out
+        if name == "config.get":
+            full = self.config.effective()
+            key = args.get("key")
+            if key is None:
+                return full
+            if not isinstance(key, str):
+                raise CommandError("config.get: key must be text")
+            v = full.get(key)
+            if v is None:
+                v = self.config.get(key)
+            if v is None:
+                raise CommandError("config.get: unknown key %r" % (key,))
+            return v
+        if name == "config.set":
+            if not isinstance(args.get("key"), str) or "value" not in args:
+                raise CommandError("config.set: needs args key (text) and value")
+            v = self.config.set(args["key"], args["value"])
+            if args["key"] == "journal_max_bytes":
+                j.max_bytes = v
+            if self.guard is not None:
+                self.guard.clear()
+            return v
+        if name == "secret.set":
+            from . import auth
+            return auth.secret_command(self, args)
+        if name == "reboot":
+            self.reboot_pending = True
+            if self.guard is not None:
+                self.guard.clear()
+            return True
+        extra = getattr(self.role, "commands", ())
+        if name in extra:
+            return self.role.command(name, args)  # type: ignore[union-attr]
+        known = COMMANDS + extra
+        raise CommandError("unknown command %r; known: %s" % (name, ", ".join(known)))
+
+    # -- time passing -------------------------------------------------------------------
+    def tick(self):
+        now = self.hw.ticks_ms()
+        diff = self.hw.ticks_diff
+        if self.up and diff(now, self.heard_at) > SILENCE_MS:
+            self.up = False
+            self.log("gateway silent")
+        if not self.up:
+            if self.hello_at is None or diff(now, self.hello_at) > HELLO_RETRY_MS:
+                self.hello()
+            return
+        if self.busy_until is not None:
+            if diff(now, self.busy_until) < BUSY_MS:
+                return
+            self.busy_until = None
+            self.progress_at = now
+        self.pump(now)
+
+    def pump(self, now):
+        j = self.journal
+        first = j.first_unacked
+        if self.send_seq < first:
+            self.send_seq = first
+        if self.send_seq > first and self.hw.ticks_diff(now, self.progress_at) > \
+                proto.ACK_TIMEOUT_MS:
+            self.log("no ack: resend from %d" % first)
+            self.send_seq = first  # go-back-N
+            self.progress_at = now
+        limit = min(j.next_seq, first + proto.WINDOW)
+        while self.send_seq < limit:
+            if self.send_seq == first:
+                self.progress_at = now  # the ack timer runs from the oldest send
+            recs: list = []
+            size = proto.RECORDS_OVERHEAD
+            seq = self.send_seq
+            while seq < limit:
+                r = j.read(seq)
+                if recs and size + len(r) > self.max_payload:
+                    break
+                recs.append(r)
+                size += len(r)
+                seq += 1
+            j.mark_sent(seq - 1)
+            self.send(proto.records(first, recs))
+            self.send_seq = seq
+
+
+CommandError = proto.CommandError  # roles raise it without importing the session

@@ -1,0 +1,1 @@
+"""roadside gateway daemon: serial links, SQLite queue, HTTP uplinks (docs/ARCHITECTURE.md)."""

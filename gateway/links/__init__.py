@@ -1,0 +1,1 @@
+"""Links: the ways nodes reach the gateway, all behind `links.base.Link`."""

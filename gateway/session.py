@@ -1,0 +1,270 @@
+"""Per-link node sessions (PROTOCOL.md 2.2): HELLO -> TIME + ACK, RECORDS -> commit -> ACK.
+
+A serial link carries one node, and RECORDS do not name their node, so a session belongs to a
+link and is (re)bound to a node by HELLO. Records arriving on a link without a session get
+ERROR 3, which makes the node say HELLO again (e.g. after a gateway restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import protocol as p
+from .errors import ProtocolError, QueueError, QueueFullError
+from .links.base import Link
+from .queue import Queue
+
+log = logging.getLogger("roadside.gateway.session")
+
+# A node that sent nothing for this long shows as "silent" (its link is still open).
+SILENT_S = 60.0
+# Alarm records kept in memory for /status "recent_alarms" and the status page.
+RECENT_ALARMS = 50
+
+
+@dataclass
+class NodeState:
+    """What /status shows for one node."""
+
+    id: str
+    role: str
+    port: str | None = None
+    records: int = 0
+    acked: int = 0
+    last_level: float | None = None
+    alarm: str | None = None
+    last_seen: float | None = None      # monotonic
+    duplicates: int = 0
+    gaps: int = 0
+    hellos: int = 0
+    fw: str | None = None
+    boot_count: int | None = None
+    reset_cause: str | None = None
+
+
+@dataclass
+class Session:
+    link: Link
+    node: str
+    role: str
+    last_time_sent: float = 0.0         # monotonic
+
+
+class SessionManager:
+    """Turns payloads from links into queue writes and answers; one instance per gateway."""
+
+    def __init__(self, queue: Queue, wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic,
+                 time_resend_s: float = p.TIME_RESEND_S) -> None:
+        self.queue = queue
+        self.wall = wall
+        self.mono = mono
+        self.time_resend_s = time_resend_s
+        self.sessions: dict[str, Session] = {}      # by link port
+        self.nodes: dict[str, NodeState] = {}
+        self.on_stored: Callable[[], None] | None = None   # wakes the batcher
+        self.on_reply: Callable[[Link, p.Reply], None] | None = None   # the Commander
+        self.node_errors = 0
+        self.recent_alarms: deque[dict[str, object]] = deque(maxlen=RECENT_ALARMS)
+        self.silent_s = SILENT_S
+        self._silent: set[str] = set()      # nodes reported silent (logged once)
+        for info in queue.nodes.values():
+            self.nodes[info.node] = NodeState(info.node, info.role, records=info.stored,
+                                              acked=info.ack, duplicates=info.duplicates,
+                                              gaps=info.gaps)
+
+    # -- the per-link loop ------------------------------------------------------------------
+
+    async def serve(self, link: Link) -> None:
+        """Handle every payload of `link`, in order, until cancelled."""
+        while True:
+            payload = await link.incoming.get()
+            try:
+                await self.handle(link, payload)
+            except Exception:  # noqa: BLE001 - one bad message must never stop a link
+                log.exception(f"{link.port}: error while handling a message")
+
+    async def handle(self, link: Link, payload: bytes) -> None:
+        try:
+            msg = p.decode_message(payload)
+        except ProtocolError as exc:
+            link.malformed += 1
+            log.info(f"{link.port}: bad message ({exc}); answering ERROR {exc.code}")
+            link.send(p.error_frame(exc.code, str(exc), exc.msg_type))
+            return
+        if isinstance(msg, p.Hello):
+            await self._hello(link, msg)
+        elif isinstance(msg, p.Records):
+            await self._records(link, msg)
+        elif isinstance(msg, p.Reply):
+            log.info(f"{link.port}: REPLY {msg.request_id} ok={msg.ok}")
+            session = self.sessions.get(link.port)
+            if session is not None:
+                self.nodes[session.node].last_seen = self.mono()
+            if self.on_reply is not None:
+                self.on_reply(link, msg)
+        elif isinstance(msg, p.Error):
+            self.node_errors += 1
+            log.info(f"{link.port}: node sent ERROR {msg.code}: {msg.message}")
+        else:
+            # A gateway-to-node message coming from a node: valid CBOR, wrong direction.
+            link.malformed += 1
+            link.send(p.error_frame(p.ERR_MALFORMED,
+                                    f"{p.TYPE_NAMES[msg.TYPE]} is sent by the gateway only",
+                                    msg.TYPE))
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def _hello(self, link: Link, msg: p.Hello) -> None:
+        old = self.sessions.get(link.port)
+        if old is not None and old.node != msg.node:
+            log.info(f"{link.port}: node {old.node} replaced by {msg.node}")
+        session = Session(link, msg.node, msg.role)
+        self.sessions[link.port] = session
+        # Another link may have carried this node before (moved cable): it is here now.
+        for port, s in list(self.sessions.items()):
+            if s.node == msg.node and port != link.port:
+                del self.sessions[port]
+        state = self._state(msg.node, msg.role)
+        state.port, state.role, state.hellos = link.port, msg.role, state.hellos + 1
+        state.fw, state.boot_count, state.reset_cause = msg.fw, msg.boot_count, msg.reset_cause
+        state.last_seen = self.mono()
+        self.send_time(session)
+        try:
+            result = await self.queue.call(self.queue.hello, msg.node, msg.role,
+                                           msg.first_unacked, self.wall())
+        except QueueError as exc:
+            log.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
+            link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
+            return
+        if result.gaps:
+            log.warning(f"{msg.node}: {result.gaps} records below seq {msg.first_unacked}"
+                        f" never arrived and are gone (node journal refused them)")
+        self._update(state, result.ack)
+        log.info(f"{link.port}: HELLO {msg.node} role={msg.role} fw={msg.fw}"
+                 f" next_seq={msg.next_seq} first_unacked={msg.first_unacked};"
+                 f" ACK {result.ack}")
+        link.send(p.encode_frame(p.Ack(result.ack)))
+
+    async def _records(self, link: Link, msg: p.Records) -> None:
+        session = self.sessions.get(link.port)
+        if session is None:
+            link.send(p.error_frame(p.ERR_NO_SESSION, "no session: send HELLO first",
+                                    p.RECORDS))
+            return
+        state = self._state(session.node, session.role)
+        state.last_seen = self.mono()
+        try:
+            # Group commit: RECORDS of other links arriving meanwhile share the fsync.
+            result = await self.queue.store_grouped(session.node, session.role, msg.records,
+                                                    msg.from_seq, self.wall())
+        except QueueFullError as exc:
+            log.warning(f"{session.node}: {exc}; answering busy")
+            link.send(p.error_frame(p.ERR_BUSY, "gateway queue full", p.RECORDS))
+            return
+        except QueueError as exc:
+            log.error(f"{session.node}: {exc}; answering busy")
+            link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.RECORDS))
+            return
+        # The newest level and alarm state for /status (from the end: usually one step).
+        kinds = {r.kind for r in msg.records}
+        for kind, typ in ((p.KIND_LEVEL, int | float), (p.KIND_ALARM, str)):
+            if kind in kinds:
+                for r in reversed(msg.records):
+                    if r.kind == kind and isinstance(r.body.get(1), typ):
+                        if kind == p.KIND_LEVEL:
+                            state.last_level = r.body[1]
+                        else:
+                            state.alarm = r.body[1]
+                        break
+        if result.stored and p.KIND_ALARM in kinds:
+            self._remember_alarms(session, msg.records)
+        if result.gaps:
+            log.warning(f"{session.node}: {result.gaps} records below seq {msg.from_seq}"
+                        f" are gone for good (from rule)")
+        self._update(state, result.ack)
+        # Committed above: only now may the node forget these records.
+        link.send(p.encode_frame(p.Ack(result.ack)))
+        if result.stored and self.on_stored is not None:
+            self.on_stored()
+
+    # -- time -------------------------------------------------------------------------------
+
+    def send_time(self, session: Session) -> None:
+        session.link.send(p.encode_frame(p.Time(int(self.wall() * 1000))))
+        session.last_time_sent = self.mono()
+
+    async def resend_time(self, every_s: float = 5.0) -> None:
+        """Re-send TIME to each session every `time_resend_s` (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(every_s)
+            now = self.mono()
+            for s in list(self.sessions.values()):
+                if s.link.is_open and now - s.last_time_sent >= self.time_resend_s:
+                    self.send_time(s)
+            self.check_silent()
+
+    def check_silent(self) -> list[str]:
+        """Log once when a node goes silent (link open, nothing heard for `silent_s`) and once
+        when it is heard again; returns the nodes silent now."""
+        now_silent = []
+        for state in self.nodes.values():
+            if self.link_state(state) == "silent":
+                now_silent.append(state.id)
+                if state.id not in self._silent:
+                    self._silent.add(state.id)
+                    quiet = self.mono() - (state.last_seen or 0.0)
+                    log.warning(f"node {state.id} on {state.port} is silent: nothing heard for"
+                                f" {quiet:.0f} s (link open); check its power and sensor",
+                                extra={"fields": {"node": state.id, "port": state.port}})
+            elif state.id in self._silent and self.link_state(state) == "up":
+                self._silent.discard(state.id)
+                log.info(f"node {state.id} is heard again",
+                         extra={"fields": {"node": state.id, "port": state.port}})
+        return now_silent
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _state(self, node: str, role: str) -> NodeState:
+        state = self.nodes.get(node)
+        if state is None:
+            state = self.nodes[node] = NodeState(node, role)
+        return state
+
+    def _remember_alarms(self, session: Session, records: tuple[p.Record, ...]) -> None:
+        """Keep the last RECENT_ALARMS alarm records (a resent one is not kept twice)."""
+        known = {(a["node"], a["seq"]) for a in self.recent_alarms}
+        now = self.wall()
+        for r in records:
+            if r.kind != p.KIND_ALARM or (session.node, r.seq) in known:
+                continue
+            data = p.body_to_data(r.kind, r.body)
+            self.recent_alarms.append({
+                "node": session.node, "role": session.role, "seq": r.seq,
+                "t": r.t if r.synced else int(now), "synced": r.synced, "received": now,
+                "state": data.get("state"), "level_cm": data.get("level_cm"),
+                "previous": data.get("previous")})
+
+    def _update(self, state: NodeState, ack: int) -> None:
+        info = self.queue.nodes.get(state.id)
+        state.acked = ack
+        if info is not None:
+            state.records, state.duplicates, state.gaps = info.stored, info.duplicates, info.gaps
+
+    def link_state(self, state: NodeState) -> str:
+        """up: session on an open link, heard recently; silent: open but quiet; else down."""
+        session = self.sessions.get(state.port) if state.port else None
+        if session is None or session.node != state.id or not session.link.is_open:
+            return "down"
+        if state.last_seen is None or self.mono() - state.last_seen > self.silent_s:
+            return "silent"
+        return "up"
+
+    def forget_link(self, link: Link) -> None:
+        """The link closed for good: its session ends."""
+        self.sessions.pop(link.port, None)

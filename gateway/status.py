@@ -1,0 +1,206 @@
+"""The local HTTP server on the [status] listen address (aiohttp).
+
+GET / (the status page), GET /status (JSON), GET /metrics (Prometheus text), GET /healthz
+(200 `ok`, or 503 with one JSON line saying why); from loopback only: POST
+/nodes/{node}/commands (a command to a node, answered with its REPLY) and GET /commands (the
+audit log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from .commands import Commander, CommandError
+from .health import SAMPLE_S, Health
+from .links.base import Link
+from .metrics import CONTENT_TYPE, Metrics
+from .queue import Queue
+from .session import SessionManager
+
+# The status page for installers and operators: one self-contained file (no external assets:
+# a roadside cabinet may have no internet), polling /status every second.
+STATUS_PAGE = (resources.files(__package__) / "status_page.html").read_text(encoding="utf-8")
+
+
+class _Uplink(Protocol):
+    def status(self) -> dict[str, object]: ...
+
+
+class Status:
+    """Builds the /status document from the live objects (no I/O but one cheap SQL count)."""
+
+    def __init__(self, gateway_id: str, site: str, queue: Queue, sessions: SessionManager,
+                 links: list[Link], uplinks: list[_Uplink], health: Health | None = None,
+                 commander: Commander | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.site = site
+        self.queue = queue
+        self.sessions = sessions
+        self.links = links
+        self.uplinks = uplinks
+        self.started = time.monotonic()
+        self.health = health or Health(links, list(uplinks), queue)
+        self.metrics = Metrics(self)
+        self.commander = commander
+        for u in uplinks:
+            self.metrics.instrument(u)
+
+    def document(self) -> dict[str, Any]:
+        now = time.monotonic()
+        nodes = []
+        for n in sorted(self.sessions.nodes.values(), key=lambda n: n.id):
+            nodes.append({
+                "id": n.id, "role": n.role, "link": self.sessions.link_state(n),
+                "port": n.port, "records": n.records, "acked": n.acked,
+                "last_level": n.last_level, "alarm": n.alarm,
+                "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 1),
+                "duplicates": n.duplicates, "gaps": n.gaps, "fw": n.fw,
+                "boot_count": n.boot_count, "reset_cause": n.reset_cause,
+            })
+        q = self.queue
+        return {
+            "gateway": self.gateway_id,
+            "site": self.site,
+            "uptime_s": round(now - self.started, 1),
+            "nodes": nodes,
+            "queue": {"depth": q.depth(), "batches_pending": q.batches_pending(),
+                      "duplicates": q.counters["duplicates"], "gaps": q.counters["gaps"],
+                      "delivered": q.counters["delivered_records"],
+                      "dead_letters": q.counters["dead_letters"],
+                      "bytes": q.bytes(), "max_bytes": q.max_bytes,
+                      "evicted": q.counters["evicted"], "backpressure": q.backpressure},
+            "links": [{"port": link.port, "type": link.type, "state": link.state,
+                       "device": getattr(link, "device", link.port),
+                       "last_error": link.last_error, **link.counters()}
+                      for link in self.links],
+            "uplinks": [u.status() for u in self.uplinks],
+            "recent_alarms": list(reversed(self.sessions.recent_alarms)),   # newest first
+        }
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._page)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/nodes/{node}/commands", self._command)
+        app.router.add_get("/commands", self._commands)
+        app.cleanup_ctx.append(self._sampler)
+        return app
+
+    async def _sampler(self, _app: web.Application) -> AsyncIterator[None]:
+        """Look at health every second, so "down for N s" counts from when it began."""
+        async def sample() -> None:
+            while True:
+                self.health.problems()
+                await asyncio.sleep(SAMPLE_S)
+
+        task = asyncio.create_task(sample(), name="health sampler")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _page(self, _request: web.Request) -> web.Response:
+        return web.Response(text=STATUS_PAGE, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.document())
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        ok, doc = self.health.check()
+        if ok:
+            return web.Response(text="ok")
+        return web.Response(status=503, text=json.dumps(doc) + "\n",
+                            content_type="application/json")
+
+    @staticmethod
+    def _local(request: web.Request) -> bool:
+        try:
+            return ipaddress.ip_address(request.remote or "").is_loopback
+        except ValueError:
+            return False
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        if self.commander is None:
+            return _error(503, "commands are not available on this server")
+        if not self._local(request):
+            return _error(403, f"commands are accepted from loopback only, not from"
+                               f" {request.remote}; run `roadside gateway cmd` on the gateway")
+        return None
+
+    async def _command(self, request: web.Request) -> web.Response:
+        """POST /nodes/{node}/commands {"name", "args", "who", "timeout_s", "attempts"}."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        assert self.commander is not None
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body: must be a JSON object {\"name\": ..., \"args\": {...}}")
+        if not isinstance(body, dict):
+            return _error(400, f"body: must be a JSON object, got {body!r}")
+        timeout = body.get("timeout_s")
+        attempts = body.get("attempts")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, int | float) or not 0.05 <= timeout <= 120):
+            return _error(400, f"timeout_s: must be a number 0.05..120, got {timeout!r}")
+        if attempts is not None and (isinstance(attempts, bool) or not isinstance(
+                attempts, int) or not 1 <= attempts <= 10):
+            return _error(400, f"attempts: must be an integer 1..10, got {attempts!r}")
+        who = body.get("who")
+        try:
+            result = await self.commander.run(
+                request.match_info["node"], body.get("name"), body.get("args"),
+                who=str(who)[:100] if who else "unknown", origin=str(request.remote),
+                attempt_timeout_s=timeout, attempts=attempts)
+        except CommandError as exc:
+            return _error(exc.status, str(exc))
+        return web.json_response(result.to_json())
+
+    async def _commands(self, request: web.Request) -> web.Response:
+        """GET /commands?limit=N: the audit log, newest first."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        assert self.commander is not None
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "50"))))
+        except ValueError:
+            return _error(400, "limit: must be an integer 1..1000")
+        rows = await asyncio.to_thread(self.commander.audit.recent, limit)
+        return web.json_response(rows)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        resp = web.Response(body=self.metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE
+        return resp
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def serve(status: Status, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start the server; returns the runner (cleanup() stops it) and the bound port."""
+    runner = web.AppRunner(status.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound

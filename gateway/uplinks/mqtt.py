@@ -1,0 +1,299 @@
+"""MQTT uplink (PROTOCOL.md section 3.1): each batch published with QoS 1, delivered on PUBACK.
+
+The payload is the same CBOR batch as the HTTP body. The topic comes from a template with
+{site}, {gateway} and {kind}; a batch whose records are all of one kind is published as cut
+(same bytes, same batch id); a mixed batch is split by kind, in a fixed way, into batches with
+the id "<batch id>.<kind>", so a retry publishes exactly the same messages again. The batch
+counts as delivered (its cursor moves, and it is deleted once every uplink has it) only when
+the broker has answered PUBACK for every part; a disconnect before that means the whole batch
+is published again after reconnecting (at-least-once: subscribers dedupe by (node, seq)).
+
+Remote commands (off unless `command_topic` is set): the uplink subscribes (QoS 1) to the
+command topic; each message is a CBOR or JSON map {"id", "node", "name", "args", "who"}, run
+through the Commander (request ids, retries, audit log with origin "mqtt"), and answered on the
+reply topic (QoS 1) in the request's encoding: {"id", "ok", "result" | "error", "request_id",
+"node", "name", "outcome"}. A repeated id (a QoS 1 redelivery) is answered from the recent
+replies without running the command again.
+
+Connection: one aiomqtt (paho-mqtt) client, MQTT 3.1.1 or 5, optional TLS with a CA file and a
+client certificate, username and password from a file or the environment. Any error drops the
+connection; it is re-established with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import aiomqtt
+import cbor2
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..commands import CommandError
+from ..config import UplinkConfig
+from ..queue import Batch, Queue
+from .http import DOWN, IDLE, SENDING, backoff, ssl_context
+
+log = logging.getLogger("roadside.gateway.uplink")
+
+CONNECTING = "connecting"
+RECENT_REPLIES = 256      # command ids remembered, so a QoS 1 redelivery is not run twice
+
+
+def split_by_kind(batch: Batch) -> list[tuple[str, bytes]]:
+    """(kind, payload) messages for one batch: the batch itself when it has a single kind."""
+    doc = cbor2.loads(batch.body)
+    groups: dict[str, list[object]] = {}
+    for rec in doc["records"]:
+        groups.setdefault(rec["kind"], []).append(rec)
+    if len(groups) == 1:
+        return [(next(iter(groups)), batch.body)]
+    return [(kind, cbor2.dumps({**doc, "batch": f"{batch.id}.{kind}", "records": recs}))
+            for kind, recs in groups.items()]
+
+
+class MqttUplink:
+    """Publishes the queue's batches to one MQTT broker, in cut order, from its own cursor."""
+
+    def __init__(self, config: UplinkConfig, queue: Queue, all_uplinks: Sequence[str],
+                 on_delivered: Callable[[], None] | None = None, gateway_id: str = "gw",
+                 site: str = "site", rng: random.Random | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.url = config.url
+        parsed = urlparse(config.url)
+        self.host = parsed.hostname or "localhost"
+        self.tls = parsed.scheme == "mqtts" or config.ca_file is not None \
+            or config.cert_file is not None
+        self.port = parsed.port or (8883 if self.tls else 1883)
+        self.queue = queue
+        self.all_uplinks = tuple(all_uplinks)
+        self.on_delivered = on_delivered
+        self.gateway_id = gateway_id
+        self.site = site
+        self.client_id = config.client_id or f"roadside-{gateway_id}-{config.name}"
+        self.rng = rng or random.Random()
+        self.state = CONNECTING
+        self.delivered = 0            # records
+        self.delivered_batches = 0
+        self.failures = 0             # failed connections and publishes
+        self.dead_letters = 0         # a broker has no "malformed": always 0, kept for /status
+        self.connects = 0
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._password = config.password()   # read once at start (ConfigError if gone)
+        self._ssl: ssl.SSLContext | None = ssl_context(config) if self.tls else None
+        # Remote commands: the daemon sets `commander` (commands.Commander) when
+        # command_topic is configured.
+        self.commander: Any = None
+        self.commands = 0                 # command messages received
+        self._replies: OrderedDict[str, tuple[str, bytes] | None] = OrderedDict()
+        self._command_tasks: set[asyncio.Task[None]] = set()
+
+    def status(self) -> dict[str, object]:
+        return {"name": self.name, "url": self.url, "type": "mqtt", "state": self.state,
+                "delivered": self.delivered, "delivered_batches": self.delivered_batches,
+                "failures": self.failures, "dead_letters": self.dead_letters,
+                "connects": self.connects, "last_error": self.last_error,
+                "command_topic": self.command_topic, "commands": self.commands}
+
+    def topic(self, kind: str) -> str:
+        return self.config.topic.format(site=self.site, gateway=self.gateway_id, kind=kind)
+
+    @property
+    def command_topic(self) -> str | None:
+        if self.config.command_topic is None or self.commander is None:
+            return None
+        return self.config.command_topic.format(site=self.site, gateway=self.gateway_id)
+
+    @property
+    def reply_topic(self) -> str:
+        assert self.config.reply_topic is not None
+        return self.config.reply_topic.format(site=self.site, gateway=self.gateway_id)
+
+    def notify(self) -> None:
+        """A batch was cut: look for work now."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the commands still running (the connection itself lives inside run())."""
+        for task in list(self._command_tasks):
+            task.cancel()
+        await asyncio.gather(*self._command_tasks, return_exceptions=True)
+
+    def _client(self) -> aiomqtt.Client:
+        v5 = self.config.protocol == "5"
+        return aiomqtt.Client(
+            self.host, self.port, identifier=self.client_id,
+            username=self.config.username, password=self._password,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else True, keepalive=self.config.keepalive_s,
+            timeout=self.config.timeout_s, tls_context=self._ssl,
+            logger=logging.getLogger("roadside.gateway.uplink.paho"))
+
+    def _properties(self) -> Properties | None:
+        if self.config.protocol != "5":
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "application/cbor"
+        return props
+
+    async def publish(self, client: aiomqtt.Client, batch: Batch) -> None:
+        """Publish every part of `batch` with QoS 1; returns once each has its PUBACK."""
+        props = self._properties()
+        for kind, payload in split_by_kind(batch):
+            await client.publish(self.topic(kind), payload, qos=1, properties=props,
+                                 timeout=self.config.timeout_s)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Deliver pending batches over one connection until it fails (raises)."""
+        # Iterating the messages ends, with MqttError, only on a disconnect, which is how an
+        # idle uplink notices that the broker went away; it also receives the commands.
+        if self.command_topic is not None:
+            await client.subscribe(self.command_topic, qos=1,
+                                   timeout=self.config.timeout_s)
+        watch = asyncio.create_task(self._read(client))
+        try:
+            while True:
+                self._wake.clear()   # before looking, so a cut in between is not missed
+                batch = await self.queue.call(self.queue.next_pending, self.name)
+                if batch is None:
+                    self.state = IDLE
+                    waiter = asyncio.create_task(self._wake.wait())
+                    try:
+                        await asyncio.wait({waiter, watch}, timeout=1.0,
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                    if watch.done():
+                        watch.result()        # raises the disconnect
+                        raise aiomqtt.MqttError("disconnected")
+                    continue
+                self.state = SENDING
+                await self.publish(client, batch)
+                await self.queue.call(self.queue.batch_delivered, batch.id, self.name,
+                                      self.all_uplinks)
+                self.delivered += len(batch)
+                self.delivered_batches += 1
+                if self.on_delivered is not None:
+                    self.on_delivered()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(BaseException):
+                await watch
+
+    # -- remote commands ------------------------------------------------------------------
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        """Receive until the connection ends (raises MqttError); commands run as tasks."""
+        async for message in client.messages:
+            if self.command_topic is None or not message.topic.matches(self.command_topic):
+                continue
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = str(payload).encode()
+            task = asyncio.create_task(self._command(client, bytes(payload)),
+                                       name=f"mqtt command {self.name}")
+            self._command_tasks.add(task)
+            task.add_done_callback(self._command_tasks.discard)
+
+    async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """Run one command message and publish its reply (in the request's encoding)."""
+        self.commands += 1
+        use_json = False
+        try:
+            doc = cbor2.loads(payload)
+        except Exception:  # noqa: BLE001 - not CBOR: try JSON
+            try:
+                doc = json.loads(payload)
+                use_json = True
+            except ValueError:
+                doc = None
+        cid = doc.get("id") if isinstance(doc, dict) else None
+        key = repr(cid) if cid is not None else None
+        if key is not None and key in self._replies:
+            cached = self._replies[key]
+            if cached is not None:            # answered already: the same reply again
+                await self._publish_reply(client, cached[1])
+            return                            # else still running: its reply will come
+        if key is not None:
+            self._replies[key] = None
+            while len(self._replies) > RECENT_REPLIES:
+                self._replies.popitem(last=False)
+        reply = await self._run_command(doc, cid, payload)
+        body = (json.dumps(reply).encode() if use_json else cbor2.dumps(reply))
+        if key is not None:
+            self._replies[key] = (self.reply_topic, body)
+        await self._publish_reply(client, body)
+
+    async def _run_command(self, doc: Any, cid: Any, payload: bytes) -> dict[str, Any]:
+        if not isinstance(doc, dict):
+            log.warning(f"uplink {self.name}: command message on {self.command_topic} is not a"
+                        f" CBOR or JSON map ({len(payload)} bytes); answered with an error")
+            return {"id": None, "ok": False, "status": 400,
+                    "error": "the command must be a CBOR or JSON map"
+                             " {\"id\", \"node\", \"name\", \"args\"}"}
+        node, name, args = doc.get("node"), doc.get("name"), doc.get("args")
+        who = doc.get("who")
+        base: dict[str, Any] = {"id": cid, "node": node, "name": name}
+        if not isinstance(node, str) or not node:
+            return {**base, "ok": False, "status": 400,
+                    "error": f"node: must be a node id (text), got {node!r}"}
+        try:
+            result = await self.commander.run(
+                node, name, args, who=str(who)[:100] if who else "mqtt", origin="mqtt")
+        except CommandError as exc:
+            out = {**base, "ok": False, "status": exc.status, "error": str(exc),
+                   "outcome": "timeout" if exc.status == 504 else "refused"}
+            if exc.request_id is not None:
+                out["request_id"] = exc.request_id
+            return out
+        out = {**base, "ok": result.ok, "request_id": result.request_id,
+               "outcome": result.outcome, "attempts": result.attempts}
+        if result.ok:
+            out["result"] = result.result
+        else:
+            out["error"] = result.error
+        return out
+
+    async def _publish_reply(self, client: aiomqtt.Client, body: bytes) -> None:
+        try:
+            await client.publish(self.reply_topic, body, qos=1,
+                                 timeout=self.config.timeout_s)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            # The connection went away meanwhile: the client's wait times out; it may send
+            # the command again with the same id and gets this reply from the cache.
+            log.warning(f"uplink {self.name}: cannot publish a command reply on"
+                        f" {self.reply_topic}: {exc}")
+
+    async def run(self) -> None:
+        """Until cancelled: connect, deliver, and reconnect with backoff after any error."""
+        attempt = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connects += 1
+                    log.info(f"uplink {self.name}: connected to {self.host}:{self.port}"
+                             f" (MQTT {self.config.protocol}{', TLS' if self.tls else ''})")
+                    attempt = 0
+                    await self._serve(client)
+            except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
+                self.failures += 1
+                self.last_error = f"{self.host}:{self.port}: {exc or type(exc).__name__}"
+                self.state = DOWN
+                delay = backoff(attempt, self.config.backoff_initial_s,
+                                self.config.backoff_max_s, self.rng)
+                if attempt == 0 or attempt % 10 == 0:
+                    log.warning(f"uplink {self.name}: {self.last_error}; reconnecting"
+                                f" (attempt {attempt + 1}, next in {delay:.2f} s)")
+                attempt += 1
+                await asyncio.sleep(delay)

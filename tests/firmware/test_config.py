@@ -1,0 +1,59 @@
+"""Node config: defaults, validation messages that name key, value and what is allowed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.micropython import run, run_stdout
+
+CODE = r"""
+import json
+from roadside_node.config import Config, ConfigError
+c = Config.load()
+out = {"alert": c.get("thresholds.alert_cm"), "journal": c.get("journal_max_bytes"),
+       "report": c.get("report_interval_s"), "sim": c.sim, "extra": c.get("extra")}
+errors = []
+for key, value in %s:
+    try:
+        out[key] = c.set(key, value)
+    except ConfigError as e:
+        errors.append(str(e))
+out["errors"] = errors
+print(json.dumps(out))
+"""
+
+
+def test_defaults_sets_and_errors(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"node_id": "wl-0001", "role": "water", "extra": {"kept": 1},
+         "sim": {"speed": 20}, "thresholds": {"alert_cm": 50}}))
+    sets = [["report_interval_s", 30], ["alarm_cm", 120], ["report_interval_s", "soon"],
+            ["sample_interval_s", 0], ["thresholds.alert_cm", 500], ["nope", 1],
+            ["role", "pump"], ["fast_interval_s", 2.5]]
+    out = json.loads(run_stdout(CODE % json.dumps(sets), cwd=tmp_path))
+    assert out["alert"] == 50 and out["journal"] == 32768 and out["report"] == 60
+    assert out["sim"] == {"speed": 20} and out["extra"] == {"kept": 1}
+    assert out["report_interval_s"] == 30 and out["alarm_cm"] == 120
+    e = out["errors"]
+    assert e[0] == "report_interval_s: bad value 'soon'; allowed: an integer from 1 to 86400"
+    assert e[1] == "sample_interval_s: bad value 0; allowed: an integer from 1 to 3600"
+    assert e[2].startswith("thresholds: bad values alert_cm=500") and "alert_cm < alarm_cm" in e[2]
+    assert e[3].startswith("nope: unknown key; allowed keys: node_id, role, board,")
+    assert e[4] == "role: bad value 'pump'; allowed: water, signal, toll"
+    assert e[5].startswith("fast_interval_s: bad value 2.5; allowed: an integer")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["report_interval_s"] == 30 and saved["thresholds"] == {"alert_cm": 50,
+                                                                        "alarm_cm": 120}
+    assert saved["extra"] == {"kept": 1} and saved["sim"] == {"speed": 20}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"journal_max_bytes": 10}, "journal_max_bytes: bad value 10; allowed: an integer from 1024"),
+    ({"thresholds": {"hysteresis_cm": -1}}, "thresholds.hysteresis_cm: bad value -1"),
+])
+def test_bad_file_is_refused_at_boot_naming_the_key(tmp_path, bad, message):
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    proc = run("from roadside_node.config import Config\nConfig.load()", cwd=tmp_path,
+               check=False)
+    assert proc.returncode != 0 and message in proc.stdout.decode()

@@ -1,0 +1,160 @@
+"""The journal on the node's flash: persistence across processes, torn tails, the full policy,
+seqs never reused, and state.json never ahead of the journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from support.micropython import FIRMWARE, MICROPYTHON, run_stdout
+
+PRELUDE = r"""
+import json
+from roadside_node.journal import Journal
+def show(j):
+    print(json.dumps({"first": j.first_unacked, "next": j.next_seq, "count": j.count,
+                      "used": j.used, "dropped": j.dropped_full, "boots": j.boot_count}))
+"""
+
+
+def mp(tmp_path, code: str) -> dict:
+    return json.loads(run_stdout(PRELUDE + code, cwd=tmp_path).splitlines()[-1])
+
+
+def state(tmp_path) -> dict:
+    return json.loads((tmp_path / "state.json").read_text())
+
+
+def test_append_ack_reboot_persistence(tmp_path):
+    s = mp(tmp_path, """
+j = Journal(); j.load()
+for i in range(10):
+    j.append(100 + i, 1, 1, {1: 1.5 * i, 2: 0.0, 3: 2000 + i})
+j.mark_sent(6)
+j.ack(4)
+show(j)
+""")
+    assert s == {"first": 5, "next": 11, "count": 6, "used": s["used"], "dropped": 0, "boots": 1}
+    assert state(tmp_path)["next_seq"] == 7 and state(tmp_path)["acked"] == 4
+    s = mp(tmp_path, """
+j = Journal(); j.load()
+r = j.read(5)
+from roadside_node import cbor
+print(json.dumps(cbor.loads(r)))
+show(j)
+""")
+    assert s["first"] == 5 and s["next"] == 11 and s["count"] == 6 and s["boots"] == 2
+    out = run_stdout(PRELUDE + "j = Journal(); j.load()\nfrom roadside_node import cbor\n"
+                     "print(json.dumps(cbor.loads(j.read(5))))", cwd=tmp_path)
+    assert json.loads(out.splitlines()[0]) == [5, 104, 1, 1, {"1": 6.0, "2": 0.0, "3": 2004}]
+
+
+def test_torn_tail_is_cut_and_the_rest_kept(tmp_path):
+    mp(tmp_path, """
+j = Journal(); j.load()
+for i in range(5):
+    j.append(i, 1, 1, {1: 2.0})
+j.mark_sent(3)
+show(j)
+""")
+    path = tmp_path / "journal.bin"
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])                     # power cut in the middle of record 5
+    s = mp(tmp_path, "j = Journal(); j.load()\nshow(j)\nj.append(9, 1, 1, {1: 3.0})\nshow(j)")
+    assert s["count"] == 5 and s["next"] == 6       # 4 kept + the new one as seq 5
+    (tmp_path / "journal.bin").write_bytes(path.read_bytes() + b"\x09\x00garbage")
+    s = mp(tmp_path, "j = Journal(); j.load()\nshow(j)")
+    assert s["count"] == 5 and s["next"] == 6
+
+
+def test_full_policy_refuses_telemetry_keeps_a_priority_reserve(tmp_path):
+    s = mp(tmp_path, """
+j = Journal(max_bytes=1024); j.load()
+n = 0
+while j.append(5, 1, 1, {1: 12.5, 2: 0.5, 3: 2000}):
+    n += 1
+tele_used = j.used
+print(json.dumps({"n": n, "used": tele_used, "dropped": j.dropped_full}))
+p = 0
+while j.append(5, 2, 2, {1: "alarm", 2: 150.5, 3: "alert"}):
+    p += 1
+print(json.dumps({"p": p, "used": j.used}))
+show(j)
+""")
+    out = run_stdout(PRELUDE + """
+j = Journal(max_bytes=1024); j.load()
+show(j)
+""", cwd=tmp_path)
+    s = json.loads(out)
+    assert s["dropped"] == 2 and s["count"] > 0     # one telemetry + one priority refused
+    assert s["used"] <= 1024 * 1.25
+    assert state(tmp_path)["dropped_full"] == 2
+
+
+def test_counts_of_full_policy(tmp_path):
+    lines = run_stdout(PRELUDE + """
+j = Journal(max_bytes=1024); j.load()
+n = 0
+while j.append(5, 1, 1, {1: 12.5, 2: 0.5, 3: 2000}):
+    n += 1
+print(n, j.used, j.dropped_full)
+print(j.append(5, 1, 0, {1: 1}), j.dropped_full)
+p = 0
+while j.append(5, 2, 2, {1: "alarm", 2: 150.5, 3: "alert"}):
+    p += 1
+print(p, j.used, j.dropped_full)
+j.ack(j.first + 2)
+print(j.append(5, 1, 1, {1: 12.5, 2: 0.5, 3: 2000}) > 0)
+""", cwd=tmp_path).split("\n")
+    n, used, dropped = map(int, lines[0].split())
+    assert n > 10 and used <= 1024 and dropped == 1
+    assert lines[1].split() == ["0", "2"]
+    p, used, dropped = map(int, lines[2].split())
+    assert p >= 1 and 1024 < used <= 1280 and dropped == 3
+    assert lines[3] == "False"  # still above 1024 after acking 3: telemetry still refused
+
+
+def test_seq_never_reused_across_restarts(tmp_path):
+    for _ in range(3):
+        run_stdout(PRELUDE + """
+j = Journal(); j.load()
+for i in range(4):
+    j.append(1, 1, 1, {1: 1.0})
+j.mark_sent(j.next_seq - 1)
+j.ack(j.next_seq - 1)   # everything acked: the journal file ends up empty
+""", cwd=tmp_path)
+    s = mp(tmp_path, "j = Journal(); j.load()\nshow(j)")
+    assert s["next"] == 13 and s["count"] == 0 and s["first"] == 13
+    assert (tmp_path / "journal.bin").stat().st_size == 0
+
+
+def test_kill_9_while_appending_keeps_state_behind_the_journal(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(FIRMWARE)!r})\n" + PRELUDE + """
+j = Journal(max_bytes=1000000); j.load()
+while True:
+    s = j.append(1, 1, 1, {1: 1.0, 2: 0.0, 3: 1})
+    j.mark_sent(s)
+    if s % 7 == 0:
+        j.ack(s - 3)
+""")
+    for _ in range(3):
+        p = subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=96k", str(script)],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL)
+        time.sleep(0.4)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        st = state(tmp_path)
+        s = mp(tmp_path, "j = Journal(); j.load()\nshow(j)")
+        # every seq the state counts as produced is either acked or still journaled
+        assert st["next_seq"] - 1 <= s["next"] - 1
+        assert s["first"] == st["acked"] + 1 and s["count"] == s["next"] - s["first"]
+        lines = run_stdout(PRELUDE + """
+from roadside_node import cbor
+j = Journal(); j.load()
+print(all(cbor.loads(j.read(s))[0] == s for s in range(j.first, j.next_seq)))
+""", cwd=tmp_path)
+        assert lines.strip() == "True"

@@ -1,0 +1,229 @@
+"""A whole simulated node (firmware/sim_main.py under MicroPython) over a real pty pair, with
+this test as the gateway (cbor2 + cobs): hello, time, records, acks, go-back-N, commands,
+errors, a corrupt frame, kill -9 and restart."""
+
+from __future__ import annotations
+
+import binascii
+import errno
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import time
+import tty
+from pathlib import Path
+
+import cbor2
+import pytest
+from cobs import cobs
+from roadside.tools.sim import build_mpy
+from support.micropython import FIRMWARE, MICROPYTHON
+
+SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "water" / "flood.json"
+
+
+def frame(msg: dict) -> bytes:
+    payload = cbor2.dumps(msg)
+    return cobs.encode(payload + struct.pack("<I", binascii.crc32(payload))) + b"\x00"
+
+
+class Gateway:
+    def __init__(self, node_dir: Path, **config) -> None:
+        self.dir = node_dir
+        self.master, slave = os.openpty()
+        tty.setraw(self.master)
+        self.path = os.ttyname(slave)
+        os.close(slave)
+        node_dir.mkdir(exist_ok=True)
+        cfg = {"node_id": "wl-0042", "role": "water", "board": "sim",
+               "sim": {"uart": self.path, "scenario": str(SCENARIO), "speed": 20, "seed": 3}}
+        cfg.update(config)
+        (node_dir / "config.json").write_text(json.dumps(cfg))
+        self.buf = b""
+        self.proc: subprocess.Popen | None = None
+        self.log = node_dir / "node.log"
+        self.heapsize = "96k"  # an ESP32 without PSRAM; precompiled firmware (build_mpy)
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(MICROPYTHON), "-X", f"heapsize={self.heapsize}",
+                 str(FIRMWARE / "sim_main.py"), str(self.dir), str(build_mpy())],
+                cwd=self.dir, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def send(self, msg: dict | bytes) -> None:
+        os.write(self.master, msg if isinstance(msg, bytes) else frame(msg))
+
+    def recv(self, timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\x00" in self.buf:
+                f, self.buf = self.buf.split(b"\x00", 1)
+                if f:
+                    raw = cobs.decode(f)
+                    assert struct.pack("<I", binascii.crc32(raw[:-4])) == raw[-4:]
+                    return cbor2.loads(raw[:-4])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"nothing from the node; log:\n{self.log.read_text()}")
+            r, _, _ = select.select([self.master], [], [], min(left, 0.1))
+            if r:
+                try:
+                    self.buf += os.read(self.master, 4096)
+                except OSError as e:  # EIO while no process has the slave open
+                    if e.errno != errno.EIO:
+                        raise
+                    time.sleep(0.05)
+
+    def expect(self, mtype: int, timeout: float = 5.0) -> dict:
+        """The next message of that type (others in between are collected in self.other)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.recv(max(0.01, deadline - time.monotonic()))
+            if m[0] == mtype:
+                return m
+            self.other.append(m)
+
+    other: list = []
+
+
+@pytest.fixture
+def gw(tmp_path):
+    g = Gateway(tmp_path / "node")
+    g.other = []
+    try:
+        yield g
+    finally:
+        g.kill()
+        os.close(g.master)
+
+
+def test_session_records_acks_commands_and_restart(gw):
+    gw.start()
+    hello = gw.expect(1)
+    assert hello[1] == "wl-0042" and hello[2] == "water" and hello[4] == "sim"
+    assert hello[6] == "power_on" and hello[7] == 1 and hello[8] == 1 and hello[9] == 1
+    gw.send(b"\x13\x37garbage\x00")                          # a corrupt frame: skipped
+    gw.send({0: 6, 1: 1795420800123})
+    gw.send({0: 3, 1: 0})
+    first = gw.expect(2)
+    assert first[1] == 1 and first[2][0][0] == 1
+    rec = first[2][0]
+    # made before TIME: seconds since boot with CLOCK_UNSYNCED; after: epoch seconds
+    assert rec[1] < 100 if rec[3] & 1 else rec[1] >= 1795420800
+    # no ACK: the node goes back and sends seq 1 again after ACK_TIMEOUT
+    t0 = time.monotonic()
+    seen = [r[0] for r in first[2]]
+    while True:
+        m = gw.expect(2, timeout=6)
+        if m[2] and m[2][0][0] == 1:
+            break
+        seen += [r[0] for r in m[2]]
+    assert 1.5 < time.monotonic() - t0 < 5
+    assert seen == list(range(1, len(seen) + 1))
+    gw.send({0: 3, 1: 2})
+    gw.send({0: 99, 1: 1})                                    # unknown type
+    err = gw.expect(7)
+    assert err[1] == 1 and err[3] == 99
+    gw.send({0: 4, 1: 77, 2: "ping"})
+    assert gw.expect(5) == {0: 5, 1: 77, 2: True, 3: "pong"}
+    gw.send({0: 4, 1: 77, 2: "ping"})                         # a retry: same answer
+    assert gw.expect(5) == {0: 5, 1: 77, 2: True, 3: "pong"}
+    gw.send({0: 4, 1: 78, 2: "fly"})
+    bad = gw.expect(5)
+    assert bad[1] == 78 and bad[2] is False and "unknown command 'fly'" in bad[4]
+    gw.send({0: 4, 1: 79, 2: "config.set", 3: {"key": "alert_cm", "value": "high"}})
+    bad = gw.expect(5)
+    assert bad[2] is False and "alert_cm: bad value 'high'" in bad[4]
+    gw.send({0: 4, 1: 80, 2: "info"})
+    info = gw.expect(5)[3]
+    assert info["node"] == "wl-0042" and info["boot_count"] == 1
+    gw.send({0: 3, 1: 2})
+    time.sleep(1.0)
+    gw.kill()
+    produced = json.loads((gw.dir / "state.json").read_text())["next_seq"] - 1
+    assert produced >= 3
+
+    gw.other = []
+    gw.start()
+    hello = gw.expect(1)
+    assert hello[9] == 3 and hello[7] > produced and hello[5] == 2
+    gw.send({0: 6, 1: 1795420900000})
+    gw.send({0: 3, 1: 2})
+    m = gw.expect(2)
+    assert m[1] == 3 and m[2][0][0] == 3                      # unacked ones resent first
+    seqs = [r[0] for r in m[2]]
+    deadline = time.monotonic() + 5
+    while seqs[-1] <= produced + 1 and time.monotonic() < deadline:
+        m = gw.expect(2)
+        seqs += [r[0] for r in m[2]]
+        gw.send({0: 3, 1: seqs[-1]})
+    assert seqs == list(range(3, seqs[-1] + 1))               # in order, no seq reused
+    assert seqs[-1] > produced + 1
+
+
+def test_records_before_hello_answer_and_error_3_trigger_hello(gw):
+    gw.start()
+    gw.expect(1)
+    gw.send({0: 7, 1: 3, 2: "send HELLO first"})
+    assert gw.expect(1, timeout=3)[0] == 1
+    gw.send({0: 3})                                           # ACK without its seq
+    err = gw.expect(7)
+    assert err[1] == 2 and err[3] == 3
+    gw.send({0: 4, 1: 5, 2: "config.set", 3: {"key": "report_interval_s", "value": 30}})
+    assert gw.expect(5) == {0: 5, 1: 5, 2: True, 3: 30}
+    gw.send({0: 4, 1: 6, 2: "reboot"})
+    assert gw.expect(5) == {0: 5, 1: 6, 2: True, 3: True}
+    assert gw.proc.wait(timeout=5) == 3                       # EXIT_RESET
+    assert json.loads((gw.dir / "config.json").read_text())["report_interval_s"] == 30
+    gw.start()
+    hello = gw.expect(1)
+    assert hello[6] == "soft" and hello[5] == 2
+
+
+def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
+    g = Gateway(tmp_path / "node", journal_max_bytes=2048, health_interval_s=60,
+                fast_interval_s=2, report_interval_s=2)
+    g.sim_speed = 100
+    cfg = json.loads((g.dir / "config.json").read_text())
+    cfg["sim"]["speed"] = 100
+    (g.dir / "config.json").write_text(json.dumps(cfg))
+    g.other = []
+    try:
+        g.start()
+        g.expect(1)
+        time.sleep(3)                      # no gateway: the journal fills up
+        hello = g.expect(1, timeout=5)     # the node says HELLO again
+        assert hello[9] == 1 and hello[7] > 30
+        g.send({0: 6, 1: 1795420800000})
+        g.send({0: 3, 1: 0})
+        seqs: list[int] = []
+        health = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and (not seqs or seqs[-1] < hello[7] + 5):
+            m = g.expect(2)
+            got = [r[0] for r in m[2]]
+            assert m[1] <= got[0]
+            if got[0] != (seqs[-1] + 1 if seqs else 1):
+                continue                   # a go-back resend of what we have not acked yet
+            seqs += got
+            health += [r[4] for r in m[2] if r[2] == 3]
+            assert seqs[-1] - m[1] < 32    # never more than WINDOW unacked in flight
+            g.send({0: 3, 1: seqs[-1]})
+        assert seqs == list(range(1, seqs[-1] + 1)) and seqs[-1] >= hello[7] + 5
+        log = g.log.read_text()
+        assert "journal full: dropped" in log
+        state = json.loads((g.dir / "state.json").read_text())
+        assert state["dropped_full"] > 0
+        assert health and all(h[1] > 20000 for h in health)   # free heap stays healthy
+    finally:
+        g.kill()
+        os.close(g.master)

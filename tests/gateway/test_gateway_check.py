@@ -1,0 +1,88 @@
+"""`roadside gateway check`: every config error is one line naming the key, the bad value and
+what is allowed; a good config prints a summary without any secret."""
+
+from __future__ import annotations
+
+import pytest
+from roadside.tools.cli import main
+
+BASE = '[gateway]\nid = "gw-1"\nsite = "s"\ndata_dir = "data"\n'
+
+
+def check(tmp_path, capsys, text: str) -> tuple[int, str, str]:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(text)
+    code = main(["gateway", "check", "--config", str(cfg)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("extra, key, value, allowed", [
+    ('[log]\nformat = "yaml"\n', "log.format", "'yaml'", "'text', 'json'"),
+    ('[log]\nlevel = "trace"\n', "log.level", "'trace'", "'debug', 'info', 'warning', 'error'"),
+    ("[status]\nuplink_down_s = true\n", "status.uplink_down_s", "True", "0..86400"),
+    ('[status]\nlisten = "localhost"\n', "status.listen", "'localhost'", "HOST:PORT"),
+    ("[batch]\nmax_age_s = 7200\n", "batch.max_age_s", "7200", "0..3600"),
+    ('[[link]]\ntype = "serial"\nport = "/dev/x"\nbaudrate = 100\n', "link[0].baudrate", "100",
+     "115200"),
+    ('[[link]]\ntype = "usb"\nport = "/dev/x"\n', "link[0].type", "'usb'", "'serial'"),
+    ('[[uplink]]\ntype = "http"\nurl = "http://a/b"\n[[uplink]]\ntype = "http"\n'
+     'url = "http://c/d"\nname = "http"\n', "uplink[1].name", "'http'", "unique"),
+    ('[metrics]\nport = 1\n', "metrics", "unknown", "gateway, link, batch, uplink, status, log"),
+    ('[log]\nformt = "json"\n', "log.formt", "unknown key", "format, level"),
+])
+def test_check_errors_name_key_value_allowed(tmp_path, capsys, extra, key, value, allowed):
+    code, out, err = check(tmp_path, capsys, BASE + extra)
+    assert code == 2 and out == ""
+    line = err.strip()
+    assert "\n" not in line
+    _, _, message = line.partition(": error: ")
+    assert message.split(": ", 1)[1].startswith(key + ":"), line
+    assert value in line and allowed in line, line
+
+
+def test_check_ok_prints_summary_without_secrets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROADSIDE_TEST_TOKEN", "s3cret-token")
+    (tmp_path / "mqtt.pass").write_text("s3cret-pass\n")
+    code, out, err = check(tmp_path, capsys, BASE + (
+        '[log]\nformat = "json"\nlevel = "debug"\n'
+        '[[uplink]]\ntype = "http"\nurl = "https://city.example/batches"\n'
+        'token_env = "ROADSIDE_TEST_TOKEN"\n'))
+    assert code == 0 and err == "", err
+    assert "OK" in out and "format=json" in out and "level=debug" in out
+    assert "ROADSIDE_TEST_TOKEN" in out and "s3cret" not in out
+
+
+def test_check_token_env_missing_names_the_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ROADSIDE_NOPE", raising=False)
+    code, _, err = check(tmp_path, capsys, BASE + (
+        '[[uplink]]\ntype = "http"\nurl = "https://x/b"\ntoken_env = "ROADSIDE_NOPE"\n'))
+    assert code == 2 and "uplink[0].token_env" in err and "'ROADSIDE_NOPE'" in err
+
+
+def test_the_example_in_docs_gateway_md_is_valid_and_complete(tmp_path, capsys):
+    """docs/GATEWAY.md's gateway.toml loads (with its files made up) and shows every key."""
+    import re
+    from pathlib import Path
+
+    from roadside.gateway import config as gc
+
+    doc = (Path(__file__).parents[2] / "docs" / "GATEWAY.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", doc, re.S).group(1)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("city-ca.pem", "gw.crt", "gw.key", "city.token", "broker.pass"):
+        (etc / name).write_text("secret\n")
+    text = example.replace("/etc/roadside/", f"{etc}/").replace(
+        '"/var/lib/roadside"', f'"{tmp_path / "data"}"')
+    code, out, err = check(tmp_path, capsys, text)
+    assert code == 0, err
+    assert "secret" not in out
+    keys = set(re.findall(r"^#? ?(\w+) =", example, re.M))
+    sections = set(re.findall(r"^\[\[?(\w+)\]\]?", example, re.M))
+    assert sections == {"gateway", "link", "queue", "batch", "uplink", "status", "log"}
+    expected = (set(gc.UPLINK_KEYS) | set(gc.MQTT_KEYS) | set(gc.HTTP_KEYS)
+                | {"id", "site", "data_dir", "port", "baudrate", "usb_serial", "vid_pid",
+                   "max_records", "max_bytes", "max_age_s", "listen", "link_down_s",
+                   "uplink_down_s", "format", "level"})
+    assert expected <= keys, expected - keys

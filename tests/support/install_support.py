@@ -1,0 +1,49 @@
+"""Helpers for the installer-tool tests: a virtual board, a simulated node in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from roadside.tools.sim import Simulation
+from roadside.tools.virtual_board import VirtualBoard
+
+
+@contextmanager
+def virtual_board(directory: Path, **kwargs: Any) -> Iterator[VirtualBoard]:
+    """A started virtual MicroPython board, closed (interpreter killed, ptys closed) after."""
+    board = VirtualBoard(directory, **kwargs).start()
+    try:
+        yield board
+    finally:
+        board.close()
+
+
+@contextmanager
+def running_simulation(sim: Simulation) -> Iterator[Simulation]:
+    """Run a tools.sim.Simulation on its own event loop thread (the tool under test is
+    synchronous and opens the gateway end of each cable itself)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(sim.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not ready.wait(20):
+        raise RuntimeError("simulation did not start")
+    try:
+        yield sim
+    finally:
+        asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -1,0 +1,51 @@
+"""The demo's pure parts: the delivery check and the live view."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from roadside.tools.demo import Summary, compare
+from roadside.tools.status_view import progress_line, render
+
+
+def test_compare_finds_missing_and_out_of_order():
+    results = compare({"a": 4, "b": 3, "c": 2}, {"a": [1, 2, 3, 4], "b": [1, 3], "c": [2, 1]})
+    by = {r.node: r for r in results}
+    assert (by["a"].missing, by["a"].out_of_order, by["a"].delivered) == ([], 0, 4)
+    assert by["b"].missing == [2]
+    assert by["c"].missing == [] and by["c"].out_of_order == 1
+
+
+def test_summary_ok_only_when_exactly_once_in_order():
+    perfect = compare({"a": 2}, {"a": [1, 2]})
+    assert Summary(perfect, 0, 3, 0).ok
+    assert not Summary(perfect, 1, 0, 0).ok                       # a duplicate record
+    assert not Summary(compare({"a": 2}, {"a": [1]}), 0, 0, 0).ok  # a missing one
+    assert not Summary(compare({"a": 0}, {}), 0, 0, 0).ok          # produced nothing
+    assert "FAILED" in Summary(compare({"a": 2}, {"a": [2]}), 0, 0, 0).lines()[-1]
+
+
+def test_view_renders_whatever_the_status_has():
+    status = {"nodes": [{"id": "wl-0001", "link": "up", "records": 7, "last_level": 12.25,
+                         "alarm": "alert"}],
+              "queue": {"depth": 3}, "uplinks": [{"name": "http", "state": "retrying",
+                                                  "failures": 2}]}
+    stats = {"batches": 2, "records": 5, "duplicate_batches": 0, "duplicate_records": 0,
+             "nodes": {"wl-0001": {"records": 5}}}
+    lines = render(1.0, ["wl-0001", "wl-0002"], {"wl-0001": "running"}, status, stats, {})
+    text = "\n".join(lines)
+    assert "wl-0001    running    up" in text and "12.2" in text and "alert" in text
+    assert "queue depth: 3" in text and "http: retrying (2 failures)" in text
+    assert "wl-0002" in text  # a node the gateway has not seen yet still has a row
+    down = "\n".join(render(1.0, ["wl-0001"], {}, None, None, {}))
+    assert "gateway: not answering" in down and "receiver: not answering" in down
+    assert "queue=3" in progress_line(2.0, status, stats)
+
+
+def test_demo_argument_errors_are_one_line():
+    for args, word in ((["--nodes", "0"], "--nodes"), (["--uplink", "ftp://x"], "--uplink"),
+                       (["--duration", "-1"], "--duration")):
+        p = subprocess.run([sys.executable, "-m", "roadside.tools.cli", "demo", *args],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2 and word in p.stderr and p.stderr.count("\n") == 1, p.stderr

@@ -1,0 +1,147 @@
+"""Write tests/vectors/frames.json: the protocol's conformance vectors (docs/PROTOCOL.md).
+
+Run `python tests/vectors/make_vectors.py` after a change to the protocol; the JSON is
+committed and both the firmware (under MicroPython) and the gateway (CPython) are tested
+against it, so neither side can drift without a test failing on the other.
+
+The frames are built here with cbor2 and the `cobs` package, independently of both
+implementations. Encoding rule (section 2 of PROTOCOL.md): map keys in ascending order,
+integers in their shortest form, floats as float64 (cbor2's default, not canonical=True).
+
+JSON cannot hold integer map keys, so in `message` an object key made only of digits stands
+for a uint key (the protocol never uses digit-only text keys).
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import struct
+from pathlib import Path
+
+import cbor2
+from cobs import cobs
+
+OUT = Path(__file__).with_name("frames.json")
+
+MESSAGES: list[tuple[str, dict]] = [
+    ("hello", {0: 1, 1: "wl-0001", 2: "water", 3: "0.1.0", 4: "sim", 5: 3, 6: "power_on",
+               7: 42, 8: 1, 9: 40}),
+    ("records-level-alarm-health", {0: 2, 1: 40, 2: [
+        [40, 1795420800, 1, 0, {1: 12.5, 2: -0.25, 3: 1874}],
+        [41, 1795420805, 2, 2, {1: "alert", 2: 50.75, 3: "normal"}],
+        [42, 310, 3, 1, {1: 61440, 2: 310, 3: 2, 4: 0, 5: 3}],
+    ]}),
+    ("records-empty", {0: 2, 1: 7, 2: []}),
+    ("ack-none", {0: 3, 1: 0}),
+    ("ack-small", {0: 3, 1: 23}),
+    ("ack-one-byte", {0: 3, 1: 24}),
+    ("ack-two-bytes", {0: 3, 1: 300}),
+    ("ack-four-bytes", {0: 3, 1: 70000}),
+    ("command-ping", {0: 4, 1: 1, 2: "ping"}),
+    ("command-config-set", {0: 4, 1: 513, 2: "config.set",
+                            3: {"key": "alert_cm", "value": 60}}),
+    ("reply-pong", {0: 5, 1: 1, 2: True, 3: "pong"}),
+    ("reply-map", {0: 5, 1: 2, 2: True, 3: {"fw": "0.1.0", "node": "wl-0001", "next_seq": 43}}),
+    ("reply-error", {0: 5, 1: 513, 2: False,
+                     4: "alert_cm: must be a number 0..2000, got 'high'"}),
+    ("time", {0: 6, 1: 1795420800123}),
+    ("error-unknown-type", {0: 7, 1: 1, 2: "unknown message type 99", 3: 99}),
+    ("error-no-session", {0: 7, 1: 3, 2: "send HELLO first"}),
+    # more than 254 bytes without a zero: exercises COBS's 0xFF block code
+    ("error-long-message", {0: 7, 1: 2, 2: "x" * 300}),
+]
+
+
+def payload_of(message: dict) -> bytes:
+    return cbor2.dumps(message)
+
+
+def frame_of(payload: bytes) -> bytes:
+    body = payload + struct.pack("<I", binascii.crc32(payload) & 0xFFFFFFFF)
+    return cobs.encode(body) + b"\x00"
+
+
+def to_json(value):
+    """Integer map keys become digit strings (see the module docstring)."""
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, int) else k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def check_reason(frame: bytes) -> str | None:
+    """The reference judgement of one frame (without its 0x00): None when valid."""
+    if len(frame) > 1040:
+        return "oversize"
+    try:
+        body = cobs.decode(frame)
+    except cobs.DecodeError:
+        return "cobs"
+    if len(body) < 5:
+        return "crc"
+    if struct.pack("<I", binascii.crc32(body[:-4]) & 0xFFFFFFFF) != body[-4:]:
+        return "crc"
+    return None
+
+
+def crc_broken(payload: bytes) -> bytes:
+    """A well-formed COBS frame whose payload had one bit flipped after its CRC was taken."""
+    crc = struct.pack("<I", binascii.crc32(payload) & 0xFFFFFFFF)
+    flipped = bytearray(payload)
+    flipped[-1] ^= 0x04
+    return cobs.encode(bytes(flipped) + crc) + b"\x00"
+
+
+def invalid_frames() -> list[dict]:
+    cases = [
+        ("crc-bit-flip", crc_broken(payload_of({0: 3, 1: 5}))),
+        ("crc-too-short", cobs.encode(b"\x01\x02\x03") + b"\x00"),
+        ("cobs-block-past-end", b"\x05ab\x00"),
+        ("oversize", b"\x01" * 1100 + b"\x00"),
+    ]
+    out = []
+    for name, frame in cases:
+        reason = check_reason(frame[:-1])
+        assert reason is not None, name
+        out.append({"name": name, "frame": frame.hex(), "error": reason})
+    return out
+
+
+def stream_vector() -> dict:
+    """Garbage, a truncated frame and noise between good frames: what a receiver must yield."""
+    a = payload_of({0: 3, 1: 1})
+    b = payload_of({0: 6, 1: 1795420800123})
+    c = payload_of({0: 7, 1: 3, 2: "send HELLO first"})
+    fa, fb, fc = frame_of(a), frame_of(b), frame_of(c)
+    stream = (b"\x13\x37garbage" + b"\x00" + fa + fb[: len(fb) // 2] + b"\x00\x00"
+              + b"\x00" + fc + crc_broken(a) + b"\x01" * 1050 + b"\x00" + fb)
+    payloads, counts = [], {"crc": 0, "cobs": 0, "oversize": 0}
+    for chunk in stream.split(b"\x00")[:-1]:
+        if not chunk:
+            continue
+        reason = check_reason(chunk)
+        if reason:
+            counts[reason] += 1
+        else:
+            payloads.append(cobs.decode(chunk)[:-4].hex())
+    return {"name": "stream-resync", "stream": stream.hex(), "payloads": payloads,
+            "counts": counts}
+
+
+def build() -> dict:
+    valid = []
+    for name, message in MESSAGES:
+        payload = payload_of(message)
+        assert cbor2.loads(payload) == message
+        valid.append({"name": name, "type": message[0], "frame": frame_of(payload).hex(),
+                      "payload": payload.hex(), "message": to_json(message)})
+    return {"about": "roadside protocol v1 conformance vectors; see tests/vectors/make_vectors.py",
+            "max_payload": 1024, "max_encoded": 1040,
+            "valid": valid, "invalid": invalid_frames(), "streams": [stream_vector()]}
+
+
+if __name__ == "__main__":
+    OUT.write_text(json.dumps(build(), indent=1) + "\n")
+    print(f"wrote {OUT}")

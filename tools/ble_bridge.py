@@ -1,0 +1,224 @@
+"""Virtual BLE for simulated nodes: the firmware's real BLE code (firmware/roadside_node/ble.py
+on hw/sim_bluetooth.py) drives a real bumble peripheral on a virtual controller.
+
+    air = VirtualAir()                          # one bumble LocalLink: the "radio"
+    bridge = NodeBridge(air, "F0:00:00:00:00:01")
+    await bridge.start()                        # a pty for the node (config sim.ble)
+    ... node runs with sim.ble = bridge.node_path ...
+    central = await air.device("gateway", "C0:00:00:00:00:01")   # for the bleak backend
+
+The pty carries the tiny RPC described in sim_bluetooth.py. Notifications are paced: each one
+is sent through bumble and its connection drained before the node gets a credit back, and the
+node holds at most 8 in flight (like NimBLE's buffers), so nothing queues without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import struct
+import tty
+from collections.abc import Callable
+from typing import Any
+
+from bumble import gatt, hci
+from bumble.controller import Controller
+from bumble.device import Connection, Device
+from bumble.host import Host
+from bumble.link import LocalLink
+
+log = logging.getLogger("roadside.ble_bridge")
+
+_RPC_QUEUE = 256   # node -> bridge messages waiting; credits keep it far below this
+
+
+class VirtualAir:
+    """Virtual controllers on one in-process LocalLink; each device gets its own."""
+
+    def __init__(self) -> None:
+        self.link = LocalLink()
+        self.devices: list[Device] = []
+
+    async def device(self, name: str, address: str) -> Device:
+        """A powered-on bumble Device on a new controller on this air."""
+        controller = Controller(name, link=self.link)
+        dev = Device(name=name, address=hci.Address(address), host=Host(controller, controller))
+        await dev.power_on()
+        self.devices.append(dev)
+        return dev
+
+
+class NodeBridge:
+    """One simulated node's radio: its pty end and its bumble peripheral."""
+
+    def __init__(self, air: VirtualAir, address: str, name: str = "node") -> None:
+        self.air = air
+        self.address = address
+        self.name = name
+        self.device: Device | None = None
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.node_path = os.ttyname(self.slave)
+        self._buf = bytearray()
+        self._rpc: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(_RPC_QUEUE)
+        self._task: asyncio.Task[None] | None = None
+        self._chars: dict[int, gatt.Characteristic] = {}
+        self._spec: Any = None
+        self._conns: dict[int, Connection] = {}
+        self.notifications = 0
+        self.dropped_rpc = 0
+        self.on_event: Callable[[str], None] | None = None   # tests: "connect", ...
+
+    async def start(self) -> None:
+        self.device = await self.air.device(self.name, self.address)
+        self.device.on("connection", self._on_connection)
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        self._task = asyncio.create_task(self._serve(), name=f"ble bridge {self.name}")
+
+    async def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.master)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for conn in list(self._conns.values()):
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+        if self.device is not None:
+            with contextlib.suppress(Exception):
+                await self.device.stop_advertising()
+            with contextlib.suppress(Exception):
+                await self.device.power_off()
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    async def drop(self) -> None:
+        """Break the connection from the node's side (a radio fade): tests, link drops."""
+        for conn in list(self._conns.values()):
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+    # -- node -> bridge -------------------------------------------------------------------
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except (BlockingIOError, OSError):
+            return
+        buf = self._buf
+        buf.extend(data)
+        while len(buf) >= 2:
+            n = buf[0] | buf[1] << 8
+            if len(buf) < 2 + n:
+                break
+            op, body = bytes(buf[2:3]), bytes(buf[3:2 + n])
+            del buf[:2 + n]
+            try:
+                self._rpc.put_nowait((op, body))
+            except asyncio.QueueFull:
+                self.dropped_rpc += 1
+
+    def _write(self, op: bytes, body: bytes) -> None:
+        msg = struct.pack("<H", len(body) + 1) + op + body
+        try:
+            os.write(self.master, msg)
+        except OSError:
+            pass   # the node is not running: what it would have heard is lost, like a radio
+
+    async def _serve(self) -> None:
+        while True:
+            op, body = await self._rpc.get()
+            try:
+                await self._handle(op, body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # noqa: BLE001 - one bad request must not stop the radio
+                log.warning(f"ble bridge {self.name}: {op!r} failed: {exc!r}")
+                if op == b"N":
+                    self._write(b"K", struct.pack("<H", 1))
+
+    async def _handle(self, op: bytes, body: bytes) -> None:
+        dev = self.device
+        assert dev is not None
+        if op == b"N":
+            conn_h, handle = struct.unpack("<HH", body[:4])
+            conn = self._conns.get(conn_h)
+            char = self._chars.get(handle)
+            if conn is not None and char is not None:
+                await dev.notify_subscriber(conn, char, body[4:])
+                await conn.drain()
+                self.notifications += 1
+            self._write(b"K", struct.pack("<H", 1))
+        elif op == b"V":
+            interval_us, n = struct.unpack("<IB", body[:5])
+            adv, resp = body[5:5 + n], body[5 + n:]
+            if dev.is_advertising:
+                await dev.stop_advertising()
+            if interval_us and not self._conns:
+                ms = max(20.0, interval_us / 1000)
+                await dev.start_advertising(advertising_data=adv, scan_response_data=resp,
+                                            advertising_interval_min=ms,
+                                            advertising_interval_max=ms)
+        elif op == b"R":
+            spec = json.loads(body)
+            if spec != self._spec:
+                self._register(spec)
+            for conn in list(self._conns.values()):   # a restarted node: old links are gone
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+        elif op == b"D":
+            conn = self._conns.get(struct.unpack("<H", body)[0])
+            if conn is not None:
+                await conn.disconnect()
+        elif op == b"M":
+            pass   # the central asks for the MTU; bumble answers up to its own maximum
+
+    def _register(self, spec: list[Any]) -> None:
+        dev = self.device
+        assert dev is not None
+        self._spec = spec
+        for svc_uuid, chars in spec:
+            made = []
+            for uuid, flags, handle in chars:
+                props = gatt.Characteristic.Properties(flags & 0x3E)
+                perms = gatt.Characteristic.READABLE | gatt.Characteristic.WRITEABLE
+                if flags & 0x0C:
+                    value: Any = gatt.CharacteristicValue(write=self._writer(handle))
+                else:
+                    value = b""
+                char = gatt.Characteristic(uuid, props, perms, value)
+                self._chars[handle] = char
+                made.append(char)
+            dev.add_service(gatt.Service(svc_uuid, made))
+
+    def _writer(self, handle: int) -> Callable[[Connection, bytes], None]:
+        def write(conn: Connection, value: bytes) -> None:
+            self._write(b"W", struct.pack("<HH", conn.handle, handle) + bytes(value))
+        return write
+
+    # -- bumble events -> node -------------------------------------------------------------
+    def _on_connection(self, conn: Connection) -> None:
+        h = conn.handle
+        self._conns[h] = conn
+        addr = bytes(conn.peer_address.address_bytes) if conn.peer_address else bytes(6)
+        self._write(b"C", struct.pack("<HB", h, 0) + addr[:6])
+
+        def on_disconnection(reason: int) -> None:
+            self._conns.pop(h, None)
+            self._write(b"X", struct.pack("<H", h))
+            if self.on_event:
+                self.on_event("disconnect")
+
+        def on_mtu() -> None:
+            self._write(b"U", struct.pack("<HH", h, conn.att_mtu))
+
+        conn.on("disconnection", on_disconnection)
+        conn.on("connection_att_mtu_update", on_mtu)
+        if self.on_event:
+            self.on_event("connect")

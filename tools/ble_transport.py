@@ -1,0 +1,251 @@
+"""BLE for the installer tools: `scan()` lists the nodes in range, and `BleSerial` is a
+serial-port-like object over an authenticated BLE session with one node, so the serial tools
+(`NodeLink(port, ser=...)` in node_link.py: `roadside config`, `roadside monitor`) work over BLE
+unchanged.
+
+    nodes = scan_sync(timeout=3.0)                        # [NodeAdvert], strongest first
+    ser = BleSerial.open("wl-0001", secret_path)          # scan, connect, authenticate
+    with NodeLink("ble:wl-0001", ser=ser) as link:
+        link.command("info")
+
+Frames read from `ser` are the node's messages, unsealed and re-framed (COBS + CRC, as on the
+cable); frames written to it are sealed before they go over the air. The BLE work runs on an
+asyncio loop in a background thread (or on `loop=` when given: the tests' virtual radio).
+`backend=` is bleak's backend injection point, set only by the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from bleak import BleakClient, BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
+from roadside.gateway import ble_auth
+from roadside.gateway import protocol as p
+from roadside.gateway.links.ble import RX_UUID, TX_UUID, NodeAdvert, parse_advert, site_tag
+
+from .errors import ToolError
+
+Backend = tuple[type, type] | None
+SECRETS_DIR = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "roadside" \
+    / "secrets"
+READ_BUFFER = 64 * 1024      # bytes of unread node output kept; older output is dropped
+
+
+class BleError(ToolError):
+    """BLE could not be used: the message says what to check."""
+
+
+def secret_path(node: str, given: str | Path | None = None) -> Path:
+    """The node's secret file: `given`, else ~/.config/roadside/secrets/NODE.key."""
+    return Path(given) if given else SECRETS_DIR / f"{node}.key"
+
+
+async def scan(timeout: float = 3.0, backend: Backend = None,
+               site: str | None = None) -> list[NodeAdvert]:
+    """The roadside nodes heard within `timeout` s (of `site` when given), strongest first."""
+    found: dict[str, NodeAdvert] = {}
+    want = site_tag(site)
+
+    def seen(device: BLEDevice, adv: Any) -> None:
+        a = parse_advert(adv.local_name, adv.manufacturer_data, adv.rssi, device.address)
+        if a is not None and (not want or a.site_tag in (0, want)):
+            found[a.node] = a
+
+    kwargs: dict[str, Any] = {"backend": backend[0]} if backend else {}
+    try:
+        scanner = BleakScanner(seen, **kwargs)
+        await scanner.start()
+    except (BleakError, OSError) as exc:
+        raise BleError(f"cannot scan: {exc}; check that Bluetooth is on"
+                       f" (`bluetoothctl power on`) and you may use it (bluetooth group)") from exc
+    try:
+        await asyncio.sleep(timeout)
+    finally:
+        with contextlib.suppress(BleakError, OSError):
+            await scanner.stop()
+    return sorted(found.values(), key=lambda a: -a.rssi)
+
+
+def scan_sync(timeout: float = 3.0, site: str | None = None) -> list[NodeAdvert]:
+    return asyncio.run(scan(timeout, site=site))
+
+
+class BleSerial:
+    """An authenticated BLE session with one node behind read()/write()/flush()/close()."""
+
+    def __init__(self, node: str, secret: bytes, backend: Backend = None,
+                 loop: asyncio.AbstractEventLoop | None = None, timeout: float = 10.0) -> None:
+        self.node = node
+        self.secret = secret
+        self.backend = backend
+        self.timeout = timeout
+        self._own_loop = loop is None
+        self._loop = loop or asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        if self._own_loop:
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                            name=f"ble {node}")
+            self._thread.start()
+        self._lock = threading.Lock()
+        self._buf: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self.dropped = 0
+        self._client: BleakClient | None = None
+        self._auth: ble_auth.GatewayAuth | None = None
+        self._decoder = p.FrameDecoder()
+        self._out_decoder = p.FrameDecoder()
+        self._handshake: asyncio.Queue[dict[int, Any]] | None = None
+        self.lost = False
+        self.mtu = 23
+
+    @classmethod
+    def open(cls, node: str, secret_file: str | Path | None = None, *, backend: Backend = None,
+             loop: asyncio.AbstractEventLoop | None = None, timeout: float = 10.0) -> BleSerial:
+        """Find `node` by its advertisement, connect and authenticate (BleError if not)."""
+        path = secret_path(node, secret_file)
+        try:
+            secret = ble_auth.load_secret(path)
+        except ble_auth.AuthError as exc:
+            raise BleError(f"{exc}; pass --secret-file or put it in {SECRETS_DIR}") from None
+        ser = cls(node, secret, backend, loop, timeout)
+        try:
+            ser._call(ser._connect())
+        except BaseException:
+            ser.close()
+            raise
+        return ser
+
+    def _call(self, coro: Any) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(self.timeout + 5)
+
+    async def _connect(self) -> None:
+        found: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()
+
+        def seen(device: BLEDevice, adv: Any) -> None:
+            a = parse_advert(adv.local_name, adv.manufacturer_data, adv.rssi, device.address)
+            if a is not None and a.node == self.node and not found.done():
+                found.set_result(device)
+
+        kw: dict[str, Any] = {"backend": self.backend[0]} if self.backend else {}
+        scanner = BleakScanner(seen, **kw)
+        await scanner.start()
+        try:
+            device = await asyncio.wait_for(found, self.timeout)
+        except TimeoutError:
+            raise BleError(f"node {self.node} not heard within {self.timeout:g} s; is it"
+                           f" powered and near? (`roadside scan` lists the nodes in range)"
+                           ) from None
+        finally:
+            with contextlib.suppress(BleakError, OSError):
+                await scanner.stop()
+        kw = {"backend": self.backend[1]} if self.backend else {}
+        client = BleakClient(device, disconnected_callback=self._on_lost, timeout=self.timeout,
+                             **kw)
+        try:
+            await client.connect()
+        except (BleakError, TimeoutError, OSError) as exc:
+            raise BleError(f"cannot connect to {self.node}: {exc}; retry closer to it") from None
+        self._client = client
+        self.mtu = client.mtu_size
+        self._handshake = asyncio.Queue(4)
+        await client.start_notify(TX_UUID, self._on_notify)
+        auth = ble_auth.GatewayAuth(self.secret, self.node)
+        await self._write(b"\x00" + p.encode_frame(auth.challenge()))
+        try:
+            response = await asyncio.wait_for(self._handshake.get(), 5.0)
+            proof = auth.on_response(response)
+        except TimeoutError:
+            raise BleError(f"{self.node} did not answer the AUTH challenge") from None
+        except ble_auth.AuthError as exc:
+            raise BleError(f"authentication with {self.node} failed: {exc}") from None
+        await self._write(p.encode_frame(proof))
+        self._auth = auth
+
+    def _on_lost(self, _client: BleakClient) -> None:
+        self.lost = True
+
+    def _on_notify(self, _char: Any, data: bytearray) -> None:
+        for payload in self._decoder.feed(bytes(data)):
+            try:
+                msg = cbor2.loads(payload)
+            except (cbor2.CBORDecodeError, ValueError):
+                continue
+            if not isinstance(msg, dict):
+                continue
+            auth = self._auth
+            if auth is None or auth.channel is None:
+                if self._handshake is not None and msg.get(0) in (ble_auth.AUTH, p.ERROR):
+                    with contextlib.suppress(asyncio.QueueFull):
+                        self._handshake.put_nowait(msg)
+                continue
+            if msg.get(0) != ble_auth.SEALED:
+                continue
+            try:
+                inner = auth.channel.open(msg)
+            except ble_auth.ChannelError:
+                continue
+            frame = p.encode_frame(inner)
+            with self._lock:
+                self._buf.append(frame)
+                self._buffered += len(frame)
+                while self._buffered > READ_BUFFER:
+                    self._buffered -= len(self._buf.popleft())
+                    self.dropped += 1
+
+    async def _write(self, data: bytes) -> None:
+        if self._client is None:
+            raise BleError(f"not connected to {self.node}")
+        n = max(20, self.mtu - 3)
+        for i in range(0, len(data), n):
+            await self._client.write_gatt_char(RX_UUID, data[i:i + n], response=False)
+
+    # -- the pyserial subset NodeLink uses ----------------------------------------------------
+    def read(self, n: int = 4096) -> bytes:
+        with self._lock:
+            out = bytearray()
+            while self._buf and len(out) + len(self._buf[0]) <= max(n, len(self._buf[0])):
+                f = self._buf.popleft()
+                self._buffered -= len(f)
+                out += f
+                if len(out) >= n:
+                    break
+        if not out and self.lost:
+            raise OSError(f"BLE connection to {self.node} lost")
+        return bytes(out)
+
+    def write(self, data: bytes) -> int:
+        auth = self._auth
+        if auth is None or auth.channel is None:
+            raise OSError(f"not authenticated with {self.node}")
+        sealed = b"".join(p.encode_frame(auth.channel.seal(payload))
+                          for payload in self._out_decoder.feed(bytes(data)))
+        if sealed:
+            self._call(self._write(sealed))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        client = self._client
+        self._client = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                self._call(client.disconnect())
+        if self._own_loop:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(5)
+            if not self._loop.is_running():
+                self._loop.close()

