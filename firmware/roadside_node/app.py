@@ -75,7 +75,6 @@ class App:
 
     def health(self):
         j = self.journal
-        gc.collect()  # report what is really free, not what garbage happens to be left
         self.emit(proto.K_HEALTH, 0, {proto.B_FREE_HEAP: self.hw.free_heap(),
                                       proto.B_UPTIME_S: self.hw.uptime_s(),
                                       proto.B_JOURNAL_RECORDS: j.count,

@@ -217,6 +217,7 @@ class SimHW:
 
     # -- system --------------------------------------------------------------------------
     def free_heap(self):
+        gc.collect()  # report what is really free, not what garbage happens to be left
         return gc.mem_free()
 
     def reset_cause(self):
