@@ -35,6 +35,21 @@ log = logging.getLogger("roadside.ble_bridge")
 _RPC_QUEUE = 256   # node -> bridge messages waiting; credits keep it far below this
 
 
+_STEP_S = 2.0      # bound on one disconnect / power-off on the virtual controller
+
+
+async def _bounded(step: Any) -> None:
+    """Await a teardown step for at most _STEP_S; a failure or a hang is logged, not raised."""
+    try:
+        await asyncio.wait_for(step, _STEP_S)
+    except Exception as exc:   # noqa: BLE001 - teardown goes on whatever one step did
+        log.debug(f"ble bridge teardown step failed: {exc!r}")
+
+
+async def _disconnect(conn: Connection) -> None:
+    await _bounded(conn.disconnect())
+
+
 class VirtualAir:
     """Virtual controllers on one in-process LocalLink; each device gets its own."""
 
@@ -49,6 +64,11 @@ class VirtualAir:
         await dev.power_on()
         self.devices.append(dev)
         return dev
+
+    async def close(self) -> None:
+        """Power every device off (bounded: teardown must not hang on the virtual radio)."""
+        for dev in self.devices:
+            await _bounded(dev.power_off())
 
 
 class NodeBridge:
@@ -81,6 +101,8 @@ class NodeBridge:
         self._task = asyncio.create_task(self._serve(), name=f"ble bridge {self.name}")
 
     async def close(self) -> None:
+        """Disconnect, power off and close the pty; every step bounded (a virtual controller
+        whose peer already went away may never answer a disconnect)."""
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.master)
         if self._task is not None:
@@ -88,13 +110,10 @@ class NodeBridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for conn in list(self._conns.values()):
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+            await _disconnect(conn)
         if self.device is not None:
-            with contextlib.suppress(Exception):
-                await self.device.stop_advertising()
-            with contextlib.suppress(Exception):
-                await self.device.power_off()
+            await _bounded(self.device.stop_advertising())
+            await _bounded(self.device.power_off())
         for fd in (self.master, self.slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -102,8 +121,7 @@ class NodeBridge:
     async def drop(self) -> None:
         """Break the connection from the node's side (a radio fade): tests, link drops."""
         for conn in list(self._conns.values()):
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+            await _disconnect(conn)
 
     # -- node -> bridge -------------------------------------------------------------------
     def _readable(self) -> None:
@@ -170,12 +188,11 @@ class NodeBridge:
             if spec != self._spec:
                 self._register(spec)
             for conn in list(self._conns.values()):   # a restarted node: old links are gone
-                with contextlib.suppress(Exception):
-                    await conn.disconnect()
+                await _disconnect(conn)
         elif op == b"D":
             conn = self._conns.get(struct.unpack("<H", body)[0])
             if conn is not None:
-                await conn.disconnect()
+                await _disconnect(conn)
         elif op == b"M":
             pass   # the central asks for the MTU; bumble answers up to its own maximum
 

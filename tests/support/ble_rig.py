@@ -161,11 +161,8 @@ class BleRig:
             await self.stop_gateway()
         await asyncio.gather(*(n.stop() for n in self.nodes), return_exceptions=True)
         for b in self.bridges:
-            with contextlib.suppress(Exception):
-                await b.close()
-        for dev in self.air.devices:
-            with contextlib.suppress(Exception):
-                await dev.power_off()
+            await b.close()
+        await self.air.close()
 
     def logs(self) -> str:
         out = []
