@@ -38,16 +38,22 @@ _RPC_QUEUE = 256   # node -> bridge messages waiting; credits keep it far below 
 _STEP_S = 2.0      # bound on one disconnect / power-off on the virtual controller
 
 
-async def _bounded(step: Any) -> None:
-    """Await a teardown step for at most _STEP_S; a failure or a hang is logged, not raised."""
-    try:
-        await asyncio.wait_for(step, _STEP_S)
-    except Exception as exc:   # noqa: BLE001 - teardown goes on whatever one step did
-        log.debug(f"ble bridge teardown step failed: {exc!r}")
+async def _bounded(step: Any, what: str) -> None:
+    """Run a teardown step for at most _STEP_S; a failure or a hang is logged, not raised.
+
+    Not asyncio.wait_for: on a timeout it waits for the cancelled step to finish, and a
+    step stuck inside the virtual controller may never do so."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=_STEP_S)
+    if not done:
+        task.cancel()
+        log.warning(f"ble bridge: {what} did not finish within {_STEP_S:.0f} s; going on")
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug(f"ble bridge: {what} failed: {task.exception()!r}")
 
 
 async def _disconnect(conn: Connection) -> None:
-    await _bounded(conn.disconnect())
+    await _bounded(conn.disconnect(), f"disconnect {conn.handle:#x}")
 
 
 class VirtualAir:
@@ -68,7 +74,7 @@ class VirtualAir:
     async def close(self) -> None:
         """Power every device off (bounded: teardown must not hang on the virtual radio)."""
         for dev in self.devices:
-            await _bounded(dev.power_off())
+            await _bounded(dev.power_off(), f"power off {dev.name}")
 
 
 class NodeBridge:
@@ -107,13 +113,12 @@ class NodeBridge:
             asyncio.get_running_loop().remove_reader(self.master)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=_STEP_S)
         for conn in list(self._conns.values()):
             await _disconnect(conn)
         if self.device is not None:
-            await _bounded(self.device.stop_advertising())
-            await _bounded(self.device.power_off())
+            await _bounded(self.device.stop_advertising(), f"stop advertising {self.name}")
+            await _bounded(self.device.power_off(), f"power off {self.name}")
         for fd in (self.master, self.slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
