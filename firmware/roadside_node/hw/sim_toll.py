@@ -6,19 +6,10 @@
 import random
 from array import array
 
+# the reader's line format is the toll role's: one definition for both ends
+from ..roles.toll import checksum, line
+
 _HB_MS = 500
-
-
-def checksum(body):
-    c = 0
-    for b in body:
-        c ^= b
-    return c
-
-
-def line(body):
-    """b"$" + body + b"*" + 2 hex digits + CRLF."""
-    return b"$%s*%02X\r\n" % (body, checksum(body))
 
 
 class SimReader:
