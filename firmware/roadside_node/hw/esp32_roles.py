@@ -17,22 +17,10 @@ from micropython import const
 
 from ..config import ConfigError
 from ..proto import CommandError
+from .esp32 import _pin_no, _table  # the board-config readers the base layer uses
 
 _STROBE_MS = const(100)
 _LAMPS = ("red", "amber", "green")
-
-
-def _pin_no(table, key, where):
-    v = table.get(key)
-    if type(v) is not int or v < 0:
-        raise ConfigError("hw.%s.%s: bad value %r; allowed: a GPIO number (from the board "
-                          "file)" % (where, key, v))
-    return v
-
-
-def _table(hw, name):
-    t = hw.get(name)
-    return t if isinstance(t, dict) else {}
 
 
 class Clock:
