@@ -289,6 +289,12 @@ class MqttUplink:
             except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
                 self.failures += 1
                 self.last_error = f"{self.host}:{self.port}: {exc or type(exc).__name__}"
+                if self.tls and self.connects == 0:
+                    # a broker that rejects our certificate often just closes the socket,
+                    # which the client sees as a timeout: point at the likely cause
+                    self.last_error += ("; if the broker requires TLS client certificates,"
+                                        " check cert_file/key_file and that ca_file signs its"
+                                        " certificate")
                 self.state = DOWN
                 delay = backoff(attempt, self.config.backoff_initial_s,
                                 self.config.backoff_max_s, self.rng)

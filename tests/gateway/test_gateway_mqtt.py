@@ -104,7 +104,7 @@ def broker(tmp_path):
 class Subscriber:
     """A paho subscriber with a persistent session (QoS 1), so a broker restart loses nothing."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, tls: dict[str, str] | None = None) -> None:
         self.lock = threading.Lock()
         self.records: list[tuple[str, int]] = []
         self.topics: set[str] = set()
@@ -114,6 +114,8 @@ class Subscriber:
         self.client.reconnect_delay_set(0.05, 0.2)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
+        if tls is not None:   # ca_certs, certfile, keyfile
+            self.client.tls_set(**tls)
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
 
@@ -222,3 +224,97 @@ def test_mixed_batch_is_split_by_kind_the_same_way_every_time(tmp_path):
     q.store("a", "water", [level(4)], 4)
     single = q.next_batch(10, 1 << 20)
     assert split_by_kind(single) == [("level", single.body)]
+
+
+def make_pki(tmp: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl
+    CLI (EC P-256, valid one day)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not installed; needed to make the test certificates")
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=20)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", str(tmp / "ca.key"), "-out", str(tmp / "ca.pem"),
+        "-days", "1", "-subj", "/CN=roadside test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (tmp / f"{name}.ext").write_text("basicConstraints=CA:FALSE\n" + ext + "\n")
+        run("req", *ec, "-keyout", str(tmp / f"{name}.key"), "-out", str(tmp / f"{name}.csr"),
+            "-subj", f"/CN={'127.0.0.1' if name == 'server' else 'gw-m'}")
+        run("x509", "-req", "-in", str(tmp / f"{name}.csr"), "-CA", str(tmp / "ca.pem"),
+            "-CAkey", str(tmp / "ca.key"), "-CAcreateserial", "-days", "1",
+            "-extfile", str(tmp / f"{name}.ext"), "-out", str(tmp / f"{name}.pem"))
+    return {n: tmp / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                 "client.key")}
+
+
+def test_tls_with_a_client_certificate(tmp_path):
+    """A broker that requires client certificates: the uplink with ca_file + cert_file +
+    key_file delivers everything; without its certificate it is refused, says so, and the
+    records stay queued."""
+    pki = make_pki(tmp_path / "pki")
+    broker = Broker(tmp_path / "broker", extra=(
+        f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n"
+        "require_certificate true\ntls_version tlsv1.2\n"))
+    broker.start()
+    sub = None
+    try:
+        sub = Subscriber(broker.port, "roadside/site-m/gw-m/#",
+                         tls={"ca_certs": str(pki["ca.pem"]), "certfile": str(pki["client.pem"]),
+                              "keyfile": str(pki["client.key"])})
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        common = {"name": "mqtt", "timeout_s": 2.0, "backoff_initial_s": 0.05,
+                  "backoff_max_s": 0.2, "ca_file": pki["ca.pem"]}
+
+        async def main() -> None:
+            queue = Queue(tmp_path / "q.sqlite", "gw-m", "site-m")
+            for s in range(1, 31, 5):
+                queue.store("wl-0", "water", [level(x) for x in range(s, s + 5)], s)
+            batcher = Batcher(queue, BatchConfig(10, 1 << 20, 0.05))
+            # no client certificate: the broker ends the handshake, nothing is delivered
+            anon = MqttUplink(UplinkConfig("mqtt", url, **common), queue, ["mqtt"],
+                              gateway_id="gw-m", site="site-m")
+            tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(anon.run())]
+            try:
+                await wait_until(lambda: anon.failures >= 1, 10, "the refused connection")
+                assert anon.state == "down" and anon.delivered == 0
+                assert anon.last_error and f"127.0.0.1:{broker.port}" in anon.last_error
+                assert "cert_file/key_file" in anon.last_error
+                log = broker.dir / "mosquitto.log"   # refused for that reason
+                await wait_until(lambda: "peer did not return a certificate" in log.read_text(),
+                                 5, "the broker to log why it refused")
+                assert queue.depth() == 30
+                tasks[1].cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tasks[1]
+                good = MqttUplink(UplinkConfig("mqtt", url, cert_file=pki["client.pem"],
+                                               key_file=pki["client.key"], **common),
+                                  queue, ["mqtt"], on_delivered=batcher.wake,
+                                  gateway_id="gw-m", site="site-m")
+                assert good.tls and good.port == broker.port
+                batcher.on_cut = [good.notify]
+                tasks[1] = asyncio.create_task(good.run())
+                batcher.wake()
+                await wait_until(lambda: queue.depth() == 0, 15, "the queue to drain over TLS")
+                assert good.delivered == 30 and good.connects == 1
+                await wait_until(lambda: len(sub.unique()) == 30, 10, "records at the subscriber")
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                queue.close()
+
+        asyncio.run(asyncio.wait_for(main(), 40))
+        assert sub.unique() == {("wl-0", s) for s in range(1, 31)}
+    finally:
+        if sub is not None:
+            sub.close()
+        broker.stop()
