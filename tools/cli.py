@@ -25,6 +25,9 @@ EPILOG = """examples:
   roadside sim --role water --count 3 --scenario flood
   roadside gateway check --config gateway.toml
   roadside gateway run --config gateway.toml
+  roadside scan                          roadside nodes in Bluetooth LE range
+  roadside config get --ble wl-0042      a node's config over BLE (authenticated)
+  roadside monitor --ble wl-0042         a node's frames over BLE, decoded
 
 `roadside COMMAND --help` shows each command's options and examples."""
 

@@ -1,4 +1,5 @@
-"""`roadside config get|set|apply PORT ...`: a node's settings over its data link.
+"""`roadside config get|set|apply (PORT | --ble NODE) ...`: a node's settings over its data
+link, the serial port or an authenticated Bluetooth LE session.
 
 Uses the protocol's commands (config.get, config.set; PROTOCOL.md 2.2), not the REPL, so it
 works on a running node without stopping it. Every value is checked against the firmware's
@@ -15,9 +16,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import node_schema
+from . import ble_transport, node_schema
 from .errors import ToolError
-from .node_link import CommandFailed, NodeLink
+from .node_link import CommandFailed, NodeLink, open_link
 
 EXAMPLES = """examples:
   roadside config get /dev/ttyUSB0                  the whole config (defaults filled in)
@@ -26,6 +27,9 @@ EXAMPLES = """examples:
   roadside config set /dev/ttyUSB0 node_id=wl-0042 --json
   roadside config apply /dev/ttyUSB0 site-17.toml   shows the changes, asks, then sets them
   roadside config apply /dev/ttyUSB0 site-17.toml --yes
+  roadside config get --ble wl-0042                 over Bluetooth LE (key file:
+                                                    ~/.config/roadside/secrets/wl-0042.key)
+  roadside config set --ble wl-0042 --secret-file wl-0042.key thresholds.alarm_cm=150
 
 A settings file is TOML; tables are dotted keys:
   node_id = "wl-0042"
@@ -35,7 +39,10 @@ A settings file is TOML; tables are dotted keys:
   alarm_cm = 140
 
 PORT is the node's data port (the gateway's end of its link), not its REPL when those
-differ. Bad values are refused before sending, naming the key, the value and what is allowed."""
+differ. --ble NODE instead finds the node by its advertisement (`roadside scan`), connects
+and authenticates with its secret (the node takes one connection at a time: not while a
+gateway holds it). Bad values are refused before sending, naming the key, the value and what
+is allowed."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,25 +58,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("port", metavar="PORT", help="the node's data port (device or URL)")
+    common.add_argument("port", metavar="PORT", nargs="?",
+                        help="the node's data port (device or URL); or --ble NODE")
+    ble_transport.add_arguments(common)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("--timeout", type=float, default=2.0, metavar="S",
                         help="seconds per attempt before a command is sent again "
                              "(default %(default)s; 3 attempts)")
+    target = "(PORT | --ble NODE [--secret-file FILE])"
     g = verbs.add_parser("get", parents=[common], help="print the config, or one key",
+                         usage=f"%(prog)s {target} [KEY] [--json]",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("key", nargs="?", help="a key (dotted for sections: thresholds.alarm_cm)")
     g.set_defaults(handler=handle_get)
     s = verbs.add_parser("set", parents=[common], help="set one or more keys",
+                         usage=f"%(prog)s {target} KEY=VALUE ... [--json]",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("settings", nargs="+", metavar="KEY=VALUE",
                    help="values are JSON when they parse: 150, 1.5, true, [[1,2]], else text")
     s.set_defaults(handler=handle_set)
     a = verbs.add_parser("apply", parents=[common], help="apply a TOML settings file",
+                         usage=f"%(prog)s {target} FILE [--yes] [--json]",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("file", type=Path, help="TOML settings file")
     a.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     a.set_defaults(handler=handle_apply)
+
+
+def _target(args: argparse.Namespace) -> None:
+    """PORT or --ble NODE, never both: with --ble, the optional PORT slot that argparse filled
+    is the verb's first argument (the KEY of get, a KEY=VALUE of set)."""
+    if not args.ble:
+        if not args.port:
+            raise ToolError("give the node's data PORT, or --ble NODE for Bluetooth LE")
+        return
+    extra = args.port
+    args.port = None
+    if extra is None:
+        return
+    if args.handler is handle_get and args.key is None:
+        args.key = extra
+    elif args.handler is handle_set and "=" in extra:
+        args.settings.insert(0, extra)
+    else:
+        raise ToolError(f"give PORT ({extra}) or --ble {args.ble}, not both")
+
+
+def _open(args: argparse.Namespace) -> NodeLink:
+    return open_link(args.port, args.ble, args.secret_file, args.ble_timeout)
 
 
 # -- the work, as functions the tests call ----------------------------------------------------
@@ -150,8 +186,9 @@ def diff_lines(changes: dict[str, tuple[Any, Any]]) -> list[str]:
 # -- handlers -----------------------------------------------------------------------------------
 
 def handle_get(args: argparse.Namespace) -> int:
+    _target(args)
     key = node_schema.canonical(args.key) if args.key else None
-    with NodeLink(args.port) as link:
+    with _open(args) as link:
         value = link.command("config.get", {"key": key} if key else None,
                              attempt_timeout=args.timeout)
     if key and "." in key and isinstance(value, dict):
@@ -167,25 +204,27 @@ def handle_get(args: argparse.Namespace) -> int:
 
 
 def handle_set(args: argparse.Namespace) -> int:
+    _target(args)
     wanted = dict(node_schema.parse_assignment(s) for s in args.settings)
     for key, value in wanted.items():  # refused here, before the port is even opened
         node_schema.check(key, value)
-    with NodeLink(args.port) as link:
+    with _open(args) as link:
         changes = plan(_current(link, args.timeout), wanted)
         done = send(link, changes, args.timeout)
-    _report(args, changes, done)
+    _report(args, link.port, changes, done)
     return 0
 
 
 def handle_apply(args: argparse.Namespace) -> int:
+    _target(args)
     wanted = read_settings_file(args.file)
-    with NodeLink(args.port) as link:
+    with _open(args) as link:
         changes = plan(_current(link, args.timeout), wanted)
         if not changes:
-            _report(args, changes, {})
+            _report(args, link.port, changes, {})
             return 0
         if not args.json or not args.yes:
-            sys.stderr.write(f"{args.port}: {len(changes)} change(s) from {args.file}:\n")
+            sys.stderr.write(f"{link.port}: {len(changes)} change(s) from {args.file}:\n")
             sys.stderr.write("\n".join(diff_lines(changes)) + "\n")
         if not args.yes:
             if not sys.stdin.isatty():
@@ -196,14 +235,14 @@ def handle_apply(args: argparse.Namespace) -> int:
                 sys.stderr.write("not applied\n")
                 return 1
         done = send(link, changes, args.timeout)
-    _report(args, changes, done)
+    _report(args, link.port, changes, done)
     return 0
 
 
-def _report(args: argparse.Namespace, changes: dict[str, tuple[Any, Any]],
+def _report(args: argparse.Namespace, port: str, changes: dict[str, tuple[Any, Any]],
             done: dict[str, Any]) -> None:
     if args.json:
-        print(json.dumps({"port": args.port, "changed": {
+        print(json.dumps({"port": port, "changed": {
             k: {"old": old, "new": done.get(k, new)} for k, (old, new) in changes.items()}},
             indent=2))
     elif not changes:

@@ -1,4 +1,5 @@
-"""`roadside monitor [--port P] [--raw] [--json]`: a node's frames, decoded, as they arrive.
+"""`roadside monitor [--port P | --ble NODE] [--raw] [--json]`: a node's frames, decoded, as
+they arrive, from its serial data port or over an authenticated Bluetooth LE session.
 
 Read-only: it sends nothing (no ACK, no TIME), so a node it watches keeps its journal. A node
 sends RECORDS only once a gateway has answered its HELLO; `--session` answers each HELLO with
@@ -16,8 +17,8 @@ from typing import Any
 
 from roadside.gateway import protocol as p
 
-from . import flashing
-from .node_link import Frame, NodeLink, hello_dict
+from . import ble_transport, flashing
+from .node_link import Frame, NodeLink, hello_dict, open_link
 
 EXAMPLES = """examples:
   roadside monitor                          the only attached board's frames, decoded
@@ -27,13 +28,21 @@ EXAMPLES = """examples:
   roadside monitor --port /dev/ttyUSB0 --duration 60 --count 10
   roadside monitor --port /dev/ttyUSB0 --session
       a node with no gateway: answer its HELLO with TIME so it sends its records
+  roadside monitor --ble wl-0042 --session
+      the same over Bluetooth LE, authenticated with ~/.config/roadside/secrets/wl-0042.key
+      (--secret-file FILE for another key file)
 
 Alarms (alarm, fault, transaction, and every PRIORITY record) are marked with "!!" (red on a
 terminal). Frames that fail COBS or CRC are counted, and the counters are printed when the
 counts change and at the end. It never sends anything: a node keeps its journal while you
 watch (records are not acked). A node sends records only to a gateway that answered its HELLO;
 without a gateway, --session answers HELLO with TIME (never an ACK): the node then sends its
-journal (and again every 2 s, as nothing is acked) and keeps every record."""
+journal (and again every 2 s, as nothing is acked) and keeps every record.
+
+Over BLE (--ble NODE) the node is found by its advertisement (`roadside scan`) and the
+session authenticated with its secret; the node then talks to this session instead of a
+gateway's (it takes one connection at a time), says HELLO and sends records only with
+--session. The frames shown are the unsealed messages; --raw shows them re-framed."""
 
 RED = "\x1b[1;31m"
 RESET = "\x1b[0m"
@@ -45,12 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="watch a node's frames, decoded, live (read-only)",
         description="Print a node's frames as they arrive: hello, records with kind and "
                     "field names, alarms highlighted, errors, bad-frame counters; --raw adds "
-                    "the bytes in hex. Sends nothing.",
+                    "the bytes in hex. Sends nothing (over BLE: only the "
+                    "authentication).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p_.add_argument("--port", metavar="P",
-                    help="the node's data port; default: the only attached USB serial device")
+    where = p_.add_mutually_exclusive_group()
+    where.add_argument("--port", metavar="P",
+                       help="the node's data port; default: the only attached USB serial"
+                            " device")
+    ble_transport.add_arguments(p_, where)
     p_.add_argument("--raw", action="store_true", help="also print the bytes read, in hex")
     p_.add_argument("--json", action="store_true", help="one JSON object per line")
     p_.add_argument("--session", action="store_true",
@@ -161,15 +174,18 @@ def run(link: NodeLink, out: Callable[[str], None], *, raw: bool = False, as_jso
 
 
 def handle(args: argparse.Namespace) -> int:
-    port = flashing.resolve_port(args.port)
+    port = f"ble:{args.ble}" if args.ble else flashing.resolve_port(args.port)
 
     def out(line: str) -> None:
         print(line, flush=True)
 
+    if not args.json and args.ble:
+        sys.stderr.write(f"looking for {args.ble} over BLE (up to {args.ble_timeout:g} s)\n")
+    link = open_link(port, args.ble, args.secret_file, args.ble_timeout)
     if not args.json:
         mode = "answering HELLO with TIME" if args.session else "read-only"
         sys.stderr.write(f"monitoring {port} ({mode}; Ctrl-C to stop)\n")
-    with NodeLink(port) as link:
+    with link:
         c = run(link, out, raw=args.raw, as_json=args.json, duration=args.duration,
                 count=args.count, color=sys.stdout.isatty(), session=args.session)
     summary = (f"frames {c['frames']}, bad: crc {c['crc']}, cobs {c['cobs']}, oversize "

@@ -4,7 +4,6 @@ no secret needed): node id, role, status (alarm, battery, safe mode, unprovision
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ EXAMPLES = """examples:
   roadside scan                     nodes in range, strongest signal first
   roadside scan --timeout 10 --json
   roadside scan --site binh-duong   only this site's nodes (and unassigned ones)
+  roadside config get --ble wl-0042 then read (or set) one node's config over BLE
 
 RSSI is in dBm: above -70 is good, below -90 the link will drop. A node shown as
 "no secret" refuses BLE sessions until its secret is set over the serial cable."""
@@ -56,6 +56,6 @@ def render(nodes: list[NodeAdvert], as_json: bool, out: Callable[[str], None] = 
 
 
 def handle(args: argparse.Namespace) -> int:
-    nodes = asyncio.run(ble_transport.scan(args.timeout, site=args.site))
+    nodes = ble_transport.scan_sync(args.timeout, site=args.site)
     render(nodes, args.json)
     return 0

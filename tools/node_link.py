@@ -62,11 +62,27 @@ def open_port(port: str, baudrate: int = BAUDRATE) -> serial.Serial:
     return ser
 
 
+def open_link(port: str | None, ble: str | None = None, secret_file: str | None = None,
+              ble_timeout: float | None = None) -> NodeLink:
+    """The node's data link: its serial `port`, or with `ble` (a node id) an authenticated
+    BLE session (ble_transport.BleSerial: found by its advertisement, key from `secret_file`
+    or the default key file)."""
+    if ble:
+        from . import ble_transport
+        ser = ble_transport.BleSerial.open(
+            ble, secret_file, timeout=ble_timeout or ble_transport.FIND_TIMEOUT_S)
+        return NodeLink(f"ble:{ble}", ser=ser)
+    if not port:
+        raise ToolError("no port: give the node's data PORT, or --ble NODE")
+    return NodeLink(port)
+
+
 class NodeLink:
     """A node's data link: `frames()` to read, `command()` to ask."""
 
     def __init__(self, port: str, baudrate: int = BAUDRATE, ser: Any = None) -> None:
-        self.port = port
+        self.port = port   # "ble:NODE" for a BLE session (ser: ble_transport.BleSerial)
+        self.over_ble = port.startswith("ble:")
         self.ser = ser if ser is not None else open_port(port, baudrate)
         self.decoder = p.FrameDecoder()
         self.undecodable = 0
@@ -92,6 +108,9 @@ class NodeLink:
             try:
                 chunk = self.ser.read(4096)
             except (serial.SerialException, OSError) as exc:
+                if self.over_ble:
+                    raise LinkError(f"{exc}: move closer to the node, check that it is"
+                                    " powered, and retry") from None
                 raise LinkError(f"{self.port}: read failed: {exc}; is the board still "
                                 "connected?") from None
             if chunk:
@@ -128,7 +147,8 @@ class NodeLink:
             self.ser.write(p.encode_frame(message))
             self.ser.flush()
         except (serial.SerialException, OSError) as exc:
-            raise LinkError(f"{self.port}: write failed: {exc}") from None
+            hint = ": move closer to the node and retry" if self.over_ble else ""
+            raise LinkError(f"{self.port}: write failed: {exc}{hint}") from None
 
     def command(self, name: str, args: dict[str, Any] | None = None, *,
                 attempt_timeout: float = ATTEMPT_TIMEOUT_S, attempts: int = ATTEMPTS) -> Any:
@@ -147,6 +167,9 @@ class NodeLink:
                     raise CommandFailed(msg.error or f"{name} refused")
                 if isinstance(msg, p.Error) and msg.ref_type == p.COMMAND:
                     raise CommandFailed(f"the node answered ERROR {msg.code}: {msg.message}")
+        if self.over_ble:
+            raise LinkError(f"no REPLY from {self.port[4:]} over BLE to {name} after {attempts}"
+                            f" attempts of {attempt_timeout:g} s: move closer to it and retry")
         raise LinkError(f"no REPLY from the node on {self.port} to {name} after {attempts} "
                         f"attempts of {attempt_timeout:g} s: is a node running on that port "
                         "(not the REPL/USB port when the link is a separate UART)? close the "
