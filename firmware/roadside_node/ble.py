@@ -36,6 +36,7 @@ PREFERRED_MTU = const(247)
 _RX_BUF = const(1024)  # the RX attribute's append buffer (a whole frame and some)
 _IN_MAX = const(1536)  # bytes written by the gateway not yet deframed
 _OUT_MAX = const(2560)  # bytes waiting for notification; a frame that does not fit is dropped
+_FRAME_MAX = const(1040)  # the longest frame: MAX_PAYLOAD sealed, COBS, CRC, delimiters
 _BURST = const(16)  # notifications per step at most: the role and the UART get their turn
 
 
@@ -75,6 +76,9 @@ class BlePort:
     """One GATT peripheral; at most one central (the gateway or an installer) at a time."""
 
     max_payload = framing.MAX_PAYLOAD - auth.SEAL_OVERHEAD
+    # records in flight before an ACK (the UART's proto.WINDOW is 32): a BLE round trip is
+    # longer, and room() keeps the output buffer from overflowing (Session.use_port/pump)
+    window = 128
 
     def __init__(self, hw, config, session, log=print, app=None):
         self.hw = hw
@@ -89,8 +93,12 @@ class BlePort:
         self.dropping = False  # disconnect once the queued output (an auth ERROR) is out
         self.deframer = Deframer()
         self.inbox = bytearray()
-        self.out = bytearray()
-        self.out_at = 0  # bytes of out already notified
+        # The output: one buffer allocated now, while the heap is whole (a buffer grown and
+        # cut per frame fragments a small heap until a 2 KiB block cannot be found)
+        self.out = bytearray(_OUT_MAX)
+        self.out_mv = memoryview(self.out)
+        self.out_at = 0  # out[out_at:out_end] waits to be notified
+        self.out_end = 0
         self.conn = None
         self.mtu = 23
         self.adv_at = None
@@ -158,16 +166,17 @@ class BlePort:
             self.channel.reset()
             self.deframer.reset()  # nothing of an old partial frame survives
             self.inbox = bytearray()
-            self.out = bytearray(b"\x00")  # ends whatever partial frame the gateway holds
+            self.out[0] = 0  # ends whatever partial frame the gateway holds
             self.out_at = 0
+            self.out_end = 1
             self.log("ble connected")
         elif event == _IRQ_CENTRAL_DISCONNECT:
             if data[0] != self.conn:
                 return
             self.conn = None
             self.channel.reset()
-            self.out = bytearray()
             self.out_at = 0
+            self.out_end = 0
             if self.session.port is self:
                 self.session.up = False
                 self.session.use_port(None)
@@ -190,13 +199,25 @@ class BlePort:
     def _queue(self, frame):
         if self.conn is None:
             return
-        if self.out_at:
-            self.out = self.out[self.out_at:]  # compact: what was notified goes
-            self.out_at = 0
-        if len(self.out) + len(frame) > _OUT_MAX:
+        at, end, n = self.out_at, self.out_end, len(frame)
+        if end - at + n > _OUT_MAX:
             self.dropped_out += 1
             return
-        self.out.extend(frame)
+        mv = self.out_mv
+        if end + n > _OUT_MAX:  # compact: what was notified goes (copies that never overlap)
+            end -= at
+            i = 0
+            while i < end:
+                k = min(at, end - i)
+                mv[i:i + k] = mv[at + i:at + i + k]
+                i += k
+            at = 0
+            self.out_at = 0
+        mv[end:end + n] = frame
+        self.out_end = end + n
+        # notify now, not at the next loop step: that may be a whole poll timeout away, and
+        # an ACK round trip per window is what limits the throughput (docs/PERFORMANCE.md)
+        self.flush()
 
     def _authed(self):
         s = self.session
@@ -236,28 +257,32 @@ class BlePort:
                     or self.status_flags() != self.adv_flags:
                 self.advertise()
 
+    def room(self):
+        """True when one more frame of the largest size fits in the output buffer."""
+        return self.out_end - self.out_at + _FRAME_MAX <= _OUT_MAX
+
     def flush(self):
-        out = self.out
-        if self.conn is None or self.out_at >= len(out):
+        """Notify what is queued, in MTU-sized pieces, until the controller is full."""
+        if self.conn is None:
             return
+        at, end = self.out_at, self.out_end
         chunk = self.mtu - 3
-        mv = memoryview(out)
-        at = self.out_at
+        mv = self.out_mv
         n = 0
-        while at < len(out) and n < _BURST:
+        while at < end and n < _BURST:
+            nxt = min(at + chunk, end)
             try:
-                self.ble.gatts_notify(self.conn, self.tx, mv[at:at + chunk])
+                self.ble.gatts_notify(self.conn, self.tx, mv[at:nxt])
             except OSError:
                 break  # the controller is full: the rest waits for the next step
-            at += chunk
+            at = nxt
             n += 1
         self.notified += n
-        if at >= len(out):
-            self.out = bytearray()
-            at = 0
+        if at >= end:
+            at = end = 0
             if self.dropping:
                 self.disconnect()
-        self.out_at = at
+        self.out_at, self.out_end = at, end
 
     def stats(self):
         st = dict(self.channel.stats)

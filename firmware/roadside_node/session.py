@@ -39,6 +39,7 @@ class Session:
         self.errors_in = 0
         self.port = None  # None: the UART; else the port that spoke last (ble.BlePort)
         self.max_payload = framing.MAX_PAYLOAD  # a sealing port lowers it (auth.SEAL_OVERHEAD)
+        self.window = proto.WINDOW  # a port with a longer round trip raises it (ble.py)
 
     # -- clock --------------------------------------------------------------------------
     def stamp(self):
@@ -62,6 +63,7 @@ class Session:
         if port is not self.port:
             self.port = port
             self.max_payload = framing.MAX_PAYLOAD if port is None else port.max_payload
+            self.window = proto.WINDOW if port is None else port.window
 
     def hello(self):
         j = self.journal
@@ -212,8 +214,11 @@ class Session:
             self.log("no ack: resend from %d" % first)
             self.send_seq = first  # go-back-N
             self.progress_at = now
-        limit = min(j.next_seq, first + proto.WINDOW)
+        limit = min(j.next_seq, first + self.window)
+        port = self.port
         while self.send_seq < limit:
+            if port is not None and not port.room():
+                break  # the port's buffer is full: the rest goes at a later tick
             if self.send_seq == first:
                 self.progress_at = now  # the ack timer runs from the oldest send
             recs: list = []

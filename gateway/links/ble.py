@@ -417,9 +417,14 @@ class BleLink(base.Link):
         self.bytes_out += len(data)
 
     async def _writer(self, client: BleakClient) -> None:
+        """Write the queued frames; frames queued together (the ACKs of one group commit, a
+        TIME and an ACK) go in one write when they fit, not one write each."""
         while True:
-            frame = await self._out.get()
-            await self._write(client, frame)
+            data = await self._out.get()
+            room = max(20, self.mtu - 3)
+            while not self._out.empty() and len(data) < room:
+                data += self._out.get_nowait()
+            await self._write(client, data)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         for payload in self.decoder.feed(bytes(data)):

@@ -139,6 +139,8 @@ class J:
 s = Session(HW(), J(), Config({"node_id": "wl-0001"}), "t", log=lambda x: None)
 class BLE:
     max_payload = 990
+    window = 128
+    def room(self): return True
     def send(self, p): pass
 secret = "ab" * 32
 s.use_port(BLE())
