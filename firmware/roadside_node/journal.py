@@ -5,7 +5,9 @@
 #   state.json   {"next_seq", "acked", "boot_count", "dropped_full"}, written atomically
 #                (temp file + rename). next_seq may lag the journal but never leads it: a record
 #                is flushed to journal.bin before state.json may say next_seq > its seq.
-# Only offsets are kept in RAM (4 bytes a record); records are read back from the file.
+# Only offsets are kept in RAM (4 bytes a record); records are read back from the file. The
+# offset array is never copied after load: an ACK moves a head index, compaction shifts it in
+# place (a copy per ACK of a 2,000-record backlog fragmented a 112k heap into MemoryError).
 import json
 import os
 import struct
@@ -58,7 +60,11 @@ class Journal:
         self.boot_count = 0
         self.dropped_full = 0
         self.first = 1  # lowest seq held (== next_seq when empty)
-        self.offs = array("I")  # file offset of each held record, then the end offset
+        # offs[h:e + 1]: the file offset of each held record, then the end offset; entries
+        # outside that range are stale (kept so the array does not shrink and regrow)
+        self.offs = array("I", [0])
+        self.h = 0
+        self.e = 0
         self.dead = 0  # acked bytes still at the head of the file
         self._saved_next = 1  # next_seq as state.json has it
         self._wf = None
@@ -80,7 +86,7 @@ class Journal:
         saved = max(int(st.get("next_seq", 1)), self.acked + 1)
         seqs_hi, torn = self._scan()
         self.next_seq = max(saved, seqs_hi + 1)
-        if not len(self.offs) > 1:
+        if not self.count:
             self.first = self.next_seq
         self._saved_next = saved
         if torn or self.dead:
@@ -90,6 +96,7 @@ class Journal:
     def _scan(self):
         """Index journal.bin; returns (highest seq seen, whether a bad tail was found)."""
         self.offs = array("I", [0])
+        self.h = self.e = 0
         self.dead = 0
         hi = 0
         prev = 0
@@ -131,6 +138,7 @@ class Journal:
                     if not first:
                         first = seq
                     self.offs.append(end)
+                    self.e += 1
                 off = end
         # offs[0] is where the first held record starts
         self.offs[0] = self.dead
@@ -160,11 +168,11 @@ class Journal:
     # -- records ------------------------------------------------------------------------
     @property
     def count(self):
-        return len(self.offs) - 1
+        return self.e - self.h
 
     @property
     def used(self):
-        return self.offs[-1] - self.offs[0]
+        return self.offs[self.e] - self.offs[self.h]
 
     @property
     def first_unacked(self):
@@ -189,7 +197,12 @@ class Journal:
         seq = self.next_seq
         if not self.count:
             self.first = seq
-        self.offs.append(self.offs[-1] + size)
+        offs, e = self.offs, self.e + 1
+        if e < len(offs):
+            offs[e] = offs[e - 1] + size
+        else:
+            offs.append(offs[e - 1] + size)  # grows to the most ever held, then stays
+        self.e = e
         self.next_seq = seq + 1
         return seq
 
@@ -200,6 +213,7 @@ class Journal:
             raise IndexError(seq)
         if self._rf is None:
             self._rf = open(self.path, "rb")
+        i += self.h
         off = self.offs[i]
         self._rf.seek(off + _HEAD)
         return self._rf.read(self.offs[i + 1] - off - _HEAD)
@@ -214,8 +228,8 @@ class Journal:
         if k <= 0:
             return 0
         self.acked = self.first + k - 1
-        self.dead = self.offs[k]
-        self.offs = self.offs[k:]
+        self.h += k
+        self.dead = self.offs[self.h]
         self.first += k
         self._save()  # before any compaction: the acked records must never come back
         if self.dead >= _COMPACT_AT or (not self.count and self.dead):
@@ -226,8 +240,8 @@ class Journal:
         """Rewrite journal.bin with only the held records (temp file + rename)."""
         self.close()
         tmp = self.path + ".tmp"
-        start = self.offs[0]
-        end = self.offs[-1]
+        start = self.offs[self.h]
+        end = self.offs[self.e]
         with open(tmp, "wb") as out:
             if end > start:
                 with open(self.path, "rb") as f:
@@ -241,7 +255,11 @@ class Journal:
                         left -= len(chunk)
             out.flush()
         os.rename(tmp, self.path)
-        self.offs = array("I", [o - start for o in self.offs])
+        offs, h = self.offs, self.h
+        for i in range(self.e - h + 1):  # in place: no second array in a small heap
+            offs[i] = offs[h + i] - start
+        self.e -= h
+        self.h = 0
         self.dead = 0
 
     def close(self):

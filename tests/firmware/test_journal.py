@@ -158,3 +158,31 @@ j = Journal(); j.load()
 print(all(cbor.loads(j.read(s))[0] == s for s in range(j.first, j.next_seq)))
 """, cwd=tmp_path)
         assert lines.strip() == "True"
+
+
+def test_a_long_backlog_drains_without_copying_the_offsets(tmp_path):
+    """ACKs and compactions reuse the one offset array (a copy per ACK of a 2,000-record
+    backlog ended in MemoryError in a 112k heap), and the records read back right throughout."""
+    out = run_stdout(PRELUDE + """
+import gc
+from roadside_node import cbor
+j = Journal(max_bytes=200000); j.load()
+for i in range(2500):
+    j.append(i, 1, 1, {1: 1.5, 2: 0.0, 3: i})
+arr = j.offs
+gc.collect()
+before = gc.mem_alloc()
+ok = True
+for upto in range(3, 2501, 3):
+    j.ack(upto)
+    if j.count and cbor.loads(j.read(upto + 1))[4][3] != upto:
+        ok = False
+j.ack(2500)
+gc.collect()
+print(json.dumps({"same": j.offs is arr, "ok": ok, "count": j.count, "used": j.used,
+                  "grew": gc.mem_alloc() - before}))
+""", cwd=tmp_path, heapsize="112k")
+    r = json.loads(out.splitlines()[-1])
+    assert r["same"] and r["ok"] and r["count"] == 0 and r["used"] == 0
+    assert r["grew"] < 2048, r   # nothing per record left behind
+    assert (tmp_path / "journal.bin").stat().st_size == 0   # compacted away
