@@ -31,9 +31,14 @@ system-deps:
 	  || echo "warning: could not install$$missing; the tests that need them will be skipped"; \
 	fi
 
+# The firmware is checked against MicroPython's stubs, which live in the venv's site-packages
+# (whatever its Python version): they replace CPython's typeshed (firmware/mypy.ini says why).
+SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tools tests bench
-	$(BIN)/mypy --config-file firmware/mypy.ini firmware
+	MYPYPATH=firmware:$(SITE)/stdlib:$(SITE) $(BIN)/mypy --config-file firmware/mypy.ini \
+	  --custom-typeshed-dir $(SITE) firmware
 
 test: lint system-deps test-only
 
