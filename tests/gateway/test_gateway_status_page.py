@@ -57,6 +57,7 @@ def chromium(user_data_dir):
 
 
 def test_status_page_shows_node_level_and_alarm(tmp_path, fake_node):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -91,18 +92,23 @@ def test_status_page_shows_node_level_and_alarm(tmp_path, fake_node):
         driver = chromium(tmp_path / "chromium-profile")
         driver.set_page_load_timeout(15)
         driver.get(base)
-        wait = WebDriverWait(driver, 15, poll_frequency=0.1)
-        level = wait.until(lambda d: d.find_element(
-            By.CSS_SELECTOR, 'tr[data-node="wl-0042"] td[data-col="level"]'))
-        assert level.text == "13.0"
-        row = driver.find_element(By.CSS_SELECTOR, '#nodes tr[data-node="wl-0042"]')
-        assert "water" in row.text and "up" in row.text and "critical" in row.text
-        alarm = driver.find_element(By.CSS_SELECTOR, '#alarms tr[data-node="wl-0042"]')
-        assert "critical" in alarm.text and "13.0" in alarm.text
-        link = driver.find_element(By.CSS_SELECTOR, "#links tbody tr")
-        assert "open" in link.text
-        assert driver.find_element(By.ID, "gw").text == "gw-page"
-        assert "no [[uplink]] configured" in driver.find_element(By.ID, "uplinks").text
+        # The page re-renders its tables on every poll of /status, so an element found a
+        # moment ago may be gone: read each text inside the wait, which retries when stale.
+        wait = WebDriverWait(driver, 15, poll_frequency=0.1,
+                             ignored_exceptions=[NoSuchElementException,
+                                                 StaleElementReferenceException])
+
+        def text(by: str, selector: str) -> str:
+            return wait.until(lambda d: d.find_element(by, selector).text)
+
+        assert text(By.CSS_SELECTOR, 'tr[data-node="wl-0042"] td[data-col="level"]') == "13.0"
+        row = text(By.CSS_SELECTOR, '#nodes tr[data-node="wl-0042"]')
+        assert "water" in row and "up" in row and "critical" in row
+        alarm = text(By.CSS_SELECTOR, '#alarms tr[data-node="wl-0042"]')
+        assert "critical" in alarm and "13.0" in alarm
+        assert "open" in text(By.CSS_SELECTOR, "#links tbody tr")
+        assert text(By.ID, "gw") == "gw-page"
+        assert "no [[uplink]] configured" in text(By.ID, "uplinks")
         wait.until(lambda d: d.find_element(By.ID, "conn").text.startswith("live"))
 
         # The page follows /status: a new level shows up within a couple of polls.
