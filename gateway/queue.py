@@ -11,11 +11,19 @@ record stored beyond a gap waits until the gap is filled or declared gone (`from
 
 A batch is cut once: its id (the Idempotency-Key) and CBOR body are stored with it, so every
 retry, also after a restart, sends the same key and the same bytes.
+
+Each record is stored with its uplink encoding (`rec`: the CBOR of its record map in a batch),
+built once when it is stored, so cutting a batch concatenates stored bytes. A batch takes, per
+node, every waiting record of a seq range (from the node's last cut up to some seq at or below
+its ACK), so which records a batch holds follows from the node's cut point: nothing is written
+to the record rows when a batch is cut, and a delivered batch deletes its records by seq range.
+The batch row keeps its (node, seq) list for the uplinks and after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -23,6 +31,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,25 +51,23 @@ log = logging.getLogger("roadside.gateway.queue")
 # lose the last commits on power loss, and the node would already have dropped them).
 SYNCHRONOUS = "FULL"
 
+# The queue file's layout (PRAGMA user_version). 1: the first layout (records with a batch
+# column, updated when cut), migrated when opened; 2: this one.
+SCHEMA_VERSION = 2
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     node TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    t INTEGER NOT NULL,          -- epoch s; the gateway's receive time when not synced
-    kind INTEGER NOT NULL,
     flags INTEGER NOT NULL,
-    role TEXT NOT NULL,
-    synced INTEGER NOT NULL,
-    data BLOB NOT NULL,          -- CBOR of the body with named keys (uplink `data`)
-    received REAL NOT NULL,      -- gateway time when stored (batch age)
-    batch TEXT,                  -- the batch it was cut into, NULL while waiting
-    bpos INTEGER,                -- position in that batch
+    received REAL NOT NULL,      -- gateway time when stored (batch age, eviction order)
+    size INTEGER NOT NULL,       -- bytes counted against [queue] max_bytes
+    rec BLOB NOT NULL,           -- CBOR of the uplink record map, as it goes into a batch
     PRIMARY KEY (node, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_batch ON records (batch, bpos);
--- Eviction candidates: plain telemetry (PRIORITY = 2 clear) not yet cut, oldest first.
-CREATE INDEX IF NOT EXISTS records_evict ON records (received)
-    WHERE batch IS NULL AND flags & 2 = 0;
+-- Eviction candidates: plain telemetry (PRIORITY = 2 clear), oldest first (those already cut
+-- into a batch, at or below their node's cut point, are skipped).
+CREATE INDEX IF NOT EXISTS records_evict ON records (received) WHERE flags & 2 = 0;
 CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY,
     ack INTEGER NOT NULL,        -- highest seq held contiguously (or given up by `from`)
@@ -74,7 +81,9 @@ CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,         -- uuid, the Idempotency-Key
     created INTEGER NOT NULL,
     records INTEGER NOT NULL,
-    body BLOB NOT NULL           -- the exact CBOR POST body
+    body BLOB NOT NULL,          -- the exact CBOR POST body
+    keys BLOB NOT NULL,          -- CBOR [[node, seq], ...] in batch order
+    size INTEGER NOT NULL        -- sum of its records' `size`
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     batch TEXT NOT NULL,
@@ -102,12 +111,14 @@ COUNTERS = ("duplicates", "gaps", "delivered_records", "delivered_batches", "dea
 # journal; far above anything a site produces while the backend is reachable.
 DEFAULT_MAX_DEPTH = 5_000_000
 # The disk budget ([queue] max_bytes): bytes of queued records and cut batches, counted as
-# RECORD_SIZE_SQL per record plus each batch body. Beyond it plain telemetry not yet cut is
+# each record's `size` (its `data` CBOR + node id + role + RECORD_OVERHEAD, kept in its row)
+# plus each batch body. Beyond it plain telemetry not yet cut is
 # evicted oldest-first; PRIORITY records never are: when only they remain, store() refuses
 # (QueueFullError: the session answers ERROR 6 busy and the nodes keep them: backpressure).
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 RECORD_OVERHEAD = 48     # key, integers and b-tree bookkeeping per row, roughly
-RECORD_SIZE_SQL = f"(length(data) + length(node) + length(role) + {RECORD_OVERHEAD})"
+# Cached (kind, body keys) -> uplink names of the body; bounded against odd nodes.
+DATA_NAMES_MAX = 4096
 EVICT_LOG_S = 10.0
 # At most this many RECORDS messages in one group commit (store_many).
 GROUP_MAX = 256
@@ -154,12 +165,42 @@ def _uint_head(major: int, n: int) -> bytes:
     raise ValueError(n)
 
 
-# Encoded pieces of an uplink record map (8 pairs, keys in this order), for Queue._cut.
+# Encoded pieces of an uplink record map (8 pairs, keys in this order): a record's `rec` is
+# spliced from them, the same bytes as cbor2.dumps of the dict
+# {"node", "seq", "t", "kind", "role", "synced", "priority", "data"}.
 _REC_NODE = b"\xa8" + cbor2.dumps("node")
 _REC_SEQ, _REC_T, _REC_KIND, _REC_ROLE, _REC_SYNCED, _REC_PRIORITY, _REC_DATA = (
     cbor2.dumps(k) for k in ("seq", "t", "kind", "role", "synced", "priority", "data"))
 _TRUE, _FALSE = cbor2.dumps(True), cbor2.dumps(False)
 _KIND_ENC = {k: cbor2.dumps(name) for k, name in protocol.KIND_NAMES.items()}
+# (synced, priority) -> the encoded pairs between `role`'s value and `data`'s value.
+_FLAGS_ENC = {(sy, pr): b"".join((_REC_SYNCED, _TRUE if sy else _FALSE, _REC_PRIORITY,
+                                  _TRUE if pr else _FALSE, _REC_DATA))
+              for sy in (False, True) for pr in (False, True)}
+
+
+def encode_rec(node_enc: bytes, seq: int, t: int, kind: int, role_enc: bytes, synced: bool,
+               priority: bool, data: bytes) -> bytes:
+    """The uplink record map of one record from encoded parts (`node_enc`, `role_enc`: CBOR
+    texts; `data`: CBOR of the named body map)."""
+    dumps = cbor2.dumps
+    return b"".join((_REC_NODE, node_enc, _REC_SEQ, dumps(seq), _REC_T, dumps(t), _REC_KIND,
+                     _KIND_ENC.get(kind) or dumps(protocol.kind_name(kind)), _REC_ROLE,
+                     role_enc, _FLAGS_ENC[bool(synced), bool(priority)], data))
+
+
+def _ranges(keys: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(node, lowest seq, highest seq) per node of a batch's keys."""
+    spans: dict[str, list[int]] = {}
+    for node, seq in keys:
+        span = spans.get(node)
+        if span is None:
+            spans[node] = [seq, seq]
+        elif seq > span[1]:
+            span[1] = seq
+        elif seq < span[0]:
+            span[0] = seq
+    return [(node, lo, hi) for node, (lo, hi) in spans.items()]
 
 
 class Queue:
@@ -182,16 +223,86 @@ class Queue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(SCHEMA)
+            self._open_schema()
             for name in COUNTERS:
                 self._db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
         except sqlite3.Error as exc:
             raise QueueError(f"cannot open the queue {self.path}: {exc}") from exc
+        self._texts: dict[str, bytes] = {}                       # CBOR of node ids, roles
+        self._data_names: dict[tuple, tuple[tuple[int, str], ...]] = {}
         self._load_state()
         self._in_group = False         # store_many(): stores use savepoints in one commit
         self._group: list[tuple[tuple, asyncio.Future[StoreResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
+
+    def _open_schema(self) -> None:
+        """Create the tables, or migrate a queue file of an older layout (in one transaction:
+        a crash meanwhile leaves the old file as it was); refuse a newer layout."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version > SCHEMA_VERSION:
+            raise QueueError(
+                f"the queue {self.path} has layout {version}, this gateway knows up to"
+                f" {SCHEMA_VERSION}: run the newer gateway, or move the file away to start an"
+                f" empty queue (its undelivered records are then not sent)")
+        if "records" in tables and version < SCHEMA_VERSION:
+            self._migrate_v1()
+            return
+        self._db.executescript(SCHEMA)
+        if version < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate_v1(self) -> None:
+        """Layout 1 -> 2: build each record's `rec` and `size` from its columns (the same
+        bytes layout 1 spliced when cutting) and each batch's keys from the records' batch
+        and bpos columns. Batches already cut keep their id and body."""
+        db = self._db
+        n = db.execute("SELECT count(*) FROM records").fetchone()[0]
+        log.warning(f"queue {self.path}: converting {n} records to the queue layout"
+                    f" {SCHEMA_VERSION} (once)")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("ALTER TABLE records RENAME TO records_v1")
+            db.execute("DROP INDEX IF EXISTS records_batch")
+            db.execute("DROP INDEX IF EXISTS records_evict")
+            db.execute("ALTER TABLE batches RENAME TO batches_v1")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            texts: dict[str, bytes] = {}
+            old = db.execute("SELECT node, seq, t, kind, flags, role, synced, data, received"
+                             " FROM records_v1 ORDER BY node, seq")
+            while chunk := old.fetchmany(1000):
+                rows = []
+                for node, seq, t, kind, flags, role, synced, data, received in chunk:
+                    node_enc = texts.get(node) or texts.setdefault(node, cbor2.dumps(node))
+                    role_enc = texts.get(role) or texts.setdefault(role, cbor2.dumps(role))
+                    rows.append((node, seq, flags, received,
+                                 len(data) + len(node) + len(role) + RECORD_OVERHEAD,
+                                 encode_rec(node_enc, seq, t, kind, role_enc, synced,
+                                            flags & protocol.FLAG_PRIORITY, data)))
+                db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            for bid, created, count, body in db.execute(
+                    "SELECT id, created, records, body FROM batches_v1 ORDER BY rowid"
+                    ).fetchall():
+                keys = db.execute("SELECT node, seq FROM records_v1 WHERE batch = ?"
+                                  " ORDER BY bpos", (bid,)).fetchall()
+                size = db.execute(
+                    "SELECT coalesce(sum(length(data) + length(node) + length(role)), 0)"
+                    " FROM records_v1 WHERE batch = ?", (bid,)).fetchone()[0]
+                db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                           (bid, created, count, body, cbor2.dumps([list(k) for k in keys]),
+                            size + RECORD_OVERHEAD * len(keys)))
+            db.execute("DROP TABLE records_v1")
+            db.execute("DROP TABLE batches_v1")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     def _load_state(self) -> None:
         """The in-memory mirror of the file (at open, and after a failed group commit)."""
@@ -204,15 +315,34 @@ class Queue:
         self._depth = self._db.execute("SELECT count(*) FROM records").fetchone()[0]
         self._pending = self._db.execute("SELECT count(*) FROM batches").fetchone()[0]
         self._bytes = self._db.execute(
-            f"SELECT coalesce(sum({RECORD_SIZE_SQL}), 0) FROM records").fetchone()[0] \
+            "SELECT coalesce(sum(size), 0) FROM records").fetchone()[0] \
             + self._db.execute("SELECT coalesce(sum(length(body)), 0) FROM batches").fetchone()[0]
-        # Per node, the highest seq already cut into a batch (all below are cut or gone).
-        self._cut_upto: dict[str, int] = dict(self._db.execute(
-            "SELECT node, max(seq) FROM records WHERE batch IS NOT NULL GROUP BY node"))
+        # Per node, the highest seq already cut into a batch: every record of the node at or
+        # below it is in a pending batch (or gone), every one above it waits. A node with no
+        # pending batch has all its records waiting (0).
+        self._cut_upto: dict[str, int] = {}
+        for (keys,) in self._db.execute("SELECT keys FROM batches"):
+            for node, _lo, hi in _ranges(cbor2.loads(keys)):
+                if hi > self._cut_upto.get(node, 0):
+                    self._cut_upto[node] = hi
         # Per node, the newest PRIORITY record not yet cut: the batcher cuts it at once.
-        self._urgent: dict[str, int] = dict(self._db.execute(
-            "SELECT node, max(seq) FROM records WHERE batch IS NULL AND flags & ? != 0"
-            " GROUP BY node", (protocol.FLAG_PRIORITY,)))
+        self._urgent: dict[str, int] = {
+            node: seq for node, seq in self._db.execute(
+                "SELECT node, max(seq) FROM records WHERE flags & ? != 0 GROUP BY node",
+                (protocol.FLAG_PRIORITY,))
+            if seq > self._cut_upto.get(node, 0)}
+        # Per node, its waiting records (above its cut point, at or below its ACK) in seq
+        # order, as segments [highest seq, eff, count, bytes of rec, oldest received, newest
+        # received]: `eff` is the running max of the receive times along the node's waiting
+        # seqs (the same for every record of a segment), the key by which batches take
+        # records oldest first while keeping each node's in seq order. One segment per store
+        # that advanced the ACK, so cutting and waiting() need no query.
+        self._segs: dict[str, deque[list]] = {}
+        self._wait_count = 0
+        self._wait_bytes = 0
+        for node, info in self.nodes.items():
+            self._add_segments(node, self._query_segments(
+                node, self._cut_upto.get(node, 0), info.ack))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -314,31 +444,23 @@ class Queue:
         if info is None:
             info = NodeInfo(node, 0, role, 0, 0, 0, now)
         ack = info.ack
-        rows = []
-        dups = 0
-        t_now = int(now)
-        for r in records:
-            if r.seq <= ack:
-                dups += 1
-                continue
-            synced = r.synced
-            rows.append((node, r.seq, r.t if synced else t_now, r.kind, r.flags, role,
-                         int(synced), cbor2.dumps(protocol.body_to_data(r.kind, r.body)), now))
+        rows = self._rows(node, role, records, ack, now)
+        dups = len(records) - len(rows)
         if rows and self._depth + len(rows) > self.max_depth:
             raise QueueFullError(f"queue holds {self._depth} records (max {self.max_depth})")
-        incoming = sum(len(r[7]) + len(node) + len(role) + RECORD_OVERHEAD for r in rows)
+        incoming = sum(r[4] for r in rows)
         evict, freed = self._eviction(node, ack, incoming)
         try:
             with self._transaction():
                 if evict:
                     self._db.executemany("DELETE FROM records WHERE node = ? AND seq = ?",
-                                         evict)
+                                         [(n, seq) for n, seq, _ in evict])
                     self._bump("evicted", len(evict))
                 stored = 0
                 if rows:
                     cur = self._db.executemany(
-                        "INSERT OR IGNORE INTO records (node, seq, t, kind, flags, role, synced,"
-                        " data, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                        "INSERT OR IGNORE INTO records (node, seq, flags, received, size, rec)"
+                        " VALUES (?, ?, ?, ?, ?, ?)", rows)
                     stored = cur.rowcount
                     dups += len(rows) - stored
                 gaps = 0
@@ -349,6 +471,14 @@ class Queue:
                     gaps = from_seq - 1 - ack - held
                     ack = from_seq - 1
                 ack = self._advance(node, ack, rows)
+                segments = []
+                if ack > info.ack:     # newly waiting: the records in (old ACK, ACK]
+                    if stored == len(rows) == ack - info.ack and \
+                            [r[1] for r in rows] == list(range(info.ack + 1, ack + 1)):
+                        segments = [[ack, now, stored, sum(len(r[5]) for r in rows), now,
+                                     now]]
+                    else:
+                        segments = self._query_segments(node, info.ack, ack)
                 info.ack, info.role, info.last_seen = ack, role, now
                 info.stored += stored
                 info.duplicates += dups
@@ -366,18 +496,62 @@ class Queue:
                 self._reload_node(node)
             raise QueueError(f"cannot store records of {node}: {exc}") from exc
         self.nodes[node] = info
+        for n, seq, length in evict:
+            self._unwait(n, seq, length)
+        self._add_segments(node, segments)
         self._depth += stored - len(evict)
         self._bytes += incoming - freed
         if rows:
             self.backpressure = False
         if evict:
             self._log_evicted(len(evict), now)
-        urgent = [r[1] for r in rows if r[4] & protocol.FLAG_PRIORITY]
+        urgent = [r[1] for r in rows if r[2] & protocol.FLAG_PRIORITY]
         if urgent and stored:
             self._urgent[node] = max(self._urgent.get(node, 0), *urgent)
         return StoreResult(stored, dups, ack, gaps)
 
-    def _eviction(self, node: str, ack: int, incoming: int) -> tuple[list[tuple[str, int]], int]:
+    def _rows(self, node: str, role: str, records: list[protocol.Record], ack: int,
+              now: float) -> list[tuple]:
+        """The rows to insert for the records beyond `ack`: (node, seq, flags, received, size,
+        rec), `rec` being the record's uplink map encoded once, here."""
+        texts = self._texts
+        node_enc = texts.get(node) or texts.setdefault(node, cbor2.dumps(node))
+        role_enc = texts.get(role) or texts.setdefault(role, cbor2.dumps(role))
+        head = _REC_NODE + node_enc + _REC_SEQ
+        role_part = _REC_ROLE + role_enc
+        base = len(node) + len(role) + RECORD_OVERHEAD
+        t_now = int(now)
+        dumps = cbor2.dumps
+        join = b"".join
+        names_of = self._data_names
+        rows = []
+        for r in records:
+            seq = r.seq
+            if seq <= ack:
+                continue
+            kind, flags, body = r.kind, r.flags, r.body
+            # `data`: the body with named keys in ascending key order (protocol.body_to_data);
+            # the names of each (kind, key set) are looked up once.
+            names = names_of.get((kind, *body))
+            if names is None:
+                names = self._names(kind, body)
+            data = dumps({name: body[k] for k, name in names})
+            unsynced = flags & protocol.FLAG_CLOCK_UNSYNCED
+            rows.append((node, seq, flags, now, len(data) + base, join((
+                head, dumps(seq), _REC_T, dumps(t_now if unsynced else r.t), _REC_KIND,
+                _KIND_ENC.get(kind) or dumps(protocol.kind_name(kind)), role_part,
+                _FLAGS_ENC[not unsynced, bool(flags & protocol.FLAG_PRIORITY)], data))))
+        return rows
+
+    def _names(self, kind: int, body: dict[int, Any]) -> tuple[tuple[int, str], ...]:
+        names = protocol.BODY_NAMES.get(kind, {})
+        pairs = tuple((k, names.get(k, str(k))) for k in sorted(body))
+        if len(self._data_names) < DATA_NAMES_MAX:
+            self._data_names[(kind, *body)] = pairs
+        return pairs
+
+    def _eviction(self, node: str, ack: int,
+                  incoming: int) -> tuple[list[tuple[str, int, int]], int]:
         """The records to evict so that `incoming` bytes fit the budget: plain telemetry not
         yet in a batch (a cut batch keeps its exact bytes), oldest first, only at or below its
         node's ACK (a record beyond a gap is needed to advance the ACK). Raises QueueFullError
@@ -385,14 +559,15 @@ class Queue:
         need = self._bytes + incoming - self.max_bytes
         if incoming == 0 or need <= 0:
             return [], 0
-        evict: list[tuple[str, int]] = []
+        evict: list[tuple[str, int, int]] = []
         freed = 0
-        for n, seq, size in self._db.execute(
-                f"SELECT node, seq, {RECORD_SIZE_SQL} FROM records"
-                " WHERE batch IS NULL AND flags & 2 = 0 ORDER BY received"):
-            if seq > (ack if n == node else self.ack_of(n)):
+        cut = self._cut_upto
+        for n, seq, size, length in self._db.execute(
+                "SELECT node, seq, size, length(rec) FROM records WHERE flags & 2 = 0"
+                " ORDER BY received"):
+            if seq > (ack if n == node else self.ack_of(n)) or seq <= cut.get(n, 0):
                 continue
-            evict.append((n, seq))
+            evict.append((n, seq, length))
             freed += size
             if freed >= need:
                 return evict, freed
@@ -430,6 +605,101 @@ class Queue:
             ack = seq
         return ack
 
+    # -- waiting records: segments --------------------------------------------------------
+
+    def _query_segments(self, node: str, lo: int, hi: int) -> list[list]:
+        """Segments of the node's records in (lo, hi] (runs of equal running-max receive time;
+        the running max starts at `lo`: add_segments continues it from the node's last)."""
+        if hi <= lo:
+            return []
+        return [list(row) for row in self._db.execute(
+            "SELECT max(seq), eff, count(*), sum(length(rec)), min(received), max(received)"
+            " FROM (SELECT seq, rec, received, max(received) OVER (ORDER BY seq ROWS UNBOUNDED"
+            " PRECEDING) AS eff FROM records WHERE node = ? AND seq > ? AND seq <= ?)"
+            " GROUP BY eff ORDER BY eff", (node, lo, hi))]
+
+    def _add_segments(self, node: str, segments: list[list]) -> None:
+        if not segments:
+            return
+        segs = self._segs.get(node)
+        if segs is None:
+            segs = self._segs[node] = deque()
+        for seg in segments:
+            if segs and segs[-1][1] > seg[1]:
+                seg[1] = segs[-1][1]           # the running max goes on from the last one
+            segs.append(seg)
+            self._wait_count += seg[2]
+            self._wait_bytes += seg[3]
+
+    def _unwait(self, node: str, seq: int, length: int) -> None:
+        """A waiting record was evicted: its segment is read again (its count, and the
+        receive times the running max goes by)."""
+        segs = self._segs.get(node)
+        if segs:
+            i = bisect.bisect_left(segs, seq, key=lambda seg: seg[0])
+            if i < len(segs):
+                self._resegment(node, i)
+
+    def _resegment(self, node: str, i: int) -> None:
+        """Read segment `i` of `node` again from the file, then carry the running max on."""
+        segs = self._segs[node]
+        lo = segs[i - 1][0] if i else self._cut_upto.get(node, 0)
+        old = segs[i]
+        fresh = self._query_segments(node, lo, old[0])
+        self._wait_count += sum(seg[2] for seg in fresh) - old[2]
+        self._wait_bytes += sum(seg[3] for seg in fresh) - old[3]
+        del segs[i]
+        for seg in reversed(fresh):
+            segs.insert(i, seg)
+        if not segs:
+            del self._segs[node]
+        else:
+            self._carry(segs, max(i - 1, 0))
+
+    @staticmethod
+    def _carry(segs: deque[list], i: int) -> None:
+        """Recompute the running max (eff) from segment `i` on; stops where it is unchanged."""
+        run = segs[i - 1][1] if i else None
+        for j in range(i, len(segs)):
+            seg = segs[j]
+            run = seg[5] if run is None or seg[5] > run else run
+            if seg[1] == run and j > i:
+                break
+            seg[1] = run
+
+    def _consume(self, node: str, taken: list[tuple[int, int]]) -> None:
+        """Records of `node` (seq, length of rec), a prefix of its waiting ones in seq order,
+        were cut: take them out of its segments."""
+        segs = self._segs.get(node)
+        if not segs:
+            return
+        for seq, length in taken:
+            while len(segs) > 1 and segs[0][0] < seq:
+                self._pop_segment(segs)        # exhausted (its count is 0 now)
+            seg = segs[0]
+            seg[2] -= 1
+            seg[3] -= length
+            self._wait_count -= 1
+            self._wait_bytes -= length
+        last = taken[-1][0]
+        while segs and (segs[0][0] <= last or segs[0][2] <= 0):
+            self._pop_segment(segs)
+        if not segs:
+            del self._segs[node]
+            return
+        front = segs[0]
+        if front[4] != front[5]:
+            # Part of a segment of several receive times was cut: the running max of what is
+            # left starts again from its own records (as a scan from the cut point would).
+            self._resegment(node, 0)
+        else:
+            self._carry(segs, 0)
+
+    def _pop_segment(self, segs: deque[list]) -> None:
+        seg = segs.popleft()
+        self._wait_count -= seg[2]             # 0 unless the records were counted twice
+        self._wait_bytes -= seg[3]
+
     def _reload_node(self, node: str) -> None:
         row = self._db.execute("SELECT node, ack, role, stored, duplicates, gaps, last_seen"
                                " FROM nodes WHERE node = ?", (node,)).fetchone()
@@ -443,26 +713,12 @@ class Queue:
         return self._depth
 
     def waiting(self, limit: int = 10_000) -> tuple[int, int, float | None]:
-        """Records ready to be cut: count, approximate uplink bytes, and the receive time of
-        the oldest. Counting stops once `limit` records are found (enough to decide a cut; the
-        size and oldest then cover the records counted), so with many nodes a full batch is
-        seen without a query per node."""
-        count, size, oldest = 0, 0, None
-        for node, info in self.nodes.items():
-            lo = self._cut_upto.get(node, 0)
-            if info.ack <= lo:
-                continue
-            n, b, first = self._db.execute(
-                "SELECT count(*), sum(length(data)), min(received) FROM (SELECT data, received"
-                " FROM records WHERE node = ? AND seq > ? AND seq <= ? AND batch IS NULL"
-                " ORDER BY seq LIMIT ?)", (node, lo, info.ack, limit - count)).fetchone()
-            count += n
-            size += (b or 0) + 110 * n   # ~110 bytes of keys, ids and numbers around data
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
-            if count >= limit:
-                break
-        return count, size, oldest
+        """Records ready to be cut: count, their uplink bytes, and the receive time of the
+        oldest (kept in memory: no query). `limit` is kept for callers; the count is exact."""
+        if not self._wait_count:
+            return 0, 0, None
+        oldest = min(seg[4] for segs in self._segs.values() for seg in segs if seg[2] > 0)
+        return self._wait_count, self._wait_bytes, oldest
 
     def next_batch(self, max_records: int, max_bytes: int,
                    now: float | None = None) -> Batch | None:
@@ -496,13 +752,15 @@ class Queue:
             if hi <= lo or len(rows) >= max_records:
                 continue
             rows.extend(self._db.execute(
-                "SELECT received, node, seq, t, kind, flags, role, synced, data FROM records"
-                " WHERE node = ? AND seq > ? AND seq <= ? AND batch IS NULL ORDER BY seq"
-                " LIMIT ?", (node, lo, hi, max_records - len(rows))).fetchall())
+                "SELECT node, seq, size, rec FROM records"
+                " WHERE node = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (node, lo, hi, max_records - len(rows))).fetchall())
         return self._cut(rows, max_bytes, now)
 
     def _cut(self, rows: list[tuple], max_bytes: int, now: float | None) -> Batch | None:
-        """Encode a prefix of `rows` (each node's in seq order) up to `max_bytes`; persist it."""
+        """A batch of a prefix of `rows` (each node's in seq order) up to `max_bytes`: the
+        records' stored encodings after the batch's head. Persisted (id, body, keys); nothing
+        is written to the records: the node's cut point now covers them."""
         now = time.time() if now is None else now
         created = int(now)
         batch_id = str(uuid.uuid4())
@@ -512,90 +770,85 @@ class Queue:
         size = 1 + len(head) + 9
         encoded: list[bytes] = []
         keys: list[tuple[str, int]] = []
-        # Each record map is spliced from encoded parts (the stored `data` is already the CBOR
-        # of its map): the same bytes as cbor2.dumps of the dict, without decoding `data`.
-        dumps = cbor2.dumps
-        texts: dict[str, bytes] = {}
-        for _eff, node, seq, t, kind, flags, role, synced, data in rows:
-            node_enc = texts.get(node) or texts.setdefault(node, dumps(node))
-            role_enc = texts.get(role) or texts.setdefault(role, dumps(role))
-            kind_enc = _KIND_ENC.get(kind) or dumps(protocol.kind_name(kind))
-            enc = b"".join((
-                _REC_NODE, node_enc, _REC_SEQ, dumps(seq), _REC_T, dumps(t), _REC_KIND,
-                kind_enc, _REC_ROLE, role_enc, _REC_SYNCED, _TRUE if synced else _FALSE,
-                _REC_PRIORITY, _TRUE if flags & protocol.FLAG_PRIORITY else _FALSE,
-                _REC_DATA, data))
-            if encoded and size + len(enc) > max_bytes:
+        budget = 0
+        taken: dict[str, list[tuple[int, int]]] = {}
+        for node, seq, rsize, rec in rows:
+            if encoded and size + len(rec) > max_bytes:
                 break
-            size += len(enc)
-            encoded.append(enc)
+            size += len(rec)
+            budget += rsize
+            encoded.append(rec)
             keys.append((node, seq))
+            per_node = taken.get(node)
+            if per_node is None:
+                per_node = taken[node] = []
+            per_node.append((seq, len(rec)))
         if not keys:
             return None
         body = b"\xa5" + head + _uint_head(4, len(encoded)) + b"".join(encoded)
         with self._transaction():
-            self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?)",
-                             (batch_id, created, len(keys), body))
-            self._db.executemany(
-                "UPDATE records SET batch = ?, bpos = ? WHERE node = ? AND seq = ?",
-                [(batch_id, i, n, s) for i, (n, s) in enumerate(keys)])
+            self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                             (batch_id, created, len(keys), body,
+                              cbor2.dumps([list(k) for k in keys]), budget))
         self._pending += 1
         self._bytes += len(body)
-        for node, seq in keys:   # keys are in seq order per node
-            self._cut_upto[node] = seq
+        for node, per_node in taken.items():   # in seq order per node
+            self._cut_upto[node] = per_node[-1][0]
+            self._consume(node, per_node)
         return Batch(batch_id, created, tuple(keys), body)
 
     def _candidates(self, limit: int) -> list[tuple]:
         """Up to `limit` waiting records, oldest first, each node's in seq order.
 
-        Per node the lowest waiting seqs (an index range scan from the last cut to the ACK);
-        merged by the running max of their receive time, which never decreases along a
-        node's seqs, so taking a prefix of the merge keeps every node's records in order.
-        The per-node scans are read lazily, so with many nodes only about `limit` rows are
-        read in all, not `limit` per node.
+        The nodes' segments are merged in memory by their running max of receive times
+        (which never decreases along a node's seqs, so taking a prefix of the merge keeps
+        every node's records in order; ties go by node id); then each node's part is read in
+        one range query, and the parts are interleaved in merge order.
         """
-        scans = []
-        for node, info in self.nodes.items():
-            lo = self._cut_upto.get(node, 0)
-            if info.ack > lo:
-                scans.append(self._scan(node, lo, info.ack, limit))
-        try:
-            merged = scans[0] if len(scans) == 1 else heapq.merge(*scans)
-            return list(itertools.islice(merged, limit))
-        finally:
-            for scan in scans:
-                scan.close()       # resets the statements before the cut's transaction
-
-    def _scan(self, node: str, lo: int, hi: int, limit: int) -> sqlite3.Cursor:
-        """One node's waiting records in (lo, hi], each keyed by the running max of the
-        receive times up to it (computed by SQLite: a window over the seq order)."""
-        return self._db.execute(
-            "SELECT max(received) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING), node, seq, t,"
-            " kind, flags, role, synced, data FROM records"
-            " WHERE node = ? AND seq > ? AND seq <= ? AND batch IS NULL ORDER BY seq"
-            " LIMIT ?", (node, lo, hi, limit))
+        heap = [(segs[0][1], node, 0) for node, segs in self._segs.items()]
+        heapq.heapify(heap)
+        plan: list[tuple[str, int]] = []          # (node, records) in merge order
+        take: dict[str, list[int]] = {}           # node -> [records, highest seq]
+        total = 0
+        while heap and total < limit:
+            _eff, node, i = heapq.heappop(heap)
+            segs = self._segs[node]
+            seg = segs[i]
+            n = min(seg[2], limit - total)
+            if n > 0:
+                plan.append((node, n))
+                t = take.setdefault(node, [0, 0])
+                t[0] += n
+                t[1] = seg[0]
+                total += n
+            if i + 1 < len(segs):
+                heapq.heappush(heap, (segs[i + 1][1], node, i + 1))
+        parts = {}
+        for node, (n, hi) in take.items():
+            parts[node] = iter(self._db.execute(
+                "SELECT node, seq, size, rec FROM records WHERE node = ? AND seq > ? AND"
+                " seq <= ? ORDER BY seq LIMIT ?",
+                (node, self._cut_upto.get(node, 0), hi, n)).fetchall())
+        rows = []
+        for node, n in plan:
+            part = parts[node]
+            rows.extend(itertools.islice(part, n))
+        return rows
 
     def pending_batches(self) -> list[Batch]:
         """Batches cut and not yet delivered everywhere, oldest first (after a restart too)."""
-        out = []
-        for bid, created, body in self._db.execute(
-                "SELECT id, created, body FROM batches ORDER BY rowid").fetchall():
-            keys = tuple(self._db.execute(
-                "SELECT node, seq FROM records WHERE batch = ? ORDER BY bpos", (bid,)).fetchall())
-            out.append(Batch(bid, created, keys, body))
-        return out
+        return [Batch(bid, created, _keys(keys), body) for bid, created, body, keys in
+                self._db.execute("SELECT id, created, body, keys FROM batches ORDER BY rowid")]
 
     def next_pending(self, uplink: str) -> Batch | None:
         """The oldest batch `uplink` has not delivered yet (batches go out in cut order)."""
         row = self._db.execute(
-            "SELECT id, created, body FROM batches b WHERE NOT EXISTS (SELECT 1 FROM deliveries"
-            " d WHERE d.batch = b.id AND d.uplink = ?) ORDER BY rowid LIMIT 1",
+            "SELECT id, created, body, keys FROM batches b WHERE NOT EXISTS (SELECT 1 FROM"
+            " deliveries d WHERE d.batch = b.id AND d.uplink = ?) ORDER BY rowid LIMIT 1",
             (uplink,)).fetchone()
         if row is None:
             return None
-        keys = tuple(self._db.execute(
-            "SELECT node, seq FROM records WHERE batch = ? ORDER BY bpos", (row[0],)).fetchall())
-        return Batch(row[0], row[1], keys, row[2])
+        return Batch(row[0], row[1], _keys(row[3]), row[2])
 
     def batches_pending(self) -> int:
         """Batches cut and not yet delivered (kept in memory: /status reads it on the loop)."""
@@ -674,19 +927,27 @@ class Queue:
         return cur.rowcount
 
     def _delete_batch(self, batch_id: str) -> int:
-        size = self._db.execute(
-            f"SELECT coalesce(sum({RECORD_SIZE_SQL}), 0) FROM records WHERE batch = ?",
-            (batch_id,)).fetchone()[0] + (self._db.execute(
-                "SELECT length(body) FROM batches WHERE id = ?", (batch_id,)).fetchone() or (0,))[0]
-        cur = self._db.execute("DELETE FROM records WHERE batch = ?", (batch_id,))
-        self._bytes -= size
+        """Delete a batch and its records (per node, the seq range it took); returns how many
+        records went."""
+        row = self._db.execute("SELECT keys, size, length(body) FROM batches WHERE id = ?",
+                               (batch_id,)).fetchone()
+        if row is None:
+            return 0
+        deleted = self._db.executemany(
+            "DELETE FROM records WHERE node = ? AND seq >= ? AND seq <= ?",
+            _ranges(cbor2.loads(row[0]))).rowcount
+        self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+        self._db.execute("DELETE FROM deliveries WHERE batch = ?", (batch_id,))
+        self._pending -= 1
+        self._bytes -= row[1] + row[2]
         if self._bytes < self.max_bytes:
             self.backpressure = False
-        if self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,)).rowcount:
-            self._pending -= 1
-        self._db.execute("DELETE FROM deliveries WHERE batch = ?", (batch_id,))
-        self._depth -= cur.rowcount
-        return cur.rowcount
+        self._depth -= deleted
+        return deleted
+
+
+def _keys(blob: bytes) -> tuple[tuple[str, int], ...]:
+    return tuple((node, seq) for node, seq in cbor2.loads(blob))
 
 
 class _Tx:

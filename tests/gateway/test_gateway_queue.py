@@ -167,3 +167,146 @@ def test_every_acked_record_survives_kill_9_mid_write(tmp_path):
                 == seqs
         assert q._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         q.close()
+
+
+def _reference(q: Queue) -> tuple[int, int, float | None, list[tuple[str, int]]]:
+    """What waiting() and the next batch's order must be, from the file alone: per node the
+    records above its last cut (the pending batches' keys) up to its ACK, ordered by the
+    running max of their receive times (ties by node, then seq)."""
+    cut: dict[str, int] = {}
+    for b in q.pending_batches():
+        for node, seq in b.keys:
+            cut[node] = max(cut.get(node, 0), seq)
+    merged = []
+    count = size = 0
+    oldest = None
+    for node in q.nodes:
+        eff = None
+        for seq, received, rec in q._db.execute(
+                "SELECT seq, received, rec FROM records WHERE node = ? AND seq > ? AND seq <= ?"
+                " ORDER BY seq", (node, cut.get(node, 0), q.ack_of(node))):
+            eff = received if eff is None else max(eff, received)
+            merged.append((eff, node, seq))
+            count += 1
+            size += len(rec)
+            oldest = received if oldest is None else min(oldest, received)
+    return count, size, oldest, [(n, s) for _, n, s in sorted(merged)]
+
+
+def test_batches_follow_the_file_through_gaps_evictions_priority_and_reopening(tmp_path):
+    """Cutting works from in-memory segments; a long random run against a reference computed
+    from the file: the same waiting count, bytes and oldest, batches in the same order."""
+    import random
+
+    rng = random.Random(7)
+    path = tmp_path / "q.sqlite"
+    q = Queue(path, max_bytes=12_000)
+    sent = {n: 0 for n in "abcd"}
+    now = 1000.0
+    for step in range(400):
+        now += rng.choice((0.0, 0.5, 1.0, -0.7))     # clocks step back, too
+        node = rng.choice("abcd")
+        op = rng.random()
+        if op < 0.55:
+            first = sent[node] + 1
+            seqs = list(range(first, first + rng.randint(1, 6)))
+            if rng.random() < 0.2:
+                seqs = seqs[1:] or seqs              # a record lost in transit: a gap
+            if rng.random() < 0.1:
+                seqs += seqs[:1]                     # twice in one message
+            rng.shuffle(seqs)
+            sent[node] = max(sent[node], *seqs)
+            from_seq = q.ack_of(node) + 1
+            if rng.random() < 0.1:
+                from_seq = min(seqs)                 # the node gave up what it lacks
+            flags = FLAG_PRIORITY if rng.random() < 0.05 else 0
+            try:
+                q.store(node, "water", [rec(s, flags) for s in seqs], from_seq, now=now)
+            except Exception:   # noqa: BLE001 - backpressure is allowed here
+                pass
+        elif op < 0.75:
+            b = q.next_batch(rng.randint(1, 30), rng.choice((400, 1 << 20)), now=now)
+            if b is not None:
+                assert [(r["node"], r["seq"]) for r in cbor2.loads(b.body)["records"]] \
+                    == list(b.keys)
+        elif op < 0.8:
+            if q.priority_waiting():
+                q.next_priority_batch(50, 1 << 20, now=now)
+        elif op < 0.95:
+            pending = q.pending_batches()
+            if pending:
+                q.batch_delivered(pending[0].id, "http", ["http"])
+        else:
+            q.close()
+            q = Queue(path, max_bytes=12_000)
+        count, size, oldest, order = _reference(q)
+        assert q.waiting() == (count, size, oldest), step
+        b = q._candidates(10_000)
+        assert [(r[0], r[1]) for r in b] == order, step
+    assert q.counters["evicted"] > 0 and q.counters["delivered_records"] > 0
+    assert q.counters["gaps"] > 0 and q.counters["duplicates"] > 0
+    q.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE records (node TEXT NOT NULL, seq INTEGER NOT NULL, t INTEGER NOT NULL,
+    kind INTEGER NOT NULL, flags INTEGER NOT NULL, role TEXT NOT NULL, synced INTEGER NOT NULL,
+    data BLOB NOT NULL, received REAL NOT NULL, batch TEXT, bpos INTEGER,
+    PRIMARY KEY (node, seq)) WITHOUT ROWID;
+CREATE INDEX records_batch ON records (batch, bpos);
+CREATE INDEX records_evict ON records (received) WHERE batch IS NULL AND flags & 2 = 0;
+CREATE TABLE nodes (node TEXT PRIMARY KEY, ack INTEGER NOT NULL, role TEXT NOT NULL,
+    stored INTEGER NOT NULL, duplicates INTEGER NOT NULL, gaps INTEGER NOT NULL,
+    last_seen REAL NOT NULL);
+CREATE TABLE batches (id TEXT PRIMARY KEY, created INTEGER NOT NULL, records INTEGER NOT NULL,
+    body BLOB NOT NULL);
+CREATE TABLE deliveries (batch TEXT NOT NULL, uplink TEXT NOT NULL, PRIMARY KEY (batch, uplink));
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_a_queue_file_of_the_first_layout_is_converted_with_its_batches(tmp_path):
+    """A queue written by the previous gateway (layout 1): its pending batch keeps its id,
+    keys and bytes; its waiting records are cut into the same record maps as before."""
+    import sqlite3
+
+    path = tmp_path / "q.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    data = cbor2.dumps({"level_cm": 10.5, "distance_mm": 901})
+    rows = [("a", s, 1_700_000_000 + s, 1, 0, "water", 1, data, 100.0 + s,
+             "b-1" if s <= 2 else None, s - 1 if s <= 2 else None) for s in (1, 2, 3)]
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute("INSERT INTO nodes VALUES ('a', 3, 'water', 3, 0, 0, 103.0)")
+    old_body = b"\xa1" + cbor2.dumps("old batch bytes")   # kept as they are
+    db.execute("INSERT INTO batches VALUES ('b-1', 1700, 2, ?)", (old_body,))
+    db.executemany("INSERT INTO counters VALUES (?, 0)", [("duplicates",), ("gaps",)])
+    db.commit()
+    db.close()
+    q = Queue(path, "gw", "s")
+    (b1,) = q.pending_batches()
+    assert (b1.id, b1.keys, b1.body) == ("b-1", (("a", 1), ("a", 2)), old_body)
+    assert q.depth() == 3 and q.waiting()[0] == 1
+    b2 = q.next_batch(10, 1 << 20, now=2000)
+    assert b2.keys == (("a", 3),)
+    assert cbor2.loads(b2.body)["records"] == [{
+        "node": "a", "seq": 3, "t": 1_700_000_003, "kind": "level", "role": "water",
+        "synced": True, "priority": False, "data": {"level_cm": 10.5, "distance_mm": 901}}]
+    assert q.batch_delivered("b-1", "http", ["http"]) and q.depth() == 1
+    q.close()
+    q = Queue(path)
+    assert [b.id for b in q.pending_batches()] == [b2.id] and q.ack_of("a") == 3
+    q.close()
+
+
+def test_a_queue_file_of_a_newer_layout_is_refused(tmp_path):
+    import sqlite3
+
+    import pytest
+    from roadside.gateway.errors import QueueError
+
+    db = sqlite3.connect(tmp_path / "q.sqlite")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(QueueError, match="layout 99.*newer gateway"):
+        Queue(tmp_path / "q.sqlite")

@@ -30,8 +30,10 @@ def fill(queue: Queue, nodes: int, per_node: int, chunk: int = 7) -> None:
 async def drain(queue: Queue, uplink: HttpUplink, max_records: int = 25) -> None:
     task = asyncio.create_task(uplink.run())
     try:
-        while queue.depth():
-            if queue.batches_pending() < 2:
+        # until the queue is empty and the uplink has finished its bookkeeping of the last
+        # batch (the queue empties inside batch_delivered, a moment before that)
+        while queue.depth() or uplink.state != "idle":
+            if queue.depth() and queue.batches_pending() < 2:
                 # On the queue's writer thread, as the batcher does: one SQLite connection.
                 await queue.call(queue.next_batch, max_records, 1 << 20)
                 uplink.notify()
