@@ -19,6 +19,12 @@ What it is:
   on first start) as `/`, the host's filesystem at `/host`, puts this board's `machine` and
   `esp32` modules (below) in sys.modules, and on a boot in friendly mode runs /boot.py and
   /main.py from the image, then the REPL (the unix port's: raw REPL and raw-paste included).
+- Boot: until vboot.py has mounted the image and installed `machine` (it then writes
+  READY, which the relay takes out of the output), the relay holds what the user sends and
+  gives it to the interpreter afterwards, as a board's UART is not read before its firmware
+  is up. Otherwise a Ctrl-C sent right after a (re)start (mpremote's, deploy's raw REPL
+  handshake) would interrupt vboot.py itself, and `-i` would leave the user in a bare unix
+  REPL whose `/` is the host's root filesystem and whose `machine` is the unix port's.
 - Soft reset: Ctrl-D makes the unix REPL exit; the relay prints "MPY: soft reboot" and starts
   the interpreter again. After a soft reset in the raw REPL (what mpremote does) it comes back
   in the raw REPL without running main.py, as a board does; in the friendly REPL main.py runs.
@@ -66,6 +72,9 @@ EXIT_DEEPSLEEP = 4
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 HARD_RESET = b"\r\nets Jul 29 2019 12:21:46\r\n\r\nrst:0xc (SW_CPU_RESET),boot:0x13\r\n"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+# written by vboot.py once the board is up (taken out of the output by the relay)
+READY = b"\x00vboard:ready\x00"
+HELD_MAX = 64 * 1024  # user bytes held during a boot (more is dropped, as by a full UART)
 
 VBOOT = r'''
 # The virtual board's boot (written by roadside.tools.virtual_board; not on the image).
@@ -102,6 +111,10 @@ def _boot():
     sys.modules["machine"] = vmachine
     sys.modules["esp32"] = vesp32
     vmachine._init(CAUSE, RUN)
+    delay = vmachine._S["cfg"].get("boot_delay_ms", 0)
+    if delay:  # a slow boot (tests): e.g. a board formatting its filesystem
+        import time
+        time.sleep_ms(delay)
     dev = FileBlockDev(IMAGE, BLOCKS)
     try:
         fs = vfs.VfsLfs2(dev)
@@ -128,11 +141,23 @@ def _run(path):
     except BaseException as e:
         sys.print_exception(e)
 
-_boot()
-if MODE != "raw":
-    _run("/boot.py")
-    _run("/main.py")
-del _boot, _run, IMAGE, BLOCKS, MODE, CAUSE, RUN
+_up = False
+try:
+    try:
+        _boot()
+        _up = True
+    finally:
+        # READY (the module's constant): the relay holds the user's input until it sees
+        # this; also after a failed boot, whose traceback the user must see at the REPL
+        sys.stdout.write("\x00vboard:ready\x00")
+    if MODE != "raw":
+        _run("/boot.py")
+        _run("/main.py")
+except KeyboardInterrupt:
+    if not _up:
+        raise  # cannot happen (input is held until READY); never hide a broken boot
+    # a Ctrl-C just after READY, before main.py ran: to the REPL, as on a board
+del _boot, _run, _up, IMAGE, BLOCKS, MODE, CAUSE, RUN
 '''
 
 VMACHINE = r'''
@@ -322,13 +347,14 @@ class VirtualBoard:
 
     def __init__(self, directory: Path, *, blocks: int = DEFAULT_BLOCKS,
                  heapsize: str = HEAPSIZE, mac: str = "24:0a:c4:00:00:01",
-                 distance_mm: int = 2500) -> None:
+                 distance_mm: int = 2500, boot_delay_ms: int = 0) -> None:
         self.dir = Path(directory).resolve()
         self.image = self.dir / "flash.img"
         self.blocks = blocks
         self.heapsize = heapsize
         self.mac = mac
         self.distance_mm = distance_mm
+        self.boot_delay_ms = boot_delay_ms  # vboot.py sleeps this long before mounting
         self.log = self.dir / "console.log"  # everything the board printed
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -337,6 +363,9 @@ class VirtualBoard:
         self._raw_mode = False
         self._swallow = False
         self._swallowed = b""
+        self._ready = False  # vboot.py has said READY since the last (re)start
+        self._held_in = b""  # user -> board, held while booting
+        self._held_out = b""  # board -> user while booting, scanned for READY
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -367,7 +396,8 @@ class VirtualBoard:
         (self.dir / "vesp32.py").write_text(VESP32)
         import json
         (self.dir / "board.json").write_text(json.dumps(
-            {"mac": self.mac, "link": self._node.path, "distance_mm": self.distance_mm}))
+            {"mac": self.mac, "link": self._node.path, "distance_mm": self.distance_mm,
+             "boot_delay_ms": self.boot_delay_ms}))
         self._logf = open(self.log, "ab")
         self._boot("friendly", "power_on")
         self._thread = threading.Thread(target=self._relay, name=f"vboard {self.dir.name}",
@@ -393,6 +423,7 @@ class VirtualBoard:
         except OSError as exc:
             raise LaunchError(f"cannot start micropython: {exc}") from exc
         self.starts += 1
+        self._ready = False
         if mode == "raw":
             self._swallow, self._swallowed = True, b""
 
@@ -414,11 +445,20 @@ class VirtualBoard:
                     continue
                 if fd == self._usb.master:
                     self._track_mode(data)
+                    if not self._ready:
+                        self._held_in = (self._held_in + data)[:HELD_MAX]
+                        continue
                 elif fd == self._con.master:
+                    data, up = self._until_ready(data)
                     self._logf.write(data)
                     self._logf.flush()
                     if self._swallow:
                         data = self._after_banner(data)
+                    _write_all(pairs[fd], data)
+                    if up and self._held_in:
+                        held, self._held_in = self._held_in, b""
+                        _write_all(self._con.master, held)
+                    continue
                 _write_all(pairs[fd], data)
             with self._lock:
                 proc = self.proc
@@ -432,6 +472,19 @@ class VirtualBoard:
                 self._raw_mode = True
             elif b == 2:
                 self._raw_mode = False
+
+    def _until_ready(self, data: bytes) -> tuple[bytes, bool]:
+        """While booting, hold the output until READY; (output to pass on, READY seen now)."""
+        if self._ready:
+            return data, False
+        self._held_out += data
+        at = self._held_out.find(READY)
+        if at < 0:
+            return b"", False
+        self._ready = True
+        out = self._held_out[:at] + self._held_out[at + len(READY):]
+        self._held_out = b""
+        return out, True
 
     def _after_banner(self, data: bytes) -> bytes:
         """After a soft reset in raw mode: hide the unix banner, re-enter the raw REPL."""
@@ -448,6 +501,10 @@ class VirtualBoard:
 
     def _restart(self, status: int) -> None:
         assert self._usb is not None
+        if self._held_out:  # it died while booting: show what it said
+            self._logf.write(self._held_out)
+            _write_all(self._usb.master, self._held_out)
+            self._held_out = b""
         if status == EXIT_SOFT:
             self.soft_resets += 1
             _write_all(self._usb.master, SOFT_REBOOT)

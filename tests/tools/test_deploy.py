@@ -51,6 +51,19 @@ def test_virtual_board_speaks_mpremote(tmp_path: Path):
         assert "hello.py" in mpremote(board.port, "fs", "ls", ":")
 
 
+def test_deploy_while_the_board_still_boots(tmp_path: Path, capsys):
+    # Regression: deploy's Ctrl-C used to reach a board still in vboot.py (a fresh board on
+    # a loaded machine): it interrupted the boot and `-i` gave a bare unix REPL on the host's
+    # root filesystem, so deploy surveyed and wrote / of the host ("copy 0 of 21 files" when
+    # an earlier run had left files there) and the real board never said hello.
+    with virtual_board(tmp_path / "board", boot_delay_ms=1000) as board:
+        res = run_deploy(capsys, board)
+        assert len(res["copied"]) == res["files"] and "/main.py" in res["copied"]
+        assert res["hello"]["node"] == "wl-000001"
+        log = (board.dir / "console.log").read_bytes()
+        assert b"KeyboardInterrupt" not in log and b"vboard:ready" not in log
+
+
 def test_virtual_board_ctrl_c_interrupts_main(tmp_path: Path):
     with virtual_board(tmp_path / "board") as board:
         busy = tmp_path / "main.py"
@@ -66,17 +79,18 @@ def test_virtual_board_ctrl_c_interrupts_main(tmp_path: Path):
         t.close()
 
 
-def run_deploy(capsys, port: str, link: str, *extra: str) -> dict:
-    rc = cli.main(["deploy", "--board", BOARD, "--role", "water", "--port", port,
-                   "--link-port", link, "--json", *extra])
+def run_deploy(capsys, board, *extra: str) -> dict:
+    rc = cli.main(["deploy", "--board", BOARD, "--role", "water", "--port", board.port,
+                   "--link-port", board.link_port, "--json", *extra])
     captured = capsys.readouterr()
-    assert rc == 0, captured.err
+    console = board.log.read_bytes()[-1500:].decode(errors="replace")
+    assert rc == 0, f"{captured.err}\n--- board console.log (tail):\n{console}"
     return json.loads(captured.out)
 
 
 def test_deploy_then_redeploy_copies_nothing(tmp_path: Path, capsys):
     with virtual_board(tmp_path / "board") as board:
-        first = run_deploy(capsys, board.port, board.link_port,
+        first = run_deploy(capsys, board,
                            "--set", "thresholds.alarm_cm=160", "--set", "node_id=wl-0042")
         assert "/main.py" in first["copied"] and "/config.json" in first["copied"]
         assert not any("/hw/sim" in p for p in first["copied"])
@@ -86,14 +100,15 @@ def test_deploy_then_redeploy_copies_nothing(tmp_path: Path, capsys):
         assert first["board_mpy"] == "v6.3"
 
         t0 = time.monotonic()
-        again = run_deploy(capsys, board.port, board.link_port,
+        again = run_deploy(capsys, board,
                            "--set", "thresholds.alarm_cm=160", "--set", "node_id=wl-0042")
-        assert again["copied"] == [] and again["hello"]["node"] == "wl-0042"
-        assert again["hello"]["boot_count"] == hello["boot_count"] + 1
-        assert time.monotonic() - t0 < 5
+        # (copied != [] also when firmware/ was edited while the test ran: mtime rebuild)
+        assert again["copied"] == [] and again["hello"]["node"] == "wl-0042", again
+        assert again["hello"]["boot_count"] == hello["boot_count"] + 1, again["hello"]
+        assert time.monotonic() - t0 < 5, again["seconds"]
 
         # a redeploy keeps what is on the board (node id, settings) and changes only config
-        third = run_deploy(capsys, board.port, board.link_port, "--set", "report_interval_s=30")
+        third = run_deploy(capsys, board, "--set", "report_interval_s=30")
         assert third["copied"] == ["/config.json"] and third["hello"]["node"] == "wl-0042"
         cfg = json.loads(_read(board.port, "/config.json"))
         assert cfg["report_interval_s"] == 30 and cfg["thresholds"]["alarm_cm"] == 160
