@@ -16,7 +16,9 @@ Steps (each reported by the progress callback, each timed):
    stale .mpy files that would shadow nothing-new are removed.
 6. reset: Ctrl-B, Ctrl-D: a soft reset in the friendly REPL runs main.py.
 7. hello: read the node's data link (`link_port`, default the same port: UART0 on the USB
-   bridge) until its HELLO arrives; its identity is the result.
+   bridge) until its HELLO arrives; its identity is the result. A separate link port is
+   opened before the reset (opening a port flushes its input: a HELLO sent before would be
+   lost, and the next comes only after the node's 3 s HELLO retry).
 """
 
 from __future__ import annotations
@@ -347,10 +349,16 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
             _exec(t, "import os\n" + "".join(f"os.remove({p!r})\n" for p in stale), port)
             res.removed = stale
         step("copy")
-        say("soft reset")
-        t.exit_raw_repl()
-        t.serial.write(b"\x04")
-        t.serial.flush()
+        early = _open_before_reset(link) if link != port else None
+        try:
+            say("soft reset")
+            t.exit_raw_repl()
+            t.serial.write(b"\x04")
+            t.serial.flush()
+        except BaseException:
+            if early is not None:
+                early.close()
+            raise
     finally:
         try:
             t.close()
@@ -358,15 +366,38 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
             pass
     step("reset")
     say(f"wait for the node's hello on {link}")
-    res.hello = _wait_hello(link, hello_timeout, port)
+    res.hello = _wait_hello(early or _open_link(link), hello_timeout, link, port)
     step("hello")
     res.total_s = round(time.monotonic() - t0, 3)
     return res
 
 
-def _wait_hello(link: str, timeout: float, port: str) -> dict[str, Any]:
+def _open_before_reset(link: str) -> NodeLink | None:
+    """The link, opened and drained (the old node stopped at connect: what it holds is
+    stale); None when it cannot be opened: the board is reset anyway, and the open after the
+    reset reports why."""
     try:
-        with NodeLink(link) as nl:
+        nl = NodeLink(link)
+    except LinkError:
+        return None
+    try:
+        nl.read_frames(0)
+    except LinkError:
+        nl.close()
+        return None
+    return nl
+
+
+def _open_link(link: str) -> NodeLink:
+    try:
+        return NodeLink(link)
+    except LinkError as exc:
+        raise DeployError(str(exc)) from None
+
+
+def _wait_hello(nl: NodeLink, timeout: float, link: str, port: str) -> dict[str, Any]:
+    try:
+        with nl:
             hello = nl.wait_hello(timeout)
     except LinkError as exc:
         raise DeployError(str(exc)) from None
