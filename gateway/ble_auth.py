@@ -84,7 +84,7 @@ def load_secret(path: str | Path) -> bytes:
         raw = b""
     if len(raw) != SECRET_LEN:
         raise AuthError(f"secret file {str(path)!r} must hold 32 bytes or 64 hex digits; "
-                        f"write it with `roadside secret new`")
+                        f"make one with `openssl rand -hex 32 > FILE` (docs/SECURITY.md)")
     return raw
 
 

@@ -82,12 +82,13 @@ def load_secret(node: str, given: str | Path | None = None) -> tuple[Path, bytes
         cause = exc.__cause__
         if isinstance(cause, FileNotFoundError):
             where = "" if given else f" (the default for {node})"
-            raise BleError(f"no key file {path}{where}: pass --secret-file FILE, or put"
-                           f" {node}'s secret (64 hex digits) there, mode 0600") from None
+            raise BleError(f"no key file {path}{where}: pass --secret-file FILE, or provision"
+                           f" {node} over its serial port with `roadside config secret PORT`,"
+                           f" which writes it there") from None
         if isinstance(cause, OSError):
             raise BleError(f"cannot read key file {path}: {cause.strerror}") from None
         raise BleError(f"key file {path} must hold 32 bytes or 64 hex digits (the secret"
-                       f" written to {node} with secret.set)") from None
+                       f" written to {node} by `roadside config secret PORT`)") from None
 
 
 async def scan(timeout: float = 3.0, backend: Backend = None,
@@ -231,7 +232,8 @@ class BleSerial:
     def _auth_advice(self, response: dict[int, Any], key: str) -> str:
         """Why the handshake failed and what to check, for one line of output."""
         check = (f"check that {key} (fingerprint {ble_auth.fingerprint(self.secret)}) holds"
-                 f" {self.node}'s secret, as set over the serial cable with secret.set")
+                 f" {self.node}'s secret, as `roadside config secret PORT` set it over the"
+                 f" serial cable")
         if response.get(0) == p.ERROR:
             text = str(response.get(2))
             if "no secret" in text:

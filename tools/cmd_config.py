@@ -10,12 +10,15 @@ config (cross-key rules: alert_cm < alarm_cm < critical_cm ...) too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..gateway import ble_auth
 from . import ble_transport, node_schema
 from .errors import ToolError
 from .node_link import CommandFailed, NodeLink, open_link
@@ -30,6 +33,10 @@ EXAMPLES = """examples:
   roadside config get --ble wl-0042                 over Bluetooth LE (key file:
                                                     ~/.config/roadside/secrets/wl-0042.key)
   roadside config set --ble wl-0042 --secret-file wl-0042.key thresholds.alarm_cm=150
+  roadside config secret /dev/ttyUSB0               provision the node's BLE secret (serial
+                                                    only): a new random key, saved 0600 in
+                                                    ~/.config/roadside/secrets/NODE.key
+  roadside config secret /dev/ttyUSB0 --secret-file site-17/wl-0042.key   an existing key
 
 A settings file is TOML; tables are dotted keys:
   node_id = "wl-0042"
@@ -83,6 +90,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("file", type=Path, help="TOML settings file")
     a.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     a.set_defaults(handler=handle_apply)
+    k = verbs.add_parser(
+        "secret", parents=[common], help="provision the node's BLE secret over serial",
+        usage="%(prog)s PORT [--secret-file FILE] [--new] [--json]",
+        description="Give the node its 32-byte BLE secret with the secret.set command, over "
+                    "the serial cable only (the node refuses it over the air). The key file "
+                    "(default ~/.config/roadside/secrets/NODE.key) is used when it exists, "
+                    "else made from os.urandom and saved mode 0600; copy it to the gateway's "
+                    "secret_file. The node answers a fingerprint, checked against the file's.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    k.add_argument("--new", action="store_true",
+                   help="replace an existing key file with a new random secret (rotation: "
+                        "the gateway needs the new file too)")
+    k.set_defaults(handler=handle_secret)
 
 
 def _target(args: argparse.Namespace) -> None:
@@ -237,6 +257,59 @@ def handle_apply(args: argparse.Namespace) -> int:
         done = send(link, changes, args.timeout)
     _report(args, link.port, changes, done)
     return 0
+
+
+def handle_secret(args: argparse.Namespace) -> int:
+    if args.ble:
+        raise ToolError("the secret is written over the serial cable only (the node refuses "
+                        "secret.set over BLE): give the node's data PORT")
+    _target(args)
+    with _open(args) as link:
+        node = link.command("info", attempt_timeout=args.timeout).get("node")
+        if not isinstance(node, str) or not node:
+            raise ToolError(f"{link.port}: the node has no node_id yet; set it first with "
+                            f"`roadside config set {link.port} node_id=...`")
+        path = ble_transport.secret_path(node, args.secret_file)
+        made = args.new or not path.exists()
+        secret = os.urandom(ble_auth.SECRET_LEN) if made else ble_transport.load_secret(
+            node, args.secret_file)[1]
+        if made:
+            _write_key(path, secret)
+        try:
+            reply = link.command("secret.set", {"secret": secret.hex()},
+                                 attempt_timeout=args.timeout)
+        except BaseException:
+            if made and not args.new:   # a file the node never got would only mislead
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+    expected = ble_auth.fingerprint(secret)
+    got = reply.get("fingerprint") if isinstance(reply, dict) else None
+    if got != expected:
+        raise ToolError(f"{node} answered fingerprint {got!r}, expected {expected} for {path}:"
+                        " run the command again")
+    if args.json:
+        print(json.dumps({"port": link.port, "node": node, "secret_file": str(path),
+                          "new": made, "fingerprint": expected}, indent=2))
+    else:
+        print(f"{node}: secret set (fingerprint {expected}); key file {path}"
+              f"{' (new)' if made else ''}. The gateway's [[link]] secret_file for {node}"
+              " must hold the same key.")
+    return 0
+
+
+def _write_key(path: Path, secret: bytes) -> None:
+    """The key as 64 hex digits, mode 0600 from the start (directories 0700), atomically."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex() + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ToolError(f"cannot write the key file {path}: {exc.strerror}; pass "
+                        "--secret-file with a writable path") from None
 
 
 def _report(args: argparse.Namespace, port: str, changes: dict[str, tuple[Any, Any]],

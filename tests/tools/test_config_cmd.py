@@ -6,16 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
-from roadside.tools import cli
+from roadside.gateway import ble_auth
+from roadside.tools import ble_transport, cli
 from roadside.tools.sim import Simulation
 from support.install_support import running_simulation
 
 
 @pytest.fixture(scope="module")
-def node_port(tmp_path_factory) -> str:
+def water_sim(tmp_path_factory) -> Simulation:
     sim = Simulation.water(tmp_path_factory.mktemp("cfg"), 1, speed=20)
     with running_simulation(sim):
-        yield sim.gateway_ports()["wl-0001"]
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def node_port(water_sim: Simulation) -> str:
+    return water_sim.gateway_ports()["wl-0001"]
 
 
 def test_get_set_apply(node_port: str, capsys, tmp_path: Path):
@@ -67,3 +73,32 @@ def test_completion(capsys):
     assert "complete -o default -F _roadside roadside" in script
     for word in ("deploy", "monitor", "--link-port", "apply", "roadside-water-level-r1"):
         assert word in script
+
+
+def test_secret_provisioned_over_serial(water_sim: Simulation, node_port: str, capsys,
+                                        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ble_transport, "SECRETS_DIR", tmp_path / "secrets")
+    key = tmp_path / "secrets" / "wl-0001.key"
+    on_node = water_sim.nodes[0].dir / "secret.bin"
+    assert cli.main(["config", "secret", node_port]) == 0        # a new key, made here
+    secret = bytes.fromhex(key.read_text())
+    fp = ble_auth.fingerprint(secret)
+    assert f"wl-0001: secret set (fingerprint {fp}); key file {key} (new)" in \
+        capsys.readouterr().out
+    assert key.stat().st_mode & 0o777 == 0o600 and on_node.read_bytes() == secret
+    assert cli.main(["config", "secret", node_port, "--json"]) == 0   # the existing key again
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["new"] is False and doc["fingerprint"] == fp and on_node.read_bytes() == secret
+    assert cli.main(["config", "secret", node_port, "--new"]) == 0    # rotation
+    capsys.readouterr()
+    rotated = bytes.fromhex(key.read_text())
+    assert rotated != secret and on_node.read_bytes() == rotated
+    assert "secret" not in json.dumps(_config(node_port, capsys))     # never in config.get
+    assert cli.main(["config", "secret", "--ble", "wl-0001"]) == 2
+    err = capsys.readouterr().err
+    assert "over the serial cable only" in err and len(err.strip().splitlines()) == 1
+
+
+def _config(port: str, capsys) -> dict:
+    assert cli.main(["config", "get", port, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
