@@ -84,7 +84,7 @@ def load_secret(path: str | Path) -> bytes:
         raw = b""
     if len(raw) != SECRET_LEN:
         raise AuthError(f"secret file {str(path)!r} must hold 32 bytes or 64 hex digits; "
-                        f"make one with `openssl rand -hex 32 > FILE` (docs/SECURITY.md)")
+                        f"copy the key file `roadside config secret PORT` wrote for the node")
     return raw
 
 
