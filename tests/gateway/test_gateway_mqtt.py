@@ -140,6 +140,15 @@ def level(seq: int, flags: int = 0, kind: int = KIND_LEVEL) -> Record:
     return Record(seq, 1_700_000_000 + seq, kind, flags, body)
 
 
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel the tasks and wait until each has ended."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
 async def wait_until(cond, timeout: float, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -188,11 +197,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, broker, protocol):
             assert uplink.connects >= 2 and uplink.failures >= 1
             assert uplink.delivered >= 400 and queue.counters["delivered_records"] == 400
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_all(tasks)
             queue.close()
 
     try:
@@ -305,11 +310,7 @@ def test_tls_with_a_client_certificate(tmp_path):
                 assert good.delivered == 30 and good.connects == 1
                 await wait_until(lambda: len(sub.unique()) == 30, 10, "records at the subscriber")
             finally:
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                await cancel_all(tasks)
                 queue.close()
 
         asyncio.run(asyncio.wait_for(main(), 40))
