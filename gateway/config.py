@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from . import ids
 from .errors import ConfigError
 from .links.usb import VID_PID, UsbMatch
 
@@ -457,6 +458,10 @@ def _ble_link(t: dict[str, Any], where: str, base_dir: Path | None) -> LinkConfi
     """A `[[link]] type = "ble"`: node (required), address (optional), secret_file."""
     _unknown(t, BLE_LINK_KEYS, where)
     node = _text(t, "node", where)
+    try:
+        ids.check(node, f"{where}.node")
+    except ids.BadNodeId as exc:
+        raise ConfigError(str(exc)) from None
     address = t.get("address")
     if address is not None and (not isinstance(address, str) or not BLE_ADDRESS.match(address)):
         raise ConfigError(f"{where}.address: must be a Bluetooth address like"
