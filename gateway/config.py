@@ -7,6 +7,7 @@ Every error names the key, the bad value and what is allowed, in one line, e.g.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import string
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from . import ids
+from . import ids, secret_files
 from .errors import ConfigError
 from .links.usb import VID_PID, UsbMatch
 
 __all__ = ["ConfigError", "GatewayConfig", "load", "parse"]
+
+log = logging.getLogger("roadside.gateway.config")
 
 LINK_TYPES = ("serial", "ble")
 BLE_LINK_KEYS = ("type", "node", "address", "secret_file")
@@ -282,6 +285,15 @@ def _file(t: dict[str, Any], key: str, where: str, base_dir: Path | None) -> Pat
     return path
 
 
+def _secret_file(t: dict[str, Any], key: str, where: str, base_dir: Path | None) -> Path | None:
+    """A file holding a secret: as _file, and a warning when others may read it."""
+    path = _file(t, key, where, base_dir)
+    warning = secret_files.readable_by_others(path) if path is not None else None
+    if warning:
+        log.warning(f"{where}.{key}: {warning}")
+    return path
+
+
 UPLINK_KEYS = ("type", "url", "name", "timeout_s", "backoff_initial_s", "backoff_max_s",
                "ca_file", "cert_file", "key_file")
 MQTT_KEYS = ("topic", "protocol", "client_id", "keepalive_s", "username", "password_file",
@@ -343,7 +355,7 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
             client_id=_text(t, "client_id", where) if "client_id" in t else None,
             keepalive_s=_int(t, "keepalive_s", where, 60, 5, 3600),
             username=_text(t, "username", where) if "username" in t else None,
-            password_file=_file(t, "password_file", where, base_dir),
+            password_file=_secret_file(t, "password_file", where, base_dir),
             password_env=_text(t, "password_env", where) if "password_env" in t else None,
         )
         if (extra["password_file"] or extra["password_env"]) and not extra["username"]:
@@ -358,14 +370,14 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
             raise ConfigError(f"{where}.gzip: must be true or false, got {gz!r}")
         if "token_file" in t and "token_env" in t:
             raise ConfigError(f"{where}.token_env: set token_file or token_env, not both")
-        extra = dict(gzip=gz, token_file=_file(t, "token_file", where, base_dir),
+        extra = dict(gzip=gz, token_file=_secret_file(t, "token_file", where, base_dir),
                      token_env=_text(t, "token_env", where) if "token_env" in t else None)
         try:
             secret(extra["token_file"], extra["token_env"], "token")
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
     cert_file = _file(t, "cert_file", where, base_dir)
-    key_file = _file(t, "key_file", where, base_dir)
+    key_file = _secret_file(t, "key_file", where, base_dir)
     if key_file is not None and cert_file is None:
         raise ConfigError(f"{where}.key_file: needs cert_file (the client certificate)")
     return UplinkConfig(
@@ -469,7 +481,7 @@ def _ble_link(t: dict[str, Any], where: str, base_dir: Path | None) -> LinkConfi
     if "secret_file" not in t:
         raise ConfigError(f"{where}.secret_file: missing; give the file holding {node}'s"
                           f" secret (the one provisioned with secret.set over serial)")
-    secret_file = _file(t, "secret_file", where, base_dir)
+    secret_file = _secret_file(t, "secret_file", where, base_dir)
     from .ble_auth import AuthError, load_secret
     try:
         load_secret(secret_file)  # type: ignore[arg-type]
