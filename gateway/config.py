@@ -295,7 +295,7 @@ def _secret_file(t: dict[str, Any], key: str, where: str, base_dir: Path | None)
 
 
 UPLINK_KEYS = ("type", "url", "name", "timeout_s", "backoff_initial_s", "backoff_max_s",
-               "ca_file", "cert_file", "key_file")
+               "ca_file", "cert_file", "key_file", "insecure_credentials")
 MQTT_KEYS = ("topic", "protocol", "client_id", "keepalive_s", "username", "password_file",
              "password_env", "command_topic", "reply_topic")
 COMMAND_TOPIC_FIELDS = ("site", "gateway")
@@ -376,6 +376,7 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
             secret(extra["token_file"], extra["token_env"], "token")
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
+    _no_credentials_in_clear(t, kind, parsed, where)
     cert_file = _file(t, "cert_file", where, base_dir)
     key_file = _secret_file(t, "key_file", where, base_dir)
     if key_file is not None and cert_file is None:
@@ -387,6 +388,29 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
         backoff_max_s=_float(t, "backoff_max_s", where, 30.0, 0.1, 3600.0),
         ca_file=_file(t, "ca_file", where, base_dir), cert_file=cert_file, key_file=key_file,
         **extra)
+
+
+def _no_credentials_in_clear(t: dict[str, Any], kind: str, parsed: Any, where: str) -> None:
+    """A token or password goes over TLS only, unless this uplink says otherwise explicitly
+    (`insecure_credentials = true`: a lab, or a link encrypted below, e.g. a VPN)."""
+    allow = t.get("insecure_credentials", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{where}.insecure_credentials: must be true or false, got {allow!r}")
+    if kind == "http":
+        tls = parsed.scheme == "https"
+        keys = [k for k in ("token_file", "token_env") if k in t]
+    else:   # mqtt:// with a CA or client certificate is TLS too (MqttUplink)
+        tls = parsed.scheme == "mqtts" or "ca_file" in t or "cert_file" in t
+        keys = [k for k in ("password_file", "password_env") if k in t]
+    if parsed.password is not None:
+        keys.append("url")
+    if keys and not tls and not allow:
+        scheme = "https" if kind == "http" else "mqtts"
+        what = "a password in the URL" if keys[0] == "url" else f"the {keys[0]}"
+        raise ConfigError(f"{where}.{keys[0]}: {what} would be sent in clear over"
+                          f" {parsed.scheme}://; use a {scheme}:// URL, or set"
+                          f" insecure_credentials = true for this uplink (only on a network"
+                          f" you trust)")
 
 
 # -- loading -------------------------------------------------------------------------------
