@@ -97,6 +97,8 @@ class UplinkConfig:
     # Remote commands (off unless command_topic is set): templates with {site} and {gateway}.
     command_topic: str | None = None
     reply_topic: str | None = None
+    # The commands the command topic may run (the broker's ACL decides who may publish).
+    command_allow: tuple[str, ...] = ()
     # HTTP
     gzip: bool = False
     token_file: Path | None = None
@@ -297,8 +299,25 @@ def _secret_file(t: dict[str, Any], key: str, where: str, base_dir: Path | None)
 UPLINK_KEYS = ("type", "url", "name", "timeout_s", "backoff_initial_s", "backoff_max_s",
                "ca_file", "cert_file", "key_file", "insecure_credentials")
 MQTT_KEYS = ("topic", "protocol", "client_id", "keepalive_s", "username", "password_file",
-             "password_env", "command_topic", "reply_topic")
+             "password_env", "command_topic", "reply_topic", "command_allow")
 COMMAND_TOPIC_FIELDS = ("site", "gateway")
+# Without command_allow a command topic runs only what reads; config.set, reboot,
+# plan.select and fault.clear must be listed.
+READ_ONLY_COMMANDS = ("ping", "info", "config.get", "signal.status", "toll.status")
+
+
+def _command_allow(t: dict[str, Any], where: str) -> tuple[str, ...]:
+    from .commands import COMMANDS  # here: commands is not needed to parse the rest
+
+    value = t.get("command_allow", list(READ_ONLY_COMMANDS))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.command_allow: must be a list of command names, e.g."
+                          f" [\"ping\", \"info\"], got {value!r}")
+    for name in value:
+        if name not in COMMANDS:
+            raise ConfigError(f"{where}.command_allow: unknown command {name!r}; known:"
+                              f" {', '.join(COMMANDS)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _topic_template(t: dict[str, Any], key: str, where: str, allowed: tuple[str, ...],
@@ -336,21 +355,26 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
     if kind == "mqtt":
         topic = _topic_template(t, "topic", where, TOPIC_FIELDS, DEFAULT_TOPIC)
         command_topic = reply_topic = None
+        command_allow: tuple[str, ...] = ()
         if "command_topic" in t:
+            command_allow = _command_allow(t, where)
             command_topic = _topic_template(t, "command_topic", where, COMMAND_TOPIC_FIELDS)
             reply_topic = _topic_template(t, "reply_topic", where, COMMAND_TOPIC_FIELDS,
                                           command_topic + "/reply")
             if reply_topic == command_topic:
                 raise ConfigError(f"{where}.reply_topic: must differ from command_topic"
                                   f" ({command_topic!r}), or the gateway reads its own replies")
-        elif "reply_topic" in t:
-            raise ConfigError(f"{where}.reply_topic: needs command_topic (remote commands are"
-                              f" off unless command_topic is set)")
+        else:
+            for key in ("reply_topic", "command_allow"):
+                if key in t:
+                    raise ConfigError(f"{where}.{key}: needs command_topic (remote commands"
+                                      f" are off unless command_topic is set)")
         if "password_file" in t and "password_env" in t:
             raise ConfigError(f"{where}.password_env: set password_file or password_env,"
                               f" not both")
         extra = dict(
             topic=topic, command_topic=command_topic, reply_topic=reply_topic,
+            command_allow=command_allow,
             protocol=_choice(t, "protocol", where, MQTT_PROTOCOLS, "3.1.1"),
             client_id=_text(t, "client_id", where) if "client_id" in t else None,
             keepalive_s=_int(t, "keepalive_s", where, 60, 5, 3600),
