@@ -57,3 +57,14 @@ def test_the_flag_is_a_boolean(files):
     with pytest.raises(ConfigError, match=r"uplink\[0\].insecure_credentials: must be true or"
                                           r" false, got 'yes'"):
         _load(files, 'type = "http"\nurl = "http://x/b"\ninsecure_credentials = "yes"\n')
+
+
+def test_a_secret_file_readable_by_others_is_warned_about_at_load(files, caplog):
+    (files / "token").chmod(0o644)
+    _load(files, 'type = "http"\nurl = "https://city.example/b"\ntoken_file = "token"\n')
+    assert (f"uplink[0].token_file: secret file {files / 'token'} is readable by others"
+            f" (mode 0644); run `chmod 600 {files / 'token'}`") in caplog.text
+    caplog.clear()
+    (files / "token").chmod(0o600)
+    _load(files, 'type = "http"\nurl = "https://city.example/b"\ntoken_file = "token"\n')
+    assert "readable by others" not in caplog.text
