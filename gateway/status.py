@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from yarl import URL
 
+from . import ids
 from .commands import Commander, CommandError
 from .health import SAMPLE_S, Health
 from .links.base import Link
@@ -190,6 +191,9 @@ class Status:
                 attempts, int) or not 1 <= attempts <= 10):
             return _error(400, f"attempts: must be an integer 1..10, got {attempts!r}")
         who = body.get("who")
+        if not ids.valid(request.match_info["node"]):
+            return _error(400, str(ids.BadNodeId(
+                f"node: bad node id {ids.shown(request.match_info['node'])}; use {ids.RULE}")))
         try:
             result = await self.commander.run(
                 request.match_info["node"], body.get("name"), body.get("args"),

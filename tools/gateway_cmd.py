@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from roadside.gateway import api_token
+from roadside.gateway import api_token, ids
 
 from .errors import ToolError
 
@@ -154,6 +154,10 @@ def who() -> str:
 
 
 def handle_cmd(args: argparse.Namespace) -> int:
+    try:
+        ids.check(args.node, "NODE")
+    except ids.BadNodeId as exc:
+        raise ToolError(str(exc)) from None
     url = f"{base_url(args.config)}/nodes/{urllib.request.quote(args.node, safe='')}/commands"
     body: dict[str, Any] = {"name": args.name, "args": parse_args(args.args) or None,
                             "who": who()}

@@ -40,6 +40,7 @@ import cbor2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .. import ids
 from ..commands import COMMANDS, CommandError
 from ..config import UplinkConfig
 from ..queue import Batch, Queue
@@ -247,9 +248,10 @@ class MqttUplink:
         node, name, args = doc.get("node"), doc.get("name"), doc.get("args")
         who = doc.get("who")
         base: dict[str, Any] = {"id": cid, "node": node, "name": name}
-        if not isinstance(node, str) or not node:
+        if not ids.valid(node):
+            base["node"] = ids.shown(node)    # not echoed whole
             return {**base, "ok": False, "status": 400,
-                    "error": f"node: must be a node id (text), got {node!r}"}
+                    "error": f"node: bad node id {ids.shown(node)}; use {ids.RULE}"}
         if name in COMMANDS and name not in self.config.command_allow:   # unknown: 400
             # Who may publish here is the broker's ACL; what it may run is this list.
             shown = repr(name)[:40]

@@ -99,6 +99,10 @@ def test_command_api_refuses_cross_site_and_rebound_requests(tmp_path, fake_node
                     _post, port, "/nodes/wl-0001/commands", ping, headers)
                 assert (status, doc["result"]) == (200, "pong"), doc
                 assert (await node).name == "ping"
+            status, doc = await asyncio.to_thread(      # ids are checked where they enter
+                _post, port, "/nodes/" + "%2E%2E%2Fx" + "y" * 200 + "/commands", ping, good)
+            assert status == 400 and "bad node id '../xyyy" in doc["error"]
+            assert len(doc["error"]) < 150
             status, rows = await asyncio.to_thread(_post, port, "/commands", b"", good, "GET")
             assert status == 200 and [r["name"] for r in rows] == ["ping", "ping"]
             return seen

@@ -127,6 +127,8 @@ def test_bad_ids_are_refused_on_the_command_line(secrets_dir, capsys):
     assert "--ble: bad node id '../../etc/x'" in capsys.readouterr().err
     assert cli.main(["config", "set", "/dev/nonexistent", "node_id=../x"]) == 2
     assert "node_id: bad value '../x'" in capsys.readouterr().err
+    assert cli.main(["gateway", "cmd", "--config", "/nonexistent.toml", "a/b", "ping"]) == 2
+    assert "NODE: bad node id 'a/b'" in capsys.readouterr().err
 
 
 def test_a_key_file_readable_by_others_is_warned_about(secrets_dir, rogue, capsys):
