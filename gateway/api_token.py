@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from . import secret_files
+from .errors import ConfigError
 
 log = logging.getLogger("roadside.gateway.status")
 
@@ -33,7 +34,18 @@ def read(path: Path) -> str:
 
 
 def ensure(path: Path) -> str:
-    """The token in `path`, made (0600, from os.urandom) when there is none yet."""
+    """The token in `path`, made (0600, from os.urandom) when there is none yet;
+    ConfigError saying what to check when it can be neither read nor made."""
+    try:
+        return _ensure(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ConfigError(f"command API token {path}: {reason}; the gateway's user must be"
+                          f" able to create and read it in data_dir (or delete a damaged"
+                          f" one)") from None
+
+
+def _ensure(path: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -44,7 +56,7 @@ def ensure(path: Path) -> str:
             return read(path)
         except ValueError:   # an empty file (a cut during the first start): make it again
             path.unlink()
-            return ensure(path)
+            return _ensure(path)
     token = secrets.token_hex(32)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(token + "\n")

@@ -120,3 +120,23 @@ def test_command_api_refuses_cross_site_and_rebound_requests(tmp_path, fake_node
     assert "not accepted from web pages" in errors["foreign Origin"]
     assert "data_dir/api.token" in errors["no token"]
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+
+def test_the_token_file_is_kept_remade_when_empty_and_warned_about(tmp_path, caplog):
+    from roadside.gateway import api_token
+    from roadside.gateway.config import ConfigError
+
+    path = api_token.path_in(tmp_path)
+    token = api_token.ensure(path)
+    assert len(token) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert api_token.ensure(path) == token                # the same after a restart
+    path.write_text("")                                   # cut during the first start
+    assert api_token.ensure(path) not in ("", token)
+    path.chmod(0o644)
+    api_token.ensure(path)
+    assert "readable by others (mode 0644)" in caplog.text
+    try:
+        api_token.ensure(tmp_path / "missing-dir" / "api.token")
+        raise AssertionError("no ConfigError")
+    except ConfigError as exc:
+        assert "command API token" in str(exc) and "data_dir" in str(exc)
