@@ -7,6 +7,7 @@ Every error names the key, the bad value and what is allowed, in one line, e.g.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import string
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from . import ids, secret_files
 from .errors import ConfigError
 from .links.usb import VID_PID, UsbMatch
 
 __all__ = ["ConfigError", "GatewayConfig", "load", "parse"]
+
+log = logging.getLogger("roadside.gateway.config")
 
 LINK_TYPES = ("serial", "ble")
 BLE_LINK_KEYS = ("type", "node", "address", "secret_file")
@@ -93,6 +97,8 @@ class UplinkConfig:
     # Remote commands (off unless command_topic is set): templates with {site} and {gateway}.
     command_topic: str | None = None
     reply_topic: str | None = None
+    # The commands the command topic may run (the broker's ACL decides who may publish).
+    command_allow: tuple[str, ...] = ()
     # HTTP
     gzip: bool = False
     token_file: Path | None = None
@@ -281,11 +287,37 @@ def _file(t: dict[str, Any], key: str, where: str, base_dir: Path | None) -> Pat
     return path
 
 
+def _secret_file(t: dict[str, Any], key: str, where: str, base_dir: Path | None) -> Path | None:
+    """A file holding a secret: as _file, and a warning when others may read it."""
+    path = _file(t, key, where, base_dir)
+    warning = secret_files.readable_by_others(path) if path is not None else None
+    if warning:
+        log.warning(f"{where}.{key}: {warning}")
+    return path
+
+
 UPLINK_KEYS = ("type", "url", "name", "timeout_s", "backoff_initial_s", "backoff_max_s",
-               "ca_file", "cert_file", "key_file")
+               "ca_file", "cert_file", "key_file", "insecure_credentials")
 MQTT_KEYS = ("topic", "protocol", "client_id", "keepalive_s", "username", "password_file",
-             "password_env", "command_topic", "reply_topic")
+             "password_env", "command_topic", "reply_topic", "command_allow")
 COMMAND_TOPIC_FIELDS = ("site", "gateway")
+# Without command_allow a command topic runs only what reads; config.set, reboot,
+# plan.select and fault.clear must be listed.
+READ_ONLY_COMMANDS = ("ping", "info", "config.get", "signal.status", "toll.status")
+
+
+def _command_allow(t: dict[str, Any], where: str) -> tuple[str, ...]:
+    from .commands import COMMANDS  # here: commands is not needed to parse the rest
+
+    value = t.get("command_allow", list(READ_ONLY_COMMANDS))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.command_allow: must be a list of command names, e.g."
+                          f" [\"ping\", \"info\"], got {value!r}")
+    for name in value:
+        if name not in COMMANDS:
+            raise ConfigError(f"{where}.command_allow: unknown command {name!r}; known:"
+                              f" {', '.join(COMMANDS)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _topic_template(t: dict[str, Any], key: str, where: str, allowed: tuple[str, ...],
@@ -323,26 +355,31 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
     if kind == "mqtt":
         topic = _topic_template(t, "topic", where, TOPIC_FIELDS, DEFAULT_TOPIC)
         command_topic = reply_topic = None
+        command_allow: tuple[str, ...] = ()
         if "command_topic" in t:
+            command_allow = _command_allow(t, where)
             command_topic = _topic_template(t, "command_topic", where, COMMAND_TOPIC_FIELDS)
             reply_topic = _topic_template(t, "reply_topic", where, COMMAND_TOPIC_FIELDS,
                                           command_topic + "/reply")
             if reply_topic == command_topic:
                 raise ConfigError(f"{where}.reply_topic: must differ from command_topic"
                                   f" ({command_topic!r}), or the gateway reads its own replies")
-        elif "reply_topic" in t:
-            raise ConfigError(f"{where}.reply_topic: needs command_topic (remote commands are"
-                              f" off unless command_topic is set)")
+        else:
+            for key in ("reply_topic", "command_allow"):
+                if key in t:
+                    raise ConfigError(f"{where}.{key}: needs command_topic (remote commands"
+                                      f" are off unless command_topic is set)")
         if "password_file" in t and "password_env" in t:
             raise ConfigError(f"{where}.password_env: set password_file or password_env,"
                               f" not both")
         extra = dict(
             topic=topic, command_topic=command_topic, reply_topic=reply_topic,
+            command_allow=command_allow,
             protocol=_choice(t, "protocol", where, MQTT_PROTOCOLS, "3.1.1"),
             client_id=_text(t, "client_id", where) if "client_id" in t else None,
             keepalive_s=_int(t, "keepalive_s", where, 60, 5, 3600),
             username=_text(t, "username", where) if "username" in t else None,
-            password_file=_file(t, "password_file", where, base_dir),
+            password_file=_secret_file(t, "password_file", where, base_dir),
             password_env=_text(t, "password_env", where) if "password_env" in t else None,
         )
         if (extra["password_file"] or extra["password_env"]) and not extra["username"]:
@@ -357,14 +394,15 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
             raise ConfigError(f"{where}.gzip: must be true or false, got {gz!r}")
         if "token_file" in t and "token_env" in t:
             raise ConfigError(f"{where}.token_env: set token_file or token_env, not both")
-        extra = dict(gzip=gz, token_file=_file(t, "token_file", where, base_dir),
+        extra = dict(gzip=gz, token_file=_secret_file(t, "token_file", where, base_dir),
                      token_env=_text(t, "token_env", where) if "token_env" in t else None)
         try:
             secret(extra["token_file"], extra["token_env"], "token")
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
+    _no_credentials_in_clear(t, kind, parsed, where)
     cert_file = _file(t, "cert_file", where, base_dir)
-    key_file = _file(t, "key_file", where, base_dir)
+    key_file = _secret_file(t, "key_file", where, base_dir)
     if key_file is not None and cert_file is None:
         raise ConfigError(f"{where}.key_file: needs cert_file (the client certificate)")
     return UplinkConfig(
@@ -374,6 +412,29 @@ def _uplink(t: dict[str, Any], i: int, base_dir: Path | None) -> UplinkConfig:
         backoff_max_s=_float(t, "backoff_max_s", where, 30.0, 0.1, 3600.0),
         ca_file=_file(t, "ca_file", where, base_dir), cert_file=cert_file, key_file=key_file,
         **extra)
+
+
+def _no_credentials_in_clear(t: dict[str, Any], kind: str, parsed: Any, where: str) -> None:
+    """A token or password goes over TLS only, unless this uplink says otherwise explicitly
+    (`insecure_credentials = true`: a lab, or a link encrypted below, e.g. a VPN)."""
+    allow = t.get("insecure_credentials", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{where}.insecure_credentials: must be true or false, got {allow!r}")
+    if kind == "http":
+        tls = parsed.scheme == "https"
+        keys = [k for k in ("token_file", "token_env") if k in t]
+    else:   # mqtt:// with a CA or client certificate is TLS too (MqttUplink)
+        tls = parsed.scheme == "mqtts" or "ca_file" in t or "cert_file" in t
+        keys = [k for k in ("password_file", "password_env") if k in t]
+    if parsed.password is not None:
+        keys.append("url")
+    if keys and not tls and not allow:
+        scheme = "https" if kind == "http" else "mqtts"
+        what = "a password in the URL" if keys[0] == "url" else f"the {keys[0]}"
+        raise ConfigError(f"{where}.{keys[0]}: {what} would be sent in clear over"
+                          f" {parsed.scheme}://; use a {scheme}:// URL, or set"
+                          f" insecure_credentials = true for this uplink (only on a network"
+                          f" you trust)")
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -457,6 +518,10 @@ def _ble_link(t: dict[str, Any], where: str, base_dir: Path | None) -> LinkConfi
     """A `[[link]] type = "ble"`: node (required), address (optional), secret_file."""
     _unknown(t, BLE_LINK_KEYS, where)
     node = _text(t, "node", where)
+    try:
+        ids.check(node, f"{where}.node")
+    except ids.BadNodeId as exc:
+        raise ConfigError(str(exc)) from None
     address = t.get("address")
     if address is not None and (not isinstance(address, str) or not BLE_ADDRESS.match(address)):
         raise ConfigError(f"{where}.address: must be a Bluetooth address like"
@@ -464,7 +529,7 @@ def _ble_link(t: dict[str, Any], where: str, base_dir: Path | None) -> LinkConfi
     if "secret_file" not in t:
         raise ConfigError(f"{where}.secret_file: missing; give the file holding {node}'s"
                           f" secret (the one provisioned with secret.set over serial)")
-    secret_file = _file(t, "secret_file", where, base_dir)
+    secret_file = _secret_file(t, "secret_file", where, base_dir)
     from .ble_auth import AuthError, load_secret
     try:
         load_secret(secret_file)  # type: ignore[arg-type]

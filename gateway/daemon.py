@@ -18,7 +18,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from . import logs
+from . import api_token, logs
 from .batcher import Batcher
 from .commands import Commander
 from .config import ConfigError, GatewayConfig, load
@@ -83,7 +83,8 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
     for u in uplinks:
         if getattr(u.config, "command_topic", None):
             u.commander = commander     # remote commands over MQTT (command_topic)
-    status = Status(g.id, g.site, queue, sessions, links, uplinks, health, commander)
+    status = Status(g.id, g.site, queue, sessions, links, uplinks, health, commander,
+                    api_token.ensure(api_token.path_in(g.data_dir)))
     tasks: list[asyncio.Task[Any]] = []
     runner = None
     try:

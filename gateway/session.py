@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import ids
 from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
@@ -121,6 +122,8 @@ class SessionManager:
     # -- messages --------------------------------------------------------------------------
 
     async def _hello(self, link: Link, msg: p.Hello) -> None:
+        if ids.refused_hello(link, msg.node):   # ids become file names and labels
+            return
         old = self.sessions.get(link.port)
         if old is not None and old.node != msg.node:
             log.info(f"{link.port}: node {old.node} replaced by {msg.node}")

@@ -4,21 +4,32 @@ GET / (the status page), GET /status (JSON), GET /metrics (Prometheus text), GET
 (200 `ok`, or 503 with one JSON line saying why); from loopback only: POST
 /nodes/{node}/commands (a command to a node, answered with its REPLY) and GET /commands (the
 audit log).
+
+Any web page the operator opens can make the browser send requests to loopback, and a DNS
+name of the attacker's can be rebound to 127.0.0.1. So the command endpoints also require: a
+Host that names this server (a loopback address or `localhost`, with its port), an Origin,
+when there is one, equal to that host, a JSON content type on writes (a page cannot send one
+cross-site without a CORS preflight, which this server never grants), and the token from
+data_dir/api.token (gateway/api_token.py) as `Authorization: Bearer TOKEN`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any, Protocol
 
 from aiohttp import web
+from yarl import URL
 
+from . import ids
 from .commands import Commander, CommandError
 from .health import SAMPLE_S, Health
 from .links.base import Link
@@ -40,7 +51,7 @@ class Status:
 
     def __init__(self, gateway_id: str, site: str, queue: Queue, sessions: SessionManager,
                  links: list[Link], uplinks: list[_Uplink], health: Health | None = None,
-                 commander: Commander | None = None) -> None:
+                 commander: Commander | None = None, api_token: str | None = None) -> None:
         self.gateway_id = gateway_id
         self.site = site
         self.queue = queue
@@ -51,6 +62,8 @@ class Status:
         self.health = health or Health(links, list(uplinks), queue)
         self.metrics = Metrics(self)
         self.commander = commander
+        # Without a token from the daemon nobody can use the command API (not: everybody).
+        self.api_token = api_token or secrets.token_hex(32)
         for u in uplinks:
             self.metrics.instrument(u)
 
@@ -131,17 +144,35 @@ class Status:
         except ValueError:
             return False
 
-    def _refuse(self, request: web.Request) -> web.Response | None:
+    def _refuse(self, request: web.Request, write: bool = False) -> web.Response | None:
         if self.commander is None:
             return _error(503, "commands are not available on this server")
         if not self._local(request):
             return _error(403, f"commands are accepted from loopback only, not from"
                                f" {request.remote}; run `roadside gateway cmd` on the gateway")
+        here = _this_server(request)
+        if here is None:
+            return _error(403, f"Host {request.headers.get('Host', '')[:80]!r} does not name"
+                               f" this server; use http://127.0.0.1:PORT (`roadside gateway"
+                               f" cmd` does)")
+        origin = request.headers.get("Origin")
+        if origin is not None and _origin(origin) != here:
+            return _error(403, f"Origin {origin[:80]!r} is not this server: commands are not"
+                               f" accepted from web pages; use `roadside gateway cmd`")
+        if write and request.content_type != "application/json":
+            return _error(415, f"Content-Type must be application/json, got"
+                               f" {request.content_type[:80]!r}")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.api_token.encode()):
+            return _error(401, "missing or wrong token: send `Authorization: Bearer TOKEN`"
+                               " with the token in the gateway's data_dir/api.token"
+                               " (`roadside gateway cmd` reads it)")
         return None
 
     async def _command(self, request: web.Request) -> web.Response:
         """POST /nodes/{node}/commands {"name", "args", "who", "timeout_s", "attempts"}."""
-        refused = self._refuse(request)
+        refused = self._refuse(request, write=True)
         if refused is not None:
             return refused
         assert self.commander is not None
@@ -160,6 +191,9 @@ class Status:
                 attempts, int) or not 1 <= attempts <= 10):
             return _error(400, f"attempts: must be an integer 1..10, got {attempts!r}")
         who = body.get("who")
+        if not ids.valid(request.match_info["node"]):
+            return _error(400, str(ids.BadNodeId(
+                f"node: bad node id {ids.shown(request.match_info['node'])}; use {ids.RULE}")))
         try:
             result = await self.commander.run(
                 request.match_info["node"], body.get("name"), body.get("args"),
@@ -186,6 +220,42 @@ class Status:
         resp = web.Response(body=self.metrics.render())
         resp.headers["Content-Type"] = CONTENT_TYPE
         return resp
+
+
+def _host_port(url: URL) -> tuple[str, int] | None:
+    if url.host is None or url.port is None:
+        return None
+    return url.host.lower().strip("[]"), url.port
+
+
+def _this_server(request: web.Request) -> tuple[str, int] | None:
+    """(host, port) of the Host header when it names this server: a loopback address or
+    localhost (never a DNS name that could be rebound), on the port the request came in."""
+    try:
+        named = _host_port(URL(f"http://{request.headers.get('Host', '')}/"))
+    except ValueError:
+        return None
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    if named is None or not sock:
+        return None
+    host, port = named
+    if port != sock[1]:
+        return None
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback and host != sock[0]:
+                return None
+        except ValueError:
+            return None
+    return named
+
+
+def _origin(origin: str) -> tuple[str, int] | None:
+    try:
+        url = URL(origin)
+    except ValueError:
+        return None
+    return _host_port(url) if url.scheme == "http" else None
 
 
 def _error(status: int, message: str) -> web.Response:

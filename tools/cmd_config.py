@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..gateway import ble_auth
+from ..gateway import ble_auth, ids, secret_files
 from . import ble_transport, node_schema
 from .errors import ToolError
 from .node_link import CommandFailed, NodeLink, open_link
@@ -36,7 +36,8 @@ EXAMPLES = """examples:
   roadside config secret /dev/ttyUSB0               provision the node's BLE secret (serial
                                                     only): a new random key, saved 0600 in
                                                     ~/.config/roadside/secrets/NODE.key
-  roadside config secret /dev/ttyUSB0 --secret-file site-17/wl-0042.key   an existing key
+  roadside config secret /dev/ttyUSB0 --secret-file site-17/wl-0042.key --resend
+                                                    an existing key (sent only with --resend)
 
 A settings file is TOML; tables are dotted keys:
   node_id = "wl-0042"
@@ -92,16 +93,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(handler=handle_apply)
     k = verbs.add_parser(
         "secret", parents=[common], help="provision the node's BLE secret over serial",
-        usage="%(prog)s PORT [--secret-file FILE] [--new] [--json]",
+        usage="%(prog)s PORT [--secret-file FILE] [--new | --resend] [--json]",
         description="Give the node its 32-byte BLE secret with the secret.set command, over "
                     "the serial cable only (the node refuses it over the air). The key file "
-                    "(default ~/.config/roadside/secrets/NODE.key) is used when it exists, "
-                    "else made from os.urandom and saved mode 0600; copy it to the gateway's "
-                    "secret_file. The node answers a fingerprint, checked against the file's.",
+                    "(default ~/.config/roadside/secrets/NODE.key) is made from os.urandom "
+                    "and saved mode 0600; copy it to the gateway's secret_file. When it "
+                    "exists already it is sent only with --resend. The node answers a "
+                    "fingerprint, checked against the file's.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--new", action="store_true",
                    help="replace an existing key file with a new random secret (rotation: "
                         "the gateway needs the new file too)")
+    k.add_argument("--resend", action="store_true",
+                   help="send the key file that exists already for this node id (without it "
+                        "an existing secret is never sent: a device claiming another node's "
+                        "id would get that node's secret)")
     k.set_defaults(handler=handle_secret)
 
 
@@ -265,12 +271,25 @@ def handle_secret(args: argparse.Namespace) -> int:
                         "secret.set over BLE): give the node's data PORT")
     _target(args)
     with _open(args) as link:
-        node = link.command("info", attempt_timeout=args.timeout).get("node")
-        if not isinstance(node, str) or not node:
+        info = link.command("info", attempt_timeout=args.timeout)
+        node = info.get("node") if isinstance(info, dict) else None
+        if node is None or node == "":
             raise ToolError(f"{link.port}: the node has no node_id yet; set it first with "
                             f"`roadside config set {link.port} node_id=...`")
+        try:   # the id becomes a file name: ../../x must not
+            ids.check(node, f"{link.port}: the device")
+        except ids.BadNodeId as exc:
+            raise ToolError(f"{exc}; no secret sent. Is this a roadside node? Set a valid id "
+                            f"with `roadside config set {link.port} node_id=...`") from None
         path = ble_transport.secret_path(node, args.secret_file)
         made = args.new or not path.exists()
+        if not made and not args.resend:
+            raise ToolError(f"{node} has a key file already ({path}); not sent again: a device "
+                            f"claiming {node}'s id would receive {node}'s secret. If this is "
+                            f"{node}, pass --resend (the same key) or --new (a new key; copy it "
+                            f"to the gateway's secret_file)")
+        if not made:
+            _warn_shared(path)
         secret = os.urandom(ble_auth.SECRET_LEN) if made else ble_transport.load_secret(
             node, args.secret_file)[1]
         if made:
@@ -296,6 +315,12 @@ def handle_secret(args: argparse.Namespace) -> int:
               f"{' (new)' if made else ''}. The gateway's [[link]] secret_file for {node}"
               " must hold the same key.")
     return 0
+
+
+def _warn_shared(path: Path) -> None:
+    warning = secret_files.readable_by_others(path)
+    if warning:
+        sys.stderr.write(f"roadside: warning: {warning}\n")
 
 
 def _write_key(path: Path, secret: bytes) -> None:

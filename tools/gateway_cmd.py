@@ -6,8 +6,10 @@
     roadside gateway ports                                 serial ports with VID:PID, serial
 
 `cmd` POSTs to the daemon's local API (`[status] listen`, loopback only), which sends the
-COMMAND on the node's link, retries it and returns the node's REPLY. `key=value` args are JSON
-when they parse as JSON (120, true, null, "text", {...}) and text otherwise.
+COMMAND on the node's link, retries it and returns the node's REPLY. It sends the token the
+daemon keeps in data_dir/api.token (mode 0600): run it as the gateway's user, or with sudo.
+`key=value` args are JSON when they parse as JSON (120, true, null, "text", {...}) and text
+otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from roadside.gateway import api_token, ids
 
 from .errors import ToolError
 
@@ -77,15 +81,39 @@ def parse_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def base_url(config: Path) -> str:
-    """http://HOST:PORT of the daemon's status server, from [status] listen only (so `cmd`
-    needs neither the uplink secrets nor write access to data_dir)."""
+def _raw(config: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+        return tomllib.loads(config.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ToolError(f"{config}: no such file") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ToolError(f"{config}: {exc}") from exc
+
+
+def token(config: Path) -> str:
+    """The command API token from data_dir/api.token ([gateway] data_dir, relative to the
+    config's directory, as the daemon takes it), read without loading the uplink secrets."""
+    data_dir = Path(str(_raw(config).get("gateway", {}).get("data_dir", "data"))).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = config.resolve().parent / data_dir
+    path = api_token.path_in(data_dir)
+    try:
+        return api_token.read(path)
+    except FileNotFoundError:
+        raise ToolError(f"no command API token {path}: the gateway writes it when it starts;"
+                        f" is it running with this config?") from None
+    except PermissionError:
+        raise ToolError(f"cannot read the command API token {path}: permission denied; run"
+                        f" as the gateway's user (e.g. `sudo -u roadside roadside gateway"
+                        f" ...`)") from None
+    except (OSError, ValueError) as exc:
+        raise ToolError(f"cannot read the command API token {path}: {exc}") from None
+
+
+def base_url(config: Path) -> str:
+    """http://HOST:PORT of the daemon's status server, from [status] listen only (so `cmd`
+    needs neither the uplink secrets nor write access to data_dir)."""
+    raw = _raw(config)
     listen = raw.get("status", {}).get("listen", DEFAULT_LISTEN)
     host, _, port = str(listen).rpartition(":")
     if not host or not port.isdigit() or port == "0":
@@ -97,10 +125,12 @@ def base_url(config: Path) -> str:
     return f"http://{host}:{port}"
 
 
-def _request(url: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
+def _request(url: str, body: dict[str, Any] | None, timeout: float,
+             api_key: str) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {api_key}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
@@ -124,6 +154,10 @@ def who() -> str:
 
 
 def handle_cmd(args: argparse.Namespace) -> int:
+    try:
+        ids.check(args.node, "NODE")
+    except ids.BadNodeId as exc:
+        raise ToolError(str(exc)) from None
     url = f"{base_url(args.config)}/nodes/{urllib.request.quote(args.node, safe='')}/commands"
     body: dict[str, Any] = {"name": args.name, "args": parse_args(args.args) or None,
                             "who": who()}
@@ -132,7 +166,7 @@ def handle_cmd(args: argparse.Namespace) -> int:
     if args.attempts is not None:
         body["attempts"] = args.attempts
     per_try = args.timeout or 2.0
-    status, doc = _request(url, body, timeout=per_try * (args.attempts or 3) + 10)
+    status, doc = _request(url, body, per_try * (args.attempts or 3) + 10, token(args.config))
     if status == 200 and doc.get("ok"):
         print(json.dumps(doc["result"], indent=2, sort_keys=True))
         return EXIT_OK
@@ -148,7 +182,8 @@ def handle_cmd(args: argparse.Namespace) -> int:
 
 
 def handle_commands(args: argparse.Namespace) -> int:
-    status, rows = _request(f"{base_url(args.config)}/commands?limit={args.limit}", None, 10)
+    status, rows = _request(f"{base_url(args.config)}/commands?limit={args.limit}", None, 10,
+                            token(args.config))
     if status != 200:
         raise ToolError(f"{rows.get('error', rows)} (HTTP {status})")
     for r in rows:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import serial
+from roadside.gateway import ids, secret_files
 from roadside.gateway import protocol as p
 from roadside.gateway.errors import ProtocolError
 
@@ -69,6 +71,13 @@ def open_link(port: str | None, ble: str | None = None, secret_file: str | None 
     or the default key file)."""
     if ble:
         from . import ble_transport
+        try:   # the id names the key file NODE.key: nothing like ../../x
+            ids.check(ble, "--ble")
+        except ids.BadNodeId as exc:
+            raise ToolError(str(exc)) from None
+        warning = secret_files.readable_by_others(ble_transport.secret_path(ble, secret_file))
+        if warning:
+            sys.stderr.write(f"roadside: warning: {warning}\n")
         ser = ble_transport.BleSerial.open(
             ble, secret_file, timeout=ble_timeout or ble_transport.FIND_TIMEOUT_S)
         return NodeLink(f"ble:{ble}", ser=ser)

@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from roadside.gateway import ids
+
 from .errors import ToolError
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
@@ -75,6 +77,8 @@ def check(key: str, value: Any) -> tuple[str, Any]:
     """(canonical key, normalised value), or ConfigValueError with the firmware's message."""
     cfg = firmware_config()
     key = canonical(key)
+    if key == "node_id" and not ids.valid(value):   # the gateway refuses it at HELLO
+        raise ConfigValueError(f"node_id: bad value {ids.shown(value)}; use {ids.RULE}")
     try:
         return key, cfg.check(key, value)
     except cfg.ConfigError as exc:

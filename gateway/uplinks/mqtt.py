@@ -9,9 +9,11 @@ the broker has answered PUBACK for every part; a disconnect before that means th
 is published again after reconnecting (at-least-once: subscribers dedupe by (node, seq)).
 
 Remote commands (off unless `command_topic` is set): the uplink subscribes (QoS 1) to the
-command topic; each message is a CBOR or JSON map {"id", "node", "name", "args", "who"}, run
-through the Commander (request ids, retries, audit log with origin "mqtt"), and answered on the
-reply topic (QoS 1) in the request's encoding: {"id", "ok", "result" | "error", "request_id",
+command topic, runs only the commands in its `command_allow` (default: the read-only ones;
+whoever may publish on the topic, which the broker's ACL decides, may run those); each
+message is a CBOR or JSON map {"id", "node", "name", "args", "who"}, run through the
+Commander (request ids, retries, audit log with origin "mqtt"), and answered on the reply
+topic (QoS 1) in the request's encoding: {"id", "ok", "result" | "error", "request_id",
 "node", "name", "outcome"}. A repeated id (a QoS 1 redelivery) is answered from the recent
 replies without running the command again.
 
@@ -38,7 +40,8 @@ import cbor2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..commands import CommandError
+from .. import ids
+from ..commands import COMMANDS, CommandError
 from ..config import UplinkConfig
 from ..queue import Batch, Queue
 from .http import DOWN, IDLE, SENDING, backoff, ssl_context
@@ -245,9 +248,19 @@ class MqttUplink:
         node, name, args = doc.get("node"), doc.get("name"), doc.get("args")
         who = doc.get("who")
         base: dict[str, Any] = {"id": cid, "node": node, "name": name}
-        if not isinstance(node, str) or not node:
+        if not ids.valid(node):
+            base["node"] = ids.shown(node)    # not echoed whole
             return {**base, "ok": False, "status": 400,
-                    "error": f"node: must be a node id (text), got {node!r}"}
+                    "error": f"node: bad node id {ids.shown(node)}; use {ids.RULE}"}
+        if name in COMMANDS and name not in self.config.command_allow:   # unknown: 400
+            # Who may publish here is the broker's ACL; what it may run is this list.
+            shown = repr(name)[:40]
+            log.warning(f"uplink {self.name}: command {shown} to {node[:40]!r} refused: not"
+                        f" in command_allow")
+            return {**base, "ok": False, "status": 403, "outcome": "refused",
+                    "error": f"command {shown} is not allowed on this command topic; allowed:"
+                             f" {', '.join(self.config.command_allow) or 'none'} (the"
+                             f" uplink's command_allow in gateway.toml)"}
         try:
             result = await self.commander.run(
                 node, name, args, who=str(who)[:100] if who else "mqtt", origin="mqtt")

@@ -36,8 +36,10 @@ def rows(db: Path, sql: str, *args) -> list:
 async def command(demo, session: aiohttp.ClientSession, node: str, name: str,
                   args: dict | None = None) -> dict:
     base = demo.status_url.rsplit("/status", 1)[0]
+    token = (demo.run_dir / "gateway-data" / "api.token").read_text().strip()
     async with session.post(f"{base}/nodes/{node}/commands",
                             json={"name": name, "args": args, "who": "test_roles"},
+                            headers={"Authorization": f"Bearer {token}"},
                             timeout=aiohttp.ClientTimeout(total=20)) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()

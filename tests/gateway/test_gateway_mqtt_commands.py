@@ -39,6 +39,7 @@ timeout_s = 3.0
 backoff_initial_s = 0.05
 backoff_max_s = 0.3
 command_topic = "roadside/{{site}}/{{gateway}}/cmd"
+command_allow = ["ping", "config.set"]
 
 [status]
 listen = "{listen}"

@@ -135,6 +135,7 @@ def test_cli_ble_errors(radio: BleRig, tmp_path: Path,
                           " closer to it and check that it is powered"), err
     wrong = tmp_path / "wrong.key"
     wrong.write_text("11" * 32)
+    wrong.chmod(0o600)                     # else the tools warn (readable by others)
     err = error(["monitor", "--ble", "wl-0001", "--secret-file", str(wrong), "--count", "1"])
     assert (f"authentication with wl-0001 failed: the node does not know this secret; check"
             f" that the key file {wrong} (fingerprint ") in err, err

@@ -86,7 +86,7 @@ def test_secret_provisioned_over_serial(water_sim: Simulation, node_port: str, c
     assert f"wl-0001: secret set (fingerprint {fp}); key file {key} (new)" in \
         capsys.readouterr().out
     assert key.stat().st_mode & 0o777 == 0o600 and on_node.read_bytes() == secret
-    assert cli.main(["config", "secret", node_port, "--json"]) == 0   # the existing key again
+    assert cli.main(["config", "secret", node_port, "--json", "--resend"]) == 0  # the key again
     doc = json.loads(capsys.readouterr().out)
     assert doc["new"] is False and doc["fingerprint"] == fp and on_node.read_bytes() == secret
     assert cli.main(["config", "secret", node_port, "--new"]) == 0    # rotation
