@@ -8,6 +8,9 @@
 # Only offsets are kept in RAM (4 bytes a record); records are read back from the file. The
 # offset array is never copied after load: an ACK moves a head index, compaction shifts it in
 # place (a copy per ACK of a 2,000-record backlog fragmented a 112k heap into MemoryError).
+# One handle both appends and reads: on LittleFS (the ESP32's filesystem) a second handle opened
+# for reading does not see bytes appended later through the first. Every record read back is
+# checked against the length and CRC of its head before it may go into a frame.
 import json
 import os
 import struct
@@ -67,8 +70,11 @@ class Journal:
         self.e = 0
         self.dead = 0  # acked bytes still at the head of the file
         self._saved_next = 1  # next_seq as state.json has it
-        self._wf = None
-        self._rf = None
+        self._f = None  # journal.bin, opened "a+b": appends go to the end, reads seek
+        self._head = bytearray(_HEAD)
+        self.rereads = 0  # records that did not match their head: handle reopened, read again
+        self.unreadable = 0  # ... and still did not match: given up (counted, never sent)
+        self._bad = 0  # the seq found unreadable (read() answers None without rereading)
 
     # -- boot ---------------------------------------------------------------------------
     def load(self, boot=True):
@@ -189,11 +195,10 @@ class Journal:
             self.dropped_full += 1
             self._save()
             return 0
-        if self._wf is None:
-            self._wf = open(self.path, "ab")
-        self._wf.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
-        self._wf.write(rec)
-        self._wf.flush()
+        f = self._file()
+        f.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
+        f.write(rec)
+        f.flush()
         seq = self.next_seq
         if not self.count:
             self.first = seq
@@ -206,17 +211,55 @@ class Journal:
         self.next_seq = seq + 1
         return seq
 
+    def _file(self):
+        if self._f is None:
+            self._f = open(self.path, "a+b")
+        return self._f
+
+    def _read_at(self, off, n):
+        """The n-byte record at off if its head says length n and its CRC matches, else None."""
+        f = self._file()
+        f.seek(off)
+        head = self._head
+        if f.readinto(head) != _HEAD:
+            return None
+        ln, crc = struct.unpack("<HI", head)
+        if ln != n:
+            return None
+        rec = f.read(n)
+        if len(rec) != n or crc32(rec) & 0xFFFFFFFF != crc:
+            return None
+        return rec
+
     def read(self, seq):
-        """The CBOR of a held record."""
+        """The CBOR of a held record, checked against its head; None when it still does not
+        match after reopening the file (counted in `unreadable`: it must not be sent)."""
         i = seq - self.first
         if i < 0 or i >= self.count:
             raise IndexError(seq)
-        if self._rf is None:
-            self._rf = open(self.path, "rb")
+        if seq == self._bad:
+            return None  # known unreadable: counted and logged once
         i += self.h
         off = self.offs[i]
-        self._rf.seek(off + _HEAD)
-        return self._rf.read(self.offs[i + 1] - off - _HEAD)
+        n = self.offs[i + 1] - off - _HEAD
+        rec = self._read_at(off, n)
+        if rec is None:
+            self.rereads += 1
+            print("journal: seq", seq, "did not match its head: reopening the file")
+            self.close()
+            rec = self._read_at(off, n)
+            if rec is None:
+                self.unreadable += 1
+                self._bad = seq
+                print("journal: seq", seq, "unreadable on flash: not sent")
+        return rec
+
+    def drop_unreadable(self, seq):
+        """Give up the first held record when read() cannot return it: it is lost, counted in
+        `unreadable`, and the next RECORDS' `from` tells the gateway (a counted gap)."""
+        if seq == self.first and self.count:
+            print("journal: seq", seq, "dropped as unreadable")
+            self.ack(seq)
 
     def ack(self, upto):
         """Drop every record with seq <= upto; returns how many were dropped."""
@@ -263,8 +306,6 @@ class Journal:
         self.dead = 0
 
     def close(self):
-        for f in (self._wf, self._rf):
-            if f is not None:
-                f.close()
-        self._wf = None
-        self._rf = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None

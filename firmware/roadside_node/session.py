@@ -146,6 +146,7 @@ class Session:
                    "board": c.get("board"), "boot_count": j.boot_count,
                    "next_seq": j.next_seq, "journal_records": j.count,
                    "dropped_full": j.dropped_full, "safe_mode": self.safe_mode,
+                   "journal_rereads": j.rereads, "journal_unreadable": j.unreadable,
                    "reset_cause": self.hw.reset_cause(), "free_heap": self.hw.free_heap()}
             if self.ble is not None:
                 out["ble"] = self.ble.stats()
@@ -226,11 +227,17 @@ class Session:
             seq = self.send_seq
             while seq < limit:
                 r = j.read(seq)
+                if r is None:  # does not match its journal head: never sent (journal.py)
+                    break
                 if recs and size + len(r) > self.max_payload:
                     break
                 recs.append(r)
                 size += len(r)
                 seq += 1
+            if not recs:
+                if seq == first:
+                    j.drop_unreadable(seq)  # lost on flash: the next `from` says so
+                break
             j.mark_sent(seq - 1)
             self.send(proto.records(first, recs))
             self.send_seq = seq
