@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
-from .queue import Queue
+from .queue import Queue, StoreResult
 
 log = logging.getLogger("roadside.gateway.session")
 
@@ -136,8 +136,7 @@ class SessionManager:
         state.last_seen = self.mono()
         self.send_time(session)
         try:
-            result = await self.queue.call(self.queue.hello, msg.node, msg.role,
-                                           msg.first_unacked, self.wall())
+            result, high = await self.queue.call(self._hello_in_queue, msg, self.wall())
         except QueueError as exc:
             log.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
@@ -146,10 +145,32 @@ class SessionManager:
             log.warning(f"{msg.node}: {result.gaps} records below seq {msg.first_unacked}"
                         f" never arrived and are gone (node journal refused them)")
         self._update(state, result.ack)
+        resume = self._resume(msg, high)
         log.info(f"{link.port}: HELLO {msg.node} role={msg.role} fw={msg.fw}"
                  f" next_seq={msg.next_seq} first_unacked={msg.first_unacked};"
-                 f" ACK {result.ack}")
-        link.send(p.encode_frame(p.Ack(result.ack)))
+                 f" ACK {result.ack}" + (f" resume {resume}" if resume else ""))
+        link.send(p.encode_frame(p.Ack(result.ack, resume)))
+
+    def _hello_in_queue(self, msg: p.Hello, now: float) -> tuple[StoreResult, int]:
+        """On the queue's thread: apply HELLO's `from`, and the node's highest stored seq."""
+        return (self.queue.hello(msg.node, msg.role, msg.first_unacked, now),
+                self.queue.highest_seq(msg.node))
+
+    @staticmethod
+    def _resume(msg: p.Hello, high: int) -> int | None:
+        """ACK key 2 (PROTOCOL.md 2.2): where a node must continue so that no seq it gives is
+        one already stored here. A node that lost its counter says from where it is unsure
+        (HELLO key 12); a node whose next seq is not above what is stored has lost it without
+        knowing. A node replaying after a power cut has next_seq above `high`: not moved."""
+        if msg.unsure is not None:
+            resume = high + 1 if high >= msg.unsure else None
+        else:
+            resume = high + 1 if msg.next_seq <= high else None
+        if resume is not None:
+            log.warning(f"{msg.node}: its counter is behind what is stored (next_seq"
+                        f" {msg.next_seq}, unsure from {msg.unsure}, stored up to {high}):"
+                        f" told to continue at {resume}; its held records get new seqs")
+        return resume
 
     async def _records(self, link: Link, msg: p.Records) -> None:
         session = self.sessions.get(link.port)

@@ -2,9 +2,15 @@
 # dropped only when acked. Layout in NODE_DIR:
 #   journal.bin  append-only entries [len u16 LE][crc32 u32 LE][record CBOR]; a torn or corrupt
 #                tail (power cut mid-write) is cut off on load by rewriting the good prefix
-#   state.json   {"next_seq", "acked", "boot_count", "dropped_full"}, written atomically
-#                (temp file + rename). next_seq may lag the journal but never leads it: a record
-#                is flushed to journal.bin before state.json may say next_seq > its seq.
+#   state.json   {"next_seq", "acked", "boot_count", "dropped_full", "unsure", "crc"}, written
+#                atomically (temp file + rename). next_seq may lag the journal but never leads
+#                it: a record is flushed to journal.bin before state.json may say next_seq > its
+#                seq. The previous copy is kept as state.bak (renamed, not rewritten), so one
+#                damaged file cannot lose the counter; "crc" catches a damaged digit.
+#   unsure       when no good newest state was found (lost, damaged, a replaced board keeping
+#                its id), the counter may be behind what the gateway already stored: records
+#                from seq `unsure` on are not sent until the gateway answered HELLO (key 12),
+#                and renumbered above what it holds when it says so (ACK key 2, `resume`).
 # Only offsets are kept in RAM (4 bytes a record); records are read back from the file. The
 # offset array is never copied after load: an ACK moves a head index, compaction shifts it in
 # place (a copy per ACK of a 2,000-record backlog fragmented a 112k heap into MemoryError).
@@ -22,6 +28,7 @@ from . import cbor, proto
 
 JOURNAL = "journal.bin"
 STATE = "state.json"
+_BAK = ".bak"  # state.json -> state.bak: the previous copy
 _HEAD = const(6)
 _COMPACT_AT = const(4096)  # rewrite the file once this many acked bytes lead it
 
@@ -40,6 +47,36 @@ def write_atomic(path, text):
         f.write(text)
         f.flush()
     os.rename(tmp, path)
+
+
+def _state_crc(st):
+    return crc32(b"%d %d %d %d %d" % (st["next_seq"], st["acked"], st["boot_count"],
+                                     st["dropped_full"], st.get("unsure", 0))) & 0xFFFFFFFF
+
+
+def read_state(path):
+    """The state dict in `path`, or None when it is missing or damaged."""
+    try:
+        with open(path) as f:
+            st = json.load(f)
+        if not isinstance(st, dict):
+            return None
+        for k in ("next_seq", "acked", "boot_count", "dropped_full"):
+            if type(st.get(k, 0)) is not int:
+                return None
+        st.setdefault("next_seq", 1)
+        st.setdefault("acked", 0)
+        st.setdefault("boot_count", 0)
+        st.setdefault("dropped_full", 0)
+        if "crc" in st and st["crc"] != _state_crc(st):  # no crc: written before it existed
+            return None
+        return st
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _bak_path(path):
+    return path[:-5] + _BAK if path.endswith(".json") else path + _BAK
 
 
 def record_seq(rec):
@@ -62,6 +99,7 @@ class Journal:
         self.acked = 0
         self.boot_count = 0
         self.dropped_full = 0
+        self.unsure = 0  # seqs from here on may collide with an earlier life (header comment)
         self.first = 1  # lowest seq held (== next_seq when empty)
         # offs[h:e + 1]: the file offset of each held record, then the end offset; entries
         # outside that range are stale (kept so the array does not shrink and regrow)
@@ -78,13 +116,19 @@ class Journal:
 
     # -- boot ---------------------------------------------------------------------------
     def load(self, boot=True):
-        st = {}
-        try:
-            with open(self.state_path) as f:
-                st = json.load(f)
-        except (OSError, ValueError):
-            st = {}
-        if not isinstance(st, dict):
+        path = self.state_path
+        st = read_state(path)
+        if st is None and not _exists(path):
+            # a cut between _save's two renames: the new copy is whole in the temp file
+            st = read_state(path + ".tmp")
+        trusted = st is not None
+        if st is None:
+            bak = _bak_path(path)
+            st = read_state(bak)  # one save older at most
+            if st is not None or _exists(path) or _exists(bak) or _exists(self.path):
+                print("journal: %s missing or damaged: %s; seqs unsure until the gateway"
+                      " answers" % (path, "using its previous copy" if st else "no copy"))
+        if st is None:
             st = {}
         self.acked = int(st.get("acked", 0))
         self.boot_count = int(st.get("boot_count", 0)) + (1 if boot else 0)
@@ -95,6 +139,8 @@ class Journal:
         if not self.count:
             self.first = self.next_seq
         self._saved_next = saved
+        # Not the newest good state: the gateway may hold seqs at or above next_seq already.
+        self.unsure = int(st.get("unsure", 0)) if trusted else self.next_seq
         if torn or self.dead:
             self.compact()
         self._save()
@@ -156,9 +202,77 @@ class Journal:
 
     # -- state --------------------------------------------------------------------------
     def _save(self):
-        write_atomic(self.state_path, json.dumps({
-            "next_seq": self._saved_next, "acked": self.acked, "boot_count": self.boot_count,
-            "dropped_full": self.dropped_full}))
+        st = {"next_seq": self._saved_next, "acked": self.acked, "boot_count": self.boot_count,
+              "dropped_full": self.dropped_full, "unsure": self.unsure}
+        st["crc"] = _state_crc(st)
+        path = self.state_path
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(st))
+            f.flush()
+        try:
+            os.rename(path, _bak_path(path))  # the previous copy stays, whole
+        except OSError:
+            pass  # the first save
+        os.rename(tmp, path)
+
+    def resume(self, to):
+        """The gateway holds seqs below `to` of this node (ACK key 2, PROTOCOL.md 2.2): go on
+        from `to`. It says so only when this node's counter was lost (an unsure HELLO) or is
+        behind what it stored, so held records, which it cannot have (never sent with these
+        seqs), are renumbered from `to` on. Idempotent: a repeated answer changes nothing."""
+        if self.count and to > self.first:
+            print("journal: renumbering seqs %d..%d from %d (the gateway holds seqs up to %d)"
+                  % (self.first, self.next_seq - 1, to, to - 1))
+            self._renumber(to)
+            self.acked = to - 1
+        elif not self.count and to > self.next_seq:
+            print("journal: next_seq %d -> %d (the gateway holds seqs up to %d)"
+                  % (self.next_seq, to, to - 1))
+            self.next_seq = self.first = to
+            self.acked = to - 1
+        self.unsure = 0
+        self._saved_next = max(self._saved_next, to)
+        self._save()
+
+    def confirm(self):
+        """The gateway answered an unsure HELLO without `resume`: the numbering stands."""
+        if self.unsure:
+            self.unsure = 0
+            self._save()
+
+    def _renumber(self, to):
+        """Rewrite journal.bin with the held records as seqs to, to + 1, ... (temp file +
+        rename: a power cut leaves the old numbering or the new, and the next HELLO redoes
+        it). Records are re-checked against their heads on the way."""
+        self.close()
+        tmp = self.path + ".tmp"
+        offs, h, n = self.offs, self.h, self.count
+        with open(self.path, "rb") as f, open(tmp, "wb") as out:
+            for i in range(n):
+                off = offs[h + i]
+                f.seek(off)
+                head = f.read(_HEAD)
+                ln, crc = struct.unpack("<HI", head)
+                rec = f.read(ln)
+                if ln != offs[h + i + 1] - off - _HEAD or crc32(rec) & 0xFFFFFFFF != crc:
+                    raise OSError("journal: seq %d unreadable while renumbering" % (
+                        self.first + i))
+                r = cbor.Reader(rec)
+                r.i = 1
+                r.value()  # past the old seq: [seq, t, kind, flags, body] keeps the rest
+                w = cbor.Writer()
+                w.array(5)
+                w.int(to + i)
+                new = bytes(w.buf) + rec[r.i:]
+                out.write(struct.pack("<HI", len(new), crc32(new) & 0xFFFFFFFF))
+                out.write(new)
+            out.flush()
+        os.rename(tmp, self.path)
+        hi, torn = self._scan()
+        if torn or hi != to + n - 1 or self.count != n:
+            raise OSError("journal: the renumbered file does not read back")
+        self.next_seq = hi + 1
 
     def mark_sent(self, seq):
         """Call before sending seq: state.json's next_seq then counts it as produced."""

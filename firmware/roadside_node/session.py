@@ -70,10 +70,11 @@ class Session:
         self.send(proto.hello(self.config.get("node_id"), self.config.get("role"), self.fw,
                               self.config.get("board"), j.boot_count, self.hw.reset_cause(),
                               j.next_seq, j.first_unacked, self.hw.free_heap(),
-                              self.safe_mode))
+                              self.safe_mode, j.unsure))
         self.hello_at = self.hw.ticks_ms()
         self.send_seq = j.first_unacked  # the gateway's ACK will tell where it stands
-        self.log("hello sent next_seq %d first_unacked %d" % (j.next_seq, j.first_unacked))
+        self.log("hello sent next_seq %d first_unacked %d%s" % (
+            j.next_seq, j.first_unacked, " unsure from %d" % j.unsure if j.unsure else ""))
 
     # -- input --------------------------------------------------------------------------
     def on_payload(self, payload):
@@ -87,7 +88,7 @@ class Session:
             return
         if mtype == proto.T_ACK:
             self.up = True
-            self.on_ack(msg[1])
+            self.on_ack(msg[1], msg.get(2))
         elif mtype == proto.T_TIME:
             self.up = True
             self.time_base = (msg[1], self.hw.ticks_ms())
@@ -97,8 +98,17 @@ class Session:
         elif mtype == proto.T_ERROR:
             self.on_error(msg[1], msg.get(2, ""))
 
-    def on_ack(self, upto):
-        n = self.journal.ack(upto)
+    def on_ack(self, upto, resume=None):
+        j = self.journal
+        if resume is not None:
+            j.resume(resume)  # first: held records move above what the gateway holds
+            self.log("resume at %d" % resume)
+        elif j.unsure:
+            # the answer to an unsure HELLO: the gateway holds nothing from j.unsure on (or
+            # predates key 12); records from there were never sent, whatever this ACK says
+            upto = min(upto, j.unsure - 1)
+            j.confirm()
+        n = j.ack(upto)
         if n:
             self.progress_at = self.hw.ticks_ms()
             self.log("ack %d" % upto)
@@ -194,7 +204,7 @@ class Session:
         if self.up and diff(now, self.heard_at) > SILENCE_MS:
             self.up = False
             self.log("gateway silent")
-        if not self.up:
+        if not self.up or self.journal.unsure:  # unsure: nothing is sent before the answer
             if self.hello_at is None or diff(now, self.hello_at) > HELLO_RETRY_MS:
                 self.hello()
             return

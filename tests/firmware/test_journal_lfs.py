@@ -104,7 +104,7 @@ j.ack(1)
 j.drop_unreadable(2)
 print(json.dumps([j.first_unacked, j.count, cbor.loads(j.read(3))[0], j.acked]))
 """)
-    logged = [line for line in out if line.startswith("journal:")]
+    logged = [line for line in out if line.startswith("journal: seq")]
     out = [line for line in out if not line.startswith("journal:")]
     assert json.loads(out[-3]) == [{"1": 10}, None, {"1": 12}, None, 1, 1]
     assert json.loads(out[-2]) == [1, 3]
@@ -112,3 +112,93 @@ print(json.dumps([j.first_unacked, j.count, cbor.loads(j.read(3))[0], j.acked]))
     assert logged == ["journal: seq 2 did not match its head: reopening the file",
                       "journal: seq 2 unreadable on flash: not sent",
                       "journal: seq 2 dropped as unreadable"]
+
+
+SHOW = r"""
+def show(j, tag):
+    print(json.dumps({"tag": tag, "first": j.first_unacked, "next": j.next_seq,
+                      "count": j.count, "acked": j.acked, "unsure": j.unsure,
+                      "seqs": [cbor.loads(j.read(s))[0] for s in range(j.first, j.next_seq)],
+                      "t": [cbor.loads(j.read(s))[1] for s in range(j.first, j.next_seq)]}))
+"""
+
+
+def shown(out: list[str]) -> dict[str, dict]:
+    return {d["tag"]: d for d in (json.loads(x) for x in out if x.startswith("{"))}
+
+
+def test_one_damaged_state_file_does_not_lose_the_counter(tmp_path):
+    out = mp_lines(tmp_path, SHOW + """
+import os
+j = Journal(); j.load()
+show(j, "fresh")                 # first boot: nothing saved, so unsure until the gateway says
+j.confirm()
+for i in range(6):
+    j.append(i, 1, 1, {1: i})
+j.mark_sent(6)
+j.ack(6)                         # all acked: the journal file is compacted to nothing
+show(j, "acked")
+j.close()
+with open("state.json", "r+") as f:      # one damaged digit: still JSON, wrong counter
+    s = f.read().replace('"next_seq": 7', '"next_seq": 1')
+with open("state.json", "w") as f:
+    f.write(s)
+j = Journal(); j.load()          # a reboot: the CRC refuses state.json, state.bak is used
+show(j, "damaged")
+j.close()
+os.remove("state.json")
+os.remove("state.bak")
+j = Journal(); j.load()          # both copies gone and an empty journal
+show(j, "lost")
+""")
+    s = shown(out)
+    assert s["fresh"]["unsure"] == 1
+    assert s["acked"]["next"] == 7 and s["acked"]["count"] == 0
+    # state.bak is the save before the last: the counter is right, the node still asks
+    assert s["damaged"]["next"] == 7 and s["damaged"]["unsure"] == 7
+    assert s["lost"]["next"] == 1 and s["lost"]["unsure"] == 1
+    assert any("state.json missing or damaged: using its previous copy" in x for x in out)
+
+
+def test_resume_renumbers_the_unsent_records_and_survives_a_reboot(tmp_path):
+    out = mp_lines(tmp_path, SHOW + """
+import os
+j = Journal(); j.load()
+for i in range(3):
+    j.append(100 + i, 1, 1, {1: i})      # given seqs 1..3 by a counter that was lost
+show(j, "before")
+j.close()
+j = Journal(); j.load()                  # a reboot before the gateway answered: still unsure
+show(j, "reboot")
+j.resume(42)                             # the gateway holds seqs up to 41
+show(j, "resumed")
+j.resume(42)                             # the same answer again (a repeated HELLO)
+j.ack(41)
+show(j, "again")
+j.append(103, 1, 1, {1: 3})
+j.close()
+j = Journal(); j.load()
+show(j, "rebooted")
+""")
+    s = shown(out)
+    assert s["before"]["seqs"] == [1, 2, 3] and s["before"]["unsure"] == 1
+    assert s["reboot"]["unsure"] == 1
+    assert s["resumed"] == {"tag": "resumed", "first": 42, "next": 45, "count": 3, "acked": 41,
+                            "unsure": 0, "seqs": [42, 43, 44], "t": [100, 101, 102]}
+    assert s["again"]["seqs"] == [42, 43, 44] and s["again"]["next"] == 45
+    assert s["rebooted"]["seqs"] == [42, 43, 44, 45] and s["rebooted"]["unsure"] == 0
+
+
+def test_resume_with_an_empty_journal_jumps_and_persists(tmp_path):
+    out = mp_lines(tmp_path, SHOW + """
+j = Journal(); j.load()
+j.resume(100)
+show(j, "resumed")
+j.close()
+j = Journal(); j.load()
+j.append(1, 1, 1, {1: 1})
+show(j, "rebooted")
+""")
+    s = shown(out)
+    assert (s["resumed"]["first"], s["resumed"]["next"], s["resumed"]["unsure"]) == (100, 100, 0)
+    assert s["rebooted"]["seqs"] == [100] and s["rebooted"]["unsure"] == 0
