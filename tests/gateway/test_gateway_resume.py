@@ -4,7 +4,6 @@ a real pty and a real SQLite queue; a node replaying after a power cut is not mo
 from __future__ import annotations
 
 from roadside.gateway import protocol as p
-
 from test_gateway_session import run_with_gateway
 
 
