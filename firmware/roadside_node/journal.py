@@ -28,7 +28,6 @@ from . import cbor, proto
 
 JOURNAL = "journal.bin"
 STATE = "state.json"
-_BAK = ".bak"  # state.json -> state.bak: the previous copy
 _HEAD = const(6)
 _COMPACT_AT = const(4096)  # rewrite the file once this many acked bytes lead it
 
@@ -59,24 +58,11 @@ def read_state(path):
     try:
         with open(path) as f:
             st = json.load(f)
-        if not isinstance(st, dict):
-            return None
-        for k in ("next_seq", "acked", "boot_count", "dropped_full"):
-            if type(st.get(k, 0)) is not int:
-                return None
-        st.setdefault("next_seq", 1)
-        st.setdefault("acked", 0)
-        st.setdefault("boot_count", 0)
-        st.setdefault("dropped_full", 0)
-        if "crc" in st and st["crc"] != _state_crc(st):  # no crc: written before it existed
+        if "crc" in st and st["crc"] != _state_crc(st):  # no crc: saved before it existed
             return None
         return st
-    except (OSError, ValueError, TypeError, KeyError):
+    except Exception:  # missing, not JSON, not a map, a key or type wrong
         return None
-
-
-def _bak_path(path):
-    return path[:-5] + _BAK if path.endswith(".json") else path + _BAK
 
 
 def record_seq(rec):
@@ -108,28 +94,22 @@ class Journal:
         self.e = 0
         self.dead = 0  # acked bytes still at the head of the file
         self._saved_next = 1  # next_seq as state.json has it
-        self._f = None  # journal.bin, opened "a+b": appends go to the end, reads seek
-        self._head = bytearray(_HEAD)
+        # journal.bin, opened "a+b": appends go to the end, reads seek. (At most 19 attributes:
+        # MicroPython's instance map then grows from 19 slots to 43, 400 bytes of heap.)
+        self._f = None
         self.rereads = 0  # records that did not match their head: handle reopened, read again
         self.unreadable = 0  # ... and still did not match: given up (counted, never sent)
         self._bad = 0  # the seq found unreadable (read() answers None without rereading)
 
     # -- boot ---------------------------------------------------------------------------
     def load(self, boot=True):
-        path = self.state_path
-        st = read_state(path)
-        if st is None and not _exists(path):
-            # a cut between _save's two renames: the new copy is whole in the temp file
-            st = read_state(path + ".tmp")
+        st = read_state(self.state_path)
         trusted = st is not None
-        if st is None:
-            bak = _bak_path(path)
-            st = read_state(bak)  # one save older at most
-            if st is not None or _exists(path) or _exists(bak) or _exists(self.path):
-                print("journal: %s missing or damaged: %s; seqs unsure until the gateway"
-                      " answers" % (path, "using its previous copy" if st else "no copy"))
-        if st is None:
-            st = {}
+        if st is None and (_exists(self.path) or _exists(self.state_path[:-4] + "bak")):
+            from .seqguard import recover_state  # lost or damaged: only then
+            st, trusted = recover_state(self)
+        elif st is None:  # a first boot, or a cut before the first save completed
+            st = read_state(self.state_path + ".tmp") or {}
         self.acked = int(st.get("acked", 0))
         self.boot_count = int(st.get("boot_count", 0)) + (1 if boot else 0)
         self.dropped_full = int(st.get("dropped_full", 0))
@@ -197,7 +177,6 @@ class Journal:
         self.first = first if first else hi + 1
         if torn:
             print("journal: torn tail cut at", off)
-        self.torn_at = off if torn else -1
         return hi, torn
 
     # -- state --------------------------------------------------------------------------
@@ -211,68 +190,21 @@ class Journal:
             f.write(json.dumps(st))
             f.flush()
         try:
-            os.rename(path, _bak_path(path))  # the previous copy stays, whole
+            os.rename(path, path[:-4] + "bak")  # the previous copy stays whole: state.bak
         except OSError:
             pass  # the first save
         os.rename(tmp, path)
 
     def resume(self, to):
-        """The gateway holds seqs below `to` of this node (ACK key 2, PROTOCOL.md 2.2): go on
-        from `to`. It says so only when this node's counter was lost (an unsure HELLO) or is
-        behind what it stored, so held records, which it cannot have (never sent with these
-        seqs), are renumbered from `to` on. Idempotent: a repeated answer changes nothing."""
-        if self.count and to > self.first:
-            print("journal: renumbering seqs %d..%d from %d (the gateway holds seqs up to %d)"
-                  % (self.first, self.next_seq - 1, to, to - 1))
-            self._renumber(to)
-            self.acked = to - 1
-        elif not self.count and to > self.next_seq:
-            print("journal: next_seq %d -> %d (the gateway holds seqs up to %d)"
-                  % (self.next_seq, to, to - 1))
-            self.next_seq = self.first = to
-            self.acked = to - 1
-        self.unsure = 0
-        self._saved_next = max(self._saved_next, to)
-        self._save()
+        """ACK key 2: go on from seq `to` (seqguard.py; imported only when it comes)."""
+        from .seqguard import resume
+        resume(self, to)
 
     def confirm(self):
         """The gateway answered an unsure HELLO without `resume`: the numbering stands."""
         if self.unsure:
             self.unsure = 0
             self._save()
-
-    def _renumber(self, to):
-        """Rewrite journal.bin with the held records as seqs to, to + 1, ... (temp file +
-        rename: a power cut leaves the old numbering or the new, and the next HELLO redoes
-        it). Records are re-checked against their heads on the way."""
-        self.close()
-        tmp = self.path + ".tmp"
-        offs, h, n = self.offs, self.h, self.count
-        with open(self.path, "rb") as f, open(tmp, "wb") as out:
-            for i in range(n):
-                off = offs[h + i]
-                f.seek(off)
-                head = f.read(_HEAD)
-                ln, crc = struct.unpack("<HI", head)
-                rec = f.read(ln)
-                if ln != offs[h + i + 1] - off - _HEAD or crc32(rec) & 0xFFFFFFFF != crc:
-                    raise OSError("journal: seq %d unreadable while renumbering" % (
-                        self.first + i))
-                r = cbor.Reader(rec)
-                r.i = 1
-                r.value()  # past the old seq: [seq, t, kind, flags, body] keeps the rest
-                w = cbor.Writer()
-                w.array(5)
-                w.int(to + i)
-                new = bytes(w.buf) + rec[r.i:]
-                out.write(struct.pack("<HI", len(new), crc32(new) & 0xFFFFFFFF))
-                out.write(new)
-            out.flush()
-        os.rename(tmp, self.path)
-        hi, torn = self._scan()
-        if torn or hi != to + n - 1 or self.count != n:
-            raise OSError("journal: the renumbered file does not read back")
-        self.next_seq = hi + 1
 
     def mark_sent(self, seq):
         """Call before sending seq: state.json's next_seq then counts it as produced."""
@@ -334,8 +266,8 @@ class Journal:
         """The n-byte record at off if its head says length n and its CRC matches, else None."""
         f = self._file()
         f.seek(off)
-        head = self._head
-        if f.readinto(head) != _HEAD:
+        head = f.read(_HEAD)
+        if len(head) != _HEAD:
             return None
         ln, crc = struct.unpack("<HI", head)
         if ln != n:
@@ -369,11 +301,9 @@ class Journal:
         return rec
 
     def drop_unreadable(self, seq):
-        """Give up the first held record when read() cannot return it: it is lost, counted in
-        `unreadable`, and the next RECORDS' `from` tells the gateway (a counted gap)."""
-        if seq == self.first and self.count:
-            print("journal: seq", seq, "dropped as unreadable")
-            self.ack(seq)
+        """Give up the first held record when read() cannot return it (seqguard.py)."""
+        from .seqguard import drop_unreadable
+        drop_unreadable(self, seq)
 
     def ack(self, upto):
         """Drop every record with seq <= upto; returns how many were dropped."""

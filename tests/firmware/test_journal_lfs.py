@@ -8,14 +8,16 @@ import json
 
 from support.micropython import run_stdout
 
-# The journal is imported from the host before / becomes the node's flash: a LittleFS2 image
-# in a host file (a RAM device would take the heap the node needs).
+# / becomes the node's flash: a LittleFS2 image in a host file (a RAM device would take the
+# heap the node needs); the firmware stays importable from the host as in the simulator.
 PRELUDE = r"""
-import json
+import json, sys
+from vboard.flash import add_host_paths, mount_image
+firmware = sys.path[0]
+mount_image(%r, 64)
+add_host_paths(firmware)
 from roadside_node import cbor, proto
 from roadside_node.journal import Journal
-from vboard.flash import mount_image
-mount_image(%r, 64)
 """
 
 
