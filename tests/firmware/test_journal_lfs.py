@@ -204,3 +204,100 @@ show(j, "rebooted")
     s = shown(out)
     assert (s["resumed"]["first"], s["resumed"]["next"], s["resumed"]["unsure"]) == (100, 100, 0)
     assert s["rebooted"]["seqs"] == [100] and s["rebooted"]["unsure"] == 0
+
+
+CUTS = r"""
+import vfs, os
+from vboard.blockdev import PowerCut, PowerLost, RamBlockDev
+from roadside_node import seqguard  # imported before / changes under the test's feet
+
+ram = RamBlockDev(24)
+vfs.VfsLfs2.mkfs(ram)
+
+def mount(dev):
+    fs = vfs.VfsLfs2(dev)
+    vfs.mount(fs, "/flash")
+    os.chdir("/flash")
+
+def umount():
+    os.chdir("/")
+    vfs.umount("/flash")
+
+def held(j):
+    return [cbor.loads(j.read(s)) for s in range(j.first, j.next_seq)]
+
+mount(ram)
+j = Journal(); j.load()
+for i in range(3):
+    j.append(100 + i, 1, 1, {1: i})      # numbered by a lost counter: unsure from 1
+j.close()
+umount()
+image = bytes(ram.data)
+
+def sweep(step):
+    results = []
+    cut = 0
+    while True:
+        cut += 1
+        for keep in (0, 1000):
+            ram.data[:] = image
+            dev = PowerCut(ram)
+            mount(dev)
+            j = Journal(); j.load(boot=False)
+            dev.cut_at = dev.writes + cut
+            dev.keep = keep
+            done = False
+            try:
+                step(j)
+                done = True
+            except (PowerLost, OSError):
+                pass
+            try:
+                umount()
+            except Exception:
+                vfs.umount("/flash")
+            mount(ram)                       # power back: boot
+            j = Journal(); j.load()
+            recs = held(j)
+            results.append([cut, keep, done, [r[0] for r in recs], [r[1] for r in recs],
+                            j.next_seq, j.unsure])
+            j.close()
+            umount()
+            if done:
+                return results
+"""
+
+
+def test_power_cut_at_every_write_of_a_resume_loses_and_reuses_nothing(tmp_path):
+    out = mp_lines(tmp_path, CUTS + """
+res = sweep(lambda j: j.resume(42))
+print(json.dumps(res))
+""", heapsize="1m")
+    results = json.loads(out[-1])
+    assert len(results) >= 10 and results[-1][2], results      # cut at every write, then done
+    for cut, keep, done, seqs, ts, next_seq, unsure in results:
+        what = f"cut at write {cut} (keep {keep}): {seqs} next {next_seq} unsure {unsure}"
+        assert ts == [100, 101, 102], what                      # every record, once, in order
+        assert seqs in ([1, 2, 3], [42, 43, 44]), what          # one numbering or the other
+        assert next_seq == seqs[-1] + 1, what
+        if seqs == [1, 2, 3]:
+            assert unsure == 1, what      # still asks the gateway before sending anything
+
+
+def test_power_cut_at_every_write_of_a_state_save_keeps_the_counter(tmp_path):
+    out = mp_lines(tmp_path, CUTS + """
+def step(j):
+    j.confirm()
+    j.mark_sent(3)
+    j.ack(3)          # all acked: a save, then the journal compacted to nothing
+res = sweep(step)
+print(json.dumps(res))
+""", heapsize="1m")
+    results = json.loads(out[-1])
+    assert len(results) >= 6 and results[-1][2], results
+    for cut, keep, done, seqs, ts, next_seq, unsure in results:
+        what = f"cut at write {cut} (keep {keep}): {seqs} next {next_seq} unsure {unsure}"
+        assert next_seq >= 4, what                               # never a seq given again
+        assert seqs in ([1, 2, 3], []), what                     # held, or acked and gone
+        if done:
+            assert (seqs, unsure) == ([], 0), what
