@@ -94,9 +94,7 @@ class Journal:
         self.e = 0
         self.dead = 0  # acked bytes still at the head of the file
         self._saved_next = 1  # next_seq as state.json has it
-        # journal.bin, opened "a+b": appends go to the end, reads seek. (At most 19 attributes:
-        # MicroPython's instance map then grows from 19 slots to 43, 400 bytes of heap.)
-        self._f = None
+        self._f = None  # journal.bin, opened "a+b": appends go to the end, reads seek
         self.rereads = 0  # records that did not match their head: handle reopened, read again
         self.unreadable = 0  # ... and still did not match: given up (counted, never sent)
         self._bad = 0  # the seq found unreadable (read() answers None without rereading)
