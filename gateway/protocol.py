@@ -55,7 +55,7 @@ K_RECORDS_FROM = 1
 K_RECORDS_LIST = 2
 # ACK / TIME
 K_ACK_SEQ = 1
-K_ACK_RESUME = 2        # answer to HELLO only: the node numbers its records from here on
+K_ACK_RESUME = 2        # the node numbers its records from here on (PROTOCOL.md 2.2 rule 7)
 K_TIME_MS = 1
 # COMMAND / REPLY
 K_CMD_ID = 1

@@ -53,6 +53,7 @@ class Session:
     node: str
     role: str
     last_time_sent: float = 0.0         # monotonic
+    resume: int | None = None           # ACK key 2 for every ACK until RECORDS come from it
 
 
 class SessionManager:
@@ -145,7 +146,7 @@ class SessionManager:
             log.warning(f"{msg.node}: {result.gaps} records below seq {msg.first_unacked}"
                         f" never arrived and are gone (node journal refused them)")
         self._update(state, result.ack)
-        resume = self._resume(msg, high)
+        resume = session.resume = self._resume(msg, high)
         log.info(f"{link.port}: HELLO {msg.node} role={msg.role} fw={msg.fw}"
                  f" next_seq={msg.next_seq} first_unacked={msg.first_unacked};"
                  f" ACK {result.ack}" + (f" resume {resume}" if resume else ""))
@@ -180,6 +181,14 @@ class SessionManager:
             return
         state = self._state(session.node, session.role)
         state.last_seen = self.mono()
+        if session.resume is not None:
+            if msg.from_seq < session.resume:
+                # Numbered by a lost counter (PROTOCOL.md 2.2 rule 7): stored, these seqs would
+                # stand for other records. Not stored; the node renumbers them on this ACK.
+                link.send(p.encode_frame(p.Ack(self.queue.ack_of(session.node),
+                                               session.resume)))
+                return
+            session.resume = None                   # the node has moved above what is stored
         try:
             # Group commit: RECORDS of other links arriving meanwhile share the fsync.
             result = await self.queue.store_grouped(session.node, session.role, msg.records,

@@ -101,11 +101,13 @@ class Session:
     def on_ack(self, upto, resume=None):
         j = self.journal
         if resume is not None:
+            before = j.next_seq
             j.resume(resume)  # first: held records move above what the gateway holds
-            self.log("resume at %d" % resume)
+            if j.next_seq != before:
+                self.log("resume at %d" % resume)
         elif j.unsure:
-            # the answer to an unsure HELLO: the gateway holds nothing from j.unsure on (or
-            # predates key 12); records from there were never sent, whatever this ACK says
+            # no resume while unsure: the gateway holds nothing from j.unsure on (it would say
+            # so in every ACK), or predates key 12; never an ack of records numbered since
             upto = min(upto, j.unsure - 1)
             j.confirm()
         n = j.ack(upto)
@@ -204,7 +206,7 @@ class Session:
         if self.up and diff(now, self.heard_at) > SILENCE_MS:
             self.up = False
             self.log("gateway silent")
-        if not self.up or self.journal.unsure:  # unsure: nothing is sent before the answer
+        if not self.up:
             if self.hello_at is None or diff(now, self.hello_at) > HELLO_RETRY_MS:
                 self.hello()
             return

@@ -62,14 +62,16 @@ def test_a_node_that_lost_its_state_continues_above_the_stored_seqs(tmp_path, ho
     async def main() -> None:
         queue = Queue(tmp_path / "q.sqlite", "gw", "s")
         sessions = SessionManager(queue)
-        sent: list[int] = []     # every seq the node put into RECORDS, as the gateway got it
+        # every record the node put into RECORDS, as the gateway got it: seq -> the rest
+        sent: dict[int, tuple] = {}
         handle = sessions.handle
 
         async def watch(link, payload: bytes) -> None:
             with contextlib.suppress(Exception):
                 msg = p.decode_message(payload)
                 if isinstance(msg, p.Records):
-                    sent.extend(r.seq for r in msg.records)
+                    for r in msg.records:
+                        sent.setdefault(r.seq, (r.t, r.kind, r.flags, sorted(r.body.items())))
             await handle(link, payload)
 
         sessions.handle = watch  # type: ignore[method-assign]
@@ -99,15 +101,22 @@ def test_a_node_that_lost_its_state_continues_above_the_stored_seqs(tmp_path, ho
             node_dir = tmp_path / "nodes" / NODE
             lose_state(node_dir, how)
             sent.clear()
+            second_life = time.time()
 
             await boot()
             await wait_for(lambda: queue.ack_of(NODE) >= high + 5, 40,
                            f"5 records above seq {high} after the state was lost")
             await stop()
-            # no new record went out under a seq of the first life (it would be dropped as a
-            # duplicate of the record stored under it)
-            reused = sorted({s for s in sent if s <= high})
-            assert not reused, f"seqs of the first life given again: {reused}"
+            # Records the new life numbered from 1 (sent before the node heard where to
+            # resume) were not stored under those seqs (they stand for the first life's) and
+            # went out again, the same records, as high + 1, high + 2, ...
+            early = [sent[s] for s in sorted(sent) if s <= high]
+            moved = [sent.get(s) for s in range(high + 1, high + 1 + len(early))]
+            assert early == moved, f"records sent under seqs <= {high} were not renumbered"
+            stored_again = queue._db.execute(
+                "SELECT count(*) FROM records WHERE node = ? AND seq <= ? AND received >= ?",
+                (NODE, high, second_life)).fetchone()[0]
+            assert stored_again == 0
             log = (tmp_path / "logs" / f"{NODE}.log").read_text()
             assert f"resume at {high + 1}" in log, log[-2000:]
 
@@ -118,7 +127,7 @@ def test_a_node_that_lost_its_state_continues_above_the_stored_seqs(tmp_path, ho
             await wait_for(lambda: queue.ack_of(NODE) >= last, 40, f"seq {last} stored")
             await stop()
             log = (tmp_path / "logs" / f"{NODE}.log").read_text()
-            assert log.count("resume at") == 1, log[-2000:]
+            assert log.count("resume at") == 1 and log.count("renumbering") <= 1, log[-2000:]
             seqs = [row[0] for row in queue._db.execute(
                 "SELECT seq FROM records WHERE node = ? ORDER BY seq", (NODE,))]
             assert seqs == list(range(1, len(seqs) + 1)) and seqs[-1] >= last

@@ -21,9 +21,15 @@ def test_an_unsure_node_below_what_is_stored_is_told_to_resume_above_it(tmp_path
         unsure_hello(fake_node, next_seq=4, first_unacked=1, unsure=1)
         ack = await fake_node.expect(p.Ack)
         assert (ack.seq, ack.resume) == (5, 6)
+        # sent before the node saw that ACK: not stored (seqs of a lost counter), told again
+        fake_node.records([1, 2, 3])
+        ack = await fake_node.expect(p.Ack)
+        assert (ack.seq, ack.resume) == (5, 6)
+        assert queue.depth() == 5 and queue.nodes["wl-0001"].duplicates == 0
         # the node renumbered them 6..8: all stored, none taken for a duplicate
         fake_node.records([6, 7, 8])
-        await fake_node.expect(p.Ack, seq=8)
+        ack = await fake_node.expect(p.Ack)
+        assert (ack.seq, ack.resume) == (8, None)
         assert queue.depth() == 8 and queue.nodes["wl-0001"].duplicates == 0
         # a repeated answer to the same HELLO names the same place until 6.. are stored;
         # after that a HELLO still unsure from 1 is moved above them
@@ -43,6 +49,10 @@ def test_a_record_held_beyond_a_gap_counts_as_stored(tmp_path, fake_node):
         unsure_hello(fake_node, next_seq=3, first_unacked=3, unsure=3)
         ack = await fake_node.expect(p.Ack)
         assert ack.resume == 6
+        # records 3..5 by the lost counter would have filled the gap with other records
+        fake_node.records([3, 4, 5], from_seq=3)
+        assert (await fake_node.expect(p.Ack)).resume == 6
+        assert queue.ack_of("wl-0001") == 2 and queue.depth() == 4
 
     run_with_gateway(tmp_path, fake_node, body)
 
