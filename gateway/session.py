@@ -185,6 +185,8 @@ class SessionManager:
             if msg.from_seq < session.resume:
                 # Numbered by a lost counter (PROTOCOL.md 2.2 rule 7): stored, these seqs would
                 # stand for other records. Not stored; the node renumbers them on this ACK.
+                log.info(f"{session.node}: RECORDS from {msg.from_seq} not stored (seqs of a"
+                         f" lost counter); told again to resume at {session.resume}")
                 link.send(p.encode_frame(p.Ack(self.queue.ack_of(session.node),
                                                session.resume)))
                 return
