@@ -47,11 +47,15 @@ K_HELLO_RESET_CAUSE = 6
 K_HELLO_NEXT_SEQ = 7
 K_HELLO_PROTO = 8
 K_HELLO_FIRST_UNACKED = 9
+K_HELLO_FREE_HEAP = 10
+K_HELLO_SAFE_MODE = 11
+K_HELLO_UNSURE = 12     # the node lost its saved counter: its seqs from here on may collide
 # RECORDS
 K_RECORDS_FROM = 1
 K_RECORDS_LIST = 2
 # ACK / TIME
 K_ACK_SEQ = 1
+K_ACK_RESUME = 2        # the node numbers its records from here on (PROTOCOL.md 2.2 rule 7)
 K_TIME_MS = 1
 # COMMAND / REPLY
 K_CMD_ID = 1
@@ -262,12 +266,14 @@ class Hello(Message):
     boot_count: int | None = None
     reset_cause: str | None = None
     proto: int | None = None
+    unsure: int | None = None     # key 12: seqs from here on were numbered by a lost counter
     TYPE = HELLO
 
     def to_map(self) -> dict[int, Any]:
         m: dict[int, Any] = {K_TYPE: HELLO, 1: self.node, 2: self.role, 3: self.fw,
                              4: self.board, 5: self.boot_count, 6: self.reset_cause,
-                             7: self.next_seq, 8: self.proto, 9: self.first_unacked}
+                             7: self.next_seq, 8: self.proto, 9: self.first_unacked,
+                             12: self.unsure}
         return {k: v for k, v in m.items() if v is not None}
 
 
@@ -302,10 +308,13 @@ class Records(Message):
 @dataclass(frozen=True)
 class Ack(Message):
     seq: int
+    resume: int | None = None     # key 2: seqs below it are taken; the node goes on from it
     TYPE = ACK
 
     def to_map(self) -> dict[int, Any]:
-        return {K_TYPE: ACK, K_ACK_SEQ: self.seq}
+        if self.resume is None:
+            return {K_TYPE: ACK, K_ACK_SEQ: self.seq}
+        return {K_TYPE: ACK, K_ACK_SEQ: self.seq, K_ACK_RESUME: self.resume}
 
 
 @dataclass(frozen=True)
@@ -452,13 +461,14 @@ def decode_message(payload: bytes) -> Message:
             node=f.get(1, "text"), role=f.get(2, "text"), next_seq=f.get(7, "uint"),
             first_unacked=f.get(9, "uint"), fw=f.get(3, "text", False),
             board=f.get(4, "text", False), boot_count=f.get(5, "uint", False),
-            reset_cause=f.get(6, "text", False), proto=f.get(8, "uint", False), raw=m)
+            reset_cause=f.get(6, "text", False), proto=f.get(8, "uint", False),
+            unsure=f.get(K_HELLO_UNSURE, "uint", False), raw=m)
     if t == RECORDS:
         items = f.get(2, "array")
         return Records(from_seq=f.get(1, "uint"),
                        records=tuple(_record(r, i) for i, r in enumerate(items)), raw=m)
     if t == ACK:
-        return Ack(seq=f.get(1, "uint"), raw=m)
+        return Ack(seq=f.get(1, "uint"), resume=f.get(K_ACK_RESUME, "uint", False), raw=m)
     if t == COMMAND:
         return Command(request_id=f.get(1, "uint"), name=f.get(2, "text"),
                        args=f.get(3, "map", False), raw=m)

@@ -425,6 +425,12 @@ class Queue:
         info = self.nodes.get(node)
         return info.ack if info else 0
 
+    def highest_seq(self, node: str) -> int:
+        """The highest seq of `node` this queue ever stored: its ACK, or a record held beyond
+        a gap (a node whose counter is not above it would reuse seqs; PROTOCOL.md 2.2)."""
+        row = self._db.execute("SELECT max(seq) FROM records WHERE node = ?", (node,)).fetchone()
+        return max(self.ack_of(node), row[0] or 0)
+
     def hello(self, node: str, role: str, first_unacked: int,
               now: float | None = None) -> StoreResult:
         """A node said HELLO: apply its first-unacked seq (the `from` rule); return the ACK."""

@@ -18,7 +18,7 @@ from . import ids
 from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
-from .queue import Queue
+from .queue import Queue, StoreResult
 
 log = logging.getLogger("roadside.gateway.session")
 
@@ -54,6 +54,7 @@ class Session:
     node: str
     role: str
     last_time_sent: float = 0.0         # monotonic
+    resume: int | None = None           # ACK key 2 for every ACK until RECORDS come from it
 
 
 class SessionManager:
@@ -139,8 +140,7 @@ class SessionManager:
         state.last_seen = self.mono()
         self.send_time(session)
         try:
-            result = await self.queue.call(self.queue.hello, msg.node, msg.role,
-                                           msg.first_unacked, self.wall())
+            result, high = await self.queue.call(self._hello_in_queue, msg, self.wall())
         except QueueError as exc:
             log.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
@@ -149,10 +149,32 @@ class SessionManager:
             log.warning(f"{msg.node}: {result.gaps} records below seq {msg.first_unacked}"
                         f" never arrived and are gone (node journal refused them)")
         self._update(state, result.ack)
+        resume = session.resume = self._resume(msg, high)
         log.info(f"{link.port}: HELLO {msg.node} role={msg.role} fw={msg.fw}"
                  f" next_seq={msg.next_seq} first_unacked={msg.first_unacked};"
-                 f" ACK {result.ack}")
-        link.send(p.encode_frame(p.Ack(result.ack)))
+                 f" ACK {result.ack}" + (f" resume {resume}" if resume else ""))
+        link.send(p.encode_frame(p.Ack(result.ack, resume)))
+
+    def _hello_in_queue(self, msg: p.Hello, now: float) -> tuple[StoreResult, int]:
+        """On the queue's thread: apply HELLO's `from`, and the node's highest stored seq."""
+        return (self.queue.hello(msg.node, msg.role, msg.first_unacked, now),
+                self.queue.highest_seq(msg.node))
+
+    @staticmethod
+    def _resume(msg: p.Hello, high: int) -> int | None:
+        """ACK key 2 (PROTOCOL.md 2.2): where a node must continue so that no seq it gives is
+        one already stored here. A node that lost its counter says from where it is unsure
+        (HELLO key 12); a node whose next seq is not above what is stored has lost it without
+        knowing. A node replaying after a power cut has next_seq above `high`: not moved."""
+        if msg.unsure is not None:
+            resume = high + 1 if high >= msg.unsure else None
+        else:
+            resume = high + 1 if msg.next_seq <= high else None
+        if resume is not None:
+            log.warning(f"{msg.node}: its counter is behind what is stored (next_seq"
+                        f" {msg.next_seq}, unsure from {msg.unsure}, stored up to {high}):"
+                        f" told to continue at {resume}; its held records get new seqs")
+        return resume
 
     async def _records(self, link: Link, msg: p.Records) -> None:
         session = self.sessions.get(link.port)
@@ -162,6 +184,16 @@ class SessionManager:
             return
         state = self._state(session.node, session.role)
         state.last_seen = self.mono()
+        if session.resume is not None:
+            if msg.from_seq < session.resume:
+                # Numbered by a lost counter (PROTOCOL.md 2.2 rule 7): stored, these seqs would
+                # stand for other records. Not stored; the node renumbers them on this ACK.
+                log.info(f"{session.node}: RECORDS from {msg.from_seq} not stored (seqs of a"
+                         f" lost counter); told again to resume at {session.resume}")
+                link.send(p.encode_frame(p.Ack(self.queue.ack_of(session.node),
+                                               session.resume)))
+                return
+            session.resume = None                   # the node has moved above what is stored
         try:
             # Group commit: RECORDS of other links arriving meanwhile share the fsync.
             result = await self.queue.store_grouped(session.node, session.role, msg.records,

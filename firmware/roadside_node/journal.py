@@ -2,12 +2,21 @@
 # dropped only when acked. Layout in NODE_DIR:
 #   journal.bin  append-only entries [len u16 LE][crc32 u32 LE][record CBOR]; a torn or corrupt
 #                tail (power cut mid-write) is cut off on load by rewriting the good prefix
-#   state.json   {"next_seq", "acked", "boot_count", "dropped_full"}, written atomically
-#                (temp file + rename). next_seq may lag the journal but never leads it: a record
-#                is flushed to journal.bin before state.json may say next_seq > its seq.
+#   state.json   {"next_seq", "acked", "boot_count", "dropped_full", "unsure", "crc"}, written
+#                atomically (temp file + rename). next_seq may lag the journal but never leads
+#                it: a record is flushed to journal.bin before state.json may say next_seq > its
+#                seq. The previous copy is kept as state.bak (renamed, not rewritten), so one
+#                damaged file cannot lose the counter; "crc" catches a damaged digit.
+#   unsure       when no good newest state was found (lost, damaged, a replaced board keeping
+#                its id), the counter may be behind what the gateway already stored: records
+#                from seq `unsure` on are not sent until the gateway answered HELLO (key 12),
+#                and renumbered above what it holds when it says so (ACK key 2, `resume`).
 # Only offsets are kept in RAM (4 bytes a record); records are read back from the file. The
 # offset array is never copied after load: an ACK moves a head index, compaction shifts it in
 # place (a copy per ACK of a 2,000-record backlog fragmented a 112k heap into MemoryError).
+# One handle both appends and reads: on LittleFS (the ESP32's filesystem) a second handle opened
+# for reading does not see bytes appended later through the first. Every record read back is
+# checked against the length and CRC of its head before it may go into a frame.
 import json
 import os
 import struct
@@ -39,6 +48,23 @@ def write_atomic(path, text):
     os.rename(tmp, path)
 
 
+def _state_crc(st):
+    return crc32(b"%d %d %d %d %d" % (st["next_seq"], st["acked"], st["boot_count"],
+                                     st["dropped_full"], st.get("unsure", 0))) & 0xFFFFFFFF
+
+
+def read_state(path):
+    """The state dict in `path`, or None when it is missing or damaged."""
+    try:
+        with open(path) as f:
+            st = json.load(f)
+        if "crc" in st and st["crc"] != _state_crc(st):  # no crc: saved before it existed
+            return None
+        return st
+    except Exception:  # missing, not JSON, not a map, a key or type wrong
+        return None
+
+
 def record_seq(rec):
     if not rec or rec[0] != 0x85:  # array(5)
         raise cbor.CBORError("not a record")
@@ -59,6 +85,7 @@ class Journal:
         self.acked = 0
         self.boot_count = 0
         self.dropped_full = 0
+        self.unsure = 0  # seqs from here on may collide with an earlier life (header comment)
         self.first = 1  # lowest seq held (== next_seq when empty)
         # offs[h:e + 1]: the file offset of each held record, then the end offset; entries
         # outside that range are stale (kept so the array does not shrink and regrow)
@@ -67,19 +94,20 @@ class Journal:
         self.e = 0
         self.dead = 0  # acked bytes still at the head of the file
         self._saved_next = 1  # next_seq as state.json has it
-        self._wf = None
-        self._rf = None
+        self._f = None  # journal.bin, opened "a+b": appends go to the end, reads seek
+        self.rereads = 0  # records that did not match their head: handle reopened, read again
+        self.unreadable = 0  # ... and still did not match: given up (counted, never sent)
+        self._bad = 0  # the seq found unreadable (read() answers None without rereading)
 
     # -- boot ---------------------------------------------------------------------------
     def load(self, boot=True):
-        st = {}
-        try:
-            with open(self.state_path) as f:
-                st = json.load(f)
-        except (OSError, ValueError):
-            st = {}
-        if not isinstance(st, dict):
-            st = {}
+        st = read_state(self.state_path)
+        trusted = st is not None
+        if st is None and (_exists(self.path) or _exists(self.state_path[:-4] + "bak")):
+            from .seqguard import recover_state  # lost or damaged: only then
+            st, trusted = recover_state(self)
+        elif st is None:  # a first boot, or a cut before the first save completed
+            st = read_state(self.state_path + ".tmp") or {}
         self.acked = int(st.get("acked", 0))
         self.boot_count = int(st.get("boot_count", 0)) + (1 if boot else 0)
         self.dropped_full = int(st.get("dropped_full", 0))
@@ -89,6 +117,8 @@ class Journal:
         if not self.count:
             self.first = self.next_seq
         self._saved_next = saved
+        # Not the newest good state: the gateway may hold seqs at or above next_seq already.
+        self.unsure = int(st.get("unsure", 0)) if trusted else self.next_seq
         if torn or self.dead:
             self.compact()
         self._save()
@@ -145,14 +175,34 @@ class Journal:
         self.first = first if first else hi + 1
         if torn:
             print("journal: torn tail cut at", off)
-        self.torn_at = off if torn else -1
         return hi, torn
 
     # -- state --------------------------------------------------------------------------
     def _save(self):
-        write_atomic(self.state_path, json.dumps({
-            "next_seq": self._saved_next, "acked": self.acked, "boot_count": self.boot_count,
-            "dropped_full": self.dropped_full}))
+        st = {"next_seq": self._saved_next, "acked": self.acked, "boot_count": self.boot_count,
+              "dropped_full": self.dropped_full, "unsure": self.unsure}
+        st["crc"] = _state_crc(st)
+        path = self.state_path
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(st))
+            f.flush()
+        try:
+            os.rename(path, path[:-4] + "bak")  # the previous copy stays whole: state.bak
+        except OSError:
+            pass  # the first save
+        os.rename(tmp, path)
+
+    def resume(self, to):
+        """ACK key 2: go on from seq `to` (seqguard.py; imported only when it comes)."""
+        from .seqguard import resume
+        resume(self, to)
+
+    def confirm(self):
+        """The gateway answered an unsure HELLO without `resume`: the numbering stands."""
+        if self.unsure:
+            self.unsure = 0
+            self._save()
 
     def mark_sent(self, seq):
         """Call before sending seq: state.json's next_seq then counts it as produced."""
@@ -189,11 +239,10 @@ class Journal:
             self.dropped_full += 1
             self._save()
             return 0
-        if self._wf is None:
-            self._wf = open(self.path, "ab")
-        self._wf.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
-        self._wf.write(rec)
-        self._wf.flush()
+        f = self._file()
+        f.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
+        f.write(rec)
+        f.flush()
         seq = self.next_seq
         if not self.count:
             self.first = seq
@@ -206,17 +255,53 @@ class Journal:
         self.next_seq = seq + 1
         return seq
 
+    def _file(self):
+        if self._f is None:
+            self._f = open(self.path, "a+b")
+        return self._f
+
+    def _read_at(self, off, n):
+        """The n-byte record at off if its head says length n and its CRC matches, else None."""
+        f = self._file()
+        f.seek(off)
+        head = f.read(_HEAD)
+        if len(head) != _HEAD:
+            return None
+        ln, crc = struct.unpack("<HI", head)
+        if ln != n:
+            return None
+        rec = f.read(n)
+        if len(rec) != n or crc32(rec) & 0xFFFFFFFF != crc:
+            return None
+        return rec
+
     def read(self, seq):
-        """The CBOR of a held record."""
+        """The CBOR of a held record, checked against its head; None when it still does not
+        match after reopening the file (counted in `unreadable`: it must not be sent)."""
         i = seq - self.first
         if i < 0 or i >= self.count:
             raise IndexError(seq)
-        if self._rf is None:
-            self._rf = open(self.path, "rb")
+        if seq == self._bad:
+            return None  # known unreadable: counted and logged once
         i += self.h
         off = self.offs[i]
-        self._rf.seek(off + _HEAD)
-        return self._rf.read(self.offs[i + 1] - off - _HEAD)
+        n = self.offs[i + 1] - off - _HEAD
+        rec = self._read_at(off, n)
+        if rec is None:
+            self.rereads += 1
+            print("journal: seq", seq, "did not match its head: reopening the file")
+            self.close()
+            rec = self._read_at(off, n)
+            if rec is None:
+                self.unreadable += 1
+                self._bad = seq
+                print("journal: seq", seq, "unreadable on flash: not sent")
+        return rec
+
+    def drop_unreadable(self, seq):
+        """Give up the first held record when read() cannot return it (seqguard.py)."""
+        from .seqguard import drop_unreadable
+        drop_unreadable(self, seq)
 
     def ack(self, upto):
         """Drop every record with seq <= upto; returns how many were dropped."""
@@ -263,8 +348,6 @@ class Journal:
         self.dead = 0
 
     def close(self):
-        for f in (self._wf, self._rf):
-            if f is not None:
-                f.close()
-        self._wf = None
-        self._rf = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None

@@ -83,11 +83,12 @@ def record(seq, t, kind, flags, body):
 
 
 def hello(node_id, role, fw, board, boot_count, reset_cause, next_seq, first_unacked,
-          free_heap=None, safe_mode=False):
-    """HELLO; the optional keys 10 (free heap) and 11 (safe mode, only when true) are added
-    when given, so a HELLO without them is byte-identical to the v1 vectors."""
+          free_heap=None, safe_mode=False, unsure=0):
+    """HELLO; the optional keys 10 (free heap), 11 (safe mode, only when true) and 12 (the
+    seq from which the node's counter is unsure, only when it is) are added when given, so a
+    HELLO without them is byte-identical to the v1 vectors."""
     w = cbor.Writer()
-    w.map(10 + (free_heap is not None) + bool(safe_mode))
+    w.map(10 + (free_heap is not None) + bool(safe_mode) + bool(unsure))
     w.int(0)
     w.int(T_HELLO)
     w.int(1)
@@ -114,6 +115,9 @@ def hello(node_id, role, fw, board, boot_count, reset_cause, next_seq, first_una
     if safe_mode:
         w.int(11)
         w.bool(True)
+    if unsure:
+        w.int(12)
+        w.int(unsure)
     return bytes(w.buf)
 
 
@@ -193,6 +197,8 @@ def parse(payload):
         raise ProtoError(E_MALFORMED, "key 0 must be a uint type")
     if mtype == T_ACK or mtype == T_TIME:
         _need(msg, 1, _uint, "a uint", mtype)
+        if mtype == T_ACK and 2 in msg:
+            _need(msg, 2, lambda v: _uint(v) and v >= 1, "a uint resume seq", mtype)
     elif mtype == T_COMMAND:
         _need(msg, 1, _uint, "a uint request id", mtype)
         _need(msg, 2, lambda v: isinstance(v, str), "a text name", mtype)

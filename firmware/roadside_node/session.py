@@ -70,10 +70,11 @@ class Session:
         self.send(proto.hello(self.config.get("node_id"), self.config.get("role"), self.fw,
                               self.config.get("board"), j.boot_count, self.hw.reset_cause(),
                               j.next_seq, j.first_unacked, self.hw.free_heap(),
-                              self.safe_mode))
+                              self.safe_mode, j.unsure))
         self.hello_at = self.hw.ticks_ms()
         self.send_seq = j.first_unacked  # the gateway's ACK will tell where it stands
-        self.log("hello sent next_seq %d first_unacked %d" % (j.next_seq, j.first_unacked))
+        self.log("hello sent next_seq %d first_unacked %d%s" % (
+            j.next_seq, j.first_unacked, " unsure from %d" % j.unsure if j.unsure else ""))
 
     # -- input --------------------------------------------------------------------------
     def on_payload(self, payload):
@@ -87,7 +88,7 @@ class Session:
             return
         if mtype == proto.T_ACK:
             self.up = True
-            self.on_ack(msg[1])
+            self.on_ack(msg[1], msg.get(2))
         elif mtype == proto.T_TIME:
             self.up = True
             self.time_base = (msg[1], self.hw.ticks_ms())
@@ -97,8 +98,19 @@ class Session:
         elif mtype == proto.T_ERROR:
             self.on_error(msg[1], msg.get(2, ""))
 
-    def on_ack(self, upto):
-        n = self.journal.ack(upto)
+    def on_ack(self, upto, resume=None):
+        j = self.journal
+        if resume is not None:
+            before = j.next_seq
+            j.resume(resume)  # first: held records move above what the gateway holds
+            if j.next_seq != before:
+                self.log("resume at %d" % resume)
+        elif j.unsure:
+            # no resume while unsure: the gateway holds nothing from j.unsure on (it would say
+            # so in every ACK), or predates key 12; never an ack of records numbered since
+            upto = min(upto, j.unsure - 1)
+            j.confirm()
+        n = j.ack(upto)
         if n:
             self.progress_at = self.hw.ticks_ms()
             self.log("ack %d" % upto)
@@ -146,6 +158,7 @@ class Session:
                    "board": c.get("board"), "boot_count": j.boot_count,
                    "next_seq": j.next_seq, "journal_records": j.count,
                    "dropped_full": j.dropped_full, "safe_mode": self.safe_mode,
+                   "journal_rereads": j.rereads, "journal_unreadable": j.unreadable,
                    "reset_cause": self.hw.reset_cause(), "free_heap": self.hw.free_heap()}
             if self.ble is not None:
                 out["ble"] = self.ble.stats()
@@ -226,11 +239,17 @@ class Session:
             seq = self.send_seq
             while seq < limit:
                 r = j.read(seq)
+                if r is None:  # does not match its journal head: never sent (journal.py)
+                    break
                 if recs and size + len(r) > self.max_payload:
                     break
                 recs.append(r)
                 size += len(r)
                 seq += 1
+            if not recs:
+                if seq == first:
+                    j.drop_unreadable(seq)  # lost on flash: the next `from` says so
+                break
             j.mark_sent(seq - 1)
             self.send(proto.records(first, recs))
             self.send_seq = seq

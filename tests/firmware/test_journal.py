@@ -25,7 +25,12 @@ def mp(tmp_path, code: str) -> dict:
 
 
 def state(tmp_path) -> dict:
-    return json.loads((tmp_path / "state.json").read_text())
+    """The node's saved state as its journal reads it: state.json, or when a kill landed
+    between the save's two renames, the whole new copy still in state.json.tmp."""
+    path = tmp_path / "state.json"
+    if not path.exists():
+        path = tmp_path / "state.json.tmp"
+    return json.loads(path.read_text())
 
 
 def test_append_ack_reboot_persistence(tmp_path):

@@ -28,7 +28,8 @@ def from_json(v):
 def build(m):
     t = m[0]
     if t == 1:
-        return proto.hello(m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[9])
+        return proto.hello(m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[9], m.get(10),
+                           m.get(11, False), m.get(12, 0))
     if t == 2:
         return proto.records(m[1], [proto.record(r[0], r[1], r[2], r[3], r[4]) for r in m[2]])
     if t == 5:

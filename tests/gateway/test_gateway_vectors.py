@@ -52,7 +52,7 @@ def test_every_frame_decodes_to_its_message(v):
 def test_gateway_sent_messages_encode_to_exactly_the_frame(v):
     message = from_json(v["message"])
     assert p.encode_frame(message).hex() == v["frame"]
-    typed = {p.ACK: lambda m: p.Ack(m[1]), p.TIME: lambda m: p.Time(m[1]),
+    typed = {p.ACK: lambda m: p.Ack(m[1], m.get(2)), p.TIME: lambda m: p.Time(m[1]),
              p.COMMAND: lambda m: p.Command(m[1], m[2], m.get(3)),
              p.ERROR: lambda m: p.Error(m[1], m[2], m.get(3))}[message[0]](message)
     assert p.encode_frame(typed).hex() == v["frame"]

@@ -27,6 +27,9 @@ OUT = Path(__file__).with_name("frames.json")
 MESSAGES: list[tuple[str, dict]] = [
     ("hello", {0: 1, 1: "wl-0001", 2: "water", 3: "0.1.0", 4: "sim", 5: 3, 6: "power_on",
                7: 42, 8: 1, 9: 40}),
+    # a node that lost its saved counter: seqs from 1 on are unsure (section 2.2, rule 7)
+    ("hello-unsure", {0: 1, 1: "wl-0001", 2: "water", 3: "0.1.0", 4: "sim", 5: 1,
+                      6: "power_on", 7: 4, 8: 1, 9: 1, 12: 1}),
     ("records-level-alarm-health", {0: 2, 1: 40, 2: [
         [40, 1795420800, 1, 0, {1: 12.5, 2: -0.25, 3: 1874}],
         [41, 1795420805, 2, 2, {1: "alert", 2: 50.75, 3: "normal"}],
@@ -38,6 +41,7 @@ MESSAGES: list[tuple[str, dict]] = [
     ("ack-one-byte", {0: 3, 1: 24}),
     ("ack-two-bytes", {0: 3, 1: 300}),
     ("ack-four-bytes", {0: 3, 1: 70000}),
+    ("ack-resume", {0: 3, 1: 300, 2: 301}),
     ("command-ping", {0: 4, 1: 1, 2: "ping"}),
     ("command-config-set", {0: 4, 1: 513, 2: "config.set",
                             3: {"key": "alert_cm", "value": 60}}),
