@@ -69,6 +69,7 @@ class Journal:
         self._saved_next = 1  # next_seq as state.json has it
         self._wf = None
         self._rf = None
+        self._stale = False  # appended since _rf was opened: LittleFS hides the new bytes
 
     # -- boot ---------------------------------------------------------------------------
     def load(self, boot=True):
@@ -194,6 +195,7 @@ class Journal:
         self._wf.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
         self._wf.write(rec)
         self._wf.flush()
+        self._stale = True
         seq = self.next_seq
         if not self.count:
             self.first = seq
@@ -211,8 +213,12 @@ class Journal:
         i = seq - self.first
         if i < 0 or i >= self.count:
             raise IndexError(seq)
+        if self._rf is not None and self._stale:
+            self._rf.close()  # a LittleFS read handle does not see later appends: reopen
+            self._rf = None
         if self._rf is None:
             self._rf = open(self.path, "rb")
+            self._stale = False
         i += self.h
         off = self.offs[i]
         self._rf.seek(off + _HEAD)
