@@ -10,6 +10,8 @@ _IOCTL_SYNC = const(3)
 _IOCTL_BLOCK_COUNT = const(4)
 _IOCTL_BLOCK_SIZE = const(5)
 _IOCTL_BLOCK_ERASE = const(6)
+_ERASE_STEP = const(256)
+_BLANK = b"\xff" * _ERASE_STEP
 
 
 class PowerLost(Exception):
@@ -30,10 +32,9 @@ class FileBlockDev:
         size = self.f.tell()
         want = count * BLOCK_SIZE
         if size < want:  # erased flash reads 0xFF
-            blank = b"\xff" * BLOCK_SIZE
             while size < want:
-                n = min(BLOCK_SIZE, want - size)
-                self.f.write(blank[:n])
+                n = min(_ERASE_STEP, want - size)
+                self.f.write(_BLANK if n == _ERASE_STEP else _BLANK[:n])
                 size += n
             self.f.flush()
 
@@ -46,8 +47,11 @@ class FileBlockDev:
         self.f.write(buf)
 
     def erase(self, n):
+        # in steps from one small buffer: a node's heap (96 KiB) has no room for 4 KiB each
+        # time, and on the board the flash driver erases without the Python heap at all
         self.f.seek(n * BLOCK_SIZE)
-        self.f.write(b"\xff" * BLOCK_SIZE)
+        for _ in range(BLOCK_SIZE // _ERASE_STEP):
+            self.f.write(_BLANK)
 
     def ioctl(self, op, arg):
         if op == _IOCTL_BLOCK_COUNT:
