@@ -1,15 +1,16 @@
-"""What a simulated node has produced, read from its NODE_DIR after it stopped.
+"""What a simulated node has produced, read from its flash image after it stopped.
 
 The count of records a node produced is its last seq: seqs start at 1 and are never reused.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+from typing import Any
 
 from .errors import ToolError
+from .vflash import FlashError, VFlash
 
 
 class NodeStateError(ToolError):
@@ -17,15 +18,20 @@ class NodeStateError(ToolError):
 
 
 def last_seq(node_dir: Path, log: Path | None = None) -> int:
-    """The highest seq the node has assigned (0 when it produced nothing)."""
-    state = node_dir / "state.json"
-    if state.exists():
+    """The highest seq the node has assigned (0 when it produced nothing): state.json in its
+    flash image (NODE_DIR/flash.img), else the highest seq its log shows."""
+    image = node_dir / "flash.img"
+    state = f"state.json in {image}"
+    data: Any = {}
+    if image.exists():
         try:
-            data = json.loads(state.read_text())
-        except ValueError as exc:
-            raise NodeStateError(f"{state} is not JSON: {exc}") from exc
-        if "next_seq" in data:
-            return int(data["next_seq"]) - 1
+            data = VFlash(image).get_json("state.json")
+        except FileNotFoundError:
+            pass
+        except FlashError as exc:
+            raise NodeStateError(f"{state}: {exc}") from exc
+    if isinstance(data, dict) and "next_seq" in data:
+        return int(data["next_seq"]) - 1
     if log is not None and log.exists():
         seqs = [int(m) for m in re.findall(r"\bseq[= ](\d+)", log.read_text(errors="replace"))]
         if seqs:

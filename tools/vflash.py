@@ -72,9 +72,10 @@ class VFlash:
                       else fs_blocks())
         self.blocks = blocks
 
-    def _run(self, *args: str, tries: int = 1) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str, tries: int = 1,
+             heapsize: str = HEAPSIZE) -> subprocess.CompletedProcess[str]:
         from .sim import micropython_binary
-        cmd = [micropython_binary(), "-X", f"heapsize={HEAPSIZE}", str(VFLASH),
+        cmd = [micropython_binary(), "-X", f"heapsize={heapsize}", str(VFLASH),
                str(self.image), str(self.blocks), *args]
         for attempt in range(tries):
             try:
@@ -126,6 +127,7 @@ class VFlash:
     def put(self, path: str, data: bytes | str) -> None:
         """Write PATH in the image (created and formatted when missing). Node stopped."""
         raw = data.encode() if isinstance(data, str) else data
+        self.image.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="vflash-") as tmp:
             src = Path(tmp) / "in"
             src.write_bytes(raw)
@@ -148,13 +150,13 @@ class VFlash:
         if done.returncode == _EXIT_MISSING:
             raise FileNotFoundError(f"{path} is not in {self.image}")
 
-    def run(self, code: str) -> str:
-        """Exec MicroPython `code` with the image mounted at / (cwd /, the host at /host);
-        returns what it printed."""
+    def run(self, code: str, heapsize: str = HEAPSIZE) -> str:
+        """Exec MicroPython `code` with the image mounted at / (cwd /, the host at /host:
+        sys.path entries for host code need that prefix); returns what it printed."""
         with tempfile.TemporaryDirectory(prefix="vflash-") as tmp:
             src = Path(tmp) / "snippet.py"
             src.write_text(code)
-            return self._run("run", str(src)).stdout
+            return self._run("run", str(src), heapsize=heapsize).stdout
 
 
 def main(argv: list[str] | None = None) -> int:

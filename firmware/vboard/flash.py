@@ -7,7 +7,7 @@ import sys
 
 import vfs
 
-from .blockdev import FileBlockDev
+from .filedev import FileBlockDev
 
 HOST = "/host"
 
