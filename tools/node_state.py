@@ -6,6 +6,7 @@ The count of records a node produced is its last seq: seqs start at 1 and are ne
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,36 @@ def last_seq(node_dir: Path, log: Path | None = None) -> int:
             return max(seqs)
     raise NodeStateError(f"cannot tell how many records {node_dir.name} produced: "
                          f"no next_seq in {state} and no seq in its log")
+
+
+def held_seqs(node_dir: Path) -> set[int]:
+    """Seqs still in the node's journal and not acknowledged (state.json's `acked`): records
+    a stopped node holds and would send after its next boot; not lost."""
+    flash = VFlash(node_dir / "flash.img")
+    try:
+        journal = flash.get("journal.bin")
+        acked = int(flash.get_json("state.json").get("acked", 0))
+    except (FileNotFoundError, FlashError, ValueError):
+        return set()
+    held, i = set(), 0
+    while i + 6 <= len(journal):          # records: <u16 len><u32 crc> CBOR [seq, t, ...]
+        size = struct.unpack_from("<H", journal, i)[0]
+        seq = _cbor_uint(journal, i + 7)  # after the head and the array(5) byte
+        if seq is None or i + 6 + size > len(journal):
+            break                          # a torn tail: the node drops it at boot
+        if seq > acked:
+            held.add(seq)
+        i += 6 + size
+    return held
+
+
+def _cbor_uint(buf: bytes, at: int) -> int | None:
+    if at >= len(buf) or buf[at] >> 5 != 0:
+        return None
+    info = buf[at] & 0x1F
+    if info < 24:
+        return info
+    width = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    if width is None or at + 1 + width > len(buf):
+        return None
+    return int.from_bytes(buf[at + 1:at + 1 + width], "big")
