@@ -111,3 +111,21 @@ def test_vflash_reports_a_blank_image_and_a_missing_file_clearly(tmp_path: Path)
     assert flash.ls("/") == []
     with pytest.raises(FlashError, match="no flash image"):
         VFlash(tmp_path / "none.img").get("config.json")
+
+
+def test_the_flash_driver_erases_without_allocating(tmp_path: Path):
+    # a node's heap is 96 KiB: a 4 KiB buffer per erase failed there with MemoryError (on the
+    # board the driver is C and uses no Python heap at all)
+    out = run_stdout(f"""
+import micropython
+from vboard.blockdev import BLOCK_SIZE, FileBlockDev
+dev = FileBlockDev({str(tmp_path / "f.img")!r}, 4)
+buf = bytearray(BLOCK_SIZE)
+dev.writeblocks(1, b"\\x00" * 64, 100)
+micropython.heap_lock()
+dev.erase(1)
+dev.readblocks(1, buf)
+micropython.heap_unlock()
+print(buf == b"\\xff" * BLOCK_SIZE)
+""")
+    assert out.split() == ["True"]
