@@ -17,6 +17,7 @@ import pytest
 from roadside.tools.node_state import held_seqs
 from roadside.tools.sim import Simulation
 from roadside.tools.vflash import BLOCK_SIZE, FlashError, VFlash, create_image, fs_blocks
+from roadside.tools.vflash import main as vflash_main
 from support.micropython import run_stdout
 
 NODE_FILES = {"config.json", "journal.bin", "state.json", "bootguard.json", "secret.bin"}
@@ -97,7 +98,7 @@ def test_littlefs_read_after_append_shows_in_a_nodes_flash(tmp_path: Path):
                                                                     "fresh", "100"]
 
 
-def test_vflash_reports_a_blank_image_and_a_missing_file_clearly(tmp_path: Path):
+def test_vflash_reports_a_blank_image_and_a_missing_file_clearly(tmp_path: Path, capfd):
     image = tmp_path / "flash.img"
     create_image(image, 16)
     with pytest.raises(FlashError, match="holds no LittleFS filesystem"):
@@ -107,6 +108,11 @@ def test_vflash_reports_a_blank_image_and_a_missing_file_clearly(tmp_path: Path)
     flash.put("a.txt", b"x")
     with pytest.raises(FileNotFoundError, match="b.txt is not in"):
         flash.get("b.txt")
+    assert vflash_main([str(tmp_path), "ls"]) == 0             # the node dir or the image
+    assert vflash_main([str(image), "get", "a.txt"]) == 0
+    assert capfd.readouterr().out == "a.txt\nx"
+    assert vflash_main([str(image), "get", "b.txt"]) == 1
+    assert capfd.readouterr().err == f"error: b.txt is not in {image}\n"
     flash.rm("a.txt")
     assert flash.ls("/") == []
     with pytest.raises(FlashError, match="no flash image"):
