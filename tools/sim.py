@@ -37,8 +37,8 @@ EXIT_RESET = 3
 # An ESP32 without PSRAM has 96 KiB, plus what the twin keeps in the heap where the board does
 # not: the flash driver (firmware/vboard filedev.py and flash.py, and sim_main.py's wiring: C
 # in esp32.Partition and _boot.py frozen on the board). Measured: 6.3 KiB less free heap
-# before the app starts than on the host filesystem, for every role; LittleFS's own buffers
-# are in both heaps and not counted.
+# before the app starts than on the host filesystem, for every role (bench/bench_twin_flash.py
+# shows the driver's part); LittleFS's own buffers are in both heaps and not counted.
 FLASH_DRIVER_HEAP = 6656
 HEAPSIZE = str(96 * 1024 + FLASH_DRIVER_HEAP)
 # A BLE node: hw/sim_bluetooth.py and its buffers (~10 KiB) live in the MicroPython heap here,
