@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from roadside.tools.node_state import held_seqs
 from roadside.tools.sim import Simulation
 from roadside.tools.vflash import BLOCK_SIZE, FlashError, VFlash, create_image, fs_blocks
 from roadside.tools.vflash import main as vflash_main
-from support.micropython import run_stdout
+from support.install_support import virtual_board
+from support.micropython import FIRMWARE, run_stdout
 
 NODE_FILES = {"config.json", "journal.bin", "state.json", "bootguard.json", "secret.bin"}
 
@@ -135,3 +138,21 @@ micropython.heap_unlock()
 print(buf == b"\\xff" * BLOCK_SIZE)
 """)
     assert out.split() == ["True"]
+
+
+def test_the_virtual_board_is_the_same_twin(tmp_path: Path):
+    # its boot, machine and esp32 are firmware/vboard's files; its files are in its image,
+    # read through vflash like a node's; RTC memory is hardware: in its host dir
+    code = ("import machine, esp32; machine.RTC().memory(b'rtc!'); "
+            "f = open('/x.txt', 'w'); f.write('on flash'); f.close(); "  # unclosed: not kept
+            "print(machine.__file__, esp32.__file__)")
+    with virtual_board(tmp_path / "board") as board:
+        done = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "exec",
+                               code], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr + done.stdout
+    assert done.stdout.split() == [str(FIRMWARE / "vboard" / "vmachine.py"),
+                                   str(FIRMWARE / "vboard" / "vesp32.py")]
+    assert VFlash(board.image).get("x.txt") == b"on flash"
+    assert (board.dir / "rtc.bin").read_bytes() == b"rtc!"
+    assert not (board.dir / "x.txt").exists()
+    assert board.image.stat().st_size == fs_blocks("esp32-devkitc-v4") * BLOCK_SIZE
