@@ -1,29 +1,71 @@
-# Unix-port entry: micropython -X heapsize=96k firmware/sim_main.py NODE_DIR [MPY_DIR]
-# NODE_DIR is the node's flash (config.json, journal, state); a reset exits with status 3.
-# MPY_DIR (optional): precompiled firmware (mpy-cross, see tools/sim.py build_mpy), imported
-# ahead of the sources: compiling the sources needs more heap than a 64 KiB node has.
+# Unix-port entry of a simulated node: micropython -X heapsize=N firmware/sim_main.py NODE_DIR
+# [MPY_DIR] (N: tools/sim.py HEAPSIZE, the board's 96 KiB plus this twin's flash driver; a
+# node started with less than the board has fails for the wrong reason). NODE_DIR is the node's host directory: flash.img, its flash (LittleFS2 mounted as
+# / as the ESP32 port does: config.json, journal, state, secret), and what is not flash:
+# wiring.json (pty, scenario, speed, seed...: tools/sim.py writes it), reset cause, RTC memory.
+# The firmware is the board's "ROM": imported from the host (/host), from MPY_DIR (mpy-cross,
+# see tools/sim.py build_mpy) ahead of the sources: compiling them needs more heap than a
+# node has. A reset exits with status 3.
+import json
 import os
 import sys
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0] if "/" in __file__ else ".")
-if len(sys.argv) > 2:
-    sys.path.insert(0, sys.argv[2])
 
-from roadside_node.app import App  # noqa: E402
-from roadside_node.config import Config, ConfigError  # noqa: E402
-from roadside_node.hw.sim import SimHW  # noqa: E402
+def _abs(path):
+    return path if path.startswith("/") else os.getcwd().rstrip("/") + "/" + path
+
+
+_FIRMWARE = _abs(__file__).rsplit("/", 1)[0]
+_ROM = [_abs(sys.argv[2])] if len(sys.argv) > 2 else []
+sys.path[:0] = _ROM + [_FIRMWARE]
+
+from vboard.flash import host_path, mount_image  # noqa: E402
+
+
+def _wiring(node_dir):
+    """wiring.json with its host paths as the mounted board sees them (under /host)."""
+    try:
+        with open(node_dir + "/wiring.json") as f:
+            wiring = json.load(f)
+    except (OSError, ValueError) as e:
+        print("no usable wiring.json in %s (%s): prepare NODE_DIR with tools/sim.py write_node"
+              " (roadside sim does)" % (node_dir, e))
+        sys.exit(2)
+    sim = {}
+    for key, value in wiring.get("sim", {}).items():
+        sim[key] = host_path(value) if isinstance(value, str) and value.startswith("/") else value
+    sim["hw_dir"] = host_path(node_dir)  # reset cause, RTC memory: hardware, not flash
+    return wiring, sim
 
 
 def main():
     if len(sys.argv) < 2:
         print("usage: sim_main.py NODE_DIR [MPY_DIR]")
         sys.exit(2)
-    os.chdir(sys.argv[1])
+    node_dir = _abs(sys.argv[1]).rstrip("/")
+    wiring, sim = _wiring(node_dir)
+    mount_image(node_dir + "/flash.img", int(wiring["blocks"]))
+    sys.path[:] = [host_path(d) for d in _ROM + [_FIRMWARE]] + [".frozen"]
+
+    from roadside_node.app import App
+    from roadside_node.config import Config, ConfigError
+    from roadside_node.hw.sim import SimHW
+
+    class WiredConfig(Config):
+        """The node's config.json from its flash; `sim` is the wiring, never stored."""
+
+        wiring = {}  # type: dict
+
+        @property
+        def sim(self):
+            return self.wiring
+
     try:
-        config = Config.load()
+        config = WiredConfig.load()
     except ConfigError as e:
         print("config error:", e)
         sys.exit(2)
+    config.wiring = sim
     hw = SimHW(config)
     try:
         App(hw, config).run()

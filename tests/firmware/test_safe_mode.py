@@ -18,20 +18,14 @@ def _gateway(tmp_path, **cfg) -> Gateway:
     return g
 
 
-def _set_sim(g: Gateway, **sim) -> None:
-    cfg = json.loads((g.dir / "config.json").read_text())
-    cfg["sim"].update(sim)
-    (g.dir / "config.json").write_text(json.dumps(cfg))
-
-
 def test_three_crashes_then_safe_mode_with_a_working_session(tmp_path):
     g = _gateway(tmp_path, health_interval_s=10)
-    _set_sim(g, crash_after_s=2, speed=20)
+    g.set_sim(crash_after_s=2, speed=20)
     try:
         for n in range(1, 4):
             g.start()
             assert g.proc.wait(timeout=10) == 3                  # crash -> reset (panic)
-            assert json.loads((g.dir / "bootguard.json").read_text()) == {"unhealthy": n}
+            assert g.read_json("bootguard.json") == {"unhealthy": n}
         assert "simulated crash" in g.log.read_text()
         g.buf = b""
         g.start()
@@ -58,7 +52,7 @@ def test_three_crashes_then_safe_mode_with_a_working_session(tmp_path):
         assert g.proc.poll() is None
         g.send({0: 4, 1: 2, 2: "config.set", 3: {"key": "datum_mm", "value": 2800}})
         assert g.expect(5)[2] is True
-        assert json.loads((g.dir / "bootguard.json").read_text()) == {"unhealthy": 0}
+        assert g.read_json("bootguard.json") == {"unhealthy": 0}
         assert "safe mode: 3 boots died" in g.log.read_text()
     finally:
         g.kill()
@@ -66,16 +60,16 @@ def test_three_crashes_then_safe_mode_with_a_working_session(tmp_path):
 
 def test_a_healthy_minute_clears_the_boot_counter(tmp_path):
     g = _gateway(tmp_path)
-    _set_sim(g, speed=60)
-    (g.dir / "bootguard.json").write_text(json.dumps({"unhealthy": 2}))
+    g.set_sim(speed=60)
+    g.write_json("bootguard.json", {"unhealthy": 2})
     try:
         g.start()
         hello = g.expect(1)
         assert 11 not in hello                                  # 2 < 3: not safe mode
-        assert json.loads((g.dir / "bootguard.json").read_text()) == {"unhealthy": 3}
+        assert g.read_json("bootguard.json") == {"unhealthy": 3}
         deadline = time.monotonic() + 5
         while "healthy minute" not in g.log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert json.loads((g.dir / "bootguard.json").read_text()) == {"unhealthy": 0}
+        assert g.read_json("bootguard.json") == {"unhealthy": 0}
     finally:
         g.kill()

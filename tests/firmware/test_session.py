@@ -19,7 +19,8 @@ from pathlib import Path
 import cbor2
 import pytest
 from cobs import cobs
-from roadside.tools.sim import build_mpy
+from roadside.tools.sim import HEAPSIZE, build_mpy, write_node
+from roadside.tools.vflash import fs_blocks
 from support.micropython import FIRMWARE, MICROPYTHON
 
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "water" / "flood.json"
@@ -37,15 +38,30 @@ class Gateway:
         tty.setraw(self.master)
         self.path = os.ttyname(slave)
         os.close(slave)
-        node_dir.mkdir(exist_ok=True)
-        cfg = {"node_id": "wl-0042", "role": "water", "board": "sim",
-               "sim": {"uart": self.path, "scenario": str(SCENARIO), "speed": 20, "seed": 3}}
-        cfg.update(config)
-        (node_dir / "config.json").write_text(json.dumps(cfg))
+        # the node's flash (an image: config.json, journal, state) and its wiring (outside)
+        self.sim = {"uart": self.path, "scenario": str(SCENARIO), "speed": 20, "seed": 3}
+        cfg = {"node_id": "wl-0042", "role": "water", "board": "sim", **config}
+        self.flash = write_node(node_dir, cfg, self.wiring())
         self.buf = b""
         self.proc: subprocess.Popen | None = None
         self.log = node_dir / "node.log"
-        self.heapsize = "96k"  # an ESP32 without PSRAM; precompiled firmware (build_mpy)
+        self.heapsize = HEAPSIZE  # an ESP32 without PSRAM; precompiled firmware (build_mpy)
+
+    def wiring(self) -> dict:
+        return {"board": "sim", "blocks": fs_blocks(), "sim": self.sim}
+
+    def set_sim(self, **sim) -> None:
+        """Change the node's wiring (scenario, speed, ...): takes effect at the next start."""
+        self.sim.update(sim)
+        (self.dir / "wiring.json").write_text(json.dumps(self.wiring()))
+
+    def read_json(self, name: str):
+        """A JSON file from the node's flash image."""
+        return self.flash.get_json(name)
+
+    def write_json(self, name: str, doc) -> None:
+        """Put a JSON file into the node's flash (the node must be stopped)."""
+        self.flash.put_json(name, doc)
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -149,7 +165,7 @@ def test_session_records_acks_commands_and_restart(gw):
     gw.send({0: 3, 1: 2})
     time.sleep(1.0)
     gw.kill()
-    produced = json.loads((gw.dir / "state.json").read_text())["next_seq"] - 1
+    produced = gw.read_json("state.json")["next_seq"] - 1
     assert produced >= 3
 
     gw.other = []
@@ -183,7 +199,7 @@ def test_records_before_hello_answer_and_error_3_trigger_hello(gw):
     gw.send({0: 4, 1: 6, 2: "reboot"})
     assert gw.expect(5) == {0: 5, 1: 6, 2: True, 3: True}
     assert gw.proc.wait(timeout=5) == 3                       # EXIT_RESET
-    assert json.loads((gw.dir / "config.json").read_text())["report_interval_s"] == 30
+    assert gw.read_json("config.json")["report_interval_s"] == 30
     gw.start()
     hello = gw.expect(1)
     assert hello[6] == "soft" and hello[5] == 2
@@ -192,10 +208,7 @@ def test_records_before_hello_answer_and_error_3_trigger_hello(gw):
 def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
     g = Gateway(tmp_path / "node", journal_max_bytes=2048, health_interval_s=60,
                 fast_interval_s=2, report_interval_s=2)
-    g.sim_speed = 100
-    cfg = json.loads((g.dir / "config.json").read_text())
-    cfg["sim"]["speed"] = 100
-    (g.dir / "config.json").write_text(json.dumps(cfg))
+    g.set_sim(speed=100)
     g.other = []
     try:
         g.start()
@@ -221,7 +234,7 @@ def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
         assert seqs == list(range(1, seqs[-1] + 1)) and seqs[-1] >= hello[7] + 5
         log = g.log.read_text()
         assert "journal full: dropped" in log
-        state = json.loads((g.dir / "state.json").read_text())
+        state = g.read_json("state.json")
         assert state["dropped_full"] > 0
         assert health and all(h[1] > 20000 for h in health)   # free heap stays healthy
     finally:

@@ -28,9 +28,9 @@ from roadside.tools.sim import (
     NodeSpec,
     SimNode,
     build_mpy,
-    micropython_binary,
     resolve_scenario,
 )
+from roadside.tools.vflash import VFlash
 
 from .bleak_bumble import BumbleBackend
 
@@ -83,26 +83,23 @@ class BleRig:
                            "scenario": str(self.scenario), "speed": self.speed, "seed": i}}
             spec = NodeSpec(node, self.role, self.scenario, self.speed, seed=i, config=cfg)
             sim = SimNode(spec, self.tmp / "run", mpy=mpy)
-            sim.dir.mkdir(parents=True, exist_ok=True)
-            (sim.dir / "secret.bin").write_bytes(secret_for(i))
+            await asyncio.to_thread(sim.flash.put, "secret.bin", secret_for(i))  # provisioned
             if prefill:
-                await self._prefill(sim.dir, prefill, mpy)
+                await self._prefill(sim.flash, prefill, mpy)
             await sim.start()
             self.nodes.append(sim)
 
-    async def _prefill(self, node_dir: Path, n: int, mpy: Path | None) -> None:
-        """Append n level records to the node's journal with the firmware's own Journal."""
-        code = (f"import sys\nsys.path.insert(0, {str(mpy or FIRMWARE)!r})\n"
+    async def _prefill(self, flash: VFlash, n: int, mpy: Path | None) -> None:
+        """Append n level records to the node's journal (in its flash image) with the
+        firmware's own Journal."""
+        code = (f"import sys\nsys.path.insert(0, {'/host' + str(mpy or FIRMWARE)!r})\n"
                 "from roadside_node.journal import Journal\n"
                 f"j = Journal(max_bytes={self.extra.get('journal_max_bytes', 262144)})\n"
                 "j.load()\n"
                 f"for i in range({n}):\n"
                 "    j.append(1000 + i, 1, 1, {1: 12.5 + i % 7, 2: 0.25, 3: 2875})\n"
                 "j.close()\n")
-        proc = await asyncio.create_subprocess_exec(
-            micropython_binary(), "-X", "heapsize=256k", "-c", code, cwd=str(node_dir))
-        if await proc.wait() != 0:
-            raise RuntimeError(f"journal prefill failed in {node_dir}")
+        await asyncio.to_thread(flash.run, code, "256k")
 
     def write_secrets(self) -> list[Path]:
         out = []

@@ -1,13 +1,18 @@
 # A stand-in firmware entry for testing the launcher itself (not the firmware): it runs under
-# the real MicroPython, reads NODE_DIR/config.json, opens the uart like sim_main.py does,
-# announces itself, resets once (exit 3) and then waits to be stopped.
+# the real MicroPython, mounts NODE_DIR/flash.img as / like sim_main.py does, reads its
+# config.json there and the uart from NODE_DIR/wiring.json, announces itself, resets once
+# (exit 3) and then waits to be stopped.
 import json
-import os
 import sys
 import time
 
 node_dir = sys.argv[1]
-os.chdir(node_dir)
+sys.path.insert(0, __file__.rsplit("/", 3)[0] + "/firmware")
+from vboard.flash import host_path, mount_image  # noqa: E402
+
+with open(node_dir + "/wiring.json") as f:
+    wiring = json.load(f)
+mount_image(node_dir + "/flash.img", wiring["blocks"])
 with open("config.json") as f:
     config = json.load(f)
 try:
@@ -18,9 +23,9 @@ except OSError:
 boots += 1
 with open("boots", "w") as f:
     f.write(str(boots))
-uart = open(config["sim"]["uart"], "wb")
+uart = open(host_path(wiring["sim"]["uart"]), "wb")
 uart.write(b"%s boot %d\n" % (config["node_id"].encode(), boots))
-print("booted", boots, "speed", config["sim"]["speed"])
+print("booted", boots, "speed", wiring["sim"]["speed"])
 if boots == 1:
     sys.exit(3)
 while True:

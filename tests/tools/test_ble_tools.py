@@ -71,7 +71,7 @@ def test_config_over_ble(rig: tuple[BleRig, asyncio.AbstractEventLoop], tmp_path
         assert link.command("config.get", {"key": "report_interval_s"}) == 30
         with pytest.raises(CommandFailed, match="refused over BLE"):
             link.command("secret.set", {"secret": "00" * 32})
-    cfg = json.loads((r.nodes[1].dir / "config.json").read_text())
+    cfg = r.nodes[1].flash.get_json("config.json")
     assert cfg["report_interval_s"] == 30
     wrong = tmp_path / "wrong.key"
     wrong.write_text("11" * 32)
@@ -115,7 +115,7 @@ def test_config_cli_over_ble(radio: BleRig, tmp_path: Path,
     assert cli.main(["config", "apply", "--ble", "wl-0002", str(settings), "--yes"]) == 0
     out = capsys.readouterr()
     assert "ble:wl-0002: 1 change(s)" in out.err and "170.0 -> 180.0" in out.err
-    cfg = json.loads((radio.nodes[1].dir / "config.json").read_text())
+    cfg = radio.nodes[1].flash.get_json("config.json")
     assert cfg["report_interval_s"] == 30 and cfg["thresholds"]["alarm_cm"] == 180.0
 
 

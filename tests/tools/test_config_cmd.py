@@ -79,20 +79,24 @@ def test_secret_provisioned_over_serial(water_sim: Simulation, node_port: str, c
                                         tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(ble_transport, "SECRETS_DIR", tmp_path / "secrets")
     key = tmp_path / "secrets" / "wl-0001.key"
-    on_node = water_sim.nodes[0].dir / "secret.bin"
+    flash = water_sim.nodes[0].flash   # the secret lives in the node's flash image
+
+    def on_node() -> bytes:
+        return flash.get("secret.bin")
+
     assert cli.main(["config", "secret", node_port]) == 0        # a new key, made here
     secret = bytes.fromhex(key.read_text())
     fp = ble_auth.fingerprint(secret)
     assert f"wl-0001: secret set (fingerprint {fp}); key file {key} (new)" in \
         capsys.readouterr().out
-    assert key.stat().st_mode & 0o777 == 0o600 and on_node.read_bytes() == secret
+    assert key.stat().st_mode & 0o777 == 0o600 and on_node() == secret
     assert cli.main(["config", "secret", node_port, "--json", "--resend"]) == 0  # the key again
     doc = json.loads(capsys.readouterr().out)
-    assert doc["new"] is False and doc["fingerprint"] == fp and on_node.read_bytes() == secret
+    assert doc["new"] is False and doc["fingerprint"] == fp and on_node() == secret
     assert cli.main(["config", "secret", node_port, "--new"]) == 0    # rotation
     capsys.readouterr()
     rotated = bytes.fromhex(key.read_text())
-    assert rotated != secret and on_node.read_bytes() == rotated
+    assert rotated != secret and on_node() == rotated
     assert "secret" not in json.dumps(_config(node_port, capsys))     # never in config.get
     assert cli.main(["config", "secret", "--ble", "wl-0001"]) == 2
     err = capsys.readouterr().err

@@ -17,6 +17,15 @@ def test_compare_finds_missing_and_out_of_order():
     assert by["c"].missing == [] and by["c"].out_of_order == 1
 
 
+def test_a_seq_left_in_a_stopped_nodes_journal_is_held_not_missing():
+    (r,) = compare({"a": 4}, {"a": [1, 2]}, {"a": {4}})     # 4: unacked in its journal
+    assert (r.missing, r.held, r.delivered) == ([3], 1, 2)  # 3: not there, not held: lost
+    assert not Summary([r], 0, 0, 0).ok
+    (r,) = compare({"a": 4}, {"a": [1, 2, 3]}, {"a": {3, 4}})  # 3 arrived, ACK did not
+    assert (r.missing, r.held, r.delivered) == ([], 1, 3) and Summary([r], 0, 0, 0).ok
+    assert "held by node" in Summary([r], 0, 0, 0).lines()[2]
+
+
 def test_summary_ok_only_when_exactly_once_in_order():
     perfect = compare({"a": 2}, {"a": [1, 2]})
     assert Summary(perfect, 0, 3, 0).ok

@@ -52,7 +52,7 @@ def test_virtual_board_speaks_mpremote(tmp_path: Path):
 
 
 def test_deploy_while_the_board_still_boots(tmp_path: Path, capsys):
-    # Regression: deploy's Ctrl-C used to reach a board still in vboot.py (a fresh board on
+    # Regression: deploy's Ctrl-C used to reach a board still booting (a fresh board on
     # a loaded machine): it interrupted the boot and `-i` gave a bare unix REPL on the host's
     # root filesystem, so deploy surveyed and wrote / of the host ("copy 0 of 21 files" when
     # an earlier run had left files there) and the real board never said hello.

@@ -1,4 +1,4 @@
-"""The node launcher: NODE_DIR and config.json, restart on exit 3, clean stop.
+"""The node launcher: NODE_DIR (flash image, wiring), restart on exit 3, clean stop.
 
 The launcher is exercised with a tiny stand-in entry script under the real MicroPython (the
 firmware has its own tests; here we test what the launcher does around any firmware).
@@ -58,11 +58,15 @@ def test_nodes_boot_reset_and_stop(tmp_path: Path):
             await sim.stop()
 
     asyncio.run(main())
-    config = json.loads((tmp_path / "nodes" / "wl-0002" / "config.json").read_text())
+    node_dir = tmp_path / "nodes" / "wl-0002"
+    config = sim.node("wl-0002").flash.get_json("config.json")   # in the node's flash
     assert config["node_id"] == "wl-0002" and config["role"] == "water"
-    assert config["sim"]["speed"] == 30 and config["sim"]["seed"] == 2
-    assert config["sim"]["uart"].startswith("/dev/pts/")
-    assert config["thresholds"] == {"alert_cm": 50}
+    assert config["thresholds"] == {"alert_cm": 50} and "sim" not in config
+    assert sim.node("wl-0002").flash.get("boots") == b"2"
+    wiring = json.loads((node_dir / "wiring.json").read_text())  # outside it, as on a board
+    assert wiring["sim"]["speed"] == 30 and wiring["sim"]["seed"] == 2
+    assert wiring["sim"]["uart"].startswith("/dev/pts/")
+    assert sorted(p.name for p in node_dir.iterdir()) == ["flash.img", "wiring.json"]
     log = (tmp_path / "logs" / "wl-0001.log").read_text()
     assert "booted 1" in log and "booted 2" in log
     for pid in pids:

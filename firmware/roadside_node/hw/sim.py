@@ -1,5 +1,7 @@
 # Simulated hardware for the MicroPython unix port: the link UART is a pty (config sim.uart),
-# the sensor follows a scenario file, storage is NODE_DIR (the cwd), a reset exits with 3.
+# the sensor follows a scenario file, a reset exits with 3. Storage is the cwd (the node's
+# flash image, mounted as / by sim_main.py); what is hardware but not flash (reset cause, RTC
+# memory and clock, the plan select lines' log) goes to sim.hw_dir, the node's host dir.
 # Role time runs sim.speed times faster than real time; protocol timeouts stay real.
 import json
 import os
@@ -74,6 +76,8 @@ class SimHW:
                 from .sim_toll import SimReader
                 self.reader = SimReader(data, int(sim.get("seed", 0)))
         self._t0 = time.ticks_ms()
+        hw_dir = sim.get("hw_dir")
+        self._hw = hw_dir + "/" if hw_dir else ""  # prefix of the non-flash files
         self.uart = None
         if sim.get("uart"):
             self.uart = open(sim["uart"], "r+b")
@@ -85,20 +89,20 @@ class SimHW:
             termios.tcsetattr(fd, termios.TCSANOW, attr)
         self._cause = "power_on"
         try:
-            with open(RESET_FILE) as f:
+            with open(self._hw + RESET_FILE) as f:
                 self._cause = f.read().strip() or "unknown"
-            os.remove(RESET_FILE)
+            os.remove(self._hw + RESET_FILE)
         except OSError:
             pass
         self._base = 0.0  # role time at boot: continues across a deep sleep, like the RTC
         if self._cause == "deepsleep":
             try:
-                with open(CLOCK_FILE) as f:
+                with open(self._hw + CLOCK_FILE) as f:
                     self._base = float(f.read())
             except (OSError, ValueError):
                 pass
         elif self._cause == "power_on":
-            _remove(RTC_FILE)
+            _remove(self._hw + RTC_FILE)
         self.ble_path = sim.get("ble")  # pty to the BLE bridge; None: no BLE
         self.battery = int(sim.get("battery_pct", 255))  # advertised (255: mains / unknown)
         self.crash_after_s = sim.get("crash_after_s")  # a crash-looping node (safe mode tests)
@@ -202,7 +206,7 @@ class SimHW:
         """The controller's plan select lines: what was set is kept, and logged to a file."""
         t = self.role_ms()
         self.signal.plans.append((t, plan))  # type: ignore[union-attr]
-        with open("plan_select.log", "a") as f:
+        with open(self._hw + "plan_select.log", "a") as f:
             f.write("%d %d\n" % (t, plan))
 
     def fault_output(self, active):
@@ -233,24 +237,24 @@ class SimHW:
 
     def rtc_load(self):
         try:
-            with open(RTC_FILE, "rb") as f:
+            with open(self._hw + RTC_FILE, "rb") as f:
                 return f.read()
         except OSError:
             return b""
 
     def rtc_save(self, data):
-        with open(RTC_FILE, "wb") as f:
+        with open(self._hw + RTC_FILE, "wb") as f:
             f.write(data)
 
     def deepsleep(self, ms):
         """Sleep ms of role time (ms / speed real), then come back as a deep sleep wake."""
-        with open(CLOCK_FILE, "w") as f:
+        with open(self._hw + CLOCK_FILE, "w") as f:
             f.write(str(self.sim_s() + ms / 1000))
         time.sleep_ms(int(ms / self.speed))
         self.reset("deepsleep")
 
     def reset(self, cause="soft"):
-        with open(RESET_FILE, "w") as f:
+        with open(self._hw + RESET_FILE, "w") as f:
             f.write(cause)
         sys.exit(EXIT_RESET)
 
