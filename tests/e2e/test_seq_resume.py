@@ -19,7 +19,8 @@ from roadside.gateway.links.serial import SerialLink
 from roadside.gateway.queue import Queue
 from roadside.gateway.session import SessionManager
 from roadside.tools.sim import NodeSpec, SimNode, build_mpy, resolve_scenario
-from support.micropython import run_stdout
+from roadside.tools.vflash import VFlash
+from support.micropython import FIRMWARE
 
 NODE = "wl-0001"
 TEST_TIMEOUT_S = 150.0
@@ -34,23 +35,28 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def lose_state(node_dir: Path, how: str) -> None:
-    """The node's flash after the loss: no journal, and its state gone or damaged."""
+    """The node's flash (its LittleFS image) after the loss: no journal, and its state gone
+    or damaged."""
+    flash = VFlash(node_dir / "flash.img")
+    names = flash.ls("/")
     for name in ("journal.bin", "state.bak", "state.json.tmp"):
-        (node_dir / name).unlink(missing_ok=True)
-    state = node_dir / "state.json"
+        if name in names:
+            flash.rm(name)
     if how == "deleted":
-        state.unlink()
+        flash.rm("state.json")
     else:   # one digit changed: still JSON, a counter far below the truth; the CRC says no
-        st = json.loads(state.read_text())
+        st = flash.get_json("state.json")
         st["next_seq"] = 1
         st["acked"] = 0
-        state.write_text(json.dumps(st))
+        flash.put("state.json", json.dumps(st))
 
 
 def produced(node_dir: Path) -> int:
     """The highest seq the stopped node gave (its journal's view after a load)."""
-    out = run_stdout("from roadside_node.journal import Journal\n"
-                     "j = Journal(); j.load(boot=False)\nprint(j.next_seq - 1)", cwd=node_dir)
+    out = VFlash(node_dir / "flash.img").run(
+        f"import sys\nsys.path.insert(0, {'/host' + str(FIRMWARE)!r})\n"
+        "from roadside_node.journal import Journal\n"
+        "j = Journal(); j.load(boot=False)\nprint(j.next_seq - 1)")
     return int(out.split()[-1])
 
 

@@ -13,6 +13,7 @@ from support.micropython import run_stdout
 PRELUDE = r"""
 import json, sys
 from vboard.flash import add_host_paths, mount_image
+import vboard.blockdev  # loaded before / becomes the image: the package's path is the host's
 firmware = sys.path[0]
 mount_image(%r, 64)
 add_host_paths(firmware)
