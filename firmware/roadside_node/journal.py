@@ -194,6 +194,9 @@ class Journal:
         self._wf.write(struct.pack("<HI", len(rec), crc32(rec) & 0xFFFFFFFF))
         self._wf.write(rec)
         self._wf.flush()
+        if self._rf is not None:  # LittleFS: a read handle never sees bytes appended later
+            self._rf.close()
+            self._rf = None
         seq = self.next_seq
         if not self.count:
             self.first = seq
