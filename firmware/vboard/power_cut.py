@@ -1,0 +1,406 @@
+# The power-cut sweep (docs/RELIABILITY.md "Power cuts"): a node's flash is cut at every block
+# program/erase of the writes that matter (journal append, state save on send and on ACK,
+# compaction, boot, config save, secret provisioning), then remounted and booted as the App
+# does, and checked against what the gateway saw. Runs under the unix port with firmware/ on
+# sys.path: tests/firmware/test_power_cut.py (bounded) and bench/bench_power_cut.py (full).
+#
+# A scenario is a list of segments of steps. The image before each segment is kept; for every
+# write index N of the segment (counted once with no cut) and every `keep` (bytes of that
+# write that land), the segment is replayed from that image with the power cut at write N.
+# Every replay runs in this one process on a RAM copy of the image.
+import gc
+import io
+import json
+import os
+
+import vfs
+from micropython import const
+
+from roadside_node import auth, cbor, proto
+from roadside_node.bootguard import BootGuard
+from roadside_node.config import Config, ConfigError, canonical
+from roadside_node.framing import Deframer
+from roadside_node.journal import Journal
+from roadside_node.session import Session
+
+from .blockdev import BLOCK_SIZE, FileBlockDev, PowerCut, PowerLost
+
+MNT = "/flash"  # where the node's flash is mounted; the node works in it (its "/")
+BLOCKS = const(64)  # 256 KiB of 4 KiB sectors: room for LittleFS's copy-on-write
+KEEPS = (0, 7, 2048)  # bytes of the cut write that land: none, a torn program, half a sector
+_KIND = proto.K_LEVEL
+
+
+class _Dev(FileBlockDev):
+    """A flash image in RAM (io.BytesIO) that reads, writes and erases without allocating:
+    the garbage collector closes a dead filesystem's open files (finalisers) with the heap
+    locked, and those writes must go through quietly."""
+
+    _blank = b"\xff" * BLOCK_SIZE
+
+    def __init__(self, data):  # no super().__init__: that opens a host file
+        self.count = len(data) // BLOCK_SIZE
+        self.f = io.BytesIO(data)
+
+    def erase(self, n):
+        self.f.seek(n * BLOCK_SIZE)
+        self.f.write(self._blank)
+
+    def image(self):
+        return self.f.getvalue()
+
+
+class _Hw:
+    """The little of a board that Session uses here: a clock that never moves (no timeouts)
+    and a UART whose RECORDS frames are checked as the gateway would decode them."""
+
+    def __init__(self):
+        self.deframer = Deframer()
+        self.bad = []  # what was wrong with frames sent
+
+    def ticks_ms(self):
+        return 0
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def uptime_s(self):
+        return 0
+
+    def reset_cause(self):
+        return "power_on"
+
+    def free_heap(self):
+        return 0
+
+    def uart_write(self, data):
+        for payload in self.deframer.feed(data):
+            try:
+                msg = cbor.loads(payload)
+                if msg[0] == proto.T_RECORDS:
+                    for rec in msg[2]:
+                        if rec != cbor.loads(expected(rec[0])):
+                            self.bad.append("sent record %r differs from what was journaled"
+                                            % (rec,))
+            except (cbor.CBORError, IndexError, KeyError, TypeError) as e:
+                self.bad.append("sent frame does not decode: %r" % (e,))
+
+
+def body(seq):
+    """A record body whose size varies with seq (so records straddle sectors unevenly)."""
+    return {1: seq / 4, 3: seq, 7: "x" * (seq % 29)}
+
+
+def expected(seq):
+    """The CBOR record the journal must hold for seq."""
+    return proto.record(seq, 1000 + seq, _KIND, 0, body(seq))
+
+
+class Model:
+    """What the outside world knows: the seqs handed out, sent and acknowledged, the config
+    and secret last saved, and the step in flight when the power went."""
+
+    def __init__(self):
+        self.handed = 0  # highest seq an append returned
+        self.sent = 0  # highest seq sent to the gateway
+        self.acked = 0  # highest ACK the node finished handling
+        self.gw_acked = 0  # highest ACK the gateway sent (the last may be in flight)
+        self.appending = 0  # seq of an append in flight
+        self.dropped = 0  # records dropped on a full journal, as counted when done
+        self.config = {}
+        self.config_next = None  # the config a set in flight would leave
+        self.secret = None
+        self.secret_next = None
+
+    def copy(self):
+        m = Model()
+        for name in ("handed", "sent", "acked", "gw_acked", "appending", "dropped", "config_next",
+                     "secret", "secret_next"):
+            setattr(m, name, getattr(self, name))
+        m.config = json.loads(json.dumps(self.config))
+        return m
+
+
+class Node:
+    """One boot of the node on the mounted flash: config, boot guard, journal, session."""
+
+    def __init__(self):
+        self.boot()
+
+    def boot(self):
+        try:
+            self.config = Config.load()
+            self.config_error = None
+        except ConfigError as e:  # what main.py would meet: recorded as a violation
+            self.config = Config({})
+            self.config_error = str(e)
+        self.journal = Journal(max_bytes=self.config.get("journal_max_bytes"))
+        self.journal.load()
+        self.guard = BootGuard(self.config.get("safe_mode_after"))
+        self.secret = auth.load_secret()
+        self.hw = _Hw()
+        self.session = Session(self.hw, self.journal, self.config, "power-cut", lambda s: None)
+        self.session.up = True
+
+    def step(self, m, kind, arg):
+        """Run one step; `m` is updated only once it is done (a cut leaves the in-flight
+        fields set). Returns the step's label for the report."""
+        j = self.journal
+        if kind == "append":
+            seq = j.next_seq
+            m.appending = seq
+            got = j.append(1000 + seq, _KIND, 0, body(seq))
+            m.appending = 0
+            if not got:  # full: dropped and counted (the count is saved)
+                m.dropped = j.dropped_full
+                return "append to a full journal"
+            if got != seq:
+                raise AssertionError("append returned %d, wanted %d" % (got, seq))
+            m.handed = seq
+            return "journal append"
+        if kind == "send":  # the session's send window: mark_sent then the RECORDS frame
+            self.session.pump(0)
+            m.sent = max(m.sent, self.session.send_seq - 1)
+            if self.hw.bad:
+                raise AssertionError("; ".join(self.hw.bad))
+            return "state save on send"
+        if kind == "ack":  # the gateway acks all but `arg` of what it was sent
+            upto = m.sent - arg
+            if upto <= m.acked:
+                return "ack (nothing new)"
+            m.gw_acked = max(m.gw_acked, upto)
+            self.session.on_ack(upto)
+            m.acked = upto
+            return "compaction on ack" if j.h == 0 else "state save on ack"
+        if kind == "boot":  # a clean restart (App.step on reboot closes the journal)
+            j.close()
+            self.boot()
+            return "boot"
+        if kind == "config":
+            key, value = canonical(arg[0]), arg[1]
+            trial = json.loads(json.dumps(m.config))
+            if "." in key:
+                sec, sub = key.split(".", 1)
+                trial.setdefault(sec, {})[sub] = value
+            else:
+                trial[key] = value
+            m.config_next = trial
+            self.session.run("config.set", {"key": key, "value": value})
+            m.config = self.config.data
+            m.config_next = None
+            return "config save"
+        if kind == "secret":
+            m.secret_next = bytes([arg] * auth.SECRET_LEN)
+            self.session.use_port(None)  # over the serial cable, as provisioning is
+            self.session.run("secret.set", {"secret": "%02x" % arg * auth.SECRET_LEN})
+            m.secret = m.secret_next
+            m.secret_next = None
+            return "secret provisioning"
+        raise ValueError("unknown step %r" % (kind,))
+
+
+def mount(dev):
+    """Mount dev as the node's flash and work in it. OSError when LittleFS finds no valid
+    filesystem (the ESP32 port would then format it: every record lost)."""
+    fs = vfs.VfsLfs2(dev)  # type: ignore[abstract]  # the stub declares it abstract
+    vfs.mount(fs, MNT)
+    os.chdir(MNT)
+
+
+def unmount():
+    os.chdir("/")
+    try:
+        vfs.umount(MNT)
+    except (OSError, PowerLost):
+        pass
+
+
+def check(m, image):
+    """Boot from the surviving image and return the broken promises (empty: none)."""
+    bad = []
+    dev = _Dev(image)
+    try:
+        mount(dev)
+    except OSError as e:
+        return ["flash does not mount (%s): the board would format it" % e]
+    try:
+        try:
+            node = Node()
+        except Exception as e:  # noqa: BLE001 - any exception here is a node that cannot boot
+            return ["boot failed: %r" % (e,)]
+        j = node.journal
+        if node.config_error:
+            bad.append("config broken: %s" % node.config_error)
+        elif node.config.data != m.config and node.config.data != m.config_next:
+            bad.append("config %r is neither old %r nor new %r" % (
+                node.config.data, m.config, m.config_next))
+        if node.secret != m.secret and node.secret != m.secret_next:
+            bad.append("secret is neither the old nor the new one")
+        if j.next_seq <= max(m.handed, m.sent):
+            bad.append("seq reuse: next_seq %d, handed out %d, sent %d" % (
+                j.next_seq, m.handed, m.sent))
+        first, n = j.first_unacked, j.count
+        if n and first <= m.acked:
+            bad.append("acknowledged records come back: first held %d, acked %d" % (
+                first, m.acked))
+        if m.handed > m.gw_acked and (first > m.gw_acked + 1 or first + n <= m.handed):
+            bad.append("records lost: held %d..%d, gateway acked %d, handed out %d" % (
+                first, first + n - 1, m.gw_acked, m.handed))
+        top = max(m.handed, m.appending)
+        if n and first + n - 1 > top:
+            bad.append("records never appended: held up to %d, appended %d" % (
+                first + n - 1, top))
+        # the node goes on: its next record takes a fresh seq, and everything reads back
+        if j.dropped_full < m.dropped:
+            bad.append("drops forgotten: %d counted, %d before the cut" % (
+                j.dropped_full, m.dropped))
+        fresh = j.next_seq
+        got = j.append(1000 + fresh, _KIND, 0, body(fresh))  # 0: full, dropped and counted
+        if got and (got != fresh or got <= max(m.handed, m.sent)):
+            bad.append("the next record got seq %d (handed out %d, sent %d)" % (
+                got, m.handed, m.sent))
+        for seq in range(first, first + n):
+            if j.read(seq) != expected(seq):
+                bad.append("record %d reads back wrong" % seq)
+                break
+        j.close()
+    finally:
+        unmount()
+    return bad
+
+
+def replay(image, model, steps, cut_at=0, keep=0, owner=None):
+    """Boot from `image` and run `steps` with the power cut at write `cut_at` (0: never).
+    A first step ("power on", None) puts the boot itself in the cut's range. Returns
+    (device, PowerCut, model after, whether the power was cut); `owner` gets the label of
+    the step that made each write."""
+    dev = _Dev(image)
+    pc = PowerCut(dev)
+    mount(pc)
+    m = model.copy()
+    cold = bool(steps) and steps[0][0] == "power on"
+    if cold:
+        pc.cut_at, pc.keep = cut_at, keep
+        steps = steps[1:]
+    try:
+        node = Node()
+        if cold and owner is not None:
+            owner.extend(["boot"] * pc.writes)
+        if not cold:
+            pc.writes = 0
+            pc.cut_at, pc.keep = cut_at, keep
+        for kind, arg in steps:
+            before = pc.writes
+            label = node.step(m, kind, arg)
+            if owner is not None:
+                owner.extend([label] * (pc.writes - before))
+        if not cut_at:
+            node.journal.close()
+    except PowerLost:
+        return dev, pc, m, True
+    return dev, pc, m, False
+
+
+def sweep_segment(name, image, model, steps, keeps, out, report):
+    """Cut at every write of `steps` run from `image`; returns the image and model after."""
+    owner: list = []  # owner[i]: label of the step that made write i + 1
+    dev, _, after_model, _ = replay(image, model, steps, owner=owner)
+    unmount()
+    after = dev.image()
+    for keep in keeps:
+        for n in range(1, len(owner) + 1):
+            dev, pc, m, cut = replay(image, model, steps, n, keep)
+            survivor = dev.image()
+            # the dead filesystem's open files are closed later by the garbage collector
+            # (finalisers): let those writes land in this copy, which nobody reads again
+            pc.dead = False
+            pc.cut_at = 0
+            unmount()
+            gc.collect()
+            label = owner[n - 1]
+            st = report.setdefault(label, [0, 0, 0])  # writes, cuts, violations
+            st[1] += 1
+            if keep == keeps[0]:
+                st[0] += 1
+            if not cut:
+                problems = ["write %d never came: the write count changed between runs" % n]
+            else:
+                problems = check(m, survivor)
+            if problems:
+                st[2] += 1
+                out("VIOLATION %s / %s: write %d keep %d: %s" % (
+                    name, label, n, keep, "; ".join(problems)))
+    return after, after_model
+
+
+def build(steps_of, keeps, out, only=None):
+    """Run every segment in turn from a blank flash, sweeping those marked to be swept (and
+    named with `only` in them, when given)."""
+    dev = _Dev(b"\xff" * (BLOCKS * BLOCK_SIZE))
+    vfs.VfsLfs2.mkfs(dev)  # type: ignore[arg-type]  # the stub wants its own block device ABC
+    image = dev.image()
+    model = Model()
+    report: dict = {}
+    for name, steps, swept in steps_of:
+        if swept and (only is None or only in name):
+            image, model = sweep_segment(name, image, model, steps, keeps, out, report)
+        else:
+            dev, _, model, _ = replay(image, model, steps)
+            unmount()
+            image = dev.image()
+    return report
+
+
+def _appends(n, send_every=0, ack_lag=-1):
+    steps = []
+    for i in range(n):
+        steps.append(("append", None))
+        if send_every and i % send_every == send_every - 1:
+            steps.append(("send", None))
+            if ack_lag >= 0:
+                steps.append(("ack", ack_lag))
+    return steps
+
+
+def scenario(full=True):
+    """(name, steps, swept) segments: a node's life from its first boot."""
+    k = 1 if full else 0
+    segs = [
+        ("first boot", [("power on", None)], True),
+        ("a reboot", [("boot", None)], True),
+        ("appends to an empty journal", _appends(12 + 12 * k), True),
+        ("send and ack", [("send", None), ("ack", 3), ("ack", 0)], True),
+        ("appends, sends, acks", _appends(24 + 24 * k, 4, 2), True),
+        ("reboot with acked records at the head", [("boot", None)], True),
+        ("backlog past 4 KiB", _appends(200), False),
+        ("appends to a multi-sector journal", _appends(6 + 10 * k), True),
+        ("send a backlog", [("send", None)] * (2 + 2 * k), True),
+        ("ack past 4 KiB, compaction", [("ack", 40), ("ack", 0)], True),
+        ("reboot, append, ack everything", [("boot", None)] + _appends(3, 1, 0), True),
+        ("config saves", [
+            ("config", ("node_id", "wl-0042")), ("config", ("role", "water")),
+            ("config", ("site", "Canal 7, Thu Dau Mot")),
+            ("config", ("report_interval_s", 30)), ("config", ("alert_cm", 90.0)),
+            ("config", ("journal_max_bytes", 65536)),
+        ][:6 if full else 3], True),
+        ("secret provisioning", [("secret", 0xA5), ("secret", 0x3C)][:2 if full else 1],
+         True),
+        ("appends after the config", _appends(4 * k, 2, 0), bool(k)),
+        ("a smaller journal", [("config", ("journal_max_bytes", 1024))], False),
+        ("appends to a full journal", _appends(34 + 6 * k), True),
+    ]
+    return segs
+
+
+def main(full=True, keeps=KEEPS, out=print, only=None):
+    """Run the sweep; prints each violation, one JSON line per step kind, then the totals,
+    and returns (cuts, violations)."""
+    report = build(scenario(full), keeps, out, only)
+    cuts = violations = 0
+    for label in sorted(report):
+        w, c, v = report[label]
+        cuts += c
+        violations += v
+        out(json.dumps({"op": label, "writes": w, "cuts": c, "violations": v}))
+    out(json.dumps({"total_cuts": cuts, "violations": violations, "keeps": list(keeps)}))
+    return cuts, violations
