@@ -368,9 +368,9 @@ def scenario(full=True):
     segs = [
         ("first boot", [("power on", None)], True),
         ("a reboot", [("boot", None)], True),
-        ("appends to an empty journal", _appends(12 + 12 * k), True),
+        ("appends to an empty journal", _appends(8 + 16 * k), True),
         ("send and ack", [("send", None), ("ack", 3), ("ack", 0)], True),
-        ("appends, sends, acks", _appends(24 + 24 * k, 4, 2), True),
+        ("appends, sends, acks", _appends(16 + 32 * k, 4, 2), True),
         ("reboot with acked records at the head", [("boot", None)], True),
         ("backlog past 4 KiB", _appends(200), False),
         ("appends to a multi-sector journal", _appends(6 + 10 * k), True),
@@ -387,7 +387,8 @@ def scenario(full=True):
          True),
         ("appends after the config", _appends(4 * k, 2, 0), bool(k)),
         ("a smaller journal", [("config", ("journal_max_bytes", 1024))], False),
-        ("appends to a full journal", _appends(34 + 6 * k), True),
+        ("fill it", _appends(26), False),
+        ("appends to a full journal", _appends(6 + 10 * k), True),
     ]
     return segs
 
