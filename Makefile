@@ -50,7 +50,7 @@ bench: $(STAMP)
 
 # Power cuts at every write of a node's flash, in full (docs/RELIABILITY.md)
 reliability: $(STAMP)
-	$(BIN)/python bench/bench_power_cut.py
+	$(BIN)/python bench/bench_power_cut.py --recovery
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -40,7 +40,8 @@ class _Dev(FileBlockDev):
 
     def __init__(self, data):  # no super().__init__: that opens a host file
         self.count = len(data) // BLOCK_SIZE
-        self.f = io.BytesIO(data)
+        self.f = io.BytesIO()
+        self.f.write(data)  # a copy now: BytesIO(data) would copy at the first write
 
     def erase(self, n):
         self.f.seek(n * BLOCK_SIZE)
@@ -57,6 +58,7 @@ class _Hw:
     def __init__(self):
         self.deframer = Deframer()
         self.bad = []  # what was wrong with frames sent
+        self.model = None  # the Model whose `sent` each frame raises as it goes out
 
     def ticks_ms(self):
         return 0
@@ -79,6 +81,8 @@ class _Hw:
                 msg = cbor.loads(payload)
                 if msg[0] == proto.T_RECORDS:
                     for rec in msg[2]:
+                        if self.model is not None and rec[0] > self.model.sent:
+                            self.model.sent = rec[0]
                         if rec != cbor.loads(expected(rec[0])):
                             self.bad.append("sent record %r differs from what was journaled"
                                             % (rec,))
@@ -159,8 +163,8 @@ class Node:
             m.handed = seq
             return "journal append"
         if kind == "send":  # the session's send window: mark_sent then the RECORDS frame
+            self.hw.model = m  # a cut between two frames: the first one was sent
             self.session.pump(0)
-            m.sent = max(m.sent, self.session.send_seq - 1)
             if self.hw.bad:
                 raise AssertionError("; ".join(self.hw.bad))
             return "state save on send"
@@ -301,39 +305,65 @@ def replay(image, model, steps, cut_at=0, keep=0, owner=None):
     return dev, pc, m, False
 
 
-def sweep_segment(name, image, model, steps, keeps, out, report):
-    """Cut at every write of `steps` run from `image`; returns the image and model after."""
+def cut_once(image, model, steps, n, keep):
+    """Replay `steps` from `image` with the power cut at write n; (surviving image, model at
+    the cut, whether the cut came)."""
+    dev, pc, m, cut = replay(image, model, steps, n, keep)
+    survivor = dev.image()
+    # the dead filesystem's open files are closed later by the garbage collector
+    # (finalisers): let those writes land in this copy, which nobody reads again
+    pc.dead = False
+    pc.cut_at = 0
+    unmount()
+    gc.collect()
+    return survivor, m, cut
+
+
+def _tally(report, label, first_keep, problems, out, where):
+    st = report.setdefault(label, [0, 0, 0])  # writes, cuts, violations
+    st[1] += 1
+    if first_keep:
+        st[0] += 1
+    if problems:
+        st[2] += 1
+        out("VIOLATION %s: %s" % (where, "; ".join(problems)))
+
+
+_POWER_ON = [("power on", None)]
+
+
+def sweep_segment(name, image, model, steps, keeps, out, report, recovery=0):
+    """Cut at every write of `steps` run from `image`; returns the image and model after.
+    With `recovery` (N > 0), the boot after every Nth cut of the first keep is cut in turn
+    at every one of its writes."""
     owner: list = []  # owner[i]: label of the step that made write i + 1
     dev, _, after_model, _ = replay(image, model, steps, owner=owner)
     unmount()
     after = dev.image()
     for keep in keeps:
         for n in range(1, len(owner) + 1):
-            dev, pc, m, cut = replay(image, model, steps, n, keep)
-            survivor = dev.image()
-            # the dead filesystem's open files are closed later by the garbage collector
-            # (finalisers): let those writes land in this copy, which nobody reads again
-            pc.dead = False
-            pc.cut_at = 0
-            unmount()
-            gc.collect()
+            survivor, m, cut = cut_once(image, model, steps, n, keep)
             label = owner[n - 1]
-            st = report.setdefault(label, [0, 0, 0])  # writes, cuts, violations
-            st[1] += 1
-            if keep == keeps[0]:
-                st[0] += 1
+            where = "%s / %s: write %d keep %d" % (name, label, n, keep)
             if not cut:
                 problems = ["write %d never came: the write count changed between runs" % n]
             else:
                 problems = check(m, survivor)
-            if problems:
-                st[2] += 1
-                out("VIOLATION %s / %s: write %d keep %d: %s" % (
-                    name, label, n, keep, "; ".join(problems)))
+            _tally(report, label, keep == keeps[0], problems, out, where)
+            if recovery and keep == keeps[0] and n % recovery == 0 and not problems:
+                boot: list = []
+                dev, _, _, _ = replay(survivor, m, _POWER_ON, owner=boot)
+                unmount()
+                for b in range(1, len(boot) + 1):
+                    image2, m2, cut = cut_once(survivor, m, _POWER_ON, b, keep)
+                    problems = check(m2, image2) if cut else ["boot write %d never came" % b]
+                    _tally(report, "boot after a cut", False, problems, out,
+                           "%s, then boot write %d" % (where, b))
+                report.setdefault("boot after a cut", [0, 0, 0])[0] += len(boot)
     return after, after_model
 
 
-def build(steps_of, keeps, out, only=None):
+def build(steps_of, keeps, out, only=None, recovery=0):
     """Run every segment in turn from a blank flash, sweeping those marked to be swept (and
     named with `only` in them, when given)."""
     dev = _Dev(b"\xff" * (BLOCKS * BLOCK_SIZE))
@@ -343,7 +373,8 @@ def build(steps_of, keeps, out, only=None):
     report: dict = {}
     for name, steps, swept in steps_of:
         if swept and (only is None or only in name):
-            image, model = sweep_segment(name, image, model, steps, keeps, out, report)
+            image, model = sweep_segment(name, image, model, steps, keeps, out, report,
+                                         recovery)
         else:
             dev, _, model, _ = replay(image, model, steps)
             unmount()
@@ -374,8 +405,8 @@ def scenario(full=True):
         ("reboot with acked records at the head", [("boot", None)], True),
         ("backlog past 4 KiB", _appends(200), False),
         ("appends to a multi-sector journal", _appends(6 + 10 * k), True),
-        ("send a backlog", [("send", None)] * (2 + 2 * k), True),
-        ("ack past 4 KiB, compaction", [("ack", 40), ("ack", 0)], True),
+        ("send and ack a backlog past 4 KiB: compaction", [("send", None), ("ack", 0)] * 4,
+         True),
         ("reboot, append, ack everything", [("boot", None)] + _appends(3, 1, 0), True),
         ("config saves", [
             ("config", ("node_id", "wl-0042")), ("config", ("role", "water")),
@@ -393,10 +424,10 @@ def scenario(full=True):
     return segs
 
 
-def main(full=True, keeps=KEEPS, out=print, only=None):
+def main(full=True, keeps=KEEPS, out=print, only=None, recovery=0):
     """Run the sweep; prints each violation, one JSON line per step kind, then the totals,
-    and returns (cuts, violations)."""
-    report = build(scenario(full), keeps, out, only)
+    and returns (cuts, violations). `recovery` N: cut the boot after every Nth cut too."""
+    report = build(scenario(full), keeps, out, only, recovery)
     cuts = violations = 0
     for label in sorted(report):
         w, c, v = report[label]

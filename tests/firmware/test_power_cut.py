@@ -78,3 +78,11 @@ def test_sweep_sees_an_ack_that_is_not_saved():
     ops, total, violations = sweep(broken, full=False, keeps=(0,), only="appends, sends")
     assert total["violations"] > 0
     assert any("acknowledged records come back" in v for v in violations), violations[:5]
+
+
+def test_a_cut_in_the_boot_after_a_cut_is_survived_too():
+    # the boot after a cut writes too (state, boot guard, compaction of acked records): cut
+    # it at every write, after every 10th cut of sends, ACKs and a compaction of 4 KiB
+    ops, total, violations = sweep(full=False, keeps=(0,), only="compaction", recovery=10)
+    assert violations == [], "\n".join(violations[:20])
+    assert ops["boot after a cut"]["cuts"] >= 200, ops
