@@ -125,6 +125,13 @@ class Model:
         return m
 
 
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
 class Node:
     """One boot of the node on the mounted flash: config, boot guard, journal, session."""
 
@@ -173,9 +180,11 @@ class Node:
             if upto <= m.acked:
                 return "ack (nothing new)"
             m.gw_acked = max(m.gw_acked, upto)
+            size = _size(j.path)
             self.session.on_ack(upto)
             m.acked = upto
-            return "compaction on ack" if j.h == 0 else "state save on ack"
+            # the journal file shrinks only when it is compacted
+            return "compaction on ack" if _size(j.path) < size else "state save on ack"
         if kind == "boot":  # a clean restart (App.step on reboot closes the journal)
             j.close()
             self.boot()
