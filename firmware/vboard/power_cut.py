@@ -8,7 +8,6 @@
 # write index N of the segment (counted once with no cut) and every `keep` (bytes of that
 # write that land), the segment is replayed from that image with the power cut at write N.
 # Every replay runs in this one process on a RAM copy of the image.
-import gc
 import io
 import json
 import os
@@ -239,7 +238,7 @@ def check(m, image):
     try:
         try:
             node = Node()
-        except Exception as e:  # noqa: BLE001 - any exception here is a node that cannot boot
+        except Exception as e:  # any exception here is a node that cannot boot
             return ["boot failed: %r" % (e,)]
         j = node.journal
         if node.config_error:
@@ -263,10 +262,10 @@ def check(m, image):
         if n and first + n - 1 > top:
             bad.append("records never appended: held up to %d, appended %d" % (
                 first + n - 1, top))
-        # the node goes on: its next record takes a fresh seq, and everything reads back
         if j.dropped_full < m.dropped:
             bad.append("drops forgotten: %d counted, %d before the cut" % (
                 j.dropped_full, m.dropped))
+        # the node goes on: its next record takes a fresh seq, and everything reads back
         fresh = j.next_seq
         got = j.append(1000 + fresh, _KIND, 0, body(fresh))  # 0: full, dropped and counted
         if got and (got != fresh or got <= max(m.handed, m.sent)):
@@ -282,15 +281,53 @@ def check(m, image):
     return bad
 
 
+class _Cut(PowerCut):
+    """PowerCut that, once the power is gone, neither lands a write nor raises: PowerLost
+    raised from inside LittleFS leaves its C state half-way, and the garbage collector's
+    later close of that filesystem's open files then ran on it (a rare segfault). So the
+    node runs on to the end of its step on a flash that takes nothing more, and what the
+    world knew is taken at the instant of the cut (on_cut)."""
+
+    def __init__(self, dev, on_cut):
+        super().__init__(dev)
+        self.on_cut = on_cut
+
+    def _cut(self):
+        if self.on_cut is not None:
+            self.on_cut()
+            self.on_cut = None
+
+    def readblocks(self, n, buf, off=0):
+        self.dev.readblocks(n, buf, off)  # what reached the flash still reads back
+
+    def writeblocks(self, n, buf, off=0):
+        if self.dead:
+            return
+        try:
+            super().writeblocks(n, buf, off)
+        except PowerLost:
+            self._cut()
+
+    def ioctl(self, op, arg):
+        if self.dead:
+            return 0
+        try:
+            return super().ioctl(op, arg)
+        except PowerLost:
+            self._cut()
+            return 0
+
+
 def replay(image, model, steps, cut_at=0, keep=0, owner=None):
     """Boot from `image` and run `steps` with the power cut at write `cut_at` (0: never).
     A first step ("power on", None) puts the boot itself in the cut's range. Returns
-    (device, PowerCut, model after, whether the power was cut); `owner` gets the label of
-    the step that made each write."""
+    (device, model, whether the power was cut): the model as it stood at the cut, else
+    after the steps; `owner` gets the label of the step that made each write."""
     dev = _Dev(image)
-    pc = PowerCut(dev)
-    mount(pc)
     m = model.copy()
+    at_cut: list = []
+    pc = _Cut(dev, lambda: at_cut.append(m.copy()))
+    mount(pc)
     cold = bool(steps) and steps[0][0] == "power on"
     if cold:
         pc.cut_at, pc.keep = cut_at, keep
@@ -303,29 +340,28 @@ def replay(image, model, steps, cut_at=0, keep=0, owner=None):
             pc.writes = 0
             pc.cut_at, pc.keep = cut_at, keep
         for kind, arg in steps:
+            if pc.dead:
+                break
             before = pc.writes
             label = node.step(m, kind, arg)
             if owner is not None:
                 owner.extend([label] * (pc.writes - before))
-        if not cut_at:
+        if not pc.dead:
             node.journal.close()
-    except PowerLost:
-        return dev, pc, m, True
-    return dev, pc, m, False
+    except Exception:  # after the cut the node may trip over its own lost writes: it is dead
+        if not pc.dead:
+            raise
+    unmount()
+    if pc.dead:
+        return dev, at_cut[0], True
+    return dev, m, False
 
 
 def cut_once(image, model, steps, n, keep):
     """Replay `steps` from `image` with the power cut at write n; (surviving image, model at
     the cut, whether the cut came)."""
-    dev, pc, m, cut = replay(image, model, steps, n, keep)
-    survivor = dev.image()
-    # the dead filesystem's open files are closed later by the garbage collector
-    # (finalisers): let those writes land in this copy, which nobody reads again
-    pc.dead = False
-    pc.cut_at = 0
-    unmount()
-    gc.collect()
-    return survivor, m, cut
+    dev, m, cut = replay(image, model, steps, n, keep)
+    return dev.image(), m, cut
 
 
 def _tally(report, label, first_keep, problems, out, where):
@@ -346,8 +382,7 @@ def sweep_segment(name, image, model, steps, keeps, out, report, recovery=0):
     With `recovery` (N > 0), the boot after every Nth cut of the first keep is cut in turn
     at every one of its writes."""
     owner: list = []  # owner[i]: label of the step that made write i + 1
-    dev, _, after_model, _ = replay(image, model, steps, owner=owner)
-    unmount()
+    dev, after_model, _ = replay(image, model, steps, owner=owner)
     after = dev.image()
     for keep in keeps:
         for n in range(1, len(owner) + 1):
@@ -361,8 +396,7 @@ def sweep_segment(name, image, model, steps, keeps, out, report, recovery=0):
             _tally(report, label, keep == keeps[0], problems, out, where)
             if recovery and keep == keeps[0] and n % recovery == 0 and not problems:
                 boot: list = []
-                dev, _, _, _ = replay(survivor, m, _POWER_ON, owner=boot)
-                unmount()
+                replay(survivor, m, _POWER_ON, owner=boot)
                 for b in range(1, len(boot) + 1):
                     image2, m2, cut = cut_once(survivor, m, _POWER_ON, b, keep)
                     problems = check(m2, image2) if cut else ["boot write %d never came" % b]
@@ -385,8 +419,7 @@ def build(steps_of, keeps, out, only=None, recovery=0):
             image, model = sweep_segment(name, image, model, steps, keeps, out, report,
                                          recovery)
         else:
-            dev, _, model, _ = replay(image, model, steps)
-            unmount()
+            dev, model, _ = replay(image, model, steps)
             image = dev.image()
     return report
 
