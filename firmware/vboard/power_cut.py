@@ -1,7 +1,7 @@
 # The power-cut sweep (docs/RELIABILITY.md "Power cuts"): a node's flash is cut at every block
 # program/erase of the writes that matter (journal append, state save on send and on ACK,
-# compaction, boot, config save, secret provisioning), then remounted and booted as the App
-# does, and checked against what the gateway saw. Runs under the unix port with firmware/ on
+# compaction, boot, config save, secret provisioning, a toll transaction), then remounted
+# and booted as the App does, and checked against what the gateway and the toll reader saw. Runs under the unix port with firmware/ on
 # sys.path: tests/firmware/test_power_cut.py (bounded) and bench/bench_power_cut.py (full).
 #
 # A scenario is a list of segments of steps. The image before each segment is kept; for every
@@ -58,6 +58,7 @@ class _Hw:
         self.deframer = Deframer()
         self.bad = []  # what was wrong with frames sent
         self.model = None  # the Model whose `sent` each frame raises as it goes out
+        self.reader_out = b""
 
     def ticks_ms(self):
         return 0
@@ -73,6 +74,19 @@ class _Hw:
 
     def free_heap(self):
         return 0
+
+    def reader_read(self):
+        """The toll reader's lines: what `reader_out` queued (the reader model's resends)."""
+        data, self.reader_out = self.reader_out, b""
+        return data
+
+    def reader_write(self, data):
+        """The node acknowledges a passage's reads ("A,tag,rseq"): the reader forgets them."""
+        m = self.model
+        f = data[1:data.find(b"*")].split(b",")
+        if m is not None and f[0] == b"A":
+            tag, rseq = f[1].decode(), int(f[2])
+            m.reads = [r for r in m.reads if r[1] != tag or r[0] > rseq]
 
     def uart_write(self, data):
         for payload in self.deframer.feed(data):
@@ -94,9 +108,18 @@ def body(seq):
     return {1: seq / 4, 3: seq, 7: "x" * (seq % 29)}
 
 
+_TOLL: dict = {}  # seq -> the toll transaction record journaled with it (same every replay)
+
+
 def expected(seq):
     """The CBOR record the journal must hold for seq."""
-    return proto.record(seq, 1000 + seq, _KIND, 0, body(seq))
+    rec = _TOLL.get(seq)
+    return rec if rec is not None else proto.record(seq, 1000 + seq, _KIND, 0, body(seq))
+
+
+def _reader_line(text):
+    from roadside_node.roles.toll import line
+    return line(text)
 
 
 class Model:
@@ -110,6 +133,10 @@ class Model:
         self.gw_acked = 0  # highest ACK the gateway sent (the last may be in flight)
         self.appending = 0  # seq of an append in flight
         self.dropped = 0  # records dropped on a full journal, as counted when done
+        self.reads = []  # toll reads the reader holds unacknowledged: (rseq, tag, ms)
+        self.rseq = 0  # the reader's read counter
+        self.ms = 0  # the reader's clock
+        self.tags = []  # every tag that passed the gantry: each owes one transaction
         self.config = {}
         self.config_next = None  # the config a set in flight would leave
         self.secret = None
@@ -121,6 +148,8 @@ class Model:
                      "secret", "secret_next"):
             setattr(m, name, getattr(self, name))
         m.config = json.loads(json.dumps(self.config))
+        m.reads = list(self.reads)
+        m.rseq, m.ms, m.tags = self.rseq, self.ms, list(self.tags)
         return m
 
 
@@ -151,6 +180,36 @@ class Node:
         self.hw = _Hw()
         self.session = Session(self.hw, self.journal, self.config, "power-cut", lambda s: None)
         self.session.up = True
+        self.role = None
+        if self.config.get("role") == "toll":  # its acknowledgement log loads at boot
+            from roadside_node.roles.toll import TollRole
+            self.role = TollRole(self.config, self.emit, self.hw, self.journal)
+
+    def emit(self, kind, flags, body):
+        """App.emit for the toll role: journal the transaction, noting what it must read."""
+        seq = self.journal.next_seq
+        _TOLL[seq] = proto.record(seq, 0, kind, flags, body)
+        m = self.hw.model  # the model of the step (or check) that drives the reader
+        if m is None:
+            return self.journal.append(0, kind, flags, body)
+        m.appending = seq
+        got = self.journal.append(0, kind, flags, body)
+        m.appending = 0
+        if got:
+            m.handed = got
+        return got
+
+    def reader_sends(self, m):
+        """The reader (re)sends every read it holds, then a heartbeat past the window: the
+        role closes the passages and journals them (or knows them journaled)."""
+        self.hw.model = m
+        out = []
+        for rseq, tag, ms in m.reads:
+            out.append(_reader_line(b"R,%d,%s,1,-50,%d" % (rseq, tag, ms)))
+        m.ms += 5000
+        out.append(_reader_line(b"H,%d,OK" % m.ms))
+        self.hw.reader_out = b"".join(out)
+        self.role.step(0)  # type: ignore[union-attr]
 
     def step(self, m, kind, arg):
         """Run one step; `m` is updated only once it is done (a cut leaves the in-flight
@@ -188,6 +247,15 @@ class Node:
             j.close()
             self.boot()
             return "boot"
+        if kind == "passage":  # a vehicle under the gantry: `arg` reads of a new tag
+            tag = "E2%06X" % (len(m.tags) + 1)
+            m.tags.append(tag)
+            for _ in range(arg):
+                m.rseq += 1
+                m.ms += 40
+                m.reads.append((m.rseq, tag, m.ms))
+            self.reader_sends(m)
+            return "toll transaction"
         if kind == "config":
             key, value = canonical(arg[0]), arg[1]
             trial = json.loads(json.dumps(m.config))
@@ -229,6 +297,7 @@ def unmount():
 
 def check(m, image):
     """Boot from the surviving image and return the broken promises (empty: none)."""
+    m = m.copy()  # the toll reader's resends below move it on
     bad = []
     dev = _Dev(image)
     try:
@@ -275,6 +344,8 @@ def check(m, image):
             if j.read(seq) != expected(seq):
                 bad.append("record %d reads back wrong" % seq)
                 break
+        if node.role is not None and m.tags:
+            bad.extend(_charged_once(node, m))
         j.close()
     finally:
         unmount()
@@ -316,6 +387,27 @@ class _Cut(PowerCut):
         except PowerLost:
             self._cut()
             return 0
+
+
+def _charged_once(node, m):
+    """The reader resends what it holds; then every tag that passed must be in exactly one
+    transaction, journaled or delivered (records of this role are never acked here)."""
+    lineage = dict(_TOLL)
+    node.reader_sends(m)
+    _TOLL.clear()  # what this check journals is not part of the scenario's history
+    _TOLL.update(lineage)
+    j = node.journal
+    charged: dict = {}
+    for seq in range(j.first_unacked, j.first_unacked + j.count):
+        rec = cbor.loads(j.read(seq))
+        if rec[2] == proto.K_TRANSACTION:
+            tag = rec[4][1]
+            charged[tag] = charged.get(tag, 0) + 1
+    bad = []
+    for tag in m.tags:
+        if charged.get(tag, 0) != 1:
+            bad.append("toll tag %s charged %d times" % (tag, charged.get(tag, 0)))
+    return bad
 
 
 def replay(image, model, steps, cut_at=0, keep=0, owner=None):
@@ -459,7 +551,10 @@ def scenario(full=True):
         ("secret provisioning", [("secret", 0xA5), ("secret", 0x3C)][:2 if full else 1],
          True),
         ("appends after the config", _appends(4 * k, 2, 0), bool(k)),
-        ("a smaller journal", [("config", ("journal_max_bytes", 1024))], False),
+        ("a toll beacon", [("config", ("role", "toll"))], False),
+        ("toll transactions", [("passage", 3)] * (3 + 5 * k), True),
+        ("a smaller journal", [("config", ("journal_max_bytes", 1024)),
+                               ("config", ("role", "water"))], False),
         ("fill it", _appends(26), False),
         ("appends to a full journal", _appends(6 + 10 * k), True),
     ]
