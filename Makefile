@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := mosquitto chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test lint test-only system-deps bench clean
+.PHONY: demo test lint test-only system-deps bench reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test-only: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# Power cuts at every write of a node's flash, in full (docs/RELIABILITY.md)
+reliability: $(STAMP)
+	$(BIN)/python bench/bench_power_cut.py --recovery
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
