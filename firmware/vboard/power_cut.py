@@ -163,10 +163,10 @@ def _size(path):
 class Node:
     """One boot of the node on the mounted flash: config, boot guard, journal, session."""
 
-    def __init__(self):
-        self.boot()
+    def __init__(self, m, answered=True):
+        self.boot(m, answered)
 
-    def boot(self):
+    def boot(self, m, answered=True):
         try:
             self.config = Config.load()
             self.config_error = None
@@ -180,10 +180,26 @@ class Node:
         self.hw = _Hw()
         self.session = Session(self.hw, self.journal, self.config, "power-cut", lambda s: None)
         self.session.up = True
+        if answered:
+            self.hello_answered(m)
         self.role = None
         if self.config.get("role") == "toll":  # its acknowledgement log loads at boot
             from roadside_node.roles.toll import TollRole
             self.role = TollRole(self.config, self.emit, self.hw, self.journal)
+
+    def hello_answered(self, m):
+        """The gateway's answer to the boot's HELLO (gateway/session.py `_resume`): it stored
+        every record sent (frames are checked whole as they go out) and acks what it acked
+        before; a node whose counter is unsure, or behind what is stored, is told where to go
+        on. Without this answer an unsure node (a first boot, or state recovered from its
+        backup) would hold every record and take no ACK."""
+        j, high = self.journal, m.sent
+        if j.unsure:
+            resume = high + 1 if high >= j.unsure else None
+        else:
+            resume = high + 1 if j.next_seq <= high else None
+        self.session.on_ack(m.gw_acked, resume)
+        m.acked = max(m.acked, min(m.gw_acked, j.next_seq - 1))
 
     def emit(self, kind, flags, body):
         """App.emit for the toll role: journal the transaction, noting what it must read."""
@@ -245,7 +261,7 @@ class Node:
             return "compaction on ack" if _size(j.path) < size else "state save on ack"
         if kind == "boot":  # a clean restart (App.step on reboot closes the journal)
             j.close()
-            self.boot()
+            self.boot(m)
             return "boot"
         if kind == "passage":  # a vehicle under the gantry: `arg` reads of a new tag
             tag = "E2%06X" % (len(m.tags) + 1)
@@ -306,10 +322,16 @@ def check(m, image):
         return ["flash does not mount (%s): the board would format it" % e]
     try:
         try:
-            node = Node()
+            node = Node(m, answered=False)
         except Exception as e:  # any exception here is a node that cannot boot
             return ["boot failed: %r" % (e,)]
         j = node.journal
+        # Before the gateway answers: a node sure of its state holds no acknowledged record.
+        # (Unsure, its state came from the backup, one save behind: the answer re-acks.)
+        if not j.unsure and j.count and j.first_unacked <= m.acked:
+            bad.append("acknowledged records come back: first held %d, acked %d" % (
+                j.first_unacked, m.acked))
+        node.hello_answered(m)
         if node.config_error:
             bad.append("config broken: %s" % node.config_error)
         elif node.config.data != m.config and node.config.data != m.config_next:
@@ -321,9 +343,9 @@ def check(m, image):
             bad.append("seq reuse: next_seq %d, handed out %d, sent %d" % (
                 j.next_seq, m.handed, m.sent))
         first, n = j.first_unacked, j.count
-        if n and first <= m.acked:
-            bad.append("acknowledged records come back: first held %d, acked %d" % (
-                first, m.acked))
+        if n and first <= m.acked and not bad:
+            bad.append("acknowledged records come back after the gateway's answer: first "
+                       "held %d, acked %d" % (first, m.acked))
         if m.handed > m.gw_acked and (first > m.gw_acked + 1 or first + n <= m.handed):
             bad.append("records lost: held %d..%d, gateway acked %d, handed out %d" % (
                 first, first + n - 1, m.gw_acked, m.handed))
@@ -425,7 +447,7 @@ def replay(image, model, steps, cut_at=0, keep=0, owner=None):
         pc.cut_at, pc.keep = cut_at, keep
         steps = steps[1:]
     try:
-        node = Node()
+        node = Node(m)
         if cold and owner is not None:
             owner.extend(["boot"] * pc.writes)
         if not cold:
