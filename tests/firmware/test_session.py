@@ -119,7 +119,8 @@ def test_session_records_acks_commands_and_restart(gw):
     rec = first[2][0]
     # made before TIME: seconds since boot with CLOCK_UNSYNCED; after: epoch seconds
     assert rec[1] < 100 if rec[3] & 1 else rec[1] >= 1795420800
-    # no ACK: the node goes back and sends seq 1 again after ACK_TIMEOUT
+    # no ACK: the node goes back and sends seq 1 again after its ACK timer (at least 300 ms,
+    # from the round trips it measured, at most ACK_TIMEOUT)
     t0 = time.monotonic()
     seen = [r[0] for r in first[2]]
     while True:
@@ -127,7 +128,7 @@ def test_session_records_acks_commands_and_restart(gw):
         if m[2] and m[2][0][0] == 1:
             break
         seen += [r[0] for r in m[2]]
-    assert 1.5 < time.monotonic() - t0 < 5
+    assert 0.25 < time.monotonic() - t0 < 5
     assert seen == list(range(1, len(seen) + 1))
     gw.send({0: 3, 1: 2})
     gw.send({0: 99, 1: 1})                                    # unknown type
