@@ -27,7 +27,9 @@ class LineGateway:
         self.mode = ANSWER
         self.dec = gp.FrameDecoder()
         self.records: dict[int, gp.Record] = {}
-        self.arrived: dict[int, float] = {}   # seq -> time.monotonic() of its first arrival
+        # seq -> time.monotonic() it became deliverable: stored with every seq below it (a
+        # record beyond a gap waits in a real gateway's queue until the gap is filled)
+        self.arrived: dict[int, float] = {}
         self.frames: list[tuple[float, int]] = []  # (time.monotonic(), records) per RECORDS
         self.acked = 0
         self.hellos = 0
@@ -93,11 +95,11 @@ class LineGateway:
                 for rec in msg.records:
                     if rec.seq not in self.records:
                         self.records[rec.seq] = rec
-                        self.arrived[rec.seq] = now
                         new = True
                 self.acked = max(self.acked, msg.from_seq - 1)
                 while self.acked + 1 in self.records:
                     self.acked += 1
+                    self.arrived[self.acked] = now
             if new:
                 self.changed.set()
             if self.mode == BUSY:
