@@ -96,6 +96,8 @@ class Session:
             self.port = port
             self.max_payload = framing.MAX_PAYLOAD if port is None else port.max_payload
             self.window = proto.WINDOW if port is None else port.window
+            self.rtts = 0  # another link: measure its round trips afresh
+            self.rto = proto.ACK_TIMEOUT_MS
 
     def hello(self):
         j = self.journal
