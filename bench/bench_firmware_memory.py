@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/bench_firmware_memory.py                 # every role, 60 min, 64k
     .venv/bin/python bench/bench_firmware_memory.py --role water --minutes 120 --speed 600
+    .venv/bin/python bench/bench_firmware_memory.py --role toll --heap 96k --minutes 60 \
+        --speed 40 --busy 0.5            # backpressure soak: busy, journal full, then drain
 
 Each node is firmware/sim_main.py running the precompiled firmware (tools/sim.py build_mpy)
 on its LittleFS2 flash image, on a pty, with this script as the gateway
@@ -98,10 +100,12 @@ class Result:
     records: int = 0
     sim_minutes: float = 0.0
     wall_s: float = 0.0
+    busy_answers: int = 0
+    resets: int = 0
 
 
 def run_node(role: str, heap: int, minutes: float, speed: float, mpy: Path,
-             work: Path, mem_log: str = "peak") -> Result:
+             work: Path, mem_log: str = "peak", busy: float = 0.0) -> Result:
     res = Result(role, heap)
     speed = min(speed, MAX_SPEED.get(role, speed))
     node_dir = work / f"{role}-{heap}"
@@ -146,6 +150,11 @@ def run_node(role: str, heap: int, minutes: float, speed: float, mpy: Path,
                 if isinstance(msg, gp.Hello):
                     os.write(master, gp.encode_frame({0: gp.TIME, 1: int(time.time() * 1000)}))
                     os.write(master, gp.encode_frame({0: gp.ACK, 1: acked}))
+                elif isinstance(msg, gp.Records) and time.monotonic() - start < busy * wall:
+                    # backpressure: the journal fills, the node resends its window each second
+                    res.busy_answers += 1
+                    os.write(master, gp.error_frame(gp.ERR_BUSY, "gateway queue full",
+                                                    gp.RECORDS))
                 elif isinstance(msg, gp.Records):
                     for rec in msg.records:
                         stored.add(rec.seq)
@@ -169,6 +178,7 @@ def run_node(role: str, heap: int, minutes: float, speed: float, mpy: Path,
             res.samples.append((int(p[2]), int(p[4]) - FLASH_DRIVER_HEAP,
                                 int(p[6]) - FLASH_DRIVER_HEAP, float(p[10])))
     res.booted = bool(res.samples) or "hello sent" in text
+    res.resets = text.count("Traceback")
     if "MemoryError" in text or proc.returncode not in (None, -9, 0):
         tail = [ln for ln in text.splitlines() if "Error" in ln]
         res.error = tail[-1] if tail else f"exited {proc.returncode}"
@@ -195,7 +205,7 @@ def summarise(res: Result, code: int, alloc: Result | None = None) -> dict:
         "live_first": settle[0], "live_last": live[-1], "growth": live[-1] - settle[0],
         "live_max": max(settle), "min_health_free": min(res.health_free, default=None),
         "records": res.records, "sim_minutes": res.sim_minutes, "wall_s": res.wall_s,
-        "error": res.error,
+        "error": res.error, "busy_answers": res.busy_answers,
     }
 
 
@@ -212,6 +222,9 @@ def main() -> int:
                     help="simulated seconds per real second (default 360)")
     ap.add_argument("--heap", default="64k", help="MicroPython heap (default 64k)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    ap.add_argument("--busy", type=float, default=0.0, metavar="FRACTION",
+                    help="backpressure soak: the gateway answers ERROR 6 (busy) to every RECORDS"
+                         " for this first fraction of the run (the journal fills), then ACKs")
     args = ap.parse_args()
     heap = int(args.heap.rstrip("kK")) * 1024 if args.heap[-1] in "kK" else int(args.heap)
     mpy = build_mpy()
@@ -222,11 +235,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="roadside-mem-") as tmp:
         for role in args.role or roles_present():
             code = code_bytes(role, mpy)
-            res = run_node(role, heap, args.minutes, args.speed, mpy, Path(tmp))
+            res = run_node(role, heap, args.minutes, args.speed, mpy, Path(tmp), busy=args.busy)
             if not res.samples:  # did not fit: run it with 64 KiB left for data as well
                 rows.append(summarise(res, code))
                 heap_ = int(math.ceil((code + 65536) / 1024)) * 1024
-                res = run_node(role, heap_, args.minutes, args.speed, mpy, Path(tmp))
+                res = run_node(role, heap_, args.minutes, args.speed, mpy, Path(tmp),
+                               busy=args.busy)
             else:
                 heap_ = heap
             # allocation per loop: a pass with collections only every 50 loops (no threshold)
@@ -235,7 +249,8 @@ def main() -> int:
             rows.append(summarise(res, code, alloc))
     print(f"firmware memory: {args.minutes:g} simulated min at speed {args.speed:g} "
           f"(at most {', '.join(f'{r} {v:g}' for r, v in MAX_SPEED.items())}), "
-          f"MicroPython {subprocess.run([micropython_binary(), '-c', 'import sys; print(sys.version)'], capture_output=True, text=True).stdout.strip()}")  # noqa: E501
+          + (f"gateway busy for the first {100 * args.busy:.0f} %, " if args.busy else "")
+          + f"MicroPython {subprocess.run([micropython_binary(), '-c', 'import sys; print(sys.version)'], capture_output=True, text=True).stdout.strip()}")  # noqa: E501
     print(f"{'role':7} {'heap':>6} {'code':>6} {'peak':>6} {'free@pk':>8} {'data':>6} "
           f"{'data/64k free':>13} {'live':>6} {'B/loop':>7} {'growth':>7} {'records':>7} "
           f"{'sim min':>7}")
@@ -248,6 +263,7 @@ def main() -> int:
               f"{r['data_free_pct_of_64k']:12.0f}% {kib(r['live_max'] - r['code']):>6} "
               f"{r['alloc_per_loop']:7.0f} "
               f"{r['growth']:7d} {r['records']:7d} {r['sim_minutes']:7.1f}"
+              + (f"  busy answers {r['busy_answers']}" if r["busy_answers"] else "")
               + (f"  ({r['error']})" if r["error"] else ""))
     print("(KiB; code = firmware modules on the heap, flash when frozen; data = peak - code;"
           " live = most kept after a collect, - code; B/loop = bytes allocated per main loop;"

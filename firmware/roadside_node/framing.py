@@ -5,6 +5,7 @@ from micropython import const
 
 MAX_PAYLOAD = const(1024)
 MAX_ENCODED = const(1040)  # a pending frame larger than this is dropped as oversize
+_CHUNK = const(128)  # FrameWriter: bytes per write()
 
 
 class FrameError(ValueError):
@@ -58,6 +59,81 @@ def encode(payload):
     out = cobs_encode(body)
     out.append(0)
     return bytes(out)
+
+
+class FrameWriter:
+    """Frames without a fresh allocation: a long run of ~1 KB frames each built in new
+    buffers fragments a 96k heap into MemoryError (issue 9). A builder writes its payload
+    into `body` (allocated once, at boot while the heap is whole) and send() COBS-encodes it
+    through a small chunk buffer into write(), a piece at a time (the UART buffers anyway)."""
+
+    def __init__(self, room=MAX_PAYLOAD, chunk=_CHUNK):
+        self.room = room  # payload bytes body holds from offset 0 (the CRC follows them)
+        self.body = bytearray(room + 4)
+        self.body_mv = memoryview(self.body)
+        self.out = bytearray(chunk)
+        self.out_mv = memoryview(self.out)
+
+    def send(self, at, n, write):
+        """Frame the payload in body[at:at + n] (CRC appended in place) and write() it, in
+        pieces of at most `chunk` bytes, trailing 0x00 included. Byte-identical to encode()."""
+        if n > MAX_PAYLOAD or at + n > self.room:
+            raise FrameError("payload too long")
+        body = self.body
+        src = self.body_mv
+        end = at + n + 4
+        struct.pack_into("<I", body, at + n, crc32(src[at:at + n]) & 0xFFFFFFFF)
+        out = self.out
+        om = self.out_mv
+        room = len(out)
+        w = 0  # bytes waiting in out
+        i = at
+        while True:
+            lim = i + 254 if i + 254 < end else end
+            j = body.find(b"\x00", i, lim)
+            found = j >= 0
+            if not found:
+                j = lim
+            k = j - i
+            if w == room:
+                write(om)
+                w = 0
+            out[w] = 0xFF if k == 254 and not found else k + 1
+            w += 1
+            while i < j:  # the block's bytes, chunk by chunk
+                c = j - i
+                if c > room - w:
+                    c = room - w
+                if not c:
+                    write(om)
+                    w = 0
+                    continue
+                if c < 48:  # short runs (most of CBOR): a slice allocates a memoryview
+                    q = 0
+                    while q < c:
+                        out[w + q] = body[i + q]
+                        q += 1
+                else:
+                    om[w:w + c] = src[i:i + c]
+                w += c
+                i += c
+            if found:  # the zero ends this block and is not written
+                i = j + 1
+            elif k < 254 or i == end:  # the end (a full block at the very end: no new one)
+                break
+        if w == room:
+            write(om)
+            w = 0
+        out[w] = 0
+        write(om[:w + 1])
+
+    def encode(self, payload, write):
+        """encode(payload) written to write() without a fresh allocation."""
+        n = len(payload)
+        if n > MAX_PAYLOAD:
+            raise FrameError("payload too long")
+        self.body_mv[:n] = payload
+        self.send(0, n, write)
 
 
 def decode_body(body):

@@ -246,6 +246,8 @@ class Journal:
         seq = self.next_seq
         if not self.count:
             self.first = seq
+        if self.e + 1 >= len(self.offs) and self.h:
+            self._rebase()  # reuse the acked head of the index before growing it
         offs, e = self.offs, self.e + 1
         if e < len(offs):
             offs[e] = offs[e - 1] + size
@@ -274,6 +276,34 @@ class Journal:
         if len(rec) != n or crc32(rec) & 0xFFFFFFFF != crc:
             return None
         return rec
+
+    def reserve(self, entry_bytes=40):
+        """Size the offset array for a full journal now, in one block while the heap is
+        whole: grown append by append it needs ever larger contiguous blocks (2.8 KB at 700
+        records) when a full journal under backpressure has fragmented a 96k heap (issue 9).
+        entry_bytes: a small record with its head (water ~45, toll ~70)."""
+        want = (self.max_bytes + self.max_bytes // 4) // entry_bytes + 2
+        old = self.offs
+        if len(old) >= want:
+            return
+        try:
+            offs = array("I", range(want))  # one allocation (its length is known)
+        except MemoryError:
+            return  # a heap this full at boot: grow as records come, as before
+        for i in range(len(old)):
+            offs[i] = old[i]
+        self.offs = offs
+
+    def _rebase(self):
+        """Shift the held offsets to the front of the array, in place. Without it, ACKs move
+        the head index up and appends grow the array past the most ever held: a new ~2.4 KB
+        block just when a full journal under backpressure has fragmented a 96k heap, and a
+        MemoryError reset (issue 9, tests/e2e/test_line_stress.py)."""
+        offs, h = self.offs, self.h
+        for i in range(self.e - h + 1):
+            offs[i] = offs[h + i]
+        self.e -= h
+        self.h = 0
 
     def read(self, seq):
         """The CBOR of a held record, checked against its head; None when it still does not

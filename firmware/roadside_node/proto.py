@@ -140,6 +140,43 @@ def records(from_seq, recs):
     return bytes(w.buf)
 
 
+def _uint_len(n):
+    """Bytes of a CBOR head for n (shortest form)."""
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 \
+        else 9
+
+
+def _head_at(buf, i, major, n):
+    """A CBOR head written at buf[i]; returns the index after it."""
+    m = major << 5
+    if n < 24:
+        buf[i] = m | n
+        return i + 1
+    size = _uint_len(n)
+    buf[i] = m | (23 + {2: 1, 3: 2, 5: 3, 9: 4}[size])
+    for k in range(size - 1, 0, -1):  # big-endian
+        buf[i + k] = n & 0xFF
+        n >>= 8
+    return i + size
+
+
+def records_head(buf, at, from_seq, count):
+    """The head of a RECORDS message written in place just before its `count` records, which
+    the caller already put at buf[at:]: no list of records, no message copy (session.pump).
+    Returns where the message starts; byte-identical to records()."""
+    start = at - 5 - _uint_len(from_seq) - _uint_len(count)
+    if start < 0:
+        raise ValueError("no room for the RECORDS head")
+    buf[start] = 0xA3  # map(3)
+    buf[start + 1] = 0  # 0: T_RECORDS
+    buf[start + 2] = T_RECORDS
+    buf[start + 3] = 1  # 1: from
+    i = _head_at(buf, start + 4, 0, from_seq)
+    buf[i] = 2  # 2: array of records
+    _head_at(buf, i + 1, 4, count)
+    return start
+
+
 def reply(req_id, ok, result=None, error=None):
     w = cbor.Writer()
     w.map(4)

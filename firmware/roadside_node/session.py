@@ -10,6 +10,13 @@ HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
 SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
 BUSY_MS = const(1000)  # backoff after ERROR 6
 _CACHE = const(8)  # recent command replies kept for retried request ids
+# A noisy line (PROTOCOL.md 2.2, "Frame size on a noisy line"): a frame of n bytes survives a
+# bit error rate p with probability (1-p)^(8n), so after a loss the node halves the record
+# bytes it puts in a frame, and grows them back by a quarter per ACK that makes progress:
+# at BER 1e-3 that settles near one record a frame, at 1e-4 near 300 bytes.
+_BUDGET_MIN = const(48)  # record bytes per frame at the least (one record always goes)
+_BUDGET_STEP = const(32)  # added per ACK that makes progress, at the least
+_RTO_MIN_MS = const(300)  # the ACK timer never fires sooner than this
 COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set")
 
 
@@ -40,6 +47,24 @@ class Session:
         self.port = None  # None: the UART; else the port that spoke last (ble.BlePort)
         self.max_payload = framing.MAX_PAYLOAD  # a sealing port lowers it (auth.SEAL_OVERHEAD)
         self.window = proto.WINDOW  # a port with a longer round trip raises it (ble.py)
+        # frames are built in buffers allocated once, here (framing.FrameWriter)
+        self.writer = framing.FrameWriter()
+        if hasattr(journal, "reserve") and not config.get("ble"):
+            # and the journal's offset array (journal.py); not on a BLE node: its heap goes
+            # to the BLE buffers, whose frames still allocate (ble.py)
+            journal.reserve()
+        # the line (line_ack, line_loss): frame budget and ACK timer
+        self.budget = framing.MAX_PAYLOAD  # record bytes per frame (capped by max_payload)
+        self.rto = proto.ACK_TIMEOUT_MS  # the ACK timer, from measured round trips
+        self.srtt = 0  # smoothed round trip (ms)
+        self.rtts = 0  # round trips measured
+        self.rttvar = 0
+        self.probe_seq = 0  # the last seq of the frame being timed (0: none)
+        self.probe_at = 0  # ticks when it was sent
+        self.sent_hi = 0  # 1 + the highest seq ever sent (resends are not timed)
+        self.loss_at = None  # ticks of the last go-back-N
+        self.losses = 0
+        self.timeouts = 0  # ACK timer expiries in a row
 
     # -- clock --------------------------------------------------------------------------
     def stamp(self):
@@ -53,9 +78,18 @@ class Session:
     def send(self, payload):
         port = self.port
         if port is None:
-            self.hw.uart_write(framing.encode(payload))
+            self.writer.encode(payload, self.hw.uart_write)
         else:
             port.send(payload)
+        self.sent_frames += 1
+
+    def send_body(self, at, n):
+        """Send the payload the caller built in self.writer.body[at:at + n]."""
+        port = self.port
+        if port is None:
+            self.writer.send(at, n, self.hw.uart_write)
+        else:
+            port.send(bytes(self.writer.body_mv[at:at + n]))  # sealed: a copy anyway
         self.sent_frames += 1
 
     def use_port(self, port):
@@ -64,6 +98,8 @@ class Session:
             self.port = port
             self.max_payload = framing.MAX_PAYLOAD if port is None else port.max_payload
             self.window = proto.WINDOW if port is None else port.window
+            self.rtts = 0  # another link: measure its round trips afresh
+            self.rto = proto.ACK_TIMEOUT_MS
 
     def hello(self):
         j = self.journal
@@ -111,6 +147,7 @@ class Session:
             upto = min(upto, j.unsure - 1)
             j.confirm()
         n = j.ack(upto)
+        self.line_ack(upto, n)
         if n:
             self.progress_at = self.hw.ticks_ms()
             self.log("ack %d" % upto)
@@ -222,37 +259,99 @@ class Session:
         first = j.first_unacked
         if self.send_seq < first:
             self.send_seq = first
-        if self.send_seq > first and self.hw.ticks_diff(now, self.progress_at) > \
-                proto.ACK_TIMEOUT_MS:
-            self.log("no ack: resend from %d" % first)
-            self.send_seq = first  # go-back-N
-            self.progress_at = now
+        if self.send_seq > first and self.hw.ticks_diff(now, self.progress_at) > self.rto:
+            self.line_loss(now, True)
+            self.log("no ack: resend from %d (timer %d ms, frames of %d B)" % (
+                first, self.rto, self.budget))
         limit = min(j.next_seq, first + self.window)
         port = self.port
+        budget = min(self.budget, self.max_payload - proto.RECORDS_OVERHEAD)
+        body = self.writer.body_mv
         while self.send_seq < limit:
             if port is not None and not port.room():
                 break  # the port's buffer is full: the rest goes at a later tick
             if self.send_seq == first:
                 self.progress_at = now  # the ack timer runs from the oldest send
-            recs: list = []
-            size = proto.RECORDS_OVERHEAD
+            # records are read straight into the frame buffer after room for the head
+            at = end = proto.RECORDS_OVERHEAD
             seq = self.send_seq
             while seq < limit:
                 r = j.read(seq)
                 if r is None:  # does not match its journal head: never sent (journal.py)
                     break
-                if recs and size + len(r) > self.max_payload:
+                if end > at and end - at + len(r) > budget:
                     break
-                recs.append(r)
-                size += len(r)
+                body[end:end + len(r)] = r
+                end += len(r)
                 seq += 1
-            if not recs:
+            if end == at:  # the first record did not read back whole
                 if seq == first:
                     j.drop_unreadable(seq)  # lost on flash: the next `from` says so
                 break
+            start = proto.records_head(self.writer.body, at, first, seq - self.send_seq)
             j.mark_sent(seq - 1)
-            self.send(proto.records(first, recs))
+            if not self.probe_seq and seq > self.sent_hi:  # Karn: time first sends only
+                self.probe_seq = seq - 1
+                self.probe_at = now
+            self.sent_hi = max(self.sent_hi, seq)
+            self.send_body(start, end - start)
             self.send_seq = seq
 
+    # -- the line's quality: frame budget and ACK timer (new records in a noisy line) -----
+    def line_loss(self, now, timeout):
+        """A frame was lost: go back to the oldest unacked record with smaller frames."""
+        self.losses += 1
+        self.budget = max(_BUDGET_MIN, self.budget // 2)
+        if timeout:
+            self.timeouts += 1
+            # not only noise (at BER 1e-3 a round trip fails ~40 %: 6 in a row is rare): the
+            # gateway may be slow, back off
+            if self.timeouts >= 6:
+                self.rto = min(proto.ACK_TIMEOUT_MS, self.rto * 2)
+        self.send_seq = self.journal.first_unacked  # go-back-N
+        self.progress_at = now
+        self.loss_at = now
+        self.probe_seq = 0
+
+    def line_ack(self, upto, n):
+        """An ACK: progress times the round trip and grows the frame budget. An ACK that
+        moves nothing while records are in flight says the gateway got a frame beyond a lost
+        one (it ACKs every RECORDS; a serial line does not reorder): resend now, not after
+        the timer. Not for an ACK that crossed our first send (sooner than half a round
+        trip), and at most once per timer period (ACKs of frames already in flight repeat)."""
+        now = self.hw.ticks_ms()
+        diff = self.hw.ticks_diff
+        if not self.rtts and self.hello_at is not None:
+            self.line_rtt(diff(now, self.hello_at))  # the first round trip: HELLO to an ACK
+        if n:
+            self.timeouts = 0
+            b = self.budget
+            if b < framing.MAX_PAYLOAD:
+                self.budget = min(framing.MAX_PAYLOAD, b + max(_BUDGET_STEP, b // 4))
+                if self.budget == framing.MAX_PAYLOAD:
+                    self.log("line clean: frames of %d B again" % self.budget)
+            if self.probe_seq and upto >= self.probe_seq:
+                self.probe_seq = 0
+                self.line_rtt(diff(now, self.probe_at))
+        elif self.rtts and self.busy_until is None \
+                and self.send_seq > self.journal.first_unacked \
+                and diff(now, self.progress_at) >= self.srtt // 2 \
+                and (self.loss_at is None or diff(now, self.loss_at) > self.rto):
+            self.line_loss(now, False)
+            self.log("ack %d again: resend from %d (frames of %d B)" % (
+                upto, self.journal.first_unacked, self.budget))
+
+    def line_rtt(self, rtt):
+        """A round trip measured (ms): the ACK timer follows it (RFC 6298's estimator)."""
+        rtt = min(rtt, proto.ACK_TIMEOUT_MS)  # a busy pause is no round trip
+        if self.rtts:
+            err = rtt - self.srtt
+            self.srtt += err // 8
+            self.rttvar += (abs(err) - self.rttvar) // 4
+        else:
+            self.srtt = rtt
+            self.rttvar = rtt // 2
+        self.rtts += 1
+        self.rto = max(_RTO_MIN_MS, min(proto.ACK_TIMEOUT_MS, self.srtt + 4 * self.rttvar))
 
 CommandError = proto.CommandError  # roles raise it without importing the session

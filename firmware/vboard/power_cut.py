@@ -83,13 +83,14 @@ class _Hw:
     def reader_write(self, data):
         """The node acknowledges a passage's reads ("A,tag,rseq"): the reader forgets them."""
         m = self.model
+        data = bytes(data)  # the role may hand a memoryview of its line buffer
         f = data[1:data.find(b"*")].split(b",")
         if m is not None and f[0] == b"A":
             tag, rseq = f[1].decode(), int(f[2])
             m.reads = [r for r in m.reads if r[1] != tag or r[0] > rseq]
 
     def uart_write(self, data):
-        for payload in self.deframer.feed(data):
+        for payload in self.deframer.feed(bytes(data)):  # FrameWriter hands a memoryview
             try:
                 msg = cbor.loads(payload)
                 if msg[0] == proto.T_RECORDS:
