@@ -65,8 +65,14 @@ def handle(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{port}  {line}\n")
         sys.stderr.flush()
 
-    res = deploy.deploy(board, args.role, port, link_port=args.link_port, settings=settings,
-                        progress=progress, hello_timeout=args.hello_timeout)
+    try:
+        res = deploy.deploy(board, args.role, port, link_port=args.link_port,
+                            settings=settings, progress=progress,
+                            hello_timeout=args.hello_timeout)
+    except KeyboardInterrupt:
+        progress("interrupted: the board still boots its old firmware, or the new one if the "
+                 "switch was done; run the same deploy again to finish (it resumes)")
+        return 130
     progress(f"ok in {res.total_s:.1f} s")
     if args.json:
         print(json.dumps(res.as_dict(), indent=2))
