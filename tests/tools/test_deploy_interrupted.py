@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from roadside.tools import deploy, sim
+from roadside.tools import cli, deploy, sim
 from roadside.tools.boards import load
 from roadside.tools.node_link import NodeLink
 from support.install_support import virtual_board
@@ -26,6 +26,7 @@ BOARD = load("roadside-water-level-r1")
 CHANGED = ("app", "session", "journal")  # the modules v2 changes
 HELLO_S = 20.0
 MARK = re.compile(rb"roadside test: firmware (v\d)")
+RAW_REPL_RESETS: list[bytes] = []  # the board's console when a reset was needed (see _deploy)
 
 
 def _mpy_cross(src: str, rel: str, tmp: Path) -> bytes:
@@ -70,8 +71,19 @@ def _deploy(board, monkeypatch, files: dict[str, bytes], cut: Callable[[], None]
 
     monkeypatch.setattr(deploy, "_exec", exec_then_cut)
     try:
-        return deploy.deploy(BOARD, "water", board.port, link_port=board.link_port,
-                             hello_timeout=HELLO_S)
+        try:
+            return deploy.deploy(BOARD, "water", board.port, link_port=board.link_port,
+                                 hello_timeout=HELLO_S)
+        except deploy.DeployError as exc:
+            if "could not enter raw repl" not in str(exc):
+                raise
+            # The unix port can die on a Ctrl-C that lands in gc.collect()'s finalisers
+            # ("FATAL: uncaught NLR", about 1 Ctrl-C in 50 here) and then ignore Ctrl-C until
+            # reset: what the message says to do. Not what this test is about; counted.
+            RAW_REPL_RESETS.append(board.log.read_bytes()[-600:])
+            board.reset()
+            return deploy.deploy(BOARD, "water", board.port, link_port=board.link_port,
+                                 hello_timeout=HELLO_S)
     finally:
         monkeypatch.setattr(deploy, "_exec", real_exec)
 
@@ -133,16 +145,31 @@ def test_a_deploy_cut_after_any_command_leaves_a_bootable_board(tmp_path: Path, 
             seen.append(ran)
         # the switch is one point: old before it, new after it
         assert seen == sorted(seen) and seen[0] == "v1" and seen[-1] == "v2", seen
-        print(f"{commands} cut points in {time.monotonic() - t0:.1f} s: {seen}")
+        print(f"{commands} cut points in {time.monotonic() - t0:.1f} s: {seen}; "
+              f"resets for a lost Ctrl-C: {len(RAW_REPL_RESETS)}")
 
 
 def test_a_blank_board_cut_mid_deploy_boots_blank_and_the_next_deploy_resumes(
-        tmp_path: Path, monkeypatch):
+        tmp_path: Path, monkeypatch, capsys):
     versions = _versions(tmp_path)
     files = versions["v1"]
     with virtual_board(tmp_path / "board") as board:
-        with pytest.raises(KeyboardInterrupt):  # after about half of the package's files
-            _deploy(board, monkeypatch, files, _cut_after(1 + 3 * (len(files) // 2)))
+        # Ctrl-C in `roadside deploy` after about half of the package's files
+        monkeypatch.setattr(deploy, "build_files", lambda: dict(files))
+        real_exec, cut = deploy._exec, _cut_after(1 + 3 * (len(files) // 2))
+
+        def exec_then_cut(t, code, port):
+            out = real_exec(t, code, port)
+            cut()
+            return out
+
+        monkeypatch.setattr(deploy, "_exec", exec_then_cut)
+        rc = cli.main(["deploy", "--board", BOARD.name, "--role", "water", "--port", board.port,
+                       "--link-port", board.link_port])
+        monkeypatch.setattr(deploy, "_exec", real_exec)
+        err = capsys.readouterr().err
+        assert rc == 130 and "interrupted: the board still boots its old firmware" in err, err
+        assert "run the same deploy again to finish (it resumes)" in err
         start = board.log.stat().st_size
         board.reset()
         # no entry point yet: the board boots to its REPL, as a blank board does
