@@ -25,7 +25,11 @@ errors and what to do:
   port busy / no such port   the message names the process holding it; `roadside nodes`
   bad --set value            the message names the key, the value and what is allowed
   no hello                   the firmware did not start: `mpremote connect PORT repl`, Ctrl-D,
-                             read the traceback"""
+                             read the traceback
+  interrupted (Ctrl-C)       the board boots its old firmware (or the new one once switched):
+                             run the same deploy again, it sends only what is missing
+
+A board without hardware: `roadside sim board` prints a --port and a --link-port to use."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
