@@ -164,6 +164,14 @@ def _until_stopped(alive: object = None) -> None:
                           else signal.SIG_DFL)
 
 
+def _term_is_ctrl_c() -> None:
+    """Until _until_stopped: SIGTERM stops like Ctrl-C (the finally blocks close the board or
+    the ROM) instead of killing this process and leaving the interpreter behind."""
+    def interrupt(*_a: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
@@ -173,6 +181,7 @@ def handle_board(args: argparse.Namespace) -> int:
     from . import boards, deploy, node_schema
     from .virtual_board import VirtualBoard
 
+    _term_is_ctrl_c()
     settings = dict(node_schema.parse_assignment(s) for s in args.set)
     board_file = boards.load(args.board) if args.deploy else None
     for key, value in settings.items():
@@ -209,6 +218,7 @@ def handle_board(args: argparse.Namespace) -> int:
 def handle_rom(args: argparse.Namespace) -> int:
     from . import virtual_rom
 
+    _term_is_ctrl_c()
     if args.image_kib < 8:
         raise ToolError(f"--image-kib must be at least 8, got {args.image_kib}")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="roadside-rom-"))
