@@ -345,15 +345,28 @@ def _mkdirs(path: str, made: set[str]) -> str:
     return code
 
 
+_COPY = """
+import os
+_b = bytearray(1024)
+def _cp(src, dst):
+    with open(src, 'rb') as s, open(dst, 'wb') as d:
+        while True:
+            n = s.readinto(_b)
+            if not n:
+                break
+            d.write(_b if n == len(_b) else memoryview(_b)[:n])
+"""
+COPY_BATCH = 8  # files per exec: small scripts, for a board's heap after Ctrl-C stopped main
+
+
 def copy_on_board(t: Any, pairs: list[tuple[str, str]], port: str, made: set[str]) -> None:
     """Copy files the board already has (source, destination) without sending them."""
-    code = "import os\nb=bytearray(1024)\n"
-    for src, dst in pairs:
-        code += _mkdirs(dst, made)
-        code += (f"with open({src!r},'rb') as s, open({dst!r},'wb') as d:\n"
-                 " while True:\n  n=s.readinto(b)\n  if not n:\n   break\n"
-                 "  d.write(b if n==len(b) else b[:n])\n")
-    _exec(t, code, port)
+    _exec(t, _COPY, port)
+    for i in range(0, len(pairs), COPY_BATCH):
+        code = "import os\n"
+        for src, dst in pairs[i:i + COPY_BATCH]:
+            code += _mkdirs(dst, made) + f"_cp({src!r},{dst!r})\n"
+        _exec(t, code, port)
 
 
 # removes a tree (files and empty directories) on the board
