@@ -99,6 +99,8 @@ def format_result(r: deploy.DeployResult) -> str:
         f"next seq:     {h.get('next_seq')}",
         f"micropython:  {r.micropython} (.mpy {r.board_mpy}; firmware {r.firmware_mpy})",
         f"files:        {len(r.copied)} of {r.files} copied"
-        + (f": {copied}{more}" if r.copied else " (all up to date)"),
+        + (f": {copied}{more}" if r.copied else " (all up to date)")
+        + (f"; {len(r.reused)} reused on the board" if r.reused else ""),
+        f"firmware dir: {r.firmware_dir}",
         f"port:         {r.port}" + (f" (link {r.link_port})" if r.link_port != r.port else ""),
     ])
