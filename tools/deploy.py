@@ -45,8 +45,6 @@ from .node_link import LinkError, NodeLink, hello_dict
 FIRMWARE = sim.FIRMWARE
 HELLO_TIMEOUT_S = 15.0
 RAW_REPL_TIMEOUT_S = 5.0
-RAW_REPL_ATTEMPTS = 3
-RAW_REPL_PAUSE_S = 1.0
 # the unix-port simulation layer (termios, ptys) is of no use on a board
 NOT_DEPLOYED = ("hw/sim",)
 FW_ROOT = "/fw"  # /fw/<tag>/roadside_node: one directory per firmware build (staged deploy)
@@ -272,18 +270,12 @@ def _transport(port: str) -> Any:
         t = SerialTransport(port, baudrate=115200, timeout=RAW_REPL_TIMEOUT_S)
     except TransportError as exc:
         raise DeployError(str(flashing._explain(port, OSError(f"{exc} busy")))) from None
-    for attempt in range(1, RAW_REPL_ATTEMPTS + 1):
-        try:
-            t.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_TIMEOUT_S)
-            return t
-        except TransportError:
-            if attempt == RAW_REPL_ATTEMPTS:
-                t.close()
-                raise DeployError(_no_raw_repl(port)) from None
-            # a Ctrl-C that lands while the board resets is lost: let it boot, try again
-            # (seen on the virtual board: the unix port dying on a Ctrl-C, then rebooting)
-            time.sleep(RAW_REPL_PAUSE_S)
-    raise AssertionError("unreachable")
+    try:
+        t.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_TIMEOUT_S)
+    except TransportError:
+        t.close()
+        raise DeployError(_no_raw_repl(port)) from None
+    return t
 
 
 def _no_raw_repl(port: str) -> str:

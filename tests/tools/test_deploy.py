@@ -165,7 +165,6 @@ def test_port_errors(tmp_path: Path, monkeypatch, capsys):
     assert rc == 2 and "port /dev/nonexistent does not exist" in capsys.readouterr().err
     # a serial device that does not answer like MicroPython
     monkeypatch.setattr(deploy, "RAW_REPL_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(deploy, "RAW_REPL_PAUSE_S", 0.1)
     master, slave = os.openpty()
     try:
         import tty
