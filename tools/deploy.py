@@ -51,7 +51,7 @@ FW_ROOT = "/fw"  # /fw/<tag>/roadside_node: one directory per firmware build (st
 LEGACY_PKG = "/lib/roadside_node"  # where deploys before the staged layout put the package
 ENTRY = "/main.py"
 CONFIG = "/config.json"
-# the first line of a deployed /main.py; the second puts the firmware's directory on sys.path
+# the first line of a deployed /main.py; the next two put the firmware directory on sys.path
 ENTRY_HEAD = "# roadside deploy: firmware in "
 CHUNK = 2048  # bytes per fs write exec (raw-paste streams it; repr() at most x4 on the board)
 Progress = Callable[[str], None]
