@@ -10,15 +10,21 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ToolError
 from .gateway_config import link_sections
 from .sim import DEFAULT_SCENARIO, ROLES, Simulation
 
+if TYPE_CHECKING:
+    from .virtual_board import VirtualBoard
+
 # one MAC for both: a board flashed in the virtual ROM keeps its node id when deployed
 DEFAULT_MAC = "24:0a:c4:00:00:01"
 ROM_LIFETIME_S = 7 * 24 * 3600.0  # the mock server needs one; Ctrl-C is what stops it
+BOOT_WAIT_S = 3.0  # at most, for a board to reach its REPL before its ports are printed
 
 EXAMPLES = """examples:
   roadside sim --role water --count 3 --scenario flood
@@ -177,6 +183,19 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _wait_booted(board: VirtualBoard, since: int) -> None:
+    """Return once a blank board shows its REPL prompt, or after BOOT_WAIT_S (a board with
+    firmware runs main.py and shows none). The unix port dies of a Ctrl-C that arrives just
+    after its boot script ended and before its REPL took the terminal; mpremote and deploy
+    send one when they connect, so the ports are printed when that moment has passed."""
+    log = board.log
+    deadline = time.monotonic() + BOOT_WAIT_S
+    while time.monotonic() < deadline:
+        if log.exists() and b">>> " in log.read_bytes()[since:]:
+            return
+        time.sleep(0.02)
+
+
 def handle_board(args: argparse.Namespace) -> int:
     from . import boards, deploy, node_schema
     from .virtual_board import VirtualBoard
@@ -187,8 +206,12 @@ def handle_board(args: argparse.Namespace) -> int:
     for key, value in settings.items():
         node_schema.check(key, value)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="roadside-board-"))
-    board = VirtualBoard(directory, mac=args.mac, distance_mm=args.distance_mm).start()
+    board = VirtualBoard(directory, mac=args.mac, distance_mm=args.distance_mm)
+    board.dir.mkdir(parents=True, exist_ok=True)
+    since = board.log.stat().st_size if board.log.exists() else 0
+    board.start()
     try:
+        _wait_booted(board, since)
         hello = None
         if board_file is not None:
             res = deploy.deploy(board_file, args.deploy, board.port, link_port=board.link_port,

@@ -27,7 +27,7 @@ import pytest
 from roadside.tools import cli, deploy, sim
 from roadside.tools.boards import load
 from roadside.tools.node_link import NodeLink
-from support.install_support import virtual_board
+from support.install_support import virtual_board, wait_repl
 
 BOARD = load("roadside-water-level-r1")
 CHANGED = ("app", "session", "journal")  # the modules v2 changes
@@ -137,6 +137,7 @@ def _cut_after(k: int) -> Callable[[], None]:
 def test_a_deploy_cut_after_any_command_leaves_a_bootable_board(tmp_path: Path, monkeypatch):
     versions = _versions(tmp_path)
     with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # a blank board: see wait_repl
         _deploy(board, monkeypatch, versions["v1"])
         # how many commands an uncut v1 -> v2 deploy sends the board (survey included)
         count = [0]
@@ -171,6 +172,7 @@ def test_a_blank_board_cut_mid_deploy_boots_blank_and_the_next_deploy_resumes(
     versions = _versions(tmp_path)
     files = versions["v1"]
     with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # a blank board: see wait_repl
         # Ctrl-C in `roadside deploy` after about half of the package's files
         monkeypatch.setattr(deploy, "build_files", lambda: dict(files))
         real_exec, cut = deploy._exec, _cut_after(1 + 3 * (len(files) // 2))
@@ -204,6 +206,7 @@ def test_a_board_of_the_older_layout_is_switched_and_cleaned(tmp_path: Path, mon
     legacy = {p.replace(fw_dir, "/lib"): d for p, d in files.items() if p.startswith(fw_dir)}
     legacy["/main.py"] = (sim.FIRMWARE / "main.py").read_bytes()
     with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # a blank board: see wait_repl
         t = deploy._transport(board.port)
         try:
             made: set[str] = set()
