@@ -25,7 +25,11 @@ errors and what to do:
   port busy / no such port   the message names the process holding it; `roadside nodes`
   bad --set value            the message names the key, the value and what is allowed
   no hello                   the firmware did not start: `mpremote connect PORT repl`, Ctrl-D,
-                             read the traceback"""
+                             read the traceback
+  interrupted (Ctrl-C)       the board boots its old firmware (or the new one once switched):
+                             run the same deploy again, it sends only what is missing
+
+A board without hardware: `roadside sim board` prints a --port and a --link-port to use."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +69,14 @@ def handle(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{port}  {line}\n")
         sys.stderr.flush()
 
-    res = deploy.deploy(board, args.role, port, link_port=args.link_port, settings=settings,
-                        progress=progress, hello_timeout=args.hello_timeout)
+    try:
+        res = deploy.deploy(board, args.role, port, link_port=args.link_port,
+                            settings=settings, progress=progress,
+                            hello_timeout=args.hello_timeout)
+    except KeyboardInterrupt:
+        progress("interrupted: the board still boots its old firmware, or the new one if the "
+                 "switch was done; run the same deploy again to finish (it resumes)")
+        return 130
     progress(f"ok in {res.total_s:.1f} s")
     if args.json:
         print(json.dumps(res.as_dict(), indent=2))
@@ -89,6 +99,8 @@ def format_result(r: deploy.DeployResult) -> str:
         f"next seq:     {h.get('next_seq')}",
         f"micropython:  {r.micropython} (.mpy {r.board_mpy}; firmware {r.firmware_mpy})",
         f"files:        {len(r.copied)} of {r.files} copied"
-        + (f": {copied}{more}" if r.copied else " (all up to date)"),
+        + (f": {copied}{more}" if r.copied else " (all up to date)")
+        + (f"; {len(r.reused)} reused on the board" if r.reused else ""),
+        f"firmware dir: {r.firmware_dir}",
         f"port:         {r.port}" + (f" (link {r.link_port})" if r.link_port != r.port else ""),
     ])

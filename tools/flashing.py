@@ -150,6 +150,9 @@ def port_holders(device: str) -> list[tuple[int, str]]:
     except OSError:
         return []
     me = os.getpid()
+    from .serial_ports import holds_pty_master, pty_index
+
+    pts = pty_index(device)  # on a pty, the process behind it (its master) is not a rival
     holders: list[tuple[int, str]] = []
     for entry in os.scandir("/proc") if os.path.isdir("/proc") else []:
         if not entry.name.isdigit() or int(entry.name) == me:
@@ -158,7 +161,8 @@ def port_holders(device: str) -> list[tuple[int, str]]:
             fds = os.scandir(f"/proc/{entry.name}/fd")
             for fd in fds:
                 try:
-                    if os.readlink(fd.path) == target:
+                    if os.readlink(fd.path) == target and not (
+                            pts is not None and holds_pty_master(int(entry.name), pts)):
                         comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
                         holders.append((int(entry.name), comm))
                         break

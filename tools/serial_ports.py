@@ -58,3 +58,45 @@ def list_devices() -> list[SerialDevice]:
 def candidates() -> list[SerialDevice]:
     """USB serial devices: the ports a board can be on."""
     return [d for d in list_devices() if d.vid_pid]
+
+
+# -- who holds a port -------------------------------------------------------------------------
+
+def pty_index(device: str) -> int | None:
+    """N for a pseudo-terminal slave /dev/pts/N (after symlinks), else None."""
+    import os
+
+    try:
+        real = os.path.realpath(device)
+    except OSError:
+        return None
+    head, _, tail = real.rpartition("/")
+    return int(tail) if head == "/dev/pts" and tail.isdigit() else None
+
+
+def holds_pty_master(pid: int, index: int) -> bool:
+    """True when process `pid` has the master side of /dev/pts/`index` open.
+
+    That process is the device behind the pty (a virtual board, a ROM emulator, socat, a
+    terminal emulator): it holds the slave too only to keep the master from EIO-ing, as a
+    USB-UART bridge is always "open" on the board's side. It does not compete with a program
+    that opens the port; a second program holding only the slave (a shell, a serial monitor,
+    the gateway) does. Linux reports a master's pty number as `tty-index` in fdinfo.
+    """
+    import os
+
+    try:
+        fds = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd.path) not in ("/dev/ptmx", "/dev/pts/ptmx"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd.name}") as f:
+                for line in f:
+                    if line.startswith("tty-index:") and int(line.split()[1]) == index:
+                        return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False

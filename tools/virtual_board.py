@@ -169,6 +169,7 @@ class VirtualBoard:
     def _boot(self, mode: str, cause: str) -> None:
         assert self._con is not None
         slave = self._con.slave
+        _raw(slave, isig=True)  # a killed REPL leaves ISIG off: Ctrl-C would not interrupt
 
         def ctty() -> None:  # in the child, after setsid: the console is its terminal
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -285,6 +286,7 @@ class VirtualBoard:
         """Press the reset button: kill the interpreter; the relay boots it again."""
         with self._lock:
             self._raw_mode = False
+            self._ready = False  # hold what the user sends until the new boot is up
             if self.proc is not None and self.proc.poll() is None:
                 _killpg(self.proc, signal.SIGKILL)
                 self.proc.wait(5)

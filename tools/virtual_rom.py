@@ -7,7 +7,8 @@ and a MAC of our choosing (the mock derives the MAC from the chip name, so sever
 one chip would share it), and stops it. The image is built with esptool's image classes, so
 its header carries the chip id that `roadside flash` checks.
 
-Run as `python -m roadside.tools.virtual_rom --chip esp32 --mac 24:0a:c4:00:00:01 --port-file F`.
+Run as `python -m roadside.tools.virtual_rom --chip esp32 --mac 24:0a:c4:00:00:01 --port-file F`;
+from a shell, `roadside sim rom` starts one with a test image and prints both (cmd_sim.py).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,17 @@ def virtual_board(directory: Path, **kwargs: Any) -> Iterator[VirtualBoard]:
         yield board
     finally:
         board.close()
+
+
+def wait_repl(board: VirtualBoard, timeout: float = 20.0) -> None:
+    """Wait until a blank board shows its REPL prompt. The unix port dies of a Ctrl-C that
+    lands after its boot script ended and before its REPL took the terminal (the window a
+    connect right after start() can hit); tests that are not about booting wait this out."""
+    deadline = time.monotonic() + timeout
+    while b">>> " not in (board.log.read_bytes() if board.log.exists() else b""):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the virtual board in {board.dir} showed no REPL prompt")
+        time.sleep(0.02)
 
 
 @contextmanager

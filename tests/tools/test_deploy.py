@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from roadside.tools import cli, deploy
 from roadside.tools.errors import ToolError
-from support.install_support import virtual_board
+from support.install_support import virtual_board, wait_repl
 
 BOARD = "roadside-water-level-r1"
 MPREMOTE = [sys.executable, "-m", "mpremote"]
@@ -90,6 +90,7 @@ def run_deploy(capsys, board, *extra: str) -> dict:
 
 def test_deploy_then_redeploy_copies_nothing(tmp_path: Path, capsys):
     with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # not about booting: see wait_repl
         first = run_deploy(capsys, board,
                            "--set", "thresholds.alarm_cm=160", "--set", "node_id=wl-0042")
         assert "/main.py" in first["copied"] and "/config.json" in first["copied"]
@@ -122,6 +123,7 @@ def _read(port: str, path: str) -> str:
 
 def test_deploy_human_output(tmp_path: Path, capsys):
     with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # not about booting: see wait_repl
         rc = cli.main(["deploy", "--board", BOARD, "--role", "water", "--port", board.port,
                        "--link-port", board.link_port])
         out = capsys.readouterr()
@@ -133,6 +135,7 @@ def test_deploy_human_output(tmp_path: Path, capsys):
 def test_wrong_mpy_version_is_refused_naming_both(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setattr(deploy, "mpy_header", lambda path: (5, 0, 0))
     with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # not about booting: see wait_repl
         rc = cli.main(["deploy", "--board", BOARD, "--role", "water", "--port", board.port,
                        "--link-port", board.link_port])
         err = capsys.readouterr().err
