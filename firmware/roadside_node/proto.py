@@ -56,6 +56,32 @@ B_RESET_CAUSE = const(6)
 B_SAFE_MODE = const(7)
 
 
+_CLIP = const(24)  # characters of untrusted input an error text may quote
+
+
+def clip(v):
+    """A bounded view of untrusted input for an error text: short text and numbers as they
+    are, a long text cut with its length, other values by type only. An error that quoted a
+    990-character value whole would itself no longer fit a frame."""
+    if isinstance(v, str):
+        if len(v) <= _CLIP:
+            return repr(v)
+        return "%s... (%d chars)" % (repr(v[:_CLIP - 8]), len(v))
+    if v is None or isinstance(v, (bool, int, float)):
+        s = repr(v)
+        return s if len(s) <= _CLIP else s[:_CLIP - 3] + "..."
+    return "a " + type(v).__name__
+
+
+def reply_fits(req, payload, limit):
+    """The REPLY payload as is when it fits `limit` bytes; else a short ok=false REPLY to
+    the same request saying how big the answer was (a frame that big cannot be sent)."""
+    if len(payload) <= limit:
+        return payload
+    return reply(req, False, None, "reply too big (%d bytes, at most %d); ask for less, "
+                 "e.g. config.get with a key" % (len(payload), limit))
+
+
 class CommandError(ValueError):
     """A command refused or with bad args: the REPLY carries ok=false and this text."""
 
@@ -154,7 +180,12 @@ def reply(req_id, ok, result=None, error=None):
     return bytes(w.buf)
 
 
+_ERROR_TEXT = const(512)  # an ERROR's text at most: a safety net, so its frame always fits
+
+
 def error(code, text, ref=None):
+    if len(text) > _ERROR_TEXT:
+        text = text[:_ERROR_TEXT - 3] + "..."
     w = cbor.Writer()
     w.map(4 if ref is not None else 3)
     w.int(0)
