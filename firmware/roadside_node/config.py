@@ -1,17 +1,30 @@
 # Node config: NODE_DIR/config.json merged over defaults, validated with messages that name
 # the key, the bad value and what is allowed. Unknown keys are kept as they are.
+# (CPython loads this module too: tools/node_schema.py checks values before they go out, so
+# it imports nothing but json and journal at the top.)
 import json
 
-from micropython import const
-
-from .cbor import dumps
 from .journal import write_atomic
-from .proto import clip
 
 # The whole config with defaults (config.get without a key) as CBOR at most: its REPLY fits
 # one sealed BLE frame (ble.BlePort.max_payload 992) with room for the REPLY's own head.
-MAX_CBOR = const(900)
-MAX_PAIRS = const(64)  # conflicts: a full 8-phase matrix is 28 pairs; field controllers ~20
+MAX_CBOR = 900
+MAX_PAIRS = 64  # conflicts: a full 8-phase matrix is 28 pairs; field controllers ~20
+_CLIP = 24  # characters of untrusted input an error text may quote
+
+
+def clip(v):
+    """A bounded view of untrusted input for an error text: short text and numbers as they
+    are, a long text cut with its length, other values by type only. An error that quoted a
+    990-character value whole would itself no longer fit a frame."""
+    if isinstance(v, str):
+        if len(v) <= _CLIP:
+            return repr(v)
+        return "%s... (%d chars)" % (repr(v[:_CLIP - 8]), len(v))
+    if v is None or isinstance(v, (bool, int, float)):
+        s = repr(v)
+        return s if len(s) <= _CLIP else s[:_CLIP - 3] + "..."
+    return "a " + type(v).__name__
 
 PATH = "config.json"
 ROLES = ("water", "signal", "toll")
@@ -119,7 +132,8 @@ def check(key, value):
     spec = SCHEMA.get(key)
     if spec is None:
         raise ConfigError("%s: unknown key; allowed keys: %s" % (
-            key if isinstance(key, str) and len(key) <= 32 else clip(key), ", ".join(["node_id", "role", "board"] + sorted(SCHEMA) + list(LISTS))))
+            key if isinstance(key, str) and len(key) <= 32 else clip(key),
+            ", ".join(["node_id", "role", "board"] + sorted(SCHEMA) + list(LISTS))))
     _, kind, lo, hi = spec
     if kind is bool:
         if isinstance(value, bool):
@@ -254,6 +268,7 @@ class Config:
         trial = json.loads(json.dumps(self.data))  # deep copy to check cross-key rules
         _put(trial, key, value)
         self._check_order(trial)
+        from .cbor import dumps
         size = len(dumps(self.effective(trial)))
         if size > MAX_CBOR:
             raise ConfigError("%s: the config would be %d bytes, at most %d; remove what is "

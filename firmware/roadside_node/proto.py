@@ -56,23 +56,6 @@ B_RESET_CAUSE = const(6)
 B_SAFE_MODE = const(7)
 
 
-_CLIP = const(24)  # characters of untrusted input an error text may quote
-
-
-def clip(v):
-    """A bounded view of untrusted input for an error text: short text and numbers as they
-    are, a long text cut with its length, other values by type only. An error that quoted a
-    990-character value whole would itself no longer fit a frame."""
-    if isinstance(v, str):
-        if len(v) <= _CLIP:
-            return repr(v)
-        return "%s... (%d chars)" % (repr(v[:_CLIP - 8]), len(v))
-    if v is None or isinstance(v, (bool, int, float)):
-        s = repr(v)
-        return s if len(s) <= _CLIP else s[:_CLIP - 3] + "..."
-    return "a " + type(v).__name__
-
-
 def reply_fits(req, payload, limit):
     """The REPLY payload as is when it fits `limit` bytes; else a short ok=false REPLY to
     the same request saying how big the answer was (a frame that big cannot be sent)."""

@@ -4,7 +4,7 @@
 from micropython import const
 
 from . import framing, proto
-from .config import ConfigError
+from .config import ConfigError, clip
 
 HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
 SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
@@ -162,7 +162,7 @@ class Session:
             self.cache.append((req, payload))
             if len(self.cache) > _CACHE:
                 self.cache.pop(0)
-        self.log("command %d %s ok=%s" % (req, proto.clip(name), ok))
+        self.log("command %d %s ok=%s" % (req, clip(name), ok))
         self.send(payload)
 
     def run(self, name, args):
@@ -191,7 +191,7 @@ class Session:
             if v is None:
                 v = self.config.get(key)
             if v is None:
-                raise CommandError("config.get: unknown key %s" % proto.clip(key))
+                raise CommandError("config.get: unknown key %s" % clip(key))
             return v
         if name == "config.set":
             if not isinstance(args.get("key"), str) or "value" not in args:
@@ -214,7 +214,7 @@ class Session:
         if name in extra:
             return self.role.command(name, args)  # type: ignore[union-attr]
         known = COMMANDS + extra
-        raise CommandError("unknown command %s; known: %s" % (proto.clip(name), ", ".join(known)))
+        raise CommandError("unknown command %s; known: %s" % (clip(name), ", ".join(known)))
 
     # -- time passing -------------------------------------------------------------------
     def tick(self):
