@@ -1,13 +1,15 @@
 # MicroPython code (not CPython): the node fuzz driver. It boots the real firmware (App, the
 # session, the BLE port over hw/sim_bluetooth.py's API, auth, config, journal) in this process
 # and feeds it mutated frames, counting what would reset a board: any exception that leaves
-# App.step(). Used by tests/firmware/test_hostile_fuzz.py (a few thousand frames) and
-# bench/bench_fuzz_node.py (the long form). Compiled with mpy-cross before it runs, so the
+# App.step() or the BLE irq handler, or a boot that fails on a config the node accepted.
+# Used by bench/bench_fuzz_node.py (its run(): tests/firmware/test_hostile_fuzz.py runs a few
+# thousand frames, the bench the long form). Compiled with mpy-cross before it runs, so the
 # heap it measures is the firmware's and not the compiler's.
 #
-#   import fuzz_node; fuzz_node.run("uart" | "ble_pre" | "ble_auth", frames, seed)
-# prints one JSON line: frames, resets, reboots (asked for by a fuzzed `reboot` command),
-# seconds, slowest_ms, heap figures and the first tracebacks of any reset.
+#   import fuzz_node; fuzz_node.run("uart" | "ble_pre" | "ble_auth", frames, seed, fresh)
+# feeds frames until done or until a reset or reboot ends this boot, and prints one JSON
+# line (RESULT ...): frames, resets, reboots (asked for by a fuzzed `reboot` command),
+# seconds, the slowest frame, heap figures and the traceback of a reset.
 import gc
 import json
 import random
@@ -45,7 +47,7 @@ def radio():
     class Radio(sb._BLE):
         def __init__(self):
             super().__init__()
-            self.buf = bytearray(4096)  # notifications, allocated once: no heap churn here
+            self.buf = NOTIFIED[0]  # allocated once per run: no heap churn across boots
             self.n = 0
             self.kicked = False  # the node called gap_disconnect: the rig delivers the event
 
@@ -73,6 +75,7 @@ class FuzzHW(SimHW):
         self.inq = []
         self.out = bytearray()
         self.radio = None
+        self.keep = config.get("ble") is False  # on a BLE link the UART's output is not read
 
     def ticks_ms(self):
         return self.clock[0]
@@ -90,7 +93,7 @@ class FuzzHW(SimHW):
         return self.inq.pop(0) if self.inq else b""
 
     def uart_write(self, data):
-        if len(self.out) < 8192:
+        if self.keep and len(self.out) < 8192:  # the uart link reads and clears it per frame
             self.out.extend(data)
 
     def poll_obj(self):
@@ -188,9 +191,22 @@ def mutate_bytes(r, data):
     return b
 
 
+NOTIFIED = [None]  # the radio's notification buffer (BLE links)
+LAST = [""]  # what the last frame carried, for the slowest frame's report
+
+
+def label(m):
+    if m.get(0) == 4:
+        name = m.get(2)
+        return "command " + (name[:24] if isinstance(name, str) else type(name).__name__)
+    return "type " + repr(m.get(0))[:12]
+
+
 def payload(r, req):
     try:
-        p = cbor.dumps(message(r, req))
+        m = message(r, req)
+        LAST[0] = label(m)
+        p = cbor.dumps(m)
     except Exception:  # noqa: BLE001 - a value this encoder refuses: garbage instead
         p = b"\xff"
     if r.getrandbits(2) == 0:
@@ -212,7 +228,7 @@ def frame(r, p):
 
 # -- the node and its links -------------------------------------------------------------------
 class Rig:
-    def __init__(self, mode, seed, quiet=True):
+    def __init__(self, mode, seed, quiet=True, fresh=True):
         self.mode = mode
         self.seed = seed
         self.r = random  # SimHW seeds the module at every boot: boot() seeds it again
@@ -228,11 +244,14 @@ class Rig:
         self.key = None
         self.deframer = Deframer()
         self.answers = 0  # frames the node sent back: the fuzz reached its session
-        self.fresh_config()
+        if fresh:
+            self.fresh_config()
         if mode != "uart":
             global auth
             from roadside_node import auth
-            auth.store_secret(SECRET)
+            if fresh:
+                auth.store_secret(SECRET)
+            NOTIFIED[0] = bytearray(4096)
 
     def fresh_config(self):
         cfg = dict(BASE)
@@ -260,9 +279,9 @@ class Rig:
             self.fresh_config()
             gc.collect()
             config = Config.load()
-        if self.mode != "uart" and not config.get("ble"):
-            self.fresh_config()  # the fuzz turned BLE off: this mode needs it on
-            config = Config.load()
+        if (self.mode != "uart") != bool(config.get("ble")):
+            self.fresh_config()  # the fuzz turned BLE on or off: this link's heap wants it
+            config = Config.load()  # as it was (a UART node at 96k, BLE at 112k)
             self.app = None
         if self.app is None:
             self.hw = FuzzHW(config, self.clock)
@@ -384,63 +403,63 @@ class Rig:
             self.connect()
 
 
-def run(mode, frames, seed=1, quiet=True, report_every=0):
-    rig = Rig(mode, seed, quiet)
-    rig.boot()
+def run(mode, frames, seed=1, fresh=True, quiet=True):
+    """Feed up to `frames` frames to one boot of the node. A reset or a reboot ends the run,
+    as it ends a board's heap: the caller (bench/bench_fuzz_node.py) starts a new process on
+    the same node directory (config, journal, secret) for the rest, like the board's boot."""
+    rig = Rig(mode, seed, quiet, fresh)
     resets = reboots = skipped = 0
     traces = []
-    slowest = 0
-    slowest_at = 0
+    try:
+        rig.boot()
+    except Crash as c:  # the node did not boot on the config it accepted over the link
+        resets = 1
+        traces.append("boot: " + repr(c.args[0]))
+    slowest = slowest_at = 0
+    slowest_what = ""
     gc.collect()
     free_min = gc.mem_free()
     live0 = None
     t0 = time.ticks_ms()
-    for i in range(frames):
+    done = 0
+    while done < frames and not resets:
         a = time.ticks_us()
-        again = False
+        end = False
         try:
-            rig.feed(i + 1)
+            rig.feed(done + 1)
         except MemoryError:  # the driver's own frame did not fit (the node's are caught)
             skipped += 1
             gc.collect()
         except Reboot:
             reboots += 1
-            again = True
+            end = True
         except Crash as c:  # what would reset a board
             resets += 1
-            again = True
-            if len(traces) < 3:
-                import io
-                s = io.StringIO()
-                sys.print_exception(c.args[0], s)
-                traces.append(s.getvalue())
-        while again:  # outside the except: its traceback would keep the old node alive
-            again = False
-            try:
-                rig.boot()
-            except Crash as c:  # the node did not boot on the config it accepted
-                resets += 1
-                if len(traces) < 3:
-                    traces.append("boot: " + repr(c.args[0]))
+            end = True
+            import io
+            s = io.StringIO()
+            sys.print_exception(c.args[0], s)
+            traces.append(s.getvalue())
         us = time.ticks_diff(time.ticks_us(), a)
         if us > slowest:
-            slowest, slowest_at = us, i
-        if i % 64 == 0:
+            slowest, slowest_at, slowest_what = us, done, LAST[0]
+        done += 1
+        if end:
+            break
+        if done % 64 == 0:
             gc.collect()
             free_min = min(free_min, gc.mem_free())
-            if i == 256:
+            if done == 256:
                 live0 = gc.mem_alloc()  # warmed up: buffers, modules and caches are in
-        if report_every and i and i % report_every == 0:
-            print("progress", i, "resets", resets)
     secs = time.ticks_diff(time.ticks_ms(), t0) / 1000
     gc.collect()
     live1 = gc.mem_alloc()
-    out = {"mode": mode, "frames": frames, "resets": resets, "reboots": reboots,
-           "boots": rig.boots, "seconds": secs, "frames_per_s": frames / secs if secs else 0,
-           "slowest_ms": slowest / 1000, "slowest_at": slowest_at,
-           "free_min": free_min, "live_start": live0, "live_end": live1,
-           "answers": rig.answers, "skipped": skipped,
-           "failed": getattr(rig.app.session, "failed", None), "traces": traces}
+    out = {"mode": mode, "frames": done, "resets": resets, "reboots": reboots,
+           "seconds": secs, "slowest_ms": slowest / 1000, "slowest_at": slowest_at,
+           "slowest_what": slowest_what, "free_min": free_min, "live_start": live0,
+           "live_end": live1, "answers": rig.answers, "skipped": skipped,
+           "failed": getattr(rig.app.session, "failed", 0), "traces": traces,
+           "journal_records": rig.app.journal.count}
     if rig.app.ble is not None:
         out["ble"] = rig.app.ble.stats()
     print("RESULT " + json.dumps(out))
