@@ -114,7 +114,7 @@ def check(key, value):
         raise ConfigError("node_id: bad value %s; allowed: text of 1 to 32 characters"
                           % clip(value))
     if key == "role":
-        if value in ROLES:
+        if isinstance(value, str) and value in ROLES:  # (bytes in a str tuple: a warning)
             return value
         raise ConfigError("role: bad value %s; allowed: %s" % (clip(value), ", ".join(ROLES)))
     if key == "board":
@@ -140,7 +140,7 @@ def check(key, value):
             return value
         raise ConfigError("%s: bad value %s; allowed: true or false" % (key, clip(value)))
     if kind is str:
-        if value in lo:
+        if isinstance(value, str) and value in lo:
             return value
         raise ConfigError("%s: bad value %s; allowed: %s" % (key, clip(value), ", ".join(lo)))
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
