@@ -462,5 +462,7 @@ def run(mode, frames, seed=1, fresh=True, quiet=True):
            "journal_records": rig.app.journal.count}
     if rig.app.ble is not None:
         out["ble"] = rig.app.ble.stats()
+    NOTIFIED[0] = rig.app = rig.hw = None  # measured: make room to print the result
+    gc.collect()
     print("RESULT " + json.dumps(out))
     return out
