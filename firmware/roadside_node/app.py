@@ -87,12 +87,18 @@ class App:
         hw = self.hw
         data = hw.uart_read()
         while data:
-            for payload in self.deframer.feed(data):
-                self.session.use_port(None)  # answer on the UART
-                self.session.on_payload(payload)
+            try:  # a failure (a MemoryError too) costs these bytes, never a reset
+                for payload in self.deframer.feed(data):
+                    self.session.use_port(None)  # answer on the UART
+                    self.session.on_payload(payload)  # guarded inside, per message
+            except Exception as e:  # noqa: BLE001 - the guard itself
+                self.session.failure(e)
             data = hw.uart_read()
         if self.ble is not None:
-            self.ble.step()
+            try:
+                self.ble.step()
+            except MemoryError as e:  # a fragmented heap this step: the next one retries
+                self.session.failure(e)
         t = hw.sim_s()
         if self.role is not None:
             self.role.step(t, hw.distance_mm)
@@ -101,7 +107,10 @@ class App:
         if t >= self.next_health:
             self.next_health = t + self.config.get("health_interval_s")
             self.health()
-        self.session.tick()
+        try:
+            self.session.tick()
+        except MemoryError as e:  # records stay journaled; the next tick sends them
+            self.session.failure(e)
         if self.session.reboot_pending:
             self.log("reboot")
             self.journal.close()

@@ -184,7 +184,7 @@ class Channel:
         self.fails = 0  # consecutive failures: the lockout doubles with each
         self.locked_until = None  # ticks_ms
         self.stats = {"auth_ok": 0, "auth_failed": 0, "locked_out": 0, "unauthenticated": 0,
-                      "replayed": 0, "forged": 0, "malformed": 0}
+                      "replayed": 0, "forged": 0, "malformed": 0, "abandoned": 0}
         self.reset()
 
     def reset(self):
@@ -209,16 +209,38 @@ class Channel:
         self.reply(proto.error(proto.E_AUTH, text, proto.T_AUTH))
 
     def _fail(self, why):
-        self.fails += 1
-        ms = LOCKOUT_BASE_MS << min(self.fails - 1, 16)
-        ms = min(ms, LOCKOUT_MAX_MS)
-        self.locked_until = self.hw.ticks_ms() + ms
+        ms = self._lock()
         self._count("auth_failed")
         self.log("ble auth failed (%s): locked out %d ms" % (why, ms))
         self._error("auth failed: locked out for %d ms" % ms)
         self.reset()
         if self.on_fail is not None:
             self.on_fail()
+
+    def _lock(self):
+        """One more failure: the lockout doubles (LOCKOUT_BASE_MS, ... LOCKOUT_MAX_MS)."""
+        self.fails += 1
+        ms = LOCKOUT_BASE_MS << min(self.fails - 1, 16)
+        ms = min(ms, LOCKOUT_MAX_MS)
+        self.locked_until = self.hw.ticks_ms() + ms
+        return ms
+
+    def abandon(self, why):
+        """A connection ends (or is ended) without a completed handshake. A started
+        handshake counts as a failure toward the lockout, so challenges that are never
+        answered cost the central as much as wrong proofs."""
+        if self.state == _WAIT_PROOF:
+            self._count("abandoned")
+            ms = self._lock()
+            self.log("ble handshake abandoned (%s): locked out %d ms" % (why, ms))
+        self.reset()
+
+    def expired(self, connected_at):
+        """True when this connection has had HANDSHAKE_MS since connect and is still not
+        authenticated: the central is to be dropped (it holds the node's only BLE slot)."""
+        if self.state == _AUTHED:
+            return False
+        return self.hw.ticks_diff(self.hw.ticks_ms(), connected_at) > HANDSHAKE_MS
 
     def _locked(self):
         if self.locked_until is None:
@@ -260,6 +282,9 @@ class Channel:
                 self._count("locked_out")
                 self._error("locked out for %d ms after failed authentication" % left)
                 return
+            if self.state == _WAIT_PROOF:  # a second challenge: the first one was abandoned
+                self._fail("challenge again before the proof")
+                return
             ng = _bstr(msg, 2, NONCE_LEN)
             if ng is None:
                 self._count("malformed")
@@ -293,7 +318,7 @@ class Channel:
                 self.on_authed()
         else:
             self._count("malformed")
-            self._error("AUTH: unknown step %r" % (step,))
+            self._error("AUTH: unknown step; key 1 must be 1 (challenge) or 3 (proof)")
 
     def _open(self, msg):
         ctr = msg.get(1)

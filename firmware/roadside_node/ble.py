@@ -8,7 +8,7 @@ import struct
 
 from micropython import const
 
-from . import auth, framing
+from . import auth, framing, proto
 from .framing import Deframer
 
 _IRQ_CENTRAL_CONNECT = const(1)
@@ -91,6 +91,11 @@ class BlePort:
         self.channel.on_authed = self._authed
         self.channel.on_fail = self.drop
         self.dropping = False  # disconnect once the queued output (an auth ERROR) is out
+        self.dropping_at = 0
+        self.kicked = False  # gap_disconnect sent: the disconnect event is on its way
+        self.connected_at = 0  # an unauthenticated central is dropped HANDSHAKE_MS after
+        self.timed_out = 0  # centrals dropped for not authenticating in time
+        self.failed = 0  # frames whose handling raised (answered, counted, no reset)
         self.deframer = Deframer()
         self.inbox = bytearray()
         # The output: one buffer allocated now, while the heap is whole (a buffer grown and
@@ -161,6 +166,8 @@ class BlePort:
                 return
             self.conn = conn
             self.dropping = False
+            self.connected_at = self.hw.ticks_ms()
+            self.kicked = False
             self.mtu = 23
             self.connects += 1
             self.channel.reset()
@@ -174,7 +181,7 @@ class BlePort:
             if data[0] != self.conn:
                 return
             self.conn = None
-            self.channel.reset()
+            self.channel.abandon("disconnected")  # a started handshake counts as failed
             self.out_at = 0
             self.out_end = 0
             if self.session.port is self:
@@ -188,11 +195,17 @@ class BlePort:
     # -- the byte stream ----------------------------------------------------------------------
     def _send_plain(self, payload):
         """Unsealed: the handshake and its errors only."""
+        if len(payload) > framing.MAX_PAYLOAD:
+            self.dropped_out += 1  # never raised into the loop (the callers keep it short)
+            return
         self._queue(framing.encode(payload))
 
     def send(self, payload):
         """The session's send: sealed, framed, queued for notification (dropped if no room)."""
         if self.conn is None or not self.channel.authed:
+            return
+        if len(payload) > self.max_payload:
+            self.dropped_out += 1  # the session keeps its payloads under max_payload
             return
         self._queue(framing.encode(self.channel.seal(payload)))
 
@@ -227,11 +240,31 @@ class BlePort:
     def disconnect(self):
         self.dropping = False
         if self.conn is not None:
+            self.kicked = True
             self.ble.gap_disconnect(self.conn)
 
     def drop(self):
         """Disconnect after what is queued (the auth ERROR saying why) has been notified."""
         self.dropping = True
+        self.dropping_at = self.hw.ticks_ms()
+
+    def _watch(self):
+        """An unauthenticated central holds the node's only slot: drop it once the handshake
+        time is over (the installer's laptop must be able to connect); a drop that waits for
+        notifications the central never takes ends after a second anyway."""
+        if self.conn is None or self.kicked:
+            return
+        if self.dropping:
+            if self.hw.ticks_diff(self.hw.ticks_ms(), self.dropping_at) > 1000:
+                self.disconnect()
+            return
+        if self.channel.expired(self.connected_at):
+            self.timed_out += 1
+            self.log("ble central not authenticated after %d ms: dropped" % auth.HANDSHAKE_MS)
+            self._send_plain(proto.error(proto.E_AUTH, "not authenticated in time: "
+                                         "disconnected", proto.T_AUTH))
+            self.channel.abandon("handshake time over")
+            self.drop()
 
     def set_secret(self, secret):
         self.channel.secret = secret
@@ -245,11 +278,16 @@ class BlePort:
         if self.inbox:
             data = self.inbox
             self.inbox = bytearray()
-            for payload in self.deframer.feed(data):
-                inner = self.channel.handle(payload)
-                if inner is not None:
-                    self.session.use_port(self)
-                    self.session.on_payload(inner)
+            try:  # a failure (a MemoryError too) costs these frames, never a reset
+                for payload in self.deframer.feed(data):
+                    inner = self.channel.handle(payload)
+                    if inner is not None:
+                        self.session.use_port(self)
+                        self.session.on_payload(inner)
+            except Exception as e:  # noqa: BLE001 - the guard itself
+                self.failed += 1
+                self.session.failure(e)
+        self._watch()
         self.flush()
         if self.conn is None:
             now = self.hw.ticks_ms()
@@ -292,5 +330,7 @@ class BlePort:
         st["secret"] = self.channel.secret is not None
         st["dropped_in"] = self.dropped_in
         st["dropped_out"] = self.dropped_out
+        st["timed_out"] = self.timed_out
+        st["failed"] = self.failed
         st["frames_bad"] = self.deframer.crc + self.deframer.cobs + self.deframer.oversize
         return st

@@ -1,8 +1,30 @@
 # Node config: NODE_DIR/config.json merged over defaults, validated with messages that name
 # the key, the bad value and what is allowed. Unknown keys are kept as they are.
+# (CPython loads this module too: tools/node_schema.py checks values before they go out, so
+# it imports nothing but json and journal at the top.)
 import json
 
 from .journal import write_atomic
+
+# The whole config with defaults (config.get without a key) as CBOR at most: its REPLY fits
+# one sealed BLE frame (ble.BlePort.max_payload 992) with room for the REPLY's own head.
+MAX_CBOR = 900
+MAX_PAIRS = 64  # conflicts: a full 8-phase matrix is 28 pairs; field controllers ~20
+_CLIP = 24  # characters of untrusted input an error text may quote
+
+
+def clip(v):
+    """A bounded view of untrusted input for an error text: short text and numbers as they
+    are, a long text cut with its length, other values by type only. An error that quoted a
+    990-character value whole would itself no longer fit a frame."""
+    if isinstance(v, str):
+        if len(v) <= _CLIP:
+            return repr(v)
+        return "%s... (%d chars)" % (repr(v[:_CLIP - 8]), len(v))
+    if v is None or isinstance(v, (bool, int, float)):
+        s = repr(v)
+        return s if len(s) <= _CLIP else s[:_CLIP - 3] + "..."
+    return "a " + type(v).__name__
 
 PATH = "config.json"
 ROLES = ("water", "signal", "toll")
@@ -89,35 +111,43 @@ def check(key, value):
     if key == "node_id":
         if isinstance(value, str) and 0 < len(value) <= 32:
             return value
-        raise ConfigError("node_id: bad value %r; allowed: text of 1 to 32 characters" % (value,))
+        raise ConfigError("node_id: bad value %s; allowed: text of 1 to 32 characters"
+                          % clip(value))
     if key == "role":
-        if value in ROLES:
+        if isinstance(value, str) and value in ROLES:  # (bytes in a str tuple: a warning)
             return value
-        raise ConfigError("role: bad value %r; allowed: %s" % (value, ", ".join(ROLES)))
+        raise ConfigError("role: bad value %s; allowed: %s" % (clip(value), ", ".join(ROLES)))
     if key == "board":
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and 0 < len(value) <= 32:
             return value
-        raise ConfigError("board: bad value %r; allowed: a board name (text)" % (value,))
+        raise ConfigError("board: bad value %s; allowed: a board name (text of 1 to 32 "
+                          "characters)" % clip(value))
     if key == "site":
         if isinstance(value, str) and len(value) <= 64:
             return value
-        raise ConfigError("site: bad value %r; allowed: text of up to 64 characters" % (value,))
+        raise ConfigError("site: bad value %s; allowed: text of up to 64 characters"
+                          % clip(value))
     if key in LISTS:
         return _check_list(key, value)
     spec = SCHEMA.get(key)
     if spec is None:
         raise ConfigError("%s: unknown key; allowed keys: %s" % (
-            key, ", ".join(["node_id", "role", "board"] + sorted(SCHEMA) + list(LISTS))))
+            key if isinstance(key, str) and len(key) <= 32 else clip(key),
+            ", ".join(["node_id", "role", "board"] + sorted(SCHEMA) + list(LISTS))))
     _, kind, lo, hi = spec
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError("%s: bad value %r; allowed: true or false" % (key, value))
+        raise ConfigError("%s: bad value %s; allowed: true or false" % (key, clip(value)))
     if kind is str:
-        if value in lo:
+        if isinstance(value, str) and value in lo:
             return value
-        raise ConfigError("%s: bad value %r; allowed: %s" % (key, value, ", ".join(lo)))
+        raise ConfigError("%s: bad value %s; allowed: %s" % (key, clip(value), ", ".join(lo)))
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and isinstance(value, float) and (value != value or value - value != 0):
+        # NaN or +-inf (JSON from a command API can carry them): int() would raise
+        raise ConfigError("%s: bad value %s; allowed: a finite number from %s to %s" % (
+            key, clip(value), _fmt(lo), _fmt(hi)))
     if ok and kind is int and isinstance(value, float):
         ok = value == int(value)
     if ok:
@@ -125,8 +155,8 @@ def check(key, value):
         ok = lo <= value <= hi
     if not ok:
         what = "an integer" if kind is int else "a number"
-        raise ConfigError("%s: bad value %r; allowed: %s from %s to %s" % (
-            key, value, what, _fmt(lo), _fmt(hi)))
+        raise ConfigError("%s: bad value %s; allowed: %s from %s to %s" % (
+            key, clip(value), what, _fmt(lo), _fmt(hi)))
     return value
 
 
@@ -136,16 +166,26 @@ def _uint(v, hi):
 
 def _check_list(key, value):
     if key == "conflicts":
-        if isinstance(value, list) and all(
+        if isinstance(value, list) and len(value) <= MAX_PAIRS and all(
                 isinstance(p, list) and len(p) == 2 and _uint(p[0], 16) and _uint(p[1], 16)
                 and p[0] != p[1] for p in value):
             return value
-        raise ConfigError("conflicts: bad value %r; allowed: a list of pairs of different "
-                          "phases 1 to 16, e.g. [[1, 2], [2, 3]]" % (value,))
-    if isinstance(value, list) and value and all(_uint(v, 16) for v in value):
+        raise ConfigError("conflicts: bad value %s; allowed: a list of at most %d pairs of "
+                          "different phases 1 to 16, e.g. [[1, 2], [2, 3]]"
+                          % (_show_list(value), MAX_PAIRS))
+    if isinstance(value, list) and 0 < len(value) <= 16 and all(_uint(v, 16) for v in value):
         return value
-    raise ConfigError("antenna_lanes: bad value %r; allowed: a list of lanes 1 to 16, one per "
-                      "antenna, e.g. [1, 2, 3]" % (value,))
+    raise ConfigError("antenna_lanes: bad value %s; allowed: a list of 1 to 16 lanes 1 to 16, "
+                      "one per antenna, e.g. [1, 2, 3]" % _show_list(value))
+
+
+def _show_list(value):
+    """A short list is shown as it is (its items are small numbers); a long one by length."""
+    if isinstance(value, list) and len(value) <= 8:
+        s = repr(value)
+        if len(s) <= 48:
+            return s
+    return "a list of %d" % len(value) if isinstance(value, list) else clip(value)
 
 
 def _fmt(x):
@@ -212,9 +252,10 @@ class Config:
                 return "unknown"
         return v
 
-    def effective(self):
+    def effective(self, data=None):
         """The whole config with defaults filled in (config.get without a key)."""
-        out = json.loads(json.dumps(self.data))  # a copy: filling defaults must not touch data
+        # a copy: filling defaults must not touch data
+        out = json.loads(json.dumps(self.data if data is None else data))
         for key in SCHEMA:
             if _get(out, key) is None:
                 _put(out, key, SCHEMA[key][0])
@@ -227,6 +268,11 @@ class Config:
         trial = json.loads(json.dumps(self.data))  # deep copy to check cross-key rules
         _put(trial, key, value)
         self._check_order(trial)
+        from .cbor import dumps
+        size = len(dumps(self.effective(trial)))
+        if size > MAX_CBOR:
+            raise ConfigError("%s: the config would be %d bytes, at most %d; remove what is "
+                              "not in use first" % (key, size, MAX_CBOR))
         self.data = trial
         write_atomic(self.path, json.dumps(self.data))
         return value

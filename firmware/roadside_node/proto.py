@@ -56,6 +56,15 @@ B_RESET_CAUSE = const(6)
 B_SAFE_MODE = const(7)
 
 
+def reply_fits(req, payload, limit):
+    """The REPLY payload as is when it fits `limit` bytes; else a short ok=false REPLY to
+    the same request saying how big the answer was (a frame that big cannot be sent)."""
+    if len(payload) <= limit:
+        return payload
+    return reply(req, False, None, "reply too big (%d bytes, at most %d); ask for less, "
+                 "e.g. config.get with a key" % (len(payload), limit))
+
+
 class CommandError(ValueError):
     """A command refused or with bad args: the REPLY carries ok=false and this text."""
 
@@ -195,7 +204,12 @@ def reply(req_id, ok, result=None, error=None):
     return bytes(w.buf)
 
 
+_ERROR_TEXT = const(512)  # an ERROR's text at most: a safety net, so its frame always fits
+
+
 def error(code, text, ref=None):
+    if len(text) > _ERROR_TEXT:
+        text = text[:_ERROR_TEXT - 3] + "..."
     w = cbor.Writer()
     w.map(4 if ref is not None else 3)
     w.int(0)

@@ -4,7 +4,7 @@
 from micropython import const
 
 from . import framing, proto
-from .config import ConfigError
+from .config import ConfigError, clip
 
 HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
 SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
@@ -17,6 +17,9 @@ _CACHE = const(8)  # recent command replies kept for retried request ids
 _BUDGET_MIN = const(48)  # record bytes per frame at the least (one record always goes)
 _BUDGET_STEP = const(32)  # added per ACK that makes progress, at the least
 _RTO_MIN_MS = const(300)  # the ACK timer never fires sooner than this
+# a reply longer than this is not kept (a retry runs the command again: the big answers are
+# reads, config.get and info): 8 kept replies of 1 KB each would hold 8 KB of a small heap
+_CACHE_REPLY = const(160)
 COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set")
 
 
@@ -44,6 +47,7 @@ class Session:
         self.guard = None
         self.sent_frames = 0
         self.errors_in = 0
+        self.failed = 0  # messages whose handling raised: answered with an error, counted
         self.port = None  # None: the UART; else the port that spoke last (ble.BlePort)
         self.max_payload = framing.MAX_PAYLOAD  # a sealing port lowers it (auth.SEAL_OVERHEAD)
         self.window = proto.WINDOW  # a port with a longer round trip raises it (ble.py)
@@ -122,17 +126,31 @@ class Session:
             self.log("bad message: %s" % e.text)
             self.send(proto.error(e.code, e.text, e.ref))
             return
-        if mtype == proto.T_ACK:
-            self.up = True
-            self.on_ack(msg[1], msg.get(2))
-        elif mtype == proto.T_TIME:
-            self.up = True
-            self.time_base = (msg[1], self.hw.ticks_ms())
-            self.log("time %d" % (msg[1] // 1000))
-        elif mtype == proto.T_COMMAND:
-            self.on_command(msg[1], msg[2], msg.get(3) or {})
-        elif mtype == proto.T_ERROR:
-            self.on_error(msg[1], msg.get(2, ""))
+        try:  # one message's failure is answered and counted; it never resets the node
+            if mtype == proto.T_ACK:
+                self.up = True
+                self.on_ack(msg[1], msg.get(2))
+            elif mtype == proto.T_TIME:
+                self.up = True
+                self.time_base = (msg[1], self.hw.ticks_ms())
+                self.log("time %d" % (msg[1] // 1000))
+            elif mtype == proto.T_COMMAND:
+                self.on_command(msg[1], msg[2], msg.get(3) or {})
+            elif mtype == proto.T_ERROR:
+                self.on_error(msg[1], msg.get(2, ""))
+        except Exception as e:  # noqa: BLE001 - the guard itself
+            self.failure(e)
+            self.send(proto.error(proto.E_MALFORMED, "could not handle it (%s)"
+                                  % type(e).__name__, mtype))
+
+    def failure(self, e):
+        """A message (or the bytes around it) whose handling raised: counted and logged by
+        its type only (never the input), and the node goes on."""
+        self.failed += 1
+        if isinstance(e, MemoryError):
+            import gc
+            gc.collect()
+        self.log("message failed: %s" % type(e).__name__)
 
     def on_ack(self, upto, resume=None):
         j = self.journal
@@ -178,11 +196,22 @@ class Session:
             ok, res = False, str(e)
         except CommandError as e:
             ok, res = False, str(e)
-        payload = proto.reply(req, ok, res if ok else None, None if ok else res)
-        self.cache.append((req, payload))
-        if len(self.cache) > _CACHE:
-            self.cache.pop(0)
-        self.log("command %d %s ok=%s" % (req, name, ok))
+        except Exception as e:  # noqa: BLE001 - a command's bug answers ERROR, no reset
+            self.failed += 1
+            ok, res = False, "%s failed (%s)" % (name if name in COMMANDS else "command",
+                                                 type(e).__name__)
+        try:
+            payload = proto.reply(req, ok, res if ok else None, None if ok else res)
+        except Exception as e:  # noqa: BLE001 - a result CBOR cannot carry (nan is fine)
+            self.failed += 1
+            payload = proto.reply(req, False, None, "reply not encodable (%s)"
+                                  % type(e).__name__)
+        payload = proto.reply_fits(req, payload, self.max_payload)
+        if len(payload) <= _CACHE_REPLY:
+            self.cache.append((req, payload))
+            if len(self.cache) > _CACHE:
+                self.cache.pop(0)
+        self.log("command %d %s ok=%s" % (req, clip(name), ok))
         self.send(payload)
 
     def run(self, name, args):
@@ -196,7 +225,8 @@ class Session:
                    "next_seq": j.next_seq, "journal_records": j.count,
                    "dropped_full": j.dropped_full, "safe_mode": self.safe_mode,
                    "journal_rereads": j.rereads, "journal_unreadable": j.unreadable,
-                   "reset_cause": self.hw.reset_cause(), "free_heap": self.hw.free_heap()}
+                   "reset_cause": self.hw.reset_cause(), "free_heap": self.hw.free_heap(),
+                   "errors_in": self.errors_in, "failed": self.failed}
             if self.ble is not None:
                 out["ble"] = self.ble.stats()
             return out
@@ -211,7 +241,7 @@ class Session:
             if v is None:
                 v = self.config.get(key)
             if v is None:
-                raise CommandError("config.get: unknown key %r" % (key,))
+                raise CommandError("config.get: unknown key %s" % clip(key))
             return v
         if name == "config.set":
             if not isinstance(args.get("key"), str) or "value" not in args:
@@ -234,7 +264,7 @@ class Session:
         if name in extra:
             return self.role.command(name, args)  # type: ignore[union-attr]
         known = COMMANDS + extra
-        raise CommandError("unknown command %r; known: %s" % (name, ", ".join(known)))
+        raise CommandError("unknown command %s; known: %s" % (clip(name), ", ".join(known)))
 
     # -- time passing -------------------------------------------------------------------
     def tick(self):
