@@ -217,7 +217,7 @@ def loads(data):
     r = Reader(data)
     try:
         v = r.value()
-    except CBORError:
+    except (CBORError, MemoryError):  # out of heap is no fault of the bytes: the caller's
         raise
     except Exception as e:  # any slip in a hostile input is a decode error, not a crash
         raise CBORError("bad cbor: %r" % (e,))

@@ -136,18 +136,40 @@ class FrameWriter:
         self.send(0, n, write)
 
 
-def decode_body(body):
-    """One frame body (between 0x00s) -> payload; FrameError('cobs'|'crc')."""
-    try:
-        raw = cobs_decode(body)
-    except FrameError:
-        raise FrameError("cobs")
-    if len(raw) < 5:
+def cobs_unstuff(buf, n):
+    """COBS-decode buf[:n] in place (the decoded bytes are never longer); returns their
+    length. No allocation: a 1 KB frame decoded into fresh buffers needed two 1 KB blocks
+    (the decoded bytes, then the payload), which a busy 96k heap could not always give."""
+    mv = memoryview(buf)
+    i = 0
+    w = 0
+    while i < n:
+        code = buf[i]
+        if code == 0:
+            raise FrameError("cobs")
+        end = i + code
+        if end > n:
+            raise FrameError("cobs")
+        k = code - 1
+        mv[w:w + k] = mv[i + 1:end]  # w <= i: a forward copy within the buffer
+        w += k
+        i = end
+        if code < 0xFF and i < n:
+            buf[w] = 0
+            w += 1
+    return w
+
+
+def decode_body(buf, n):
+    """One frame body (buf[:n], between 0x00s; decoded in place) -> payload bytes (its only
+    allocation); FrameError('cobs'|'crc')."""
+    n = cobs_unstuff(buf, n)
+    if n < 5:
         raise FrameError("crc")
-    payload = bytes(raw[:-4])
-    if struct.unpack("<I", raw[-4:])[0] != crc32(payload) & 0xFFFFFFFF:
+    mv = memoryview(buf)
+    if struct.unpack_from("<I", buf, n - 4)[0] != crc32(mv[:n - 4]) & 0xFFFFFFFF:
         raise FrameError("crc")
-    return payload
+    return bytes(mv[:n - 4])
 
 
 class Deframer:
@@ -191,7 +213,7 @@ class Deframer:
                 self.skipping = False
             elif self.n:
                 try:
-                    out.append(decode_body(memoryview(self.buf)[:self.n]))
+                    out.append(decode_body(self.buf, self.n))
                     self.frames += 1
                 except FrameError as e:
                     if e.args[0] == "cobs":

@@ -126,6 +126,10 @@ class Session:
             self.log("bad message: %s" % e.text)
             self.send(proto.error(e.code, e.text, e.ref))
             return
+        except MemoryError as e:  # no fault of the bytes: answered and counted, as below
+            self.failure(e)
+            self.send(proto.error(proto.E_MALFORMED, "could not handle it (MemoryError)"))
+            return
         try:  # one message's failure is answered and counted; it never resets the node
             if mtype == proto.T_ACK:
                 self.up = True
