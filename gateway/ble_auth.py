@@ -30,6 +30,7 @@ SECRET_LEN = 32
 NONCE_LEN = 16
 MAC_LEN = 32
 TAG_LEN = 8
+CTR_MAX = (1 << 64) - 1
 
 A_CHALLENGE = 1
 A_RESPONSE = 2
@@ -116,7 +117,8 @@ class Channel:
     def open(self, msg: dict[int, Any]) -> bytes:
         """The inner payload of a SEALED message; ChannelError (and counted) if refused."""
         ctr, inner, tag = msg.get(1), msg.get(2), msg.get(3)
-        if (type(ctr) is not int or ctr < 0 or not isinstance(inner, bytes)
+        # The counter is MACed as 8 bytes: one beyond 2^64 - 1 is malformed, not an error.
+        if (type(ctr) is not int or not 0 <= ctr <= CTR_MAX or not isinstance(inner, bytes)
                 or not isinstance(tag, bytes) or len(tag) != TAG_LEN):
             self.counts["malformed"] += 1
             raise ChannelError("malformed")
