@@ -97,6 +97,7 @@ class SessionManager:
         self._jump_ok: set[tuple[str, str]] = set()   # (port, node) accepted by an operator
         self.identity_alarms: dict[tuple[str, str], IdentityAlarm] = {}
         self.refused = {"identity": 0, "jump": 0, "nodes_full": 0}
+        self._alarms_full_logged = False
         for info in queue.nodes.values():
             self.nodes[info.node] = NodeState(info.node, info.role, records=info.stored,
                                               acked=info.ack, duplicates=info.duplicates,
@@ -290,11 +291,18 @@ class SessionManager:
             alarm.count += 1
             alarm.last = now
             return
+        if len(self.identity_alarms) >= IDENTITY_ALARMS:
+            # A device trying id after id: the table (and the log) stay bounded.
+            if not self._alarms_full_logged:
+                self._alarms_full_logged = True
+                log.warning(f"{IDENTITY_ALARMS} identity alarms are waiting; further refused"
+                            f" HELLOs are counted only (/metrics"
+                            f" roadside_gateway_hello_refused_total)")
+            return
         log.warning(text, extra={"fields": {"port": link.port, "node": node[:64],
                                             "reason": reason}})
-        if len(self.identity_alarms) < IDENTITY_ALARMS:
-            self.identity_alarms[key] = IdentityAlarm(link.port, node[:64], reason, text,
-                                                      1, now, now)
+        self.identity_alarms[key] = IdentityAlarm(link.port, node[:64], reason, text,
+                                                  1, now, now)
 
     def accept(self, port: str, node: str) -> str:
         """An operator accepts `node` on `port` (a replaced device, a node whose seq jumped):
@@ -311,6 +319,7 @@ class SessionManager:
         self.port_nodes[port] = node
         self._jump_ok.add((port, node))
         self.identity_alarms.pop((port, node), None)
+        self._alarms_full_logged = False
         log.warning(f"operator accepted {node} on {port} (it served {previous})",
                     extra={"fields": {"port": port, "node": node}})
         return f"{node} accepted on {port} (it served {previous or 'no node yet'})"
