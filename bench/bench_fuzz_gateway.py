@@ -42,9 +42,11 @@ from roadside.gateway.commands import Commander, CommandError
 from roadside.gateway.links.sim import SimLink
 from roadside.gateway.queue import Queue
 from roadside.gateway.session import SessionManager
+from roadside.gateway.status import Status
 
 WARMUP = 20_000
 DELIVER_EVERY = 2_000
+FRESH_IDS = 2_000
 KNOWN = [
     bytes([0xA4, 0x00, 0x05, 0x01, 0x01, 0x02, 0xF5, 0x03, 0xD8, 0x1C, 0x81, 0xD8, 0x1D, 0x00]),
     b"\xa2\x00\x05\x01" + b"\x81" * 900 + b"\x00",
@@ -131,6 +133,24 @@ class Mutator:
             elif r < 0.65:
                 payload = payload[:self.rng.randrange(len(payload) + 1)]
         return p.encode_frame(payload[:p.MAX_PAYLOAD])
+
+
+async def fresh_ids(queue: Queue, sessions: SessionManager, links: list[SimLink],
+                    n: int) -> str:
+    """The issue's unbounded-state case, worst form: every HELLO on a port of its own (so no
+    port binding stops it), a fresh id each; only MAX_NODES bounds what is kept."""
+    status = Status("gw", "bench", queue, sessions, links, [])
+    rss0, metrics0 = rss_mb(), len(status.metrics.render())
+    for i in range(n):
+        link = SimLink(f"/dev/ttyFRESH{i}")
+        await link.open()
+        link.feed(p.encode_frame({0: p.HELLO, 1: f"fresh-{i:05d}", 2: "water", 7: 1, 9: 1}))
+        await sessions.handle(link, link.incoming.get_nowait())
+        sessions.forget_link(link)
+    metrics1 = len(status.metrics.render())
+    return (f"nodes kept {len(sessions.nodes)} (max {sessions.max_nodes}), refused"
+            f" {sessions.refused['nodes_full']:,}, RSS {rss_mb() - rss0:+.1f} MB, /metrics"
+            f" {metrics0:,} -> {metrics1:,} bytes")
 
 
 async def command(commander: Commander, node: str, outcomes: collections.Counter[str]) -> None:
@@ -223,6 +243,7 @@ async def run(frames: int, n_links: int, seed: int, directory: str | None) -> in
             dec.update({k: v for k, v in link.counters().items()
                         if k in ("frames", "crc", "cobs", "oversize", "malformed")})
         stored = sum(i.stored for i in queue.nodes.values())
+        fresh = await fresh_ids(queue, sessions, links, FRESH_IDS)
         commander.close()
         queue.close()
     n = frames - WARMUP
@@ -242,6 +263,7 @@ async def run(frames: int, n_links: int, seed: int, directory: str | None) -> in
     print(f"  REPLYs refused (wrong link/node)     {commander.foreign_replies}")
     print(f"  commands by outcome                  {dict(sorted(outcomes.items()))}")
     print(f"  HELLOs again after ERROR 3 (as a node does)  {rehello:,}")
+    print(f"  then {FRESH_IDS:,} HELLOs with fresh ids, each on its own port: {fresh}")
     return 1 if uncaught else 0
 
 
