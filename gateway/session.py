@@ -253,31 +253,33 @@ class SessionManager:
         taken over; a `first_unacked` / `next_seq` further than a journal can hold beyond
         what the queue stored of the node is refused; new ids beyond `max_nodes` are refused."""
         node, port = msg.node, link.port
+        shown = repr(node[:40]) if len(node) > 40 or not node.isprintable() else node
         bound = getattr(link, "bound_node", None)     # links of tests may lack it
         served = bound or self.port_nodes.get(port)
         if served is not None and served != node:
             how = "is bound to" if bound else "served"
             hint = ("" if bound else
                     f"; if the device was replaced, run `roadside gateway accept --config"
-                    f" gateway.toml {port} {node}`")
-            return "identity", f"HELLO as {node} refused: {port} {how} {served}{hint}"
+                    f" gateway.toml {port} {shown}`")
+            return "identity", f"HELLO as {shown} refused: {port} {how} {served}{hint}"
         bound_port = self._bound.get(node)
         if bound_port is not None and bound_port != port:
-            return "identity", f"HELLO as {node} refused on {port}: {node} is bound to {bound_port}"
+            return "identity", (f"HELLO as {shown} refused on {port}: {shown} is bound to"
+                                f" {bound_port}")
         other = self.nodes.get(node)
         if (other is not None and other.port not in (None, port)
                 and self.link_state(other) == "up"):
-            return "identity", (f"HELLO as {node} refused on {port}: {node} is live on"
+            return "identity", (f"HELLO as {shown} refused on {port}: {shown} is live on"
                                 f" {other.port}")
         info = self.queue.nodes.get(node)
         if info is not None and (port, node) not in self._jump_ok:
             limit = info.ack + p.MAX_SEQ_JUMP
             if msg.first_unacked - 1 > limit or msg.next_seq - 1 > limit:
-                return "jump", (f"HELLO as {node} refused: first_unacked {msg.first_unacked}"
+                return "jump", (f"HELLO as {shown} refused: first_unacked {msg.first_unacked}"
                                 f" / next_seq {msg.next_seq} are more than {p.MAX_SEQ_JUMP}"
                                 f" beyond the ACK {info.ack} the gateway holds")
         if node not in self.nodes and len(self.nodes) >= self.max_nodes:
-            return "nodes_full", (f"HELLO as {node} refused: the gateway keeps at most"
+            return "nodes_full", (f"HELLO as {shown} refused: the gateway keeps at most"
                                   f" {self.max_nodes} node ids")
         return None
 
