@@ -405,3 +405,16 @@ def test_serial_link_pins_its_node_in_config() -> None:
     with pytest.raises(ConfigError, match="already the node of link /dev/a"):
         parse({**base, "link": [{"type": "serial", "port": "/dev/a", "node": "wl-1"},
                                 {"type": "serial", "port": "/dev/b", "node": "wl-1"}]})
+
+
+def test_auth_errors_do_not_repeat_a_long_node_text() -> None:
+    """What a node says during the handshake ends up in last_error, /status and the log."""
+    for msg in ({0: 7, 1: 7, 2: "x" * 1000},
+                {0: ble_auth.AUTH, 1: ble_auth.A_RESPONSE, 2: b"n" * ble_auth.NONCE_LEN,
+                 3: b"m" * 32, 4: "y" * 1000},
+                {0: "z" * 1000, 1: "z" * 1000}):
+        auth = ble_auth.GatewayAuth(b"\x01" * 32, "wl-0001")
+        auth.challenge()
+        with pytest.raises(ble_auth.AuthError) as exc:
+            auth.on_response(msg)
+        assert len(str(exc.value)) < 200
