@@ -30,6 +30,7 @@ SECRET_LEN = 32
 NONCE_LEN = 16
 MAC_LEN = 32
 TAG_LEN = 8
+CTR_MAX = (1 << 64) - 1
 
 A_CHALLENGE = 1
 A_RESPONSE = 2
@@ -116,7 +117,8 @@ class Channel:
     def open(self, msg: dict[int, Any]) -> bytes:
         """The inner payload of a SEALED message; ChannelError (and counted) if refused."""
         ctr, inner, tag = msg.get(1), msg.get(2), msg.get(3)
-        if (type(ctr) is not int or ctr < 0 or not isinstance(inner, bytes)
+        # The counter is MACed as 8 bytes: one beyond 2^64 - 1 is malformed, not an error.
+        if (type(ctr) is not int or not 0 <= ctr <= CTR_MAX or not isinstance(inner, bytes)
                 or not isinstance(tag, bytes) or len(tag) != TAG_LEN):
             self.counts["malformed"] += 1
             raise ChannelError("malformed")
@@ -154,14 +156,15 @@ class GatewayAuth:
         if self.ng is None:
             raise AuthError("AUTH response without a challenge")
         if msg.get(0) == 7:
-            raise AuthError(f"node refused: {msg.get(2)}")
+            raise AuthError(f"node refused: {str(msg.get(2))[:100]}")   # shown, kept: short
         if msg.get(0) != AUTH or msg.get(1) != A_RESPONSE:
-            raise AuthError(f"expected AUTH response, got type {msg.get(0)} step {msg.get(1)}")
+            raise AuthError(f"expected AUTH response, got type {str(msg.get(0))[:20]}"
+                            f" step {str(msg.get(1))[:20]}")
         nn, mac, node = msg.get(2), msg.get(3), msg.get(4)
         if not isinstance(nn, bytes) or len(nn) != NONCE_LEN or not isinstance(mac, bytes):
             raise AuthError("malformed AUTH response")
         if node != self.node_id:
-            raise AuthError(f"node says it is {node!r}, expected {self.node_id!r}; "
+            raise AuthError(f"node says it is {str(node)[:40]!r}, expected {self.node_id!r}; "
                             f"check node / address in gateway.toml")
         want = hmac_sha256(self.secret, L_NODE + self.ng + nn + self.node_id.encode())
         if not hmac.compare_digest(want, mac):

@@ -195,6 +195,7 @@ class Commander:
         self.mono = mono
         self._next_id = self.audit.last_id() + 1
         self._pending: dict[int, tuple[str, asyncio.Future[p.Reply]]] = {}
+        self.foreign_replies = 0    # REPLYs from a link or node the command did not go to
         sessions.on_reply = self.on_reply
 
     def close(self) -> None:
@@ -206,6 +207,14 @@ class Commander:
         if entry is None:
             log.info(f"{link.port}: REPLY {reply.request_id} matches no command waiting"
                      f" (late, or answered already)")
+            return
+        # Only the node the command went to, on the link of its session, may answer it.
+        session = self.sessions.sessions.get(link.port)
+        if session is None or session.node != entry[0] or session.link is not link:
+            self.foreign_replies += 1
+            log.warning(f"{link.port}: REPLY {reply.request_id} refused: it is for"
+                        f" {entry[0]}, and this link carries"
+                        f" {session.node if session else 'no session'}")
             return
         if not entry[1].done():
             entry[1].set_result(reply)

@@ -440,6 +440,31 @@ def _no_credentials_in_clear(t: dict[str, Any], kind: str, parsed: Any, where: s
 # -- loading -------------------------------------------------------------------------------
 
 
+PIN_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def _pinned_node(t: dict[str, Any], where: str) -> str | None:
+    """A serial [[link]]'s `node`: the only node id its port serves (session.py)."""
+    if "node" not in t:
+        return None
+    node = _text(t, "node", where)
+    if not PIN_NODE_ID.fullmatch(node):
+        raise ConfigError(f"{where}.node: {node[:40]!r} is not a node id (letters, digits,"
+                          f" - and _, at most 32)")
+    return node
+
+
+def _pins_unique(links: list[LinkConfig]) -> None:
+    owner: dict[str, str] = {}
+    for lc in links:
+        if lc.node is None:
+            continue
+        if lc.node in owner:
+            raise ConfigError(f"link {lc.name}: node {lc.node!r} is already the node of link"
+                              f" {owner[lc.node]}; a node id belongs to one [[link]]")
+        owner[lc.node] = lc.name
+
+
 def parse(raw: dict[str, Any], base_dir: Path | None = None) -> GatewayConfig:
     """Validate a decoded TOML document; relative data_dir is taken from `base_dir`."""
     sections = ("gateway", "link", "batch", "uplink", "status", "log", "queue", "ble")
@@ -465,7 +490,7 @@ def parse(raw: dict[str, Any], base_dir: Path | None = None) -> GatewayConfig:
             seen_ports.add(lc.name)
             links.append(lc)
             continue
-        _unknown(t, ("type", "port", "baudrate", "usb_serial", "vid_pid"), where)
+        _unknown(t, ("type", "port", "baudrate", "usb_serial", "vid_pid", "node"), where)
         kind = _choice(t, "type", where, LINK_TYPES)
         port, usb_serial, vid_pid = _link_target(t, where)
         name = LinkConfig(kind, port, usb_serial=usb_serial, vid_pid=vid_pid).name
@@ -477,7 +502,9 @@ def parse(raw: dict[str, Any], base_dir: Path | None = None) -> GatewayConfig:
         if baud not in BAUDRATES or isinstance(baud, bool):
             raise ConfigError(f"{where}.baudrate: must be one of"
                               f" {', '.join(map(str, BAUDRATES))}, got {baud!r}")
-        links.append(LinkConfig(kind, port, baud, usb_serial, vid_pid))
+        links.append(LinkConfig(kind, port, baud, usb_serial, vid_pid,
+                                node=_pinned_node(t, where)))
+    _pins_unique(links)
 
     b = _table(raw, "batch", ("max_records", "max_bytes", "max_age_s"), "batch")
     batch = BatchConfig(

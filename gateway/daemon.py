@@ -49,7 +49,8 @@ def make_links(config: GatewayConfig, ble_backend: Any = None) -> list[Link]:
     (scanner, client) pair of bleak backend classes, see gateway/links/ble.py)."""
     links: list[Link] = [
         SerialLink(lc.name, lc.baudrate,
-                   usb=UsbMatch(lc.usb_serial, lc.vid_pid) if lc.port is None else None)
+                   usb=UsbMatch(lc.usb_serial, lc.vid_pid) if lc.port is None else None,
+                   node=lc.node)
         for lc in config.links if lc.type == "serial"]
     ble = [(lc.node, lc.address, lc.key_path) for lc in config.links if lc.type == "ble"]
     if ble:

@@ -39,6 +39,7 @@ class GatewayCollector(Collector):
         yield from self._gateway(st)
         yield from self._links(st.links)
         yield from self._nodes(st.sessions)
+        yield from self._identity(st)
         yield from self._queue(st.queue)
         yield from self._uplinks(st.uplinks)
 
@@ -129,6 +130,23 @@ class GatewayCollector(Collector):
             if n.last_level is not None:
                 level.add_metric([n.id], n.last_level)
         yield from (seen, state, records, dups, gaps, acked, level)
+
+    def _identity(self, st: Any) -> Iterator[Any]:
+        """HELLOs refused (session.py): identity (wrong node for the link), jump (seq beyond
+        a journal), nodes_full (max node ids); REPLYs from the wrong link or node."""
+        doc = st.identity()
+        refused = CounterMetricFamily("roadside_gateway_hello_refused",
+                                      "HELLOs refused by reason: identity, jump, nodes_full.",
+                                      labels=["reason"])
+        for reason, n in sorted(doc["refused"].items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield GaugeMetricFamily("roadside_gateway_identity_alarms",
+                                "Refused node ids waiting for an operator"
+                                " (`roadside gateway accept`).", value=len(doc["alarms"]))
+        yield CounterMetricFamily("roadside_gateway_foreign_replies",
+                                  "REPLYs refused: not from the command's node and link.",
+                                  value=doc["foreign_replies"])
 
     def _queue(self, q: Any) -> Iterator[Any]:
         counters: dict[str, int] = getattr(q, "counters", {})

@@ -82,6 +82,17 @@ ROLES = ("water", "signal", "toll")
 WINDOW = 32
 ACK_TIMEOUT_S = 2.0
 TIME_RESEND_S = 600.0
+# Every uint of a message fits SQLite's INTEGER (int64): larger ones are refused at decoding
+# (a seq of 2**63 would otherwise fail the whole group commit of every link).
+MAX_UINT = (1 << 63) - 1
+# No node journal holds more records than this (journal_max_bytes <= 1 MiB plus the 25 %
+# priority reserve, >= 12 bytes an entry): a HELLO or RECORDS whose `from` / first unacked /
+# next seq lies further beyond what the gateway already stored of the node is refused.
+MAX_SEQ_JUMP = 1 << 17
+# A REPLY result or COMMAND args: at most this deep and this many items (a 1 KiB payload
+# holds fewer; more means shared references, tags 28/29, possibly a cycle).
+MAX_DEPTH = 16
+MAX_ITEMS = MAX_PAYLOAD
 
 # -- section 2.1: records ------------------------------------------------------------------
 
@@ -372,7 +383,25 @@ class Error(Message):
 
 
 def _is_uint(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_UINT
+
+
+def _check_tree(value: Any, what: str, msg_type: int) -> None:
+    """Refuse a value nested deeper than MAX_DEPTH or of more than MAX_ITEMS items: a cyclic
+    structure (CBOR tags 28/29) would otherwise recurse without end when it is converted."""
+    budget = MAX_ITEMS
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        budget -= 1
+        if budget < 0 or depth > MAX_DEPTH:
+            raise ProtocolError(ERR_MALFORMED, f"{TYPE_NAMES[msg_type]}: {what} nested deeper"
+                                f" than {MAX_DEPTH} or larger than {MAX_ITEMS} items"
+                                f" (shared or cyclic references are not allowed)", msg_type)
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for kv in v.items() for x in kv)
+        elif isinstance(v, list | tuple | set | frozenset):
+            stack.extend((x, depth + 1) for x in v)
 
 
 def _is_number(v: Any) -> bool:
@@ -399,6 +428,8 @@ class _Fields:
               "bool": lambda x: isinstance(x, bool), "map": lambda x: isinstance(x, dict),
               "array": lambda x: isinstance(x, list), "any": lambda x: True}[kind](v)
         if not ok:
+            if kind == "uint" and type(v) is int:
+                raise self._bad(f"key {key} must be uint 0..2^63-1, got {v}"[:120])
             raise self._bad(f"key {key} must be {kind}, got {type(v).__name__}")
         return v
 
@@ -412,7 +443,8 @@ def _record(item: Any, index: int) -> Record:
     if type(item) is list and len(item) == 5:
         seq, t, kind, flags, body = item
         if (type(seq) is int and type(t) is int and type(kind) is int and type(flags) is int
-                and seq >= 1 and t >= 0 and kind >= 0 and flags >= 0 and type(body) is dict
+                and 1 <= seq <= MAX_UINT and 0 <= t <= MAX_UINT and 0 <= kind <= MAX_UINT
+                and 0 <= flags <= MAX_UINT and type(body) is dict
                 and all(type(k) is int and k >= 0 and type(v) in _BODY_VALUE_TYPES
                         for k, v in body.items())):
             return Record(seq, t, kind, flags, body)
@@ -428,14 +460,14 @@ def _record_checked(item: Any, index: int) -> Record:
     seq, t, kind, flags, body = item
     for name, v in (("seq", seq), ("t", t), ("kind", kind), ("flags", flags)):
         if not _is_uint(v):
-            raise bad(f"{name} must be uint, got {v!r}")
+            raise bad(f"{name} must be uint 0..2^63-1, got {v!r}"[:120])
     if seq < 1:
         raise bad("seq must be >= 1")
     if not isinstance(body, dict):
         raise bad("body must be a map")
     for k, v in body.items():
         if not _is_uint(k) or not (_is_number(v) or isinstance(v, str | bool)):
-            raise bad(f"body entry {k!r}: {v!r} is not uint => number / text / bool")
+            raise bad(f"body entry {k!r}: {v!r} is not uint => number / text / bool"[:160])
     return Record(seq, t, kind, flags, body)
 
 
@@ -470,11 +502,14 @@ def decode_message(payload: bytes) -> Message:
     if t == ACK:
         return Ack(seq=f.get(1, "uint"), resume=f.get(K_ACK_RESUME, "uint", False), raw=m)
     if t == COMMAND:
-        return Command(request_id=f.get(1, "uint"), name=f.get(2, "text"),
-                       args=f.get(3, "map", False), raw=m)
+        args = f.get(3, "map", False)
+        _check_tree(args, "args", t)
+        return Command(request_id=f.get(1, "uint"), name=f.get(2, "text"), args=args, raw=m)
     if t == REPLY:
-        return Reply(request_id=f.get(1, "uint"), ok=f.get(2, "bool"),
-                     result=f.get(3, "any", False), error=f.get(4, "text", False), raw=m)
+        result = f.get(3, "any", False)
+        _check_tree(result, "result", t)
+        return Reply(request_id=f.get(1, "uint"), ok=f.get(2, "bool"), result=result,
+                     error=f.get(4, "text", False), raw=m)
     if t == TIME:
         return Time(epoch_ms=f.get(1, "uint"), raw=m)
     return Error(code=f.get(1, "uint"), message=f.get(2, "text"),

@@ -407,6 +407,13 @@ class Queue:
                     results.append(self.store(*args))
                 except QueueError as exc:
                     results.append(exc)
+                except sqlite3.Error:
+                    raise          # the connection itself failed: the whole group goes
+                except Exception as exc:  # noqa: BLE001 - one message fails alone
+                    # store() changes nothing before its savepoint and rolls it back on
+                    # any exception, so the other messages of the group still commit.
+                    log.error(f"cannot store records of {args[0]}: {exc!r}")
+                    results.append(QueueError(f"cannot store records of {args[0]}: {exc}"))
             self._in_group = False
             self._db.execute("COMMIT")
         except BaseException as exc:
@@ -497,7 +504,9 @@ class Queue:
                     (node, ack, role, info.stored, info.duplicates, info.gaps, now))
                 self._bump("duplicates", dups)
                 self._bump("gaps", gaps)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
+            # The savepoint (or transaction) rolled back: this message alone is not stored
+            # (OverflowError: an integer beyond SQLite's int64 that slipped past decoding).
             if not fresh:
                 self._reload_node(node)
             raise QueueError(f"cannot store records of {node}: {exc}") from exc

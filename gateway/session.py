@@ -26,6 +26,24 @@ log = logging.getLogger("roadside.gateway.session")
 SILENT_S = 60.0
 # Alarm records kept in memory for /status "recent_alarms" and the status page.
 RECENT_ALARMS = 50
+# Node ids the gateway keeps state for (/status, /metrics, the queue's node table): a HELLO
+# with a new id beyond this is refused (ERROR 6, counted) and known nodes go on as before.
+MAX_NODES = 256
+# Refused HELLOs kept as identity alarms for /status (one per port and claimed id).
+IDENTITY_ALARMS = 32
+
+
+@dataclass
+class IdentityAlarm:
+    """A HELLO refused for the node id it claimed, on one port (/status "identity")."""
+
+    port: str
+    node: str                 # the id claimed
+    reason: str               # identity, jump or nodes_full
+    text: str
+    count: int = 1
+    first: float = 0.0        # wall time
+    last: float = 0.0
 
 
 @dataclass
@@ -62,7 +80,7 @@ class SessionManager:
 
     def __init__(self, queue: Queue, wall: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic,
-                 time_resend_s: float = p.TIME_RESEND_S) -> None:
+                 time_resend_s: float = p.TIME_RESEND_S, max_nodes: int = MAX_NODES) -> None:
         self.queue = queue
         self.wall = wall
         self.mono = mono
@@ -75,6 +93,13 @@ class SessionManager:
         self.recent_alarms: deque[dict[str, object]] = deque(maxlen=RECENT_ALARMS)
         self.silent_s = SILENT_S
         self._silent: set[str] = set()      # nodes reported silent (logged once)
+        self.max_nodes = max_nodes
+        self.port_nodes: dict[str, str] = {}    # port -> the node it serves (pinned/learned)
+        self._bound: dict[str, str] = {}        # node -> the port bound to it (BLE, pinned)
+        self._jump_ok: set[tuple[str, str]] = set()   # (port, node) accepted by an operator
+        self.identity_alarms: dict[tuple[str, str], IdentityAlarm] = {}
+        self.refused = {"identity": 0, "jump": 0, "nodes_full": 0}
+        self._alarms_full_logged = False
         for info in queue.nodes.values():
             self.nodes[info.node] = NodeState(info.node, info.role, records=info.stored,
                                               acked=info.ack, duplicates=info.duplicates,
@@ -82,8 +107,16 @@ class SessionManager:
 
     # -- the per-link loop ------------------------------------------------------------------
 
+    def register(self, link: Link) -> None:
+        """Know `link`'s bound node before anything arrives (serve() calls it)."""
+        bound = getattr(link, "bound_node", None)
+        if bound is not None:
+            self._bound[bound] = link.port
+            self.port_nodes[link.port] = bound
+
     async def serve(self, link: Link) -> None:
         """Handle every payload of `link`, in order, until cancelled."""
+        self.register(link)
         while True:
             payload = await link.incoming.get()
             try:
@@ -125,6 +158,16 @@ class SessionManager:
     async def _hello(self, link: Link, msg: p.Hello) -> None:
         if ids.refused_hello(link, msg.node):   # ids become file names and labels
             return
+        refused = self._refuse_hello(link, msg)
+        if refused is not None:
+            self._identity_alarm(link, msg.node, *refused)
+            # The port's session ends: RECORDS that follow are not stored as anybody's.
+            self.sessions.pop(link.port, None)
+            # ERROR 6 (busy): the node keeps its journal and says HELLO again later.
+            link.send(p.error_frame(p.ERR_BUSY, refused[1], p.HELLO))
+            return
+        self.port_nodes[link.port] = msg.node
+        self._jump_ok.discard((link.port, msg.node))     # an acceptance is used once
         old = self.sessions.get(link.port)
         if old is not None and old.node != msg.node:
             log.info(f"{link.port}: node {old.node} replaced by {msg.node}")
@@ -194,6 +237,14 @@ class SessionManager:
                                                session.resume)))
                 return
             session.resume = None                   # the node has moved above what is stored
+        if msg.from_seq - 1 > self.queue.ack_of(session.node) + p.MAX_SEQ_JUMP:
+            self._identity_alarm(link, session.node, "jump",
+                                 f"RECORDS of {session.node} refused: from {msg.from_seq} is"
+                                 f" more than {p.MAX_SEQ_JUMP} beyond the ACK"
+                                 f" {self.queue.ack_of(session.node)} the gateway holds")
+            link.send(p.error_frame(p.ERR_BUSY, "from jumps beyond what a journal holds",
+                                    p.RECORDS))
+            return
         try:
             # Group commit: RECORDS of other links arriving meanwhile share the fsync.
             result = await self.queue.store_grouped(session.node, session.role, msg.records,
@@ -227,6 +278,88 @@ class SessionManager:
         link.send(p.encode_frame(p.Ack(result.ack)))
         if result.stored and self.on_stored is not None:
             self.on_stored()
+
+    # -- identity: which node a link may speak for ------------------------------------------
+
+    def _refuse_hello(self, link: Link, msg: p.Hello) -> tuple[str, str] | None:
+        """(reason, text) when this HELLO must be refused, else None. A link bound to a node
+        (BLE: authenticated; serial: pinned) carries that node only; a port that served a node
+        carries no other id until an operator accepts it; a node live on another link is not
+        taken over; a `first_unacked` / `next_seq` further than a journal can hold beyond
+        what the queue stored of the node is refused; new ids beyond `max_nodes` are refused."""
+        node, port = msg.node, link.port
+        shown = repr(node[:40]) if len(node) > 40 or not node.isprintable() else node
+        bound = getattr(link, "bound_node", None)     # links of tests may lack it
+        served = bound or self.port_nodes.get(port)
+        if served is not None and served != node:
+            how = "is bound to" if bound else "served"
+            hint = ("" if bound else
+                    f"; if the device was replaced, run `roadside gateway accept --config"
+                    f" gateway.toml {port} {shown}`")
+            return "identity", f"HELLO as {shown} refused: {port} {how} {served}{hint}"
+        bound_port = self._bound.get(node)
+        if bound_port is not None and bound_port != port:
+            return "identity", (f"HELLO as {shown} refused on {port}: {shown} is bound to"
+                                f" {bound_port}")
+        other = self.nodes.get(node)
+        if (other is not None and other.port not in (None, port)
+                and self.link_state(other) == "up"):
+            return "identity", (f"HELLO as {shown} refused on {port}: {shown} is live on"
+                                f" {other.port}")
+        info = self.queue.nodes.get(node)
+        if info is not None and (port, node) not in self._jump_ok:
+            limit = info.ack + p.MAX_SEQ_JUMP
+            if msg.first_unacked - 1 > limit or msg.next_seq - 1 > limit:
+                return "jump", (f"HELLO as {shown} refused: first_unacked {msg.first_unacked}"
+                                f" / next_seq {msg.next_seq} are more than {p.MAX_SEQ_JUMP}"
+                                f" beyond the ACK {info.ack} the gateway holds")
+        if node not in self.nodes and len(self.nodes) >= self.max_nodes:
+            return "nodes_full", (f"HELLO as {shown} refused: the gateway keeps at most"
+                                  f" {self.max_nodes} node ids")
+        return None
+
+    def _identity_alarm(self, link: Link, node: str, reason: str, text: str) -> None:
+        """Count a refused HELLO; log it once per (port, id) and keep it for /status."""
+        self.refused[reason] += 1
+        now = self.wall()
+        key = (link.port, node[:64])
+        alarm = self.identity_alarms.get(key)
+        if alarm is not None:
+            alarm.count += 1
+            alarm.last = now
+            return
+        if len(self.identity_alarms) >= IDENTITY_ALARMS:
+            # A device trying id after id: the table (and the log) stay bounded.
+            if not self._alarms_full_logged:
+                self._alarms_full_logged = True
+                log.warning(f"{IDENTITY_ALARMS} identity alarms are waiting; further refused"
+                            f" HELLOs are counted only (/metrics"
+                            f" roadside_gateway_hello_refused_total)")
+            return
+        log.warning(text, extra={"fields": {"port": link.port, "node": node[:64],
+                                            "reason": reason}})
+        self.identity_alarms[key] = IdentityAlarm(link.port, node[:64], reason, text,
+                                                  1, now, now)
+
+    def accept(self, port: str, node: str) -> str:
+        """An operator accepts `node` on `port` (a replaced device, a node whose seq jumped):
+        its next HELLO there is taken. Returns what was done; ValueError if not allowed."""
+        bound = self._bound.get(node)
+        if bound is not None and bound != port:
+            raise ValueError(f"{node} is bound to {bound} in gateway.toml; change the"
+                             f" [[link]] there")
+        pinned = self.port_nodes.get(port) if port in self._bound.values() else None
+        if pinned is not None and pinned != node:
+            raise ValueError(f"{port} is bound to {pinned} in gateway.toml; change its"
+                             f" [[link]] node there")
+        previous = self.port_nodes.get(port)
+        self.port_nodes[port] = node
+        self._jump_ok.add((port, node))
+        self.identity_alarms.pop((port, node), None)
+        self._alarms_full_logged = False
+        log.warning(f"operator accepted {node} on {port} (it served {previous})",
+                    extra={"fields": {"port": port, "node": node}})
+        return f"{node} accepted on {port} (it served {previous or 'no node yet'})"
 
     # -- time -------------------------------------------------------------------------------
 

@@ -97,7 +97,18 @@ class Status:
                       for link in self.links],
             "uplinks": [u.status() for u in self.uplinks],
             "recent_alarms": list(reversed(self.sessions.recent_alarms)),   # newest first
+            "identity": self.identity(),
         }
+
+    def identity(self) -> dict[str, Any]:
+        """Refused HELLOs (session.py): counts by reason, and the alarms an operator may
+        accept (`roadside gateway accept`), oldest first."""
+        s = self.sessions
+        return {"refused": dict(s.refused), "max_nodes": s.max_nodes,
+                "foreign_replies": getattr(self.commander, "foreign_replies", 0),
+                "alarms": [{"port": a.port, "node": a.node, "reason": a.reason,
+                            "text": a.text, "count": a.count, "first": a.first,
+                            "last": a.last} for a in s.identity_alarms.values()]}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -107,6 +118,7 @@ class Status:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/nodes/{node}/commands", self._command)
         app.router.add_get("/commands", self._commands)
+        app.router.add_post("/links/accept", self._accept)
         app.cleanup_ctx.append(self._sampler)
         return app
 
@@ -215,6 +227,26 @@ class Status:
             return _error(400, "limit: must be an integer 1..1000")
         rows = await asyncio.to_thread(self.commander.audit.recent, limit)
         return web.json_response(rows)
+
+    async def _accept(self, request: web.Request) -> web.Response:
+        """POST /links/accept {"port", "node"}: an operator accepts a node id on a port that
+        refused it (identity alarm); guarded like commands (loopback, Host, Origin, JSON,
+        the data_dir/api.token Bearer token)."""
+        refused = self._refuse(request, write=True)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not all(
+                isinstance(body.get(k), str) and body.get(k) for k in ("port", "node")):
+            return _error(400, "body: must be a JSON object {\"port\": ..., \"node\": ...}")
+        try:
+            text = self.sessions.accept(body["port"], body["node"])
+        except ValueError as exc:
+            return _error(409, str(exc))
+        return web.json_response({"accepted": text})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         resp = web.Response(body=self.metrics.render())

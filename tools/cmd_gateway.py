@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from . import gateway_cmd, gateway_dead_letters
+from . import gateway_accept, gateway_cmd, gateway_dead_letters
 from .errors import ToolError
 
 EXAMPLES = """examples:
@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   roadside gateway cmd --config gateway.toml wl-0003 config.set key=alarm_cm value=120
   roadside gateway commands --config gateway.toml   the command audit log, newest first
   roadside gateway ports                          serial ports with USB VID:PID and serial
+  roadside gateway accept --config gateway.toml /dev/ttyUSB0 wl-0004   take a refused node id
   roadside gateway dead-letters list --config gateway.toml        batches a backend refused
   roadside gateway dead-letters replay --config gateway.toml ID   POST one again, same key"""
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.set_defaults(handler=handle_run if name == "run" else handle_check)
     gateway_cmd.add_parsers(actions, EXAMPLES)
     gateway_dead_letters.add_parser(actions, EXAMPLES)
+    gateway_accept.add_parser(actions, EXAMPLES)
 
 
 def _load(path: Path) -> Any:

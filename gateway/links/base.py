@@ -33,6 +33,9 @@ class Link(abc.ABC):
         self.malformed = 0      # frames with a good CRC that were not valid messages
         self.bytes_out = 0
         self.last_error: str | None = None
+        # The only node id this link may carry (BLE: the node it authenticated; serial: the
+        # `node` pinned in its [[link]]); None: learned from the first HELLO (session.py).
+        self.bound_node: str | None = None
 
     @property
     def name(self) -> str:

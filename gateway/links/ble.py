@@ -232,6 +232,7 @@ class BleLink(base.Link):
                  retry_max_s: float = 60.0) -> None:
         super().__init__(f"ble:{node}")
         self.node = node
+        self.bound_node = node       # an authenticated link serves this node only
         self.secret = secret if isinstance(secret, bytes) else ble_auth.load_secret(secret)
         self.central = central
         self.address = address
@@ -429,34 +430,42 @@ class BleLink(base.Link):
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         for payload in self.decoder.feed(bytes(data)):
             try:
-                msg = cbor2.loads(payload)
-            except (cbor2.CBORDecodeError, ValueError):
+                self._on_payload(payload)
+            except Exception as exc:  # noqa: BLE001 - nothing a node sends may stop the link
                 self.malformed += 1
-                continue
-            if not isinstance(msg, dict):
-                self.malformed += 1
-                continue
-            kind = msg.get(0)
-            if not self._authed:
-                if kind in (ble_auth.AUTH, p.ERROR):
-                    with contextlib.suppress(asyncio.QueueFull):
-                        self._handshake.put_nowait(msg)
-                else:
-                    self.unsealed += 1
-                continue
-            if kind != ble_auth.SEALED:
-                self.unsealed += 1      # nothing unsealed is believed after authentication
-                continue
-            channel = self._auth.channel if self._auth is not None else None
-            if channel is None:
-                continue
-            try:
-                inner = channel.open(msg)
-            except ble_auth.ChannelError as exc:
-                log.warning(f"BLE link {self.node}: {exc.reason} frame refused")
-                continue
-            self._last_rx = time.monotonic()
-            self.incoming.put_nowait(inner)
+                log.warning(f"BLE link {self.node}: frame refused ({type(exc).__name__})")
+
+    def _on_payload(self, payload: bytes) -> None:
+        """One frame's payload from the node: AUTH during the handshake, SEALED after it."""
+        try:
+            msg = cbor2.loads(payload)
+        except (cbor2.CBORDecodeError, ValueError, RecursionError):
+            self.malformed += 1
+            return
+        if not isinstance(msg, dict):
+            self.malformed += 1
+            return
+        kind = msg.get(0)
+        if not self._authed:
+            if kind in (ble_auth.AUTH, p.ERROR):
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._handshake.put_nowait(msg)
+            else:
+                self.unsealed += 1
+            return
+        if kind != ble_auth.SEALED:
+            self.unsealed += 1      # nothing unsealed is believed after authentication
+            return
+        channel = self._auth.channel if self._auth is not None else None
+        if channel is None:
+            return
+        try:
+            inner = channel.open(msg)
+        except ble_auth.ChannelError as exc:
+            log.warning(f"BLE link {self.node}: {exc.reason} frame refused")
+            return
+        self._last_rx = time.monotonic()
+        self.incoming.put_nowait(inner)
 
 
 Backend = tuple[type[BaseBleakScanner], type[BaseBleakClient]]

@@ -44,8 +44,9 @@ class SerialLink(base.Link):
     type = "serial"
 
     def __init__(self, port: str, baudrate: int = 115200, retry_s: float = RETRY_S,
-                 usb: UsbMatch | None = None) -> None:
+                 usb: UsbMatch | None = None, node: str | None = None) -> None:
         super().__init__(usb.name if usb is not None and not port else port)
+        self.bound_node = node       # [[link]] node = "...": this port serves only that node
         self.baudrate = baudrate
         self.retry_s = retry_s
         self.usb = usb

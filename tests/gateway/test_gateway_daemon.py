@@ -106,9 +106,9 @@ def test_fake_node_to_receiver_with_kill_9_in_between(tmp_path, fake_node, start
         fake_node.hello("wl-0007", next_seq=43, first_unacked=41)
         await fake_node.expect(p.Ack, seq=40)
         await _exchange(fake_node, [41, 42], 42)
-        for _ in range(100):
+        for _ in range(300):              # the uplink's batch after a restart: up to 30 s
             st = status(url)
-            if st["queue"]["depth"] == 0:
+            if st["queue"]["depth"] == 0 and st["uplinks"][0]["state"] == "idle":
                 break
             await asyncio.sleep(0.1)
         assert st["queue"]["depth"] == 0, st
@@ -122,7 +122,7 @@ def test_fake_node_to_receiver_with_kill_9_in_between(tmp_path, fake_node, start
         procs.stop(proc)
     proc, url = procs.start_gateway(cfg, tmp_path / "gw2.log")
     try:
-        asyncio.run(asyncio.wait_for(second_run(url), 30))
+        asyncio.run(asyncio.wait_for(second_run(url), 60))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
