@@ -30,18 +30,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from roadside.tools.sim import BLE_HEAPSIZE, HEAPSIZE
+
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "support" / "fuzz_node.py"
 MODES = ("uart", "ble_pre", "ble_auth")
-# The node's heap: an ESP32 without PSRAM (96k; 128k as tools/sim.py gives a BLE node), plus
+# The node's heap: tools/sim.py's (an ESP32 without PSRAM in this 64-bit twin's terms, a BLE
+# node with its simulated radio's buffers), plus
 # room for the driver: its bytecode takes 11.6 KiB of heap here, its notification buffer 4,
 # and the frames it builds (990-character texts, their CBOR, sealed, framed, cut in 200-byte
 # writes) a few KiB more at once. The node under test keeps about the board's heap for itself.
 # (With 8 KiB less, the BLE node runs out of contiguous heap on its big frames now and then:
 # those MemoryErrors are caught and counted as "failed", none resets the node.)
-BOARD_HEAP = {"uart": 96, "ble_pre": 128, "ble_auth": 128}
+NODE_HEAP = {"uart": int(HEAPSIZE), "ble_pre": int(BLE_HEAPSIZE), "ble_auth": int(BLE_HEAPSIZE)}
 DRIVER_KIB = 32
-HEAP = {m: f"{k + DRIVER_KIB}k" for m, k in BOARD_HEAP.items()}
+HEAP = {m: f"{n // 1024 + DRIVER_KIB}k" for m, n in NODE_HEAP.items()}
 
 
 def run(mode: str, frames: int, seed: int = 1, workdir: Path | None = None,

@@ -11,8 +11,8 @@
 #                its id), the counter may be behind what the gateway already stored: records
 #                from seq `unsure` on are not sent until the gateway answered HELLO (key 12),
 #                and renumbered above what it holds when it says so (ACK key 2, `resume`).
-# Only offsets are kept in RAM (4 bytes a record); records are read back from the file. The
-# offset array is never copied after load: an ACK moves a head index, compaction shifts it in
+# Only offsets are kept in RAM (4 bytes a record, in chunks of 128: Offsets); records are read
+# back from the file. The offsets are never copied after load: an ACK moves a head index, compaction shifts them in
 # place (a copy per ACK of a 2,000-record backlog fragmented a 112k heap into MemoryError).
 # One handle both appends and reads: on LittleFS (the ESP32's filesystem) a second handle opened
 # for reading does not see bytes appended later through the first. Every record read back is
@@ -30,6 +30,40 @@ JOURNAL = "journal.bin"
 STATE = "state.json"
 _HEAD = const(6)
 _COMPACT_AT = const(4096)  # rewrite the file once this many acked bytes lead it
+_CHUNK = const(128)  # offsets per chunk: 512 bytes
+
+
+class Offsets:
+    """A growable array of u32 in chunks of 128 (512 bytes each). One array grown append by
+    append needs ever larger contiguous blocks (2.7 KB for 700 records): in a fragmented
+    heap a full journal then failed its next append, and the boot that followed failed
+    indexing it, again and again (a reset loop, issue 9). A chunk always fits somewhere."""
+
+    def __init__(self):
+        self.chunks = [array("I", bytes(4 * _CHUNK))]
+        self.n = 1  # entries in use (offs[0] always exists)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.chunks[i >> 7][i & 127]
+
+    def __setitem__(self, i, v):
+        self.chunks[i >> 7][i & 127] = v
+
+    def append(self, v):
+        i = self.n
+        if i >> 7 == len(self.chunks):
+            self.chunks.append(array("I", bytes(4 * _CHUNK)))
+        self.chunks[i >> 7][i & 127] = v
+        self.n = i + 1
+
+    def clear(self):
+        """One entry (0) again; the chunks beyond the first are given back."""
+        del self.chunks[1:]
+        self.chunks[0][0] = 0
+        self.n = 1
 
 
 def _exists(path):
@@ -89,7 +123,7 @@ class Journal:
         self.first = 1  # lowest seq held (== next_seq when empty)
         # offs[h:e + 1]: the file offset of each held record, then the end offset; entries
         # outside that range are stale (kept so the array does not shrink and regrow)
-        self.offs = array("I", [0])
+        self.offs = Offsets()
         self.h = 0
         self.e = 0
         self.dead = 0  # acked bytes still at the head of the file
@@ -125,7 +159,7 @@ class Journal:
 
     def _scan(self):
         """Index journal.bin; returns (highest seq seen, whether a bad tail was found)."""
-        self.offs = array("I", [0])
+        self.offs.clear()
         self.h = self.e = 0
         self.dead = 0
         hi = 0
@@ -136,7 +170,6 @@ class Journal:
         try:
             f = open(self.path, "rb")
         except OSError:
-            self.offs = array("I", [0])
             return 0, False
         with f:
             while True:
@@ -277,28 +310,10 @@ class Journal:
             return None
         return rec
 
-    def reserve(self, entry_bytes=40):
-        """Size the offset array for a full journal now, in one block while the heap is
-        whole: grown append by append it needs ever larger contiguous blocks (2.8 KB at 700
-        records) when a full journal under backpressure has fragmented a 96k heap (issue 9).
-        entry_bytes: a small record with its head (water ~45, toll ~70)."""
-        want = (self.max_bytes + self.max_bytes // 4) // entry_bytes + 2
-        old = self.offs
-        if len(old) >= want:
-            return
-        try:
-            offs = array("I", range(want))  # one allocation (its length is known)
-        except MemoryError:
-            return  # a heap this full at boot: grow as records come, as before
-        for i in range(len(old)):
-            offs[i] = old[i]
-        self.offs = offs
-
     def _rebase(self):
-        """Shift the held offsets to the front of the array, in place. Without it, ACKs move
-        the head index up and appends grow the array past the most ever held: a new ~2.4 KB
-        block just when a full journal under backpressure has fragmented a 96k heap, and a
-        MemoryError reset (issue 9, tests/e2e/test_line_stress.py)."""
+        """Shift the held offsets to the front, in place. Without it, ACKs move the head index
+        up and appends grow the offsets past the most ever held (issue 9,
+        tests/e2e/test_line_stress.py)."""
         offs, h = self.offs, self.h
         for i in range(self.e - h + 1):
             offs[i] = offs[h + i]

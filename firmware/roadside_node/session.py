@@ -53,10 +53,6 @@ class Session:
         self.window = proto.WINDOW  # a port with a longer round trip raises it (ble.py)
         # frames are built in buffers allocated once, here (framing.FrameWriter)
         self.writer = framing.FrameWriter()
-        if hasattr(journal, "reserve") and not config.get("ble"):
-            # and the journal's offset array (journal.py); not on a BLE node: its heap goes
-            # to the BLE buffers, whose frames still allocate (ble.py)
-            journal.reserve()
         # the line (line_ack, line_loss): frame budget and ACK timer
         self.budget = framing.MAX_PAYLOAD  # record bytes per frame (capped by max_payload)
         self.rto = proto.ACK_TIMEOUT_MS  # the ACK timer, from measured round trips

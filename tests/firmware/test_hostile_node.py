@@ -242,22 +242,13 @@ def test_hostile_commands_on_the_uart_are_answered_and_never_reset_the_node(node
         ("config.set", {"key": "site", "value": long}, "up to 64"),
         ("config.set", {"key": "conflicts", "value": [[1, 2]] * 150}, "at most 64 pairs"),
     ]
-    # At the twin's heap (96k, 64-bit objects, the firmware's bytecode on the heap) a run of
-    # ~1 KB requests leaves the free heap in pieces (13 KB free, none over ~300 B): the node
-    # may then be unable to build a long refusal and answers that the command failed with
-    # MemoryError instead, counted in `failed`. Answered and never reset, either way.
-    out_of_heap = 0
+    # at the board's heap (tools/sim.py HEAPSIZE) each is refused for its reason; a node short
+    # of heap would answer "... (MemoryError)" instead (counted, never a reset)
     for req, (name, args, want) in enumerate(cases, start=1):
         r = node.command(req, name, args)
-        assert r[1] == req and r[2] is False, (name[:20], args, r)
-        if "(MemoryError)" in r[4] and (long in (name, args.get("key"), args.get("value"))
-                                        or len(str(args)) > 900):
-            out_of_heap += 1
-        else:
-            assert want in r[4], (name[:20], args, r)
+        assert r[1] == req and r[2] is False and want in r[4], (name[:20], args, r)
         assert len(r[4]) < 700 and long not in r[4]
         node.alive()
-    assert out_of_heap <= 4, f"{out_of_heap} of {len(cases)} refusals failed for heap"
     # the largest config the node takes still answers config.get with no key in one frame
     pairs = [[a, b] for a in range(1, 9) for b in range(a + 1, 9)]  # 28: every 8-phase pair
     assert node.command(50, "config.set", {"key": "conflicts", "value": pairs})[2] is True
@@ -265,7 +256,7 @@ def test_hostile_commands_on_the_uart_are_answered_and_never_reset_the_node(node
     assert full[2] is True and full[3]["conflicts"] == pairs
     assert node.command(52, "ping")[3] == "pong"
     info = node.command(53, "info")[3]
-    assert info["boot_count"] == 1 and info["failed"] == out_of_heap
+    assert info["boot_count"] == 1 and info["failed"] == 0
     node.alive()
     saved = node.flash.get_json("config.json")
     assert "report_interval_s" not in saved and "thresholds" not in saved

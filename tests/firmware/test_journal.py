@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from support.micropython import FIRMWARE, MICROPYTHON, run_stdout
+from support.micropython import ESP32_HEAP, FIRMWARE, MICROPYTHON, run_stdout
 
 PRELUDE = r"""
 import json
@@ -147,7 +147,7 @@ while True:
         j.ack(s - 3)
 """)
     for _ in range(3):
-        p = subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=96k", str(script)],
+        p = subprocess.Popen([str(MICROPYTHON), "-X", f"heapsize={ESP32_HEAP}", str(script)],
                              cwd=tmp_path, stdout=subprocess.DEVNULL)
         time.sleep(0.4)
         os.kill(p.pid, signal.SIGKILL)

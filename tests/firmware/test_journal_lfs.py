@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from support.micropython import run_stdout
+from support.micropython import ESP32_HEAP, run_stdout
 
 # / becomes the node's flash: a LittleFS2 image in a host file (a RAM device would take the
 # heap the node needs); the firmware stays importable from the host as in the simulator.
@@ -22,7 +22,7 @@ from roadside_node.journal import Journal
 """
 
 
-def mp_lines(tmp_path, code: str, heapsize: str = "96k") -> list[str]:
+def mp_lines(tmp_path, code: str, heapsize: str = ESP32_HEAP) -> list[str]:
     prelude = PRELUDE % str(tmp_path / "flash.img")
     return run_stdout(prelude + code, heapsize=heapsize).splitlines()
 

@@ -245,10 +245,9 @@ def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
         assert "journal full: dropped" in log
         state = g.read_json("state.json")
         assert state["dropped_full"] > 0
-        # free heap stays healthy (16.3k measured here after issues 9 and 10: the journal's
-        # offsets for a full journal are reserved at the session's start, ~4 KB, so a full
-        # journal needs no more)
-        assert health and all(h[1] > 15000 for h in health)
+        # free heap stays healthy through a full journal (in the board's terms: tools/sim.py
+        # HEAPSIZE; ~38.7k measured after issues 9 and 10)
+        assert health and all(h[1] > 32000 for h in health)
     finally:
         g.kill()
         os.close(g.master)
