@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_noise.py                      # BER 1e-3 and 1e-4, 60 s each
     .venv/bin/python bench/bench_noise.py --ber 1e-3 --seconds 180 --speed 40
 
-One real MicroPython water node (tools/sim.py SimNode: -X heapsize=96k, flood scenario) on a
+One real MicroPython water node (tools/sim.py SimNode at its HEAPSIZE, flood scenario) on a
 virtual cable (tools/virtual_cable.py) whose relay flips one bit per byte with probability
 8 x BER, in both directions (records to the gateway, ACKs back). The gateway end is
 tests/support/line_gateway.py: the real wire protocol (roadside.gateway.protocol), an ACK per

@@ -57,9 +57,9 @@ def _run(main) -> None:
 def test_node_survives_backpressure_with_a_full_journal_at_board_heap(tmp_path, role,
                                                                       scenario, speed):
     """Busy for long enough that the journal fills (32 KiB), then silence (go-back-N every ACK
-    timeout), then busy again: the node resends ~1 KB frames for a minute at -X
-    heapsize=96k. No MemoryError, no reset; afterwards everything drains. (A toll node at
-    96k still runs out of heap here, outside framing: see docs/RELIABILITY.md.)"""
+    timeout), then busy again: the node resends ~1 KB frames for a minute at the board's
+    heap (tools/sim.py HEAPSIZE). No MemoryError, no reset; afterwards everything drains.
+    (docs/RELIABILITY.md "Backpressure" has the toll node's soak.)"""
     node = _node(tmp_path, role, scenario, speed=speed)
     gw = LineGateway(node.gateway_path)
 
