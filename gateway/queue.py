@@ -105,6 +105,12 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+# The node each link port served (gateway/session.py: another id there is refused until an
+# operator accepts it). Kept in the queue file so that a restart does not forget it: else the
+# first HELLO after a restart could claim any id on any port. A table of its own, created when
+# missing: a file of layout 2 without it is still layout 2 (older gateways ignore it).
+PORTS_SCHEMA = "CREATE TABLE IF NOT EXISTS ports (port TEXT PRIMARY KEY, node TEXT NOT NULL)"
+
 COUNTERS = ("duplicates", "gaps", "delivered_records", "delivered_batches", "dead_letters",
             "evicted")
 # Back-pressure bound: beyond this the session answers ERROR 6 (busy) and the node keeps its
@@ -224,6 +230,7 @@ class Queue:
             self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._open_schema()
+            self._db.execute(PORTS_SCHEMA)
             for name in COUNTERS:
                 self._db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
         except sqlite3.Error as exc:
@@ -437,6 +444,16 @@ class Queue:
         a gap (a node whose counter is not above it would reuse seqs; PROTOCOL.md 2.2)."""
         row = self._db.execute("SELECT max(seq) FROM records WHERE node = ?", (node,)).fetchone()
         return max(self.ack_of(node), row[0] or 0)
+
+    def port_bindings(self) -> dict[str, str]:
+        """port -> the node it served last, as kept across restarts (bind_port)."""
+        return dict(self._db.execute("SELECT port, node FROM ports").fetchall())
+
+    def bind_port(self, port: str, node: str) -> None:
+        """Remember that `port` serves `node` (committed: a restart keeps it)."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO ports (port, node) VALUES (?, ?)",
+                             (port, node))
 
     def hello(self, node: str, role: str, first_unacked: int,
               now: float | None = None) -> StoreResult:

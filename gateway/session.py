@@ -94,7 +94,9 @@ class SessionManager:
         self.silent_s = SILENT_S
         self._silent: set[str] = set()      # nodes reported silent (logged once)
         self.max_nodes = max_nodes
-        self.port_nodes: dict[str, str] = {}    # port -> the node it serves (pinned/learned)
+        # port -> the node it serves (pinned, or learned and kept in the queue file)
+        self.port_nodes: dict[str, str] = queue.port_bindings()
+        self._kept_ports = dict(self.port_nodes)   # what the queue file holds of port_nodes
         self._bound: dict[str, str] = {}        # node -> the port bound to it (BLE, pinned)
         self._jump_ok: set[tuple[str, str]] = set()   # (port, node) accepted by an operator
         self.identity_alarms: dict[tuple[str, str], IdentityAlarm] = {}
@@ -166,6 +168,7 @@ class SessionManager:
             # ERROR 6 (busy): the node keeps its journal and says HELLO again later.
             link.send(p.error_frame(p.ERR_BUSY, refused[1], p.HELLO))
             return
+        learned = self._kept_ports.get(link.port) != msg.node
         self.port_nodes[link.port] = msg.node
         self._jump_ok.discard((link.port, msg.node))     # an acceptance is used once
         old = self.sessions.get(link.port)
@@ -183,11 +186,14 @@ class SessionManager:
         state.last_seen = self.mono()
         self.send_time(session)
         try:
-            result, high = await self.queue.call(self._hello_in_queue, msg, self.wall())
+            result, high = await self.queue.call(self._hello_in_queue, msg, self.wall(),
+                                                 link.port if learned else None)
         except QueueError as exc:
             log.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
             return
+        if learned:
+            self._kept_ports[link.port] = msg.node
         if result.gaps:
             log.warning(f"{msg.node}: {result.gaps} records below seq {msg.first_unacked}"
                         f" never arrived and are gone (node journal refused them)")
@@ -198,8 +204,12 @@ class SessionManager:
                  f" ACK {result.ack}" + (f" resume {resume}" if resume else ""))
         link.send(p.encode_frame(p.Ack(result.ack, resume)))
 
-    def _hello_in_queue(self, msg: p.Hello, now: float) -> tuple[StoreResult, int]:
-        """On the queue's thread: apply HELLO's `from`, and the node's highest stored seq."""
+    def _hello_in_queue(self, msg: p.Hello, now: float,
+                        learned_port: str | None) -> tuple[StoreResult, int]:
+        """On the queue's thread: remember the port's node (new or accepted), apply HELLO's
+        `from`, and the node's highest stored seq."""
+        if learned_port is not None:
+            self.queue.bind_port(learned_port, msg.node)
         return (self.queue.hello(msg.node, msg.role, msg.first_unacked, now),
                 self.queue.highest_seq(msg.node))
 

@@ -112,6 +112,34 @@ def test_other_id_on_a_served_port_is_refused_until_accepted(tmp_path: Path) -> 
     run(tmp_path, body)
 
 
+def test_a_restarted_gateway_remembers_which_node_a_port_served(tmp_path: Path) -> None:
+    """A port's node is kept in the queue file: after a restart the first HELLO on that port
+    cannot claim another id (before, a restart forgot every learned port); an operator's
+    acceptance is kept the same way."""
+    async def life(expect_refused: str | None, accept: str | None, then: str) -> None:
+        gw = Gateway(tmp_path)
+        try:
+            a = await gw.link("/dev/ttyUSB0")
+            if expect_refused is not None:
+                a.feed(p.encode_frame(hello(expect_refused)))
+                err = await expect(a, p.Error)
+                assert err.code == p.ERR_BUSY and "accept" in err.message, err
+            if accept is not None:
+                gw.sessions.accept("/dev/ttyUSB0", accept)
+            a.feed(p.encode_frame(hello(then)))
+            await expect(a, p.Ack, seq=0)
+        finally:
+            await gw.close()
+
+    async def main() -> None:
+        await asyncio.wait_for(life(None, None, "wl-0001"), 30)        # learned
+        await asyncio.wait_for(life("wl-0002", None, "wl-0001"), 30)   # restart: still wl-0001
+        await asyncio.wait_for(life("wl-0002", "wl-0002", "wl-0002"), 30)   # accepted
+        await asyncio.wait_for(life("wl-0001", None, "wl-0002"), 30)   # restart: kept
+
+    asyncio.run(main())
+
+
 def test_pinned_serial_port_serves_its_node_only(tmp_path: Path, fake_node: Any) -> None:
     """A real pty with `node` pinned: the first HELLO with another id is refused already."""
     async def main() -> None:
