@@ -32,24 +32,6 @@ def cobs_encode(data):
     return out
 
 
-def cobs_decode(data):
-    out = bytearray()
-    n = len(data)
-    i = 0
-    while i < n:
-        code = data[i]
-        if code == 0:
-            raise FrameError("zero in cobs body")
-        end = i + code
-        if end > n:
-            raise FrameError("cobs block past end")
-        out.extend(data[i + 1:end])
-        i = end
-        if code < 0xFF and i < n:
-            out.append(0)
-    return out
-
-
 def encode(payload):
     """The whole frame for one payload, trailing 0x00 included."""
     if len(payload) > MAX_PAYLOAD:
