@@ -8,67 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import cbor2
-from bleak import BleakClient, BleakScanner
 from roadside.gateway import ble_auth
-from roadside.gateway import protocol as p
-from roadside.gateway.links.ble import RX_UUID, TX_UUID, BleCentral, BleLink
+from roadside.gateway.links.ble import BleCentral, BleLink
+from support.ble_central import Central
 from support.ble_rig import BleRig, secret_for
 
 TIMEOUT_S = 45.0
-
-
-class Central:
-    """A bare bleak central (on the virtual controller) speaking frames to one node."""
-
-    def __init__(self, rig: BleRig) -> None:
-        assert rig.backend is not None
-        self.backend = rig.backend
-        self.rx: asyncio.Queue[dict[int, Any]] = asyncio.Queue()
-        self.dec = p.FrameDecoder()
-        self.client: BleakClient | None = None
-
-    async def connect(self, node: str) -> None:
-        found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def seen(dev: Any, adv: Any) -> None:
-            if adv.local_name == node and not found.done():
-                found.set_result(dev)
-        scanner = BleakScanner(seen, backend=self.backend.scanner)
-        await scanner.start()
-        dev = await asyncio.wait_for(found, 10)
-        await scanner.stop()
-        self.client = BleakClient(dev, backend=self.backend.client)
-        await self.client.connect()
-        self.dec.reset()
-        await self.client.start_notify(TX_UUID, self._notified)
-
-    def _notified(self, _c: Any, data: bytearray) -> None:
-        for payload in self.dec.feed(bytes(data)):
-            self.rx.put_nowait(cbor2.loads(payload))
-
-    async def send(self, payload: bytes) -> None:
-        assert self.client is not None
-        frame = b"\x00" + p.encode_frame(payload)
-        for i in range(0, len(frame), 200):
-            await self.client.write_gatt_char(RX_UUID, frame[i:i + 200], response=False)
-
-    async def recv(self, timeout: float = 5.0) -> dict[int, Any]:
-        return await asyncio.wait_for(self.rx.get(), timeout)
-
-    async def handshake(self, secret: bytes, node: str) -> ble_auth.GatewayAuth:
-        auth = ble_auth.GatewayAuth(secret, node)
-        await self.send(auth.challenge())
-        proof = auth.on_response(await self.recv())
-        await self.send(proof)
-        return auth
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.disconnect()
-            self.client = None
 
 
 def test_attacks_refused_and_counted(tmp_path: Path) -> None:

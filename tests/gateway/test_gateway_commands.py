@@ -18,22 +18,7 @@ from roadside.gateway.status import Status
 from roadside.tools import procs
 from roadside.tools.gateway_cmd import parse_args
 from roadside.tools.gateway_config import write
-
-ROADSIDE = [sys.executable, "-c", "import sys; from roadside.tools.cli import main;"
-                                  " sys.exit(main())"]
-
-
-async def roadside(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*ROADSIDE, *args,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
+from support.cli import roadside
 
 
 def test_commands_through_the_daemon_with_retry_audit_and_errors(tmp_path, fake_node):

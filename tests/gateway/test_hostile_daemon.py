@@ -16,23 +16,9 @@ from typing import Any
 from roadside.gateway import protocol as p
 from roadside.tools import procs
 from roadside.tools.gateway_config import write
+from support.cli import roadside
 
-ROADSIDE = [sys.executable, "-c", "import sys; from roadside.tools.cli import main;"
-                                  " sys.exit(main())"]
 FRESH_IDS = 300
-
-
-async def roadside(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*ROADSIDE, *args,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def _get(url: str) -> bytes:
