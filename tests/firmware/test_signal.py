@@ -1,4 +1,4 @@
-"""The signal monitor under MicroPython (64 KiB heap, precompiled firmware): the scenarios'
+"""The signal monitor under MicroPython (small heap, precompiled firmware): the scenarios'
 heads through the simulated intersection (hw/sim_signal.py) into roles/signal.py, with exact
 expected records: phase changes, counts, faults within one debounce period, the timing checks,
 and plan select refused during clearance and while a fault is latched."""
@@ -6,11 +6,11 @@ and plan select refused during clearance and while a fault is latched."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
-from support.micropython import run_stdout
-from support.mpy import SMALL_HEAP, build, prelude
+from support.mpy import build, run_driver
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios" / "signal"
 
@@ -19,7 +19,8 @@ import json
 from roadside_node.config import Config
 from roadside_node.roles.signal import SignalRole
 from roadside_node.hw.sim_signal import SignalSim
-ARGS = json.loads(%r)
+with open("args.json") as f:
+    ARGS = json.load(f)
 cfg = Config(ARGS["config"])
 sim = SignalSim(ARGS["scenario"], cfg.get("phases"), cfg.get("debounce_ms"))
 del ARGS["scenario"]
@@ -78,7 +79,7 @@ def run(mpy: Path, scen: dict, end_ms: int, *, config: dict | None = None,
         commands: list | None = None, step_ms: int = 400) -> list:
     args = {"scenario": scen, "config": config or {}, "commands": commands or [],
             "end_ms": end_ms, "step_ms": step_ms}
-    out = run_stdout(prelude(mpy) + DRIVER % json.dumps(args), heapsize=SMALL_HEAP)
+    out = run_driver(DRIVER, mpy, Path(tempfile.mkdtemp(dir=mpy.parent)), args)
     return [json.loads(line) for line in out.splitlines()]
 
 

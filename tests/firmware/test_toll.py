@@ -1,4 +1,4 @@
-"""The toll beacon under MicroPython (64 KiB heap, precompiled firmware): the peak gantry
+"""The toll beacon under MicroPython (small heap, precompiled firmware): the peak gantry
 scenario's reads (hw/sim_toll.py, the line protocol of docs/READER.md) into roles/toll.py
 with a real journal: one transaction per passage, none lost or doubled, with close vehicles
 and double antenna reads; journaled before the acknowledgement; a lost acknowledgement or a
@@ -50,7 +50,7 @@ from roadside_node.hw.sim_toll import SimReader
 
 class Config:
     # config.py's defaults for the toll keys: its 11 KiB of code do not fit next to the
-    # scenario in 64 KiB of unix-port heap (on a board the code runs from flash)
+    # scenario in the small unix-port heap (on a board the code runs from flash)
     def __init__(self, data):
         self.data = {"window_ms": 1000, "antenna_lanes": None, "reader_silent_ms": 5000}
         self.data.update(data)
@@ -158,7 +158,7 @@ def transactions(out: list) -> list[dict]:
 
 def test_peak_one_transaction_per_passage_none_lost_or_doubled(mpy, tmp_path):
     scen = json.loads(PEAK.read_text())
-    # the same scenario without its prose: in 64 KiB the JSON text is what weighs
+    # the same scenario without its prose: in the small heap the JSON text is what weighs
     lean = tmp_path / "peak.json"
     lean.write_text(json.dumps({k: v for k, v in scen.items() if k != "description"} | {
         "vehicles": [{k: v for k, v in veh.items() if k != "note"}
