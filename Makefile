@@ -33,12 +33,14 @@ system-deps:
 
 # The firmware is checked against MicroPython's stubs, which live in the venv's site-packages
 # (whatever its Python version): they replace CPython's typeshed (firmware/mypy.ini says why).
+# The host code is checked with [tool.mypy] in pyproject.toml.
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tools tests bench
 	MYPYPATH=firmware:$(SITE)/stdlib:$(SITE) $(BIN)/mypy --config-file firmware/mypy.ini \
 	  --custom-typeshed-dir $(SITE) firmware
+	$(BIN)/mypy gateway
 
 test: lint system-deps test-only
 

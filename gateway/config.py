@@ -422,7 +422,7 @@ def _no_credentials_in_clear(t: dict[str, Any], kind: str, parsed: Any, where: s
         raise ConfigError(f"{where}.insecure_credentials: must be true or false, got {allow!r}")
     if kind == "http":
         tls = parsed.scheme == "https"
-        keys = [k for k in ("token_file", "token_env") if k in t]
+        keys: list[str] = [k for k in ("token_file", "token_env") if k in t]
     else:   # mqtt:// with a CA or client certificate is TLS too (MqttUplink)
         tls = parsed.scheme == "mqtts" or "ca_file" in t or "cert_file" in t
         keys = [k for k in ("password_file", "password_env") if k in t]

@@ -119,8 +119,8 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
         stopper.cancel()
         for task in done:
             if task is not stopper and not task.cancelled() and task.exception():
-                exc = task.exception()
-                log.error(f"{task.get_name()} failed: {exc!r}", exc_info=exc)
+                failure = task.exception()
+                log.error(f"{task.get_name()} failed: {failure!r}", exc_info=failure)
                 return EXIT_FAILED
         log.info("stopping")
         return EXIT_OK

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger("roadside.gateway.session")
 
@@ -22,7 +22,7 @@ class BadNodeId(ValueError):
     """A node id that breaks the rule; str() says which id (shortened) and the rule."""
 
 
-def valid(node: object) -> bool:
+def valid(node: object) -> TypeGuard[str]:
     return isinstance(node, str) and _NODE_ID.fullmatch(node) is not None
 
 

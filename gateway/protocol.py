@@ -157,9 +157,9 @@ def encode_frame(message: dict[int, Any] | Message | bytes) -> bytes:
 def _ordered(value: Any) -> Any:
     # Integer-keyed maps go out in ascending key order (the byte-exact vectors depend on it).
     if isinstance(value, dict):
-        items = value.items()
+        items = list(value.items())
         if all(isinstance(k, int) for k in value):
-            items = sorted(items)
+            items.sort()
         return {k: _ordered(v) for k, v in items}
     if isinstance(value, list | tuple):
         return [_ordered(v) for v in value]

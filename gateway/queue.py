@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import contextlib
 import heapq
 import itertools
@@ -861,7 +862,7 @@ class Queue:
                 "SELECT node, seq, size, rec FROM records WHERE node = ? AND seq > ? AND"
                 " seq <= ? ORDER BY seq LIMIT ?",
                 (node, self._cut_upto.get(node, 0), hi, n)).fetchall())
-        rows = []
+        rows: list[tuple] = []
         for node, n in plan:
             part = parts[node]
             rows.extend(itertools.islice(part, n))
@@ -943,7 +944,8 @@ class Queue:
             "SELECT id, uplink, created, failed, reason, length(body) FROM dead_letters"
             " ORDER BY failed").fetchall()
 
-    def dead_letter_body(self, batch_id: str, uplink: str) -> bytes | None:
+    # builtins.bytes: inside Queue, `bytes` is the method above
+    def dead_letter_body(self, batch_id: str, uplink: str) -> builtins.bytes | None:
         row = self._db.execute("SELECT body FROM dead_letters WHERE id = ? AND uplink = ?",
                                (batch_id, uplink)).fetchone()
         return row[0] if row else None

@@ -114,9 +114,13 @@ class SerialLink(base.Link):
                 continue
             self.state = base.OPENING
             protocol = _Protocol(self)
+
+            def factory(p: _Protocol = protocol) -> _Protocol:
+                return p
+
             try:
                 transport, _ = await serial_asyncio_fast.create_serial_connection(
-                    loop, lambda p=protocol: p, path, baudrate=self.baudrate)
+                    loop, factory, path, baudrate=self.baudrate)
             except (serial.SerialException, OSError, ValueError) as exc:
                 self.state = base.ERROR
                 self.last_error = str(exc)
@@ -126,7 +130,7 @@ class SerialLink(base.Link):
                              f"uses it; retrying every {self.retry_s:g} s")
                 await asyncio.sleep(self.retry_s)
                 continue
-            self._transport = transport  # type: ignore[assignment]
+            self._transport = transport
             self.state = base.OPEN
             # A leading 0x00 ends whatever partial frame the node's decoder holds.
             transport.write(b"\x00")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from serial.tools import list_ports
+from serial.tools.list_ports_common import ListPortInfo
 
 VID_PID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")
 
@@ -33,7 +34,7 @@ class UsbMatch:
             parts.append(f"serial={self.usb_serial}")
         return "usb:" + ",".join(parts)
 
-    def matches(self, port: list_ports.ListPortInfo) -> bool:
+    def matches(self, port: ListPortInfo) -> bool:
         if self.usb_serial is not None and port.serial_number != self.usb_serial:
             return False
         if self.vid_pid is not None:
