@@ -5,8 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests run for real: a broker for the MQTT uplink, a browser for the
-# gateway's status page. Installed only when missing (root, or sudo without a password).
-APT_PACKAGES := mosquitto chromium chromium-driver
+# gateway's status page, openssl for the TLS tests' certificates. Installed only when missing
+# (root, or sudo without a password). A test whose program is missing is skipped, and fails
+# under CI=true (tests/support/system.py).
+APT_PACKAGES := mosquitto chromium chromium-driver openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 .PHONY: demo test lint test-only system-deps bench reliability clean
@@ -25,10 +27,12 @@ system-deps:
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \
-	  || echo "warning: could not install$$missing; the tests that need them will be skipped"; \
+	  || echo "warning: could not install$$missing; the tests that need them will be skipped" \
+	          "(under CI=true they fail)"; \
 	fi
 
 # The firmware is checked against MicroPython's stubs, which live in the venv's site-packages

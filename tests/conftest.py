@@ -11,6 +11,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from roadside.tools import procs  # noqa: E402
 from roadside.tools.schema import PROTOCOL_CDDL  # noqa: E402
+from support import system  # noqa: E402
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # support.system.needs(...): skip when a system program is missing, fail under CI=true
+    for mark in item.iter_markers("system_dependency"):
+        system.require(*mark.args)
 
 
 @pytest.fixture

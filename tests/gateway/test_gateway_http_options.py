@@ -17,6 +17,7 @@ from roadside.gateway.protocol import Record
 from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.http import HttpUplink, retry_after
 from roadside.tools.receiver_store import read_seqs
+from support import system
 
 
 def fill(queue: Queue, n: int) -> None:
@@ -101,8 +102,9 @@ def test_retry_after_parsing():
 @pytest.fixture
 def self_signed(tmp_path):
     openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl CLI not installed; needed to make a self-signed test certificate")
+    system.require(openssl, "openssl CLI not installed (apt-get install -y openssl); needed to"
+                            " make a self-signed test certificate")
+    assert openssl is not None
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",

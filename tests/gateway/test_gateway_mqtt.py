@@ -22,6 +22,7 @@ from roadside.gateway.config import BatchConfig, UplinkConfig
 from roadside.gateway.protocol import FLAG_PRIORITY, KIND_ALARM, KIND_LEVEL, Record
 from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.mqtt import MqttUplink, split_by_kind
+from support import system
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -88,7 +89,7 @@ class Broker:
         self.proc = None
 
 
-pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+pytestmark = system.needs(MOSQUITTO, SKIP_REASON)
 
 
 @pytest.fixture
@@ -235,8 +236,9 @@ def make_pki(tmp: Path) -> dict[str, Path]:
     """A test CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl
     CLI (EC P-256, valid one day)."""
     openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl CLI not installed; needed to make the test certificates")
+    system.require(openssl, "openssl CLI not installed (apt-get install -y openssl); needed to"
+                            " make the test certificates")
+    assert openssl is not None
     tmp.mkdir(parents=True, exist_ok=True)
 
     def run(*args: str) -> None:

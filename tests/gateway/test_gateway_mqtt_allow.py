@@ -13,6 +13,7 @@ import pytest
 from roadside.gateway import daemon
 from roadside.gateway import protocol as p
 from roadside.gateway.config import READ_ONLY_COMMANDS, ConfigError, load, parse
+from support import system
 from test_gateway_mqtt import MOSQUITTO, SKIP_REASON, Broker, free_port
 from test_gateway_mqtt_commands import config_text
 
@@ -35,7 +36,7 @@ def test_command_allow_is_validated():
             mqtt(**keys)
 
 
-@pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+@system.needs(MOSQUITTO, SKIP_REASON)
 def test_only_allowed_commands_run_from_the_command_topic(tmp_path, fake_node):
     broker = Broker(tmp_path / "broker")
     broker.start()

@@ -13,9 +13,10 @@ import pytest
 from roadside.gateway import daemon
 from roadside.gateway import protocol as p
 from roadside.gateway.config import ConfigError, load, parse
+from support import system
 from test_gateway_mqtt import MOSQUITTO, SKIP_REASON, Broker, free_port
 
-pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+pytestmark = system.needs(MOSQUITTO, SKIP_REASON)
 
 
 def config_text(port_path: str, data: str, broker_port: int, listen: str) -> str:

@@ -13,17 +13,17 @@ import shutil
 import signal
 import urllib.request
 
-import pytest
 from roadside.gateway import protocol as p
 from roadside.tools import procs
 from roadside.tools.gateway_config import GatewaySettings, write
+from support import system
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
+pytestmark = system.needs(
+    CHROMIUM and CHROMEDRIVER,
+    "needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
 
 
 
