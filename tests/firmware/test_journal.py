@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
 import time
 
@@ -33,6 +35,17 @@ def state(tmp_path) -> dict:
     return json.loads(path.read_text())
 
 
+def entry_sizes(path) -> list[int]:
+    """The size of each entry of journal.bin ([len u16 LE][crc32 u32 LE][record]), in order."""
+    data, sizes, i = path.read_bytes(), [], 0
+    while i < len(data):
+        n = 6 + struct.unpack_from("<H", data, i)[0]
+        sizes.append(n)
+        i += n
+    assert i == len(data), "a torn entry at the end"
+    return sizes
+
+
 def test_append_ack_reboot_persistence(tmp_path):
     s = mp(tmp_path, """
 j = Journal(); j.load()
@@ -42,7 +55,11 @@ j.mark_sent(6)
 j.ack(4)
 show(j)
 """)
-    assert s == {"first": 5, "next": 11, "count": 6, "used": s["used"], "dropped": 0, "boots": 1}
+    sizes = entry_sizes(tmp_path / "journal.bin")
+    assert len(sizes) == 10     # 4 acked bytes are far below the compaction threshold
+    # `used` counts the 6 unacked entries (seqs 5..10), not the file
+    assert s == {"first": 5, "next": 11, "count": 6, "used": sum(sizes[4:]), "dropped": 0,
+                 "boots": 1}
     assert state(tmp_path)["next_seq"] == 7 and state(tmp_path)["acked"] == 4
     s = mp(tmp_path, """
 j = Journal(); j.load()
@@ -140,18 +157,32 @@ def test_kill_9_while_appending_keeps_state_behind_the_journal(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(FIRMWARE)!r})\n" + PRELUDE + """
 j = Journal(max_bytes=1000000); j.load()
+n = 0
 while True:
     s = j.append(1, 1, 1, {1: 1.0, 2: 0.0, 3: 1})
     j.mark_sent(s)
     if s % 7 == 0:
         j.ack(s - 3)
+    n += 1
+    if n == RUNNING_AT:
+        print("running")    # several compactions behind it; the kill lands in what follows
 """)
-    for _ in range(3):
-        p = subprocess.Popen([str(MICROPYTHON), "-X", f"heapsize={ESP32_HEAP}", str(script)],
-                             cwd=tmp_path, stdout=subprocess.DEVNULL)
-        time.sleep(0.4)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+    for running_at in (300, 500, 700):
+        p = subprocess.Popen([str(MICROPYTHON), "-X", f"heapsize={ESP32_HEAP}", "-c",
+                              f"RUNNING_AT = {running_at}\nexec(open('writer.py').read())"],
+                             cwd=tmp_path, stdout=subprocess.PIPE)
+        try:
+            # the writer's own word that it has appended that many records, not a sleep
+            assert p.stdout is not None
+            deadline, ready = time.monotonic() + 30, False
+            while not ready and time.monotonic() < deadline:
+                ready = bool(select.select([p.stdout], [], [], 0.5)[0])
+            line = p.stdout.readline() if ready else b""
+            assert line == b"running\n", f"the writer stopped or hung ({p.poll()}): {line!r}"
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            p.stdout.close()
         st = state(tmp_path)
         s = mp(tmp_path, "j = Journal(); j.load()\nshow(j)")
         # every seq the state counts as produced is either acked or still journaled
