@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import cbor2
+from roadside.gateway.errors import QueueFullError
 from roadside.gateway.protocol import FLAG_CLOCK_UNSYNCED, FLAG_PRIORITY, Record
 from roadside.gateway.queue import Queue
 
@@ -203,6 +204,7 @@ def test_batches_follow_the_file_through_gaps_evictions_priority_and_reopening(t
     q = Queue(path, max_bytes=12_000)
     sent = {n: 0 for n in "abcd"}
     now = 1000.0
+    full = 0
     for step in range(400):
         now += rng.choice((0.0, 0.5, 1.0, -0.7))     # clocks step back, too
         node = rng.choice("abcd")
@@ -220,10 +222,12 @@ def test_batches_follow_the_file_through_gaps_evictions_priority_and_reopening(t
             if rng.random() < 0.1:
                 from_seq = min(seqs)                 # the node gave up what it lacks
             flags = FLAG_PRIORITY if rng.random() < 0.05 else 0
+            before = (q.waiting(), q.ack_of(node), dict(q.counters))
             try:
                 q.store(node, "water", [rec(s, flags) for s in seqs], from_seq, now=now)
-            except Exception:   # noqa: BLE001 - backpressure is allowed here
-                pass
+            except QueueFullError:   # backpressure (ERROR 6): allowed, and stores nothing
+                full += 1
+                assert (q.waiting(), q.ack_of(node), dict(q.counters)) == before, step
         elif op < 0.75:
             b = q.next_batch(rng.randint(1, 30), rng.choice((400, 1 << 20)), now=now)
             if b is not None:
@@ -245,6 +249,7 @@ def test_batches_follow_the_file_through_gaps_evictions_priority_and_reopening(t
         assert [(r[0], r[1]) for r in b] == order, step
     assert q.counters["evicted"] > 0 and q.counters["delivered_records"] > 0
     assert q.counters["gaps"] > 0 and q.counters["duplicates"] > 0
+    assert full > 0     # the run did meet backpressure
     q.close()
 
 
