@@ -35,12 +35,14 @@ def test_attacks_refused_and_counted(tmp_path: Path) -> None:
             # 2. a sealed frame before authentication
             await c.send(ble_auth.sealed_payload(1, cbor2.dumps({0: 3, 1: 99}), b"\x00" * 8))
             assert (await c.recv())[0] == 7
-            # a real session, recorded by the attacker (challenge, proof, sealed frames)
-            legit = await c.handshake(secret, node)
+            # a real session, recorded by the attacker: its challenge and proof (the frames a
+            # sniffer near the pole sees); the node accepted that proof (a sealed HELLO)
+            legit = ble_auth.GatewayAuth(secret, node)
+            await c.send(legit.challenge())
+            recorded_proof = legit.on_response(await c.recv())
+            await c.send(recorded_proof)
             hello = await c.recv()
             assert hello[0] == 9
-            recorded_proof = cbor2.dumps({0: 8, 1: 3, 2: ble_auth.hmac_sha256(
-                secret, ble_auth.L_GATEWAY + b"x")})  # stand-in, replaced below
             assert legit.channel is not None
             old_ng = legit.ng
             await c.close()
@@ -50,8 +52,7 @@ def test_attacks_refused_and_counted(tmp_path: Path) -> None:
             await c.send(replay.challenge())
             resp = await c.recv()
             assert resp[0] == 8 and resp[2] != b""
-            # the proof of the recorded session (for the recorded node nonce), not this one
-            recorded_proof = cbor2.dumps({0: 8, 1: 3, 2: b"\x11" * 32})
+            # the proof recorded from the earlier session, valid for that session's node nonce
             await c.send(recorded_proof)
             err = await c.recv()
             assert err[0] == 7 and "auth failed" in err[2], err
