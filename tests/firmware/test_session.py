@@ -107,6 +107,37 @@ class Gateway:
                         raise
                     time.sleep(0.05)
 
+    def skip_sent(self) -> None:
+        """Drop every whole frame the node has sent so far (the next recv is one sent after)."""
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                self.buf += os.read(self.master, 4096)
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+                break
+        self.buf = self.buf[self.buf.rfind(b"\x00") + 1:]   # a partial frame is kept
+
+    def wait_state(self, ok, what: str, timeout: float = 10.0) -> dict:
+        """state.json from the running node's flash once ok(state) holds; bounded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.read_json("state.json")
+            if ok(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout} s; state {state}; log:\n"
+                                     f"{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s; log:\n"
+                                     f"{self.log.read_text()}")
+            time.sleep(0.05)
+
     def expect(self, mtype: int, timeout: float = 5.0) -> dict:
         """The next message of that type (others in between are collected in self.other)."""
         deadline = time.monotonic() + timeout
@@ -172,7 +203,8 @@ def test_session_records_acks_commands_and_restart(gw):
     info = gw.expect(5)[3]
     assert info["node"] == "wl-0042" and info["boot_count"] == 1
     gw.send({0: 3, 1: 2})
-    time.sleep(1.0)
+    # the node has saved that ACK and counts at least 3 records as produced
+    gw.wait_state(lambda st: st["acked"] == 2 and st["next_seq"] - 1 >= 3, "ACK 2 saved")
     gw.kill()
     produced = gw.read_json("state.json")["next_seq"] - 1
     assert produced >= 3
@@ -222,8 +254,9 @@ def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
     try:
         g.start()
         g.expect(1)
-        time.sleep(3)                      # no gateway: the journal fills up
-        hello = g.expect(1, timeout=5)     # the node says HELLO again
+        g.wait_log("journal full: dropped")    # no gateway: the journal fills up
+        g.skip_sent()
+        hello = g.expect(1, timeout=5)     # the node says HELLO again (every 3 s)
         assert hello[9] == 1 and hello[7] > 30
         g.send({0: 6, 1: 1795420800000})
         g.send({0: 3, 1: 0})

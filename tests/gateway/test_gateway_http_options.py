@@ -18,6 +18,7 @@ from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.http import HttpUplink, retry_after
 from roadside.tools.receiver_store import read_seqs
 from support import system
+from support.waits import until
 
 
 def fill(queue: Queue, n: int) -> None:
@@ -133,7 +134,7 @@ def test_tls_with_a_ca_file_and_without(tmp_path, self_signed):
             plain = HttpUplink(UplinkConfig("http", url, backoff_initial_s=0.01,
                                             backoff_max_s=0.05), queue, ["http"])
             task = asyncio.create_task(plain.deliver(batch))
-            await asyncio.sleep(0.5)
+            await until(lambda: plain.failures >= 2, "the refused delivery retried")
             assert not task.done() and plain.state == "down" and not calls
             assert "certificate verify failed" in plain.last_error
             task.cancel()

@@ -12,6 +12,7 @@ from roadside.gateway.protocol import Record
 from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.http import HttpUplink, backoff
 from roadside.tools.receiver_store import read_seqs
+from support.waits import until
 
 
 def uplink_config(url: str) -> UplinkConfig:
@@ -133,8 +134,8 @@ def test_unreachable_backend_is_down_and_retried(tmp_path):
         batch = queue.next_batch(100, 1 << 20)
         uplink = HttpUplink(uplink_config("http://127.0.0.1:9/batches"), queue, ["http"])
         task = asyncio.create_task(uplink.deliver(batch))
-        await asyncio.sleep(0.5)
-        assert uplink.state == "down" and uplink.failures >= 2 and not task.done()
+        await until(lambda: uplink.failures >= 2, "the unreachable backend retried")
+        assert uplink.state == "down" and not task.done()
         assert "cannot reach" in uplink.last_error
         task.cancel()
         await uplink.close()
