@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cbor2
 import pytest
+from roadside.gateway.protocol import encode_frame
 from roadside.tools.sim import build_mpy
 from support.micropython import ESP32_HEAP, FIRMWARE, run_stdout
 
@@ -145,6 +147,7 @@ machine.RESET_CAUSE[0] = {cause}
 machine.WDT_LIMIT[0] = {loops}
 machine.UART_RX[2] = bytes([0xFF, 0x07, 0xD0, (0xFF + 0x07 + 0xD0) & 0xFF]) * 4
 machine.UART_RX[1] = {rx!r}
+machine.UART_READ_MAX[0] = {read_max!r}
 try:
     exec(open({main!r}).read(), {{"__name__": "__main__"}})
 except machine.Stop as e:
@@ -161,9 +164,12 @@ show(json.load(open("state.json")))
 """
 
 
-def boot(tmp_path, cfg, cause=1, loops=5, rx=b""):
+def boot(tmp_path, cfg, cause=1, loops=5, rx=b"", read_max=None):
+    """main.py on the fake board; `rx`: what the gateway sent on the link UART, read by the
+    node at most `read_max` bytes at a time."""
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    code = MAIN.format(cause=cause, loops=loops, rx=rx, main=str(FIRMWARE / "main.py"))
+    code = MAIN.format(cause=cause, loops=loops, rx=rx, read_max=read_max,
+                       main=str(FIRMWARE / "main.py"))
     return run(code, tmp_path, BIG)
 
 
@@ -186,6 +192,26 @@ def test_main_py_boots_says_hello_feeds_the_watchdog_and_journals(tmp_path):
     assert json.loads((tmp_path / "bootguard.json").read_text()) == {"unhealthy": 1}
 
 
+def test_main_py_reads_the_link_uart_and_answers(tmp_path):
+    """The receive path: frames from the gateway on the link UART (in 7-byte pieces, with a
+    corrupt frame among them) reach the session, and its answers go out on the same UART."""
+    now_ms = 1795420800123
+    rx = (b"\x13\x37garbage\x00"                                  # corrupt: dropped
+          + encode_frame(cbor2.dumps({0: 6, 1: now_ms}))             # TIME
+          + encode_frame(cbor2.dumps({0: 3, 1: 0}))                  # ACK, nothing yet
+          + encode_frame(cbor2.dumps({0: 4, 1: 77, 2: "ping"}))      # COMMAND
+          + encode_frame(cbor2.dumps({0: 4, 1: 78, 2: "config.get", 3: {}})))
+    stop, sent, _, _ = boot(tmp_path, config(), rx=rx, read_max=7)
+    assert stop == "wdt feeds"
+    assert sent[0]["0"] == 1                                         # HELLO first
+    replies = {m["1"]: m for m in sent if m["0"] == 5}
+    assert replies[77] == {"0": 5, "1": 77, "2": True, "3": "pong"}, sent
+    assert replies[78]["2"] is True and replies[78]["3"]["node_id"] == "wl-0007"
+    # records made after TIME carry epoch seconds, not seconds since boot
+    records = [r for m in sent if m["0"] == 2 for r in m["2"]]
+    assert records and all(not r[3] & 1 and r[1] >= now_ms // 1000 for r in records), records
+
+
 def test_main_py_battery_mode_samples_sleeps_and_wakes_with_its_state(tmp_path):
     cfg = config(battery=True, awake_max_ms=500, sample_interval_s=30, datum_mm=2500)
     stop, sent, calls, state = boot(tmp_path, cfg, loops=None)
@@ -199,7 +225,8 @@ def test_main_py_battery_mode_samples_sleeps_and_wakes_with_its_state(tmp_path):
     assert state["next_seq"] == 3                      # level + health, unacked
     # the next wake: reset cause deepsleep, RTC memory lost with the process, so give it back
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    code = MAIN.format(cause=4, loops=None, rx=b"", main=str(FIRMWARE / "main.py"))
+    code = MAIN.format(cause=4, loops=None, rx=b"", read_max=None,
+                       main=str(FIRMWARE / "main.py"))
     code = f"machine.RTC_MEMORY[0] = {json.dumps(rtc).encode()!r}\n" + code
     stop, sent, calls, state = run(code, tmp_path, BIG)
     assert stop == "deepsleep" and sent[0]["6"] == "deepsleep"

@@ -6,6 +6,7 @@ import io
 
 CALLS = []  # (name, args...) in call order
 UART_RX = {}  # uart id -> bytes waiting to be read (tests append)
+UART_READ_MAX = [None]  # at most this many bytes per read (a frame arrives in pieces)
 ADC_VALUES = {}  # pin -> list of read_u16 values (the last one repeats)
 PULSES = []  # time_pulse_us results, in order (-1 when empty)
 RTC_MEMORY = [b""]  # survives "resets" within one process
@@ -26,6 +27,7 @@ class Stop(BaseException):
 def clear():
     del CALLS[:]
     UART_RX.clear()
+    UART_READ_MAX[0] = None
     ADC_VALUES.clear()
     del PULSES[:]
     RTC_MEMORY[0] = b""
@@ -67,8 +69,10 @@ class UART(io.IOBase):
     def read(self, n=-1):
         data = UART_RX.get(self.id, b"")
         if not data:
-            return None
+            return None  # as machine.UART: nothing waiting (timeout 0)
         n = len(data) if n < 0 else n
+        if UART_READ_MAX[0] is not None:
+            n = min(n, UART_READ_MAX[0])
         UART_RX[self.id] = data[n:]
         return data[:n]
 
@@ -77,9 +81,16 @@ class UART(io.IOBase):
         return len(data)
 
     def readinto(self, buf):
-        return 0
+        data = self.read(len(buf))
+        if not data:
+            return None
+        buf[:len(data)] = data
+        return len(data)
 
     def ioctl(self, req, arg):
+        # select.poll asks with MP_STREAM_POLL (3): readable while bytes are waiting
+        if req == 3:
+            return arg & 1 if UART_RX.get(self.id) else 0  # POLLIN
         return 0
 
 
