@@ -256,7 +256,7 @@ def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
         g.expect(1)
         g.wait_log("journal full: dropped")    # no gateway: the journal fills up
         g.skip_sent()
-        hello = g.expect(1, timeout=5)     # the node says HELLO again (every 3 s)
+        hello = g.expect(1, timeout=10)    # the node says HELLO again (every 3 s)
         assert hello[9] == 1 and hello[7] > 30
         g.send({0: 6, 1: 1795420800000})
         g.send({0: 3, 1: 0})
