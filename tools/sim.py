@@ -150,7 +150,9 @@ class SimNode:
         self.spec = spec
         self.entry = entry
         self.mpy = mpy  # precompiled firmware (build_mpy), or None: from source
-        self.dir = run_dir / "nodes" / spec.node_id
+        # absolute: the node runs in its directory and is given it (a relative --run-dir
+        # would be looked up under itself)
+        self.dir = (run_dir / "nodes" / spec.node_id).absolute()
         self.log = run_dir / "logs" / f"{spec.node_id}.log"
         self.flash = VFlash(self.dir / "flash.img", fs_blocks(BOARD))
         self.cable = VirtualCable(spec.node_id)

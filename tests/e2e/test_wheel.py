@@ -229,11 +229,11 @@ def test_flash_and_deploy_on_virtual_hardware(installed: Installed) -> None:
 
 
 def test_sim_and_demo(installed: Installed) -> None:
-    # roadside sim: a node on a scenario from the wheel, until it has produced records
-    run_dir = installed.work / "sim"
+    # roadside sim: a node on a scenario from the wheel, until it has produced records; the
+    # run directory relative to the user's working directory, as a user types it
     sim, out = installed.start("sim", "sim", "--role", "water", "--speed", "10",
-                               "--run-dir", str(run_dir), ready=r"^running")
-    node_log = Path(re.search(r"log: (\S+)", out).group(1))
+                               "--run-dir", "sim", ready=r"^running")
+    node_log = installed.work / re.search(r"log: (\S+)", out).group(1)
     procs.wait_for_line(node_log, r"^seq 2 ", sim, timeout=installed.left(20.0))
     assert installed.ctrl_c(sim, "sim").rstrip().endswith("stopped")
 
