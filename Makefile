@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := mosquitto chromium chromium-driver openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test lint test-only system-deps bench reliability clean
+.PHONY: demo test lint test-only system-deps bench reliability wheel clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,5 +58,12 @@ bench: $(STAMP)
 reliability: $(STAMP)
 	$(BIN)/python bench/bench_power_cut.py --recovery
 
+# dist/roadside-*.whl: the tools, gateway, firmware, boards and scenarios (README.md, "Installing
+# roadside from the wheel"). build/lib goes first: setuptools would pack files left there by
+# an older build.
+wheel: $(STAMP)
+	rm -rf build/lib dist
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache

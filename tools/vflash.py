@@ -23,11 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from roadside.tools import resources
+
 from . import boards
 from .errors import ToolError
 
-REPO = Path(__file__).resolve().parents[1]
-VFLASH = REPO / "firmware" / "vboard" / "vflash.py"
+VFLASH = resources.FIRMWARE / "vboard" / "vflash.py"
 BLOCK_SIZE = 4096  # firmware/vboard/blockdev.py BLOCK_SIZE: an ESP32 flash sector
 APP_END = 0x200000  # MicroPython's ESP32 partition tables: the "vfs" partition starts here
 HEAPSIZE = "128k"
