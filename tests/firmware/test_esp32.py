@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from roadside.tools.sim import build_mpy
+from roadside.tools.sim.launcher import build_mpy
 from support.micropython import ESP32_HEAP, FIRMWARE, run_stdout
 
 FAKES = Path(__file__).resolve().parent / "fakes"

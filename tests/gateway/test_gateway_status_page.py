@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 from roadside.gateway import protocol as p
-from roadside.tools import procs
-from roadside.tools.gateway_config import GatewaySettings, write
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import GatewaySettings, write
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import gateway_cmd
-from .errors import ToolError
+from ..errors import ToolError
+from . import api
 
 EXIT_OK = 0
 
@@ -33,9 +33,9 @@ def add_parser(actions: argparse._SubParsersAction, epilog: str) -> None:
 
 
 def handle_accept(args: argparse.Namespace) -> int:
-    url = f"{gateway_cmd.base_url(args.config)}/links/accept"
-    status, doc = gateway_cmd._request(url, {"port": args.port, "node": args.node}, 10,
-                                       gateway_cmd.token(args.config))
+    url = f"{api.base_url(args.config)}/links/accept"
+    status, doc = api._request(url, {"port": args.port, "node": args.node}, 10,
+                                       api.token(args.config))
     if status != 200:
         message = doc.get("error", doc) if isinstance(doc, dict) else doc
         raise ToolError(f"{message} (HTTP {status})")

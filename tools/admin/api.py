@@ -27,7 +27,7 @@ from typing import Any
 
 from roadside.gateway import api_token, ids
 
-from .errors import ToolError
+from ..errors import ToolError
 
 EXIT_OK = 0
 EXIT_FAILED = 1     # the node answered with an error, or did not answer

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .errors import ToolError
+from ..errors import ToolError
+from . import config_file
+
+if TYPE_CHECKING:
+    from roadside.gateway.config import GatewayConfig, UplinkConfig
+    from roadside.gateway.queue import Queue
 
 
 def add_parser(actions: argparse._SubParsersAction, epilog: str) -> None:
@@ -31,17 +35,16 @@ def add_parser(actions: argparse._SubParsersAction, epilog: str) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from .cmd_gateway import _load
+    from roadside.gateway.queue import Queue
 
-    config = _load(args.config)
+    config = config_file.load(args.config)
     if args.op != "list" and not args.id:
         raise ToolError(f"dead-letters {args.op}: give the batch ID (see: roadside gateway"
                         f" dead-letters list --config {args.config})")
     if not config.queue_path.exists():
         raise ToolError(f"{config.queue_path}: no queue yet (the daemon creates it); check"
                         f" gateway.data_dir in {args.config}")
-    queue_mod = importlib.import_module("roadside.gateway.queue")
-    queue = queue_mod.Queue(config.queue_path, config.gateway.id, config.gateway.site)
+    queue = Queue(config.queue_path, config.gateway.id, config.gateway.site)
     try:
         rows = queue.dead_letters()
         if args.op == "list":
@@ -60,14 +63,17 @@ def handle(args: argparse.Namespace) -> int:
             queue.drop_dead_letter(args.id)
             print(f"{args.id}: dropped")
             return 0
-        return _replay(config, queue, queue_mod, matches)
+        return _replay(config, queue, matches)
     finally:
         queue.close()
 
 
-def _replay(config: Any, queue: Any, queue_mod: Any, matches: list[tuple]) -> int:
-    http = importlib.import_module("roadside.gateway.uplinks.http")
-    errors = importlib.import_module("roadside.gateway.errors")
+def _replay(config: GatewayConfig, queue: Queue,
+            matches: list[tuple[str, str, int, float, str, int]]) -> int:
+    from roadside.gateway.errors import UplinkError
+    from roadside.gateway.queue import Batch
+    from roadside.gateway.uplinks.http import HttpUplink
+
     uplinks = {u.name: u for u in config.uplinks}
     status = 0
     for bid, uplink_name, created, *_ in matches:
@@ -75,10 +81,14 @@ def _replay(config: Any, queue: Any, queue_mod: Any, matches: list[tuple]) -> in
         if uc is None or uc.type != "http":
             raise ToolError(f"{bid}: uplink {uplink_name!r} is not an http [[uplink]] in"
                             f" {config.path}; add it back or drop the dead letter")
-        batch = queue_mod.Batch(bid, created, (), queue.dead_letter_body(bid, uplink_name))
+        body = queue.dead_letter_body(bid, uplink_name)
+        if body is None:  # dropped since it was listed (the daemon or another replay)
+            print(f"{bid}: uplink {uplink_name}: no longer a dead letter")
+            continue
+        batch = Batch(bid, created, (), body)
 
-        async def send(uc: Any = uc, batch: Any = batch) -> None:
-            up = http.HttpUplink(uc, queue, [uc.name])
+        async def send(uc: UplinkConfig = uc, batch: Batch = batch) -> None:
+            up = HttpUplink(uc, queue, [uc.name])
             try:
                 await up.post(batch)
             finally:
@@ -86,7 +96,7 @@ def _replay(config: Any, queue: Any, queue_mod: Any, matches: list[tuple]) -> in
 
         try:
             asyncio.run(send())
-        except errors.UplinkError as exc:
+        except UplinkError as exc:
             print(f"{bid}: uplink {uplink_name}: not delivered: {exc}; kept")
             status = 1
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from . import boards
+from ..install import boards
 
 EXAMPLES = """examples:
   roadside completion bash > ~/.local/share/bash-completion/completions/roadside
@@ -109,8 +109,6 @@ def zsh_script(parser: argparse.ArgumentParser) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from .cli import build_parser
-
-    parser = build_parser()
+    parser: argparse.ArgumentParser = args.root_parser  # set by cli.build_parser
     print(bash_script(parser) if args.shell == "bash" else zsh_script(parser), end="")
     return 0

@@ -3,7 +3,7 @@ link, the serial port or an authenticated Bluetooth LE session.
 
 Uses the protocol's commands (config.get, config.set; PROTOCOL.md 2.2), not the REPL, so it
 works on a running node without stopping it. Every value is checked against the firmware's
-own config schema (tools/node_schema.py) before anything is sent, and the whole resulting
+own config schema (tools/node/schema.py) before anything is sent, and the whole resulting
 config (cross-key rules: alert_cm < alarm_cm < critical_cm ...) too.
 """
 
@@ -18,10 +18,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..gateway import ble_auth, ids, secret_files
-from . import ble_transport, node_schema
-from .errors import ToolError
-from .node_link import CommandFailed, NodeLink, open_link
+from roadside.gateway import ble_auth, ids, secret_files
+
+from ..errors import ToolError
+from ..node import ble_transport, schema
+from ..node.link import CommandFailed, NodeLink, open_link
 
 EXAMPLES = """examples:
   roadside config get /dev/ttyUSB0                  the whole config (defaults filled in)
@@ -145,11 +146,11 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ToolError(f"{path}: not valid TOML: {exc}") from None
     out: dict[str, Any] = {}
-    for key, value in node_schema.flatten(data).items():
+    for key, value in schema.flatten(data).items():
         try:
-            k, v = node_schema.check(key, value)
-        except node_schema.ConfigValueError as exc:
-            raise node_schema.ConfigValueError(f"{path}: {exc}") from None
+            k, v = schema.check(key, value)
+        except schema.ConfigValueError as exc:
+            raise schema.ConfigValueError(f"{path}: {exc}") from None
         out[k] = v
     return out
 
@@ -160,15 +161,15 @@ def plan(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any
     trial = json.loads(json.dumps(current))
     changes: dict[str, tuple[Any, Any]] = {}
     for key, value in wanted.items():
-        k, v = node_schema.check(key, value)
-        old = current.get(k) if k in ("node_id", "role", "board") else node_schema.get(current, k)
+        k, v = schema.check(key, value)
+        old = current.get(k) if k in ("node_id", "role", "board") else schema.get(current, k)
         if old != v or type(old) is not type(v):
             changes[k] = (old, v)
         if k in ("node_id", "role", "board"):
             trial[k] = v
         else:
-            node_schema.put(trial, k, v)
-    node_schema.validate(trial)
+            schema.put(trial, k, v)
+    schema.validate(trial)
     return changes
 
 
@@ -213,27 +214,27 @@ def diff_lines(changes: dict[str, tuple[Any, Any]]) -> list[str]:
 
 def handle_get(args: argparse.Namespace) -> int:
     _target(args)
-    key = node_schema.canonical(args.key) if args.key else None
+    key = schema.canonical(args.key) if args.key else None
     with _open(args) as link:
         value = link.command("config.get", {"key": key} if key else None,
                              attempt_timeout=args.timeout)
     if key and "." in key and isinstance(value, dict):
-        value = node_schema.get(value, key)
+        value = schema.get(value, key)
     if args.json:
         print(json.dumps(value if not key else {key: value}, indent=2, sort_keys=True))
     elif key:
         print(json.dumps(value))
     else:
-        for k, v in sorted(node_schema.flatten(value).items()):
+        for k, v in sorted(schema.flatten(value).items()):
             print(f"{k} = {json.dumps(v)}")
     return 0
 
 
 def handle_set(args: argparse.Namespace) -> int:
     _target(args)
-    wanted = dict(node_schema.parse_assignment(s) for s in args.settings)
+    wanted = dict(schema.parse_assignment(s) for s in args.settings)
     for key, value in wanted.items():  # refused here, before the port is even opened
-        node_schema.check(key, value)
+        schema.check(key, value)
     with _open(args) as link:
         changes = plan(_current(link, args.timeout), wanted)
         done = send(link, changes, args.timeout)

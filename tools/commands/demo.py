@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .demo import DemoOptions, run
-from .errors import ToolError
-from .sim import ROLES
+from ..errors import ToolError
+from ..sim.demo import DemoOptions, run
+from ..sim.launcher import ROLES
 
 EXAMPLES = """examples:
   roadside demo                          a water, a signal and a toll node, until Ctrl-C

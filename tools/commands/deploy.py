@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from . import boards, deploy, flashing, node_schema
+from ..install import boards, deploy, flashing
+from ..node import schema
 
 EXAMPLES = """examples:
   roadside deploy --board roadside-water-level-r1 --role water
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     board = boards.load(args.board)
-    settings = dict(node_schema.parse_assignment(s) for s in args.set)
+    settings = dict(schema.parse_assignment(s) for s in args.set)
     port = flashing.resolve_port(args.port)
 
     def progress(line: str) -> None:

@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from . import boards, flashing
-from .errors import ToolError
-from .flash_progress import ProgressView
+from ..errors import ToolError
+from ..install import boards, flashing
+from ..install.flash_progress import ProgressView
 
 EXAMPLES = """examples:
   roadside flash --board esp32-devkitc-v4 --image ESP32_GENERIC-v1.24.1.bin

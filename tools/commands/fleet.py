@@ -7,11 +7,11 @@ import json
 import time
 from pathlib import Path
 
-from . import boards, flashing, fleet
-from .cmd_flash import add_common
-from .errors import ToolError
-from .flash_progress import ProgressView
-from .serial_ports import candidates
+from ..errors import ToolError
+from ..install import boards, flashing, fleet
+from ..install.flash_progress import ProgressView
+from ..install.serial_ports import candidates
+from .flash import add_common
 
 EXAMPLES = """examples:
   roadside fleet flash --board roadside-water-level-r1 --image fw.bin --all

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
-from . import gateway_accept, gateway_cmd, gateway_dead_letters
-from .errors import ToolError
+from ..admin import accept, api, config_file, dead_letters
 
 EXAMPLES = """examples:
   roadside gateway check --config gateway.toml   validate, print a summary or the one-line error
@@ -38,30 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--config", required=True, type=Path, metavar="FILE",
                        help="gateway TOML config")
         a.set_defaults(handler=handle_run if name == "run" else handle_check)
-    gateway_cmd.add_parsers(actions, EXAMPLES)
-    gateway_dead_letters.add_parser(actions, EXAMPLES)
-    gateway_accept.add_parser(actions, EXAMPLES)
-
-
-def _load(path: Path) -> Any:
-    try:
-        config_mod = importlib.import_module("roadside.gateway.config")
-    except ImportError as exc:
-        raise ToolError(f"the gateway package is not installed or broken: {exc}") from exc
-    try:
-        return config_mod.load(path)
-    except config_mod.ConfigError as exc:
-        raise ToolError(f"{path}: {exc}") from exc
+    api.add_parsers(actions, EXAMPLES)
+    dead_letters.add_parser(actions, EXAMPLES)
+    accept.add_parser(actions, EXAMPLES)
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    daemon = importlib.import_module("roadside.gateway.daemon")
-    return int(daemon.run(config))
+    from roadside.gateway import daemon  # the daemon's imports only when it runs
+
+    config = config_file.load(args.config)
+    return daemon.run(config)
 
 
 def handle_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = config_file.load(args.config)
     print(f"{args.config}: OK")
     for line in summarise(config):
         print(f"  {line}")

@@ -17,8 +17,9 @@ from typing import Any
 
 from roadside.gateway import protocol as p
 
-from . import ble_transport, flashing
-from .node_link import Frame, NodeLink, hello_dict, open_link
+from ..install import flashing
+from ..node import ble_transport
+from ..node.link import Frame, NodeLink, hello_dict, open_link
 
 EXAMPLES = """examples:
   roadside monitor                          the only attached board's frames, decoded

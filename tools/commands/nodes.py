@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .serial_ports import list_devices
+from ..install.serial_ports import list_devices
 
 EXAMPLES = """examples:
   roadside nodes              USB serial devices first: path, VID:PID, serial, description

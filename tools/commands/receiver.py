@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .addresses import parse_listen
-from .receiver import ReceiverOptions, run
-from .schema import PROTOCOL_CDDL
+from ..addresses import parse_listen
+from ..sim.cddl import PROTOCOL_CDDL
+from ..sim.receiver import ReceiverOptions, run
 
 EXAMPLES = """examples:
   roadside receiver --listen 127.0.0.1:8080 --db receiver.sqlite

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from roadside.gateway.links.ble import NodeAdvert
 
-from . import ble_transport
+from ..node import ble_transport
 
 EXAMPLES = """examples:
   roadside scan                     nodes in range, strongest signal first

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ToolError
-from .gateway_config import link_sections
-from .sim import DEFAULT_SCENARIO, ROLES, Simulation
+from ..errors import ToolError
+from ..sim.gateway_toml import link_sections
+from ..sim.launcher import DEFAULT_SCENARIO, ROLES, Simulation
 
 if TYPE_CHECKING:
-    from .virtual_board import VirtualBoard
+    from ..sim.virtual_board import VirtualBoard
 
 # one MAC for both: a board flashed in the virtual ROM keeps its node id when deployed
 DEFAULT_MAC = "24:0a:c4:00:00:01"
@@ -197,14 +197,15 @@ def _wait_booted(board: VirtualBoard, since: int) -> None:
 
 
 def handle_board(args: argparse.Namespace) -> int:
-    from . import boards, deploy, node_schema
-    from .virtual_board import VirtualBoard
+    from ..install import boards, deploy
+    from ..node import schema
+    from ..sim.virtual_board import VirtualBoard
 
     _term_is_ctrl_c()
-    settings = dict(node_schema.parse_assignment(s) for s in args.set)
+    settings = dict(schema.parse_assignment(s) for s in args.set)
     board_file = boards.load(args.board) if args.deploy else None
     for key, value in settings.items():
-        node_schema.check(key, value)
+        schema.check(key, value)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="roadside-board-"))
     board = VirtualBoard(directory, mac=args.mac, distance_mm=args.distance_mm)
     board.dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +240,7 @@ def handle_board(args: argparse.Namespace) -> int:
 
 
 def handle_rom(args: argparse.Namespace) -> int:
-    from . import virtual_rom
+    from ..sim import virtual_rom
 
     _term_is_ctrl_c()
     if args.image_kib < 8:

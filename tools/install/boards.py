@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ToolError
 from .chips import CHIPS, FLASH_SIZES, Chip, ranges
-from .errors import ToolError
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 ROLES = ("signal", "toll", "water")
 _TOP_KEYS = {"name", "description", "chip", "module", "flash_size", "micropython_port",
              "micropython_board", "ble", "role", "strapping_ok", "uart", "outputs", "inputs",

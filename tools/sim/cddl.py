@@ -25,9 +25,9 @@ if not hasattr(cbor2, "CBORDecodeValueError"):  # cbor2 >= 6
 
 from zcbor.zcbor.zcbor import PRELUDE_PATH, CddlValidationError, DataTranslator  # noqa: E402
 
-from .errors import SchemaError  # noqa: E402
+from ..errors import SchemaError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROTOCOL_CDDL = REPO / "docs" / "protocol.cddl"
 
 # Upper bound for `*` repetitions (records per batch, entries per data map).

@@ -20,12 +20,12 @@ from typing import Any
 
 import aiohttp
 
-from . import gateway_config, procs
-from .addresses import free_port
-from .errors import LaunchError, ToolError
+from ..addresses import free_port
+from ..errors import LaunchError, ToolError
+from . import gateway_toml, procs
+from .launcher import Simulation
 from .node_state import NodeStateError, held_seqs, last_seq
 from .receiver_store import latest_readings, read_seqs
-from .sim import Simulation
 from .status_view import progress_line, queue_depth, render
 
 REFRESH_S = 0.5
@@ -50,7 +50,7 @@ class DemoOptions:
     fail_rate: float = 0.0
     drain_timeout: float = 30.0
     node_config: dict[str, Any] = field(default_factory=dict)
-    settings: gateway_config.GatewaySettings = field(default_factory=gateway_config.GatewaySettings)
+    settings: gateway_toml.GatewaySettings = field(default_factory=gateway_toml.GatewaySettings)
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Demo:
         await self.sim.start()
         port = free_port()
         self.status_url = f"http://127.0.0.1:{port}/status"
-        config = gateway_config.write(
+        config = gateway_toml.write(
             self.run_dir / "gateway.toml", list(self.sim.gateway_ports().values()),
             self.run_dir / "gateway-data", uplink, f"127.0.0.1:{port}", self.o.settings)
         self.start_gateway(config)

@@ -3,7 +3,7 @@
 Each node gets a NODE_DIR under the run directory holding its flash, NODE_DIR/flash.img: a
 LittleFS2 image the size of the sim board's filesystem partition (boards/sim.toml), mounted as
 the node's / as on an ESP32, with config.json, the journal, state and secret inside (read and
-write them with tools/vflash.py, never from NODE_DIR). Outside the image, as a board's wiring
+write them with tools/sim/vflash.py, never from NODE_DIR). Outside the image, as a board's wiring
 is outside its flash: NODE_DIR/wiring.json (the virtual cable's node end, scenario, speed,
 seed, BLE bridge...: the config's `sim` section, never stored in the image) and the hardware
 state that is not flash (reset cause, RTC memory, plan_select.log). A log file gets the
@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LaunchError
+from ..errors import LaunchError
+from .micropython import micropython_binary
 from .vflash import VFlash, fs_blocks
 from .virtual_cable import VirtualCable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
 SIM_MAIN = FIRMWARE / "sim_main.py"
 SCENARIOS = REPO / "scenarios"
@@ -57,17 +58,6 @@ ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}
 ROLES = tuple(ROLE_PREFIX)
 DEFAULT_SCENARIO = {"water": "flood", "signal": "normal", "toll": "peak"}
 BOARD = "sim"  # boards/sim.toml: its flash size sizes the nodes' images
-
-
-def micropython_binary() -> str:
-    """The unix-port interpreter: next to this Python (the venv), else on PATH."""
-    beside = Path(sys.executable).parent / "micropython"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if not found:
-        raise LaunchError("no `micropython` found; run `make` (pip install -e '.[dev]') first")
-    return found
 
 
 def build_mpy(out: Path = MPY_DIR) -> Path | None:

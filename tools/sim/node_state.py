@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import ToolError
+from ..errors import ToolError
 from .vflash import FlashError, VFlash
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LaunchError
+from ..errors import LaunchError
 
 _LIVE: set[subprocess.Popen] = set()
 

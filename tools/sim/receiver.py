@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 import cbor2
 from aiohttp import web
 
-from .errors import SchemaError, ToolError
+from ..errors import SchemaError, ToolError
+from .cddl import PROTOCOL_CDDL, Schema
 from .receiver_store import ReceiverStore
-from .schema import PROTOCOL_CDDL, Schema
 
 BATCH_RULE = "uplink-batch"
 MAX_BODY = 16 * 1024 * 1024
@@ -165,9 +164,3 @@ def run(options: ReceiverOptions) -> int:
 
     asyncio.run(main())
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m roadside.tools.receiver` = the CLI
-    from .cli import main as cli_main
-
-    sys.exit(cli_main(["receiver", *sys.argv[1:]]))

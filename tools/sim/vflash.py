@@ -5,7 +5,7 @@ the board does), never by looking in a host directory.
     flash = VFlash(run_dir / "nodes" / "wl-0001" / "flash.img")
     json.loads(flash.get("state.json")); flash.put("config.json", b"{...}"); flash.ls("/")
 
-From a shell: `python -m roadside.tools.vflash IMAGE ls|get PATH|put HOSTFILE PATH|rm PATH`.
+From a shell: `python -m roadside.tools.sim.vflash IMAGE ls|get PATH|put HOSTFILE PATH|rm PATH`.
 
 Reading while the node runs is allowed (the image is mounted read-only): LittleFS commits
 each file operation copy-on-write, so a read sees the last committed state; a read that
@@ -23,10 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import boards
-from .errors import ToolError
+from ..errors import ToolError
+from ..install import boards
+from .micropython import micropython_binary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VFLASH = REPO / "firmware" / "vboard" / "vflash.py"
 BLOCK_SIZE = 4096  # firmware/vboard/blockdev.py BLOCK_SIZE: an ESP32 flash sector
 APP_END = 0x200000  # MicroPython's ESP32 partition tables: the "vfs" partition starts here
@@ -74,7 +75,6 @@ class VFlash:
 
     def _run(self, *args: str, tries: int = 1,
              heapsize: str = HEAPSIZE) -> subprocess.CompletedProcess[str]:
-        from .sim import micropython_binary
         cmd = [micropython_binary(), "-X", f"heapsize={heapsize}", str(VFLASH),
                str(self.image), str(self.blocks), *args]
         for attempt in range(tries):
@@ -160,7 +160,7 @@ class VFlash:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m roadside.tools.vflash IMAGE CMD ...`: look into a node's flash."""
+    """`python -m roadside.tools.sim.vflash IMAGE CMD ...`: look into a node's flash."""
     ap = argparse.ArgumentParser(prog="vflash", description=main.__doc__)
     ap.add_argument("image", type=Path, help="flash.img (or the node's directory)")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -5,7 +5,7 @@
     board.link_port   # the other end of the node's data UART (the gateway's side)
     board.close()
 
-Or by hand: `python -m roadside.tools.virtual_board DIR` prints both paths and runs until
+Or by hand: `python -m roadside.tools.sim.virtual_board DIR` prints both paths and runs until
 Ctrl-C.
 
 What it is:
@@ -21,7 +21,7 @@ What it is:
   this board's `machine` and `esp32` modules (firmware/vboard/vmachine.py, vesp32.py) in
   sys.modules, and on a boot in friendly mode runs /boot.py and /main.py from the image, then
   the REPL (the unix port's: raw REPL and raw-paste included). Its files can be read from the
-  host with tools/vflash.py (`VFlash(board.image)`), as a simulated node's.
+  host with tools/sim/vflash.py (`VFlash(board.image)`), as a simulated node's.
 - Boot: until boot.py has mounted the image and installed `machine` (it then writes
   READY, which the relay takes out of the output), the relay holds what the user sends and
   gives it to the interpreter afterwards, as a board's UART is not read before its firmware
@@ -64,8 +64,9 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from .errors import LaunchError
-from .sim import FIRMWARE, micropython_binary
+from ..errors import LaunchError
+from .launcher import FIRMWARE
+from .micropython import micropython_binary
 from .vflash import create_image, fs_blocks
 
 BOOT = FIRMWARE / "vboard" / "boot.py"  # the board's boot; vmachine.py, vesp32.py beside it
@@ -336,7 +337,7 @@ def _killpg(proc: subprocess.Popen, sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m roadside.tools.virtual_board DIR`: run a virtual board until Ctrl-C."""
+    """`python -m roadside.tools.sim.virtual_board DIR`: run a virtual board until Ctrl-C."""
     ap = argparse.ArgumentParser(prog="virtual_board", description=__doc__.split("\n")[0])
     ap.add_argument("dir", type=Path, help="board directory (flash.img, console.log)")
     ap.add_argument("--mac", default="24:0a:c4:00:00:01")

@@ -7,8 +7,9 @@ and a MAC of our choosing (the mock derives the MAC from the chip name, so sever
 one chip would share it), and stops it. The image is built with esptool's image classes, so
 its header carries the chip id that `roadside flash` checks.
 
-Run as `python -m roadside.tools.virtual_rom --chip esp32 --mac 24:0a:c4:00:00:01 --port-file F`;
-from a shell, `roadside sim rom` starts one with a test image and prints both (cmd_sim.py).
+Run as `python -m roadside.tools.sim.virtual_rom --chip esp32 --mac 24:0a:c4:00:00:01
+--port-file F`; from a shell, `roadside sim rom` starts one with a test image and prints both
+(tools/commands/sim.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LaunchError
+from ..errors import LaunchError
 
 
 @dataclass
@@ -66,7 +67,7 @@ def start(chip: str = "esp32", mac: str | None = None, *, lifetime: float = 60.0
     env = dict(os.environ)
     # The mock keeps a registry of running servers; keep ours out of the shared one.
     env["ESP32_MOCK_BOOTLOADER_STATE_DIR"] = str(state_dir or tempfile.mkdtemp(prefix="rom-"))
-    cmd = [sys.executable, "-m", "roadside.tools.virtual_rom", "--chip", chip, "--mac", mac,
+    cmd = [sys.executable, "-m", "roadside.tools.sim.virtual_rom", "--chip", chip, "--mac", mac,
            "--port-file", str(port_file), "--lifetime", str(lifetime)]
     if not fast_slip:
         cmd.append("--stock-slip")
@@ -140,7 +141,7 @@ def _unescape_one(m: re.Match[bytes]) -> bytes:
 
 
 def _serve(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m roadside.tools.virtual_rom")
+    p = argparse.ArgumentParser(prog="python -m roadside.tools.sim.virtual_rom")
     p.add_argument("--chip", default="esp32")
     p.add_argument("--mac", required=True, help="aa:bb:cc:dd:ee:ff")
     p.add_argument("--port-file", required=True)

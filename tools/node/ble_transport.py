@@ -1,7 +1,7 @@
 """BLE for the installer tools: `scan()` lists the nodes in range, and `BleSerial` is a
 serial-port-like object over an authenticated BLE session with one node, so the serial tools
-(`NodeLink(port, ser=...)` in node_link.py: `roadside config`, `roadside monitor`) work over BLE
-unchanged.
+(`NodeLink(port, ser=...)` in tools/node/link.py: `roadside config`, `roadside monitor`) work
+over BLE unchanged.
 
     nodes = scan_sync(timeout=3.0)                        # [NodeAdvert], strongest first
     ser = BleSerial.open("wl-0001", secret_path)          # scan, connect, authenticate
@@ -36,7 +36,7 @@ from roadside.gateway import ble_auth
 from roadside.gateway import protocol as p
 from roadside.gateway.links.ble import RX_UUID, TX_UUID, NodeAdvert, parse_advert, site_tag
 
-from .errors import ToolError
+from ..errors import ToolError
 
 Backend = tuple[type, type] | None
 SECRETS_DIR = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "roadside" \
