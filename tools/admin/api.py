@@ -21,6 +21,7 @@ import socket
 import sys
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def handle_cmd(args: argparse.Namespace) -> int:
         ids.check(args.node, "NODE")
     except ids.BadNodeId as exc:
         raise ToolError(str(exc)) from None
-    url = f"{base_url(args.config)}/nodes/{urllib.request.quote(args.node, safe='')}/commands"
+    url = f"{base_url(args.config)}/nodes/{urllib.parse.quote(args.node, safe='')}/commands"
     body: dict[str, Any] = {"name": args.name, "args": parse_args(args.args) or None,
                             "who": who()}
     if args.timeout is not None:

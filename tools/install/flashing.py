@@ -311,7 +311,7 @@ def _skip_trace_hexdumps() -> None:
     import esptool.loader
 
     if hasattr(esptool.loader, "HexFormatter"):
-        esptool.loader.HexFormatter = _NoHexDump  # type: ignore[assignment,misc]
+        esptool.loader.HexFormatter = _NoHexDump
 
 
 @contextmanager

@@ -35,7 +35,7 @@ def firmware_config() -> types.ModuleType:
     if not CONFIG_PY.is_file():
         raise ToolError(f"{CONFIG_PY} is missing: the firmware is not in this checkout")
     pkg = types.ModuleType(_PKG)
-    pkg.__path__ = []  # type: ignore[attr-defined]
+    pkg.__path__ = []
     journal = types.ModuleType(f"{_PKG}.journal")
 
     def write_atomic(path: str, text: str) -> None:  # never called by the tools

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,7 +118,7 @@ class Demo:
         self.run_dir = options.run_dir or Path(tempfile.mkdtemp(prefix="roadside-demo-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.receiver: procs.ReceiverProcess | None = None
-        self.gateway = None
+        self.gateway: subprocess.Popen[bytes] | None = None
         self.sim: Simulation | None = None
         self.status_url = ""
         self.tty = sys.stdout.isatty()

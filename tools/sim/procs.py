@@ -84,7 +84,8 @@ def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, timeout: floa
                 return m
         if proc.poll() is not None:
             tail = " | ".join(text.strip().splitlines()[-3:])
-            raise LaunchError(f"{Path(proc.args[0]).name} exited {proc.returncode}: {tail}")
+            cmd = proc.args if isinstance(proc.args, list) else [proc.args]
+            raise LaunchError(f"{Path(str(cmd[0])).name} exited {proc.returncode}: {tail}")
         if time.monotonic() > deadline:
             raise LaunchError(f"no {pattern!r} in {log} after {timeout:.0f} s")
         time.sleep(0.05)

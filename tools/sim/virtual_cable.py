@@ -13,6 +13,7 @@ open, like a cable that stays plugged into the board.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import random
 import tty
@@ -39,7 +40,7 @@ class Direction:
     pending: bytearray = field(default_factory=bytearray)
     rng: random.Random = field(default_factory=random.Random)
 
-    def damage(self, data: bytes) -> bytes:
+    def damage(self, data: builtins.bytes) -> builtins.bytes:  # `bytes` is a field here
         if not self.flip_rate:
             return data
         out = bytearray(data)

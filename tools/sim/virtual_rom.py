@@ -152,7 +152,7 @@ def _serve(argv: list[str] | None = None) -> int:
     mac = tuple(int(b, 16) for b in args.mac.split(":"))
     from esp32_mock_bootloader import registers, server
 
-    registers.mac_bytes_for_chip = lambda _chip: mac  # type: ignore[assignment,return-value]
+    registers.mac_bytes_for_chip = lambda _chip: mac
     if not args.stock_slip:
         server.slip_decode_frames = fast_slip_decode
     server.run_server(0, args.lifetime, args.chip, "127.0.0.1", port_file=args.port_file)
