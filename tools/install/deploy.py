@@ -219,48 +219,14 @@ def config_bytes(data: dict[str, Any]) -> bytes:
 
 # -- on the board -----------------------------------------------------------------------------
 
-# One exec that tells the tool everything it needs (one round trip, not one per file).
-_SURVEY = """
-import sys, os, hashlib, binascii, machine
-def _h(p):
-    try:
-        h = hashlib.sha256()
-        b = bytearray(512)
-        m = memoryview(b)
-        with open(p, 'rb') as f:
-            while True:
-                n = f.readinto(b)
-                if not n:
-                    break
-                h.update(m[:n])
-        return binascii.hexlify(h.digest()).decode()
-    except OSError:
-        return None
-def _walk(d, out):
-    try:
-        for e in os.ilistdir(d):
-            p = d + '/' + e[0]
-            if e[1] & 0x4000:
-                _walk(p, out)
-            else:
-                out.append(p)
-    except OSError:
-        pass
-_files = []
-_walk('/fw', _files)
-_walk('/lib/roadside_node', _files)
-for _p in ('/main.py', '/config.json'):
-    _files.append(_p)
-try:
-    with open('/config.json') as f:
-        _cfg = f.read()
-except OSError:
-    _cfg = None
-print(repr({'version': '.'.join(str(x) for x in sys.implementation.version[:3]),
-            'mpy': getattr(sys.implementation, '_mpy', 0),
-            'uid': binascii.hexlify(machine.unique_id()).decode(),
-            'config': _cfg, 'hashes': dict((p, _h(p)) for p in _files)}))
-"""
+# Board code (run through the raw REPL, never stored on the board) lives in real files under
+# firmware/raw_repl/, checked with the firmware: survey.py, copy_files.py, rmtree.py.
+RAW_REPL = FIRMWARE / "raw_repl"
+
+
+def board_code(name: str) -> str:
+    """The source of firmware/raw_repl/NAME.py, to exec on the board."""
+    return (RAW_REPL / f"{name}.py").read_text()
 
 
 def _transport(port: str) -> Any:
@@ -303,7 +269,7 @@ def survey(t: Any, port: str) -> dict[str, Any]:
     """Versions, unique id, current config and file hashes from the board (one exec)."""
     import ast
 
-    out = _exec(t, _SURVEY, port).decode(errors="replace").strip().splitlines()
+    out = _exec(t, board_code("survey"), port).decode(errors="replace").strip().splitlines()
     try:
         return dict(ast.literal_eval(out[-1]))
     except (ValueError, SyntaxError, IndexError):
@@ -339,45 +305,17 @@ def _mkdirs(path: str, made: set[str]) -> str:
     return code
 
 
-_COPY = """
-import os
-_b = bytearray(1024)
-def _cp(src, dst):
-    with open(src, 'rb') as s, open(dst, 'wb') as d:
-        while True:
-            n = s.readinto(_b)
-            if not n:
-                break
-            d.write(_b if n == len(_b) else memoryview(_b)[:n])
-"""
 COPY_BATCH = 8  # files per exec: small scripts, for a board's heap after Ctrl-C stopped main
 
 
 def copy_on_board(t: Any, pairs: list[tuple[str, str]], port: str, made: set[str]) -> None:
     """Copy files the board already has (source, destination) without sending them."""
-    _exec(t, _COPY, port)
+    _exec(t, board_code("copy_files"), port)
     for i in range(0, len(pairs), COPY_BATCH):
         code = "import os\n"
         for src, dst in pairs[i:i + COPY_BATCH]:
             code += _mkdirs(dst, made) + f"_cp({src!r},{dst!r})\n"
         _exec(t, code, port)
-
-
-# removes a tree (files and empty directories) on the board
-_RMTREE = """
-import os
-def _rm(d):
-    try:
-        for e in list(os.ilistdir(d)):
-            p = d + '/' + e[0]
-            if e[1] & 0x4000:
-                _rm(p)
-            else:
-                os.remove(p)
-        os.rmdir(d)
-    except OSError:
-        pass
-"""
 
 
 def remove_stale(t: Any, files: dict[str, bytes], hashes: dict[str, str | None],
@@ -392,7 +330,7 @@ def remove_stale(t: Any, files: dict[str, bytes], hashes: dict[str, str | None],
     trees = sorted({p if p.startswith(fw_dir + "/") else
                     ("/".join(p.split("/")[:3]) if p.startswith(FW_ROOT + "/") else LEGACY_PKG)
                     for p in stale})
-    code = _RMTREE + "".join(
+    code = board_code("rmtree") + "".join(
         f"os.remove({p!r})\n" if p.startswith(fw_dir + "/") else f"_rm({p!r})\n"
         for p in trees)
     _exec(t, code, port)
