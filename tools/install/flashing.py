@@ -28,7 +28,7 @@ from ..errors import ToolError
 from .boards import Board
 from .chips import chip_for_image_id, chip_for_title
 
-ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}  # as tools/sim/launcher.py names nodes
+ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}  # as tools/sim.py names nodes
 IMAGE_MAGIC = 0xE9
 ROM_BAUD = 115200
 
