@@ -37,14 +37,18 @@ system-deps:
 
 # The firmware is checked against MicroPython's stubs, which live in the venv's site-packages
 # (whatever its Python version): they replace CPython's typeshed (firmware/mypy.ini says why).
-# The host code is checked with [tool.mypy] in pyproject.toml.
+# The host code is checked as the installed packages roadside.gateway and roadside.tools,
+# linked under build/typecheck (pyproject.toml [tool.mypy] says why).
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tools tests bench
 	MYPYPATH=firmware:$(SITE)/stdlib:$(SITE) $(BIN)/mypy --config-file firmware/mypy.ini \
 	  --custom-typeshed-dir $(SITE) firmware
-	$(BIN)/mypy gateway
+	mkdir -p build/typecheck/roadside
+	ln -sfn ../../../gateway build/typecheck/roadside/gateway
+	ln -sfn ../../../tools build/typecheck/roadside/tools
+	$(BIN)/mypy -p roadside.gateway -p roadside.tools
 
 test: lint system-deps test-only
 

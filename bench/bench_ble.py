@@ -9,7 +9,7 @@ raw       bumble peripherals (CPython, no firmware) notifying 244-byte values (M
           fast as the link drains, to the gateway's central through bleak on the bumble
           backend (tests/support/bleak_bumble.py); 1 peripheral, then N at once
 records   real nodes (firmware/sim_main.py under MicroPython, their ble.py + auth.py through
-          tools/ble_bridge.py) fill their journals with the gateway away, then the gateway
+          tools/sim/ble_bridge.py) fill their journals with the gateway away, then the gateway
           daemon (in process: bleak links, authentication, sealed frames, SessionManager,
           SQLite queue) connects and drains them; records acked per second and the link's
           byte rate (sealed frames, COBS, CRC) while the middle 80 % of the backlog is acked
@@ -45,7 +45,7 @@ from bumble import gatt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from roadside.tools.ble_bridge import VirtualAir  # noqa: E402
+from roadside.tools.sim.ble_bridge import VirtualAir  # noqa: E402
 from support.ble_rig import BleRig  # noqa: E402
 from support.bleak_bumble import BumbleBackend  # noqa: E402
 

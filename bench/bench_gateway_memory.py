@@ -25,8 +25,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from roadside.gateway import protocol as p
-from roadside.tools import gateway_config, procs
 from roadside.tools.addresses import free_port
+from roadside.tools.sim import gateway_toml, procs
 
 T0 = 1_795_420_800
 
@@ -129,10 +129,10 @@ async def main_async(nodes: int, seconds: float) -> int:
     loop = asyncio.get_running_loop()
     for n in sim:
         loop.add_reader(n.master, n.on_readable)
-    config = gateway_config.write(tmp / "gateway.toml", [n.path for n in sim], tmp / "data",
+    config = gateway_toml.write(tmp / "gateway.toml", [n.path for n in sim], tmp / "data",
                                   f"http://127.0.0.1:{sink_port}/batches",
                                   f"127.0.0.1:{status_port}")
-    idle_cfg = gateway_config.write(tmp / "idle.toml", [], tmp / "idle-data",
+    idle_cfg = gateway_toml.write(tmp / "idle.toml", [], tmp / "idle-data",
                                     f"http://127.0.0.1:{sink_port}/batches",
                                     f"127.0.0.1:{free_port()}")
     cmd = [sys.executable, "-m", "roadside.gateway.daemon", "--config"]

@@ -4,9 +4,9 @@
     .venv/bin/python bench/bench_heap_bits.py --micropython32 /tmp/mp32/micropython32
 
 Each role's node (firmware/sim_main.py on its LittleFS image, the precompiled firmware of
-tools/sim.py build_mpy: bytecode .mpy loads on both word sizes) is started under both
+tools/sim/launcher.py build_mpy: bytecode .mpy loads on both word sizes) is started under both
 interpreters with the same heap; the free heap it reports in its HELLO (key 10) gives
-used64 - used32. tools/sim.py BITS64_HEAP is the lowest of these figures.
+used64 - used32. tools/sim/launcher.py BITS64_HEAP is the lowest of these figures.
 
 A 32-bit unix port is not part of the venv: build one from MicroPython's source (the same
 version as the venv's `micropython`) with gcc-multilib, e.g. in ports/unix:
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import cbor2
 from cobs import cobs
-from roadside.tools.sim import (
+from roadside.tools.sim.launcher import (
     BITS64_HEAP,
     DEFAULT_SCENARIO,
     FIRMWARE,
@@ -39,7 +39,7 @@ from roadside.tools.sim import (
     resolve_scenario,
     write_node,
 )
-from roadside.tools.vflash import fs_blocks
+from roadside.tools.sim.vflash import fs_blocks
 
 HEAP_KIB = 160  # room for both: the figure is a difference of used heap
 TIMEOUT_S = 20.0
@@ -90,7 +90,7 @@ def main() -> int:
     mpy = build_mpy()
     if mpy is None:
         raise SystemExit("no mpy-cross: run `make` first")
-    print(f"free heap at HELLO with -X heapsize={HEAP_KIB}k; tools/sim.py BITS64_HEAP = "
+    print(f"free heap at HELLO with -X heapsize={HEAP_KIB}k; tools/sim/launcher.py BITS64_HEAP = "
           f"{BITS64_HEAP // 1024} KiB")
     print(f"{'role':7} {'free 64-bit':>11} {'free 32-bit':>11} {'64-bit needs more':>18}")
     for role in ("water", "signal", "toll"):

@@ -398,8 +398,8 @@ def _run_receiver(links: int, records: int, workdir: Path | None, cpu: int | Non
     """The same run against `roadside receiver` (a subprocess), counted from its database."""
     import sqlite3
 
-    from roadside.tools import procs
-    from roadside.tools.schema import PROTOCOL_CDDL
+    from roadside.tools.sim import procs
+    from roadside.tools.sim.cddl import PROTOCOL_CDDL
 
     with tempfile.TemporaryDirectory(prefix="bench-receiver-", dir=workdir) as d:
         rec = procs.start_receiver(Path(d) / "receiver.sqlite", Path(d) / "receiver.log",

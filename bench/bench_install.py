@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from roadside.tools import boards, deploy
-from roadside.tools.virtual_board import VirtualBoard
+from roadside.tools.install import boards, deploy
+from roadside.tools.sim.virtual_board import VirtualBoard
 
 
 def main() -> None:

@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_noise.py                      # BER 1e-3 and 1e-4, 60 s each
     .venv/bin/python bench/bench_noise.py --ber 1e-3 --seconds 180 --speed 40
 
-One real MicroPython water node (tools/sim.py SimNode at its HEAPSIZE, flood scenario) on a
-virtual cable (tools/virtual_cable.py) whose relay flips one bit per byte with probability
+One real MicroPython water node (tools/sim/launcher.py SimNode at its HEAPSIZE, flood scenario) on a
+virtual cable (tools/sim/virtual_cable.py) whose relay flips one bit per byte with probability
 8 x BER, in both directions (records to the gateway, ACKs back). The gateway end is
 tests/support/line_gateway.py: the real wire protocol (roadside.gateway.protocol), an ACK per
 RECORDS, records beyond a gap held as the gateway's queue holds them. The node's log is
@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from roadside.tools.sim import NodeSpec, SimNode, build_mpy, resolve_scenario  # noqa: E402
-from roadside.tools.virtual_cable import TO_GATEWAY, TO_NODE  # noqa: E402
+from roadside.tools.sim.launcher import NodeSpec, SimNode, build_mpy, resolve_scenario  # noqa: E402
+from roadside.tools.sim.virtual_cable import TO_GATEWAY, TO_NODE  # noqa: E402
 from support.line_gateway import LineGateway, LogWatcher  # noqa: E402
 
 

@@ -5,8 +5,8 @@
 
 heap     what the twin's flash driver takes from a node's heap (vboard/filedev.py and flash.py
          imported precompiled, the mount with LittleFS's buffers): on the board the driver is
-         C (esp32.Partition, frozen _boot.py), so tools/sim.py FLASH_DRIVER_HEAP adds the code
-         part to the node's heap; LittleFS's buffers are in the board's heap as well
+         C (esp32.Partition, frozen _boot.py), so tools/sim/launcher.py FLASH_DRIVER_HEAP adds the
+         code part to the node's heap; LittleFS's buffers are in the board's heap as well
 ops      real time and block-device calls per firmware file operation on a fresh 2 MiB image
          (the sim board's filesystem partition) with LittleFS's ESP32 settings (read/prog
          size 32, lookahead 32, 4 KiB blocks): a journal append (the firmware's Journal), a
@@ -28,13 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from roadside.tools.sim import (  # noqa: E402
+from roadside.tools.sim.launcher import (  # noqa: E402
     FLASH_DRIVER_HEAP,
     HEAPSIZE,
     build_mpy,
     micropython_binary,
 )
-from roadside.tools.vflash import fs_blocks  # noqa: E402
+from roadside.tools.sim.vflash import fs_blocks  # noqa: E402
 
 SCRIPT = r"""
 import gc, sys, time

@@ -1,10 +1,10 @@
 # Unix-port entry of a simulated node: micropython -X heapsize=N firmware/sim_main.py NODE_DIR
-# [MPY_DIR] (N: tools/sim.py HEAPSIZE, the board's 96 KiB plus this twin's flash driver; a
+# [MPY_DIR] (N: tools/sim/launcher.py HEAPSIZE, the board's 96 KiB plus this twin's flash driver; a
 # node started with less than the board has fails for the wrong reason). NODE_DIR is the node's host directory: flash.img, its flash (LittleFS2 mounted as
 # / as the ESP32 port does: config.json, journal, state, secret), and what is not flash:
-# wiring.json (pty, scenario, speed, seed...: tools/sim.py writes it), reset cause, RTC memory.
+# wiring.json (pty, scenario, speed, seed...: tools/sim/launcher.py writes it), reset cause, RTC memory.
 # The firmware is the board's "ROM": imported from the host (/host), from MPY_DIR (mpy-cross,
-# see tools/sim.py build_mpy) ahead of the sources: compiling them needs more heap than a
+# see tools/sim/launcher.py build_mpy) ahead of the sources: compiling them needs more heap than a
 # node has. A reset exits with status 3.
 import json
 import os
@@ -28,7 +28,7 @@ def _wiring(node_dir):
         with open(node_dir + "/wiring.json") as f:
             wiring = json.load(f)
     except (OSError, ValueError) as e:
-        print("no usable wiring.json in %s (%s): prepare NODE_DIR with tools/sim.py write_node"
+        print("no usable wiring.json in %s (%s): prepare NODE_DIR with tools/sim/launcher.py write_node"
               " (roadside sim does)" % (node_dir, e))
         sys.exit(2)
     sim = {}

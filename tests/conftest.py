@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from roadside.tools import procs  # noqa: E402
-from roadside.tools.schema import PROTOCOL_CDDL  # noqa: E402
+from roadside.tools.sim import procs  # noqa: E402
+from roadside.tools.sim.cddl import PROTOCOL_CDDL  # noqa: E402
 from support import system  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """The `roadside` command line.
 
-Each subcommand lives in its own module `roadside.tools.cmd_<name>` that exposes
+Each subcommand lives in its own module `roadside.tools.commands.<name>` that exposes
 `register(subparsers)`: it adds its parser and sets `handler(args) -> int`. Adding a command
 (flash, deploy, config, monitor, scan, nodes, ...) means adding one module and one name to
 COMMANDS.
@@ -9,14 +9,28 @@ COMMANDS.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from .commands import (
+    completion,
+    config,
+    demo,
+    deploy,
+    flash,
+    fleet,
+    gateway,
+    monitor,
+    nodes,
+    receiver,
+    scan,
+    sim,
+)
 from .errors import ToolError
 
-COMMANDS = ("demo", "receiver", "sim", "gateway", "flash", "fleet", "nodes", "deploy", "config",
-            "monitor", "completion", "scan")
+# in the order `roadside --help` lists them
+COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, monitor,
+            completion, scan)
 
 EPILOG = """examples:
   roadside demo                          3 simulated nodes -> gateway -> receiver, live view
@@ -51,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMANDS:
-        importlib.import_module(f"{__package__}.cmd_{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
+    parser.set_defaults(root_parser=parser)  # `roadside completion` walks the whole tree
     return parser
 
 

@@ -1,6 +1,6 @@
 # Node config: NODE_DIR/config.json merged over defaults, validated with messages that name
 # the key, the bad value and what is allowed. Unknown keys are kept as they are.
-# (CPython loads this module too: tools/node_schema.py checks values before they go out, so
+# (CPython loads this module too: tools/node/schema.py checks values before they go out, so
 # it imports nothing but json and journal at the top.)
 import json
 

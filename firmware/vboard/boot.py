@@ -1,4 +1,4 @@
-# The virtual board's boot (tools/virtual_board.py runs it; it is not on the image):
+# The virtual board's boot (tools/sim/virtual_board.py runs it; it is not on the image):
 #   micropython -i firmware/vboard/boot.py IMAGE BLOCKS MODE CAUSE RUN
 # Installs this board's `machine` and `esp32` (vmachine.py, vesp32.py), mounts IMAGE as / the
 # way the ESP32 port does (flash.py, shared with the simulated nodes' sim_main.py), then, in
@@ -12,7 +12,7 @@ sys.path.insert(0, __file__.rsplit("/", 2)[0] if __file__.count("/") > 1 else ".
 from vboard import vesp32, vmachine  # noqa: E402
 from vboard.flash import mount_image  # noqa: E402
 
-_READY = "\x00vboard:ready\x00"  # tools/virtual_board.py READY: the relay waits for it
+_READY = "\x00vboard:ready\x00"  # tools/sim/virtual_board.py READY: the relay waits for it
 
 
 def _boot(image, blocks, cause, run):

@@ -1,4 +1,4 @@
-# The host's hands on a node's flash image (run by tools/vflash.py, not on a board):
+# The host's hands on a node's flash image (run by tools/sim/vflash.py, not on a board):
 #   micropython vflash.py IMAGE BLOCKS get PATH HOSTFILE   copy PATH out of the image
 #   micropython vflash.py IMAGE BLOCKS put HOSTFILE PATH   copy HOSTFILE into the image
 #   micropython vflash.py IMAGE BLOCKS ls PATH             one name a line ("/" after a dir)

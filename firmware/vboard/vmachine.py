@@ -1,6 +1,6 @@
 # `machine` for the virtual board (vboard/boot.py installs it): what the deployed firmware's
 # ESP32 layer (roadside_node/hw/esp32.py) needs from a board the unix port does not have.
-# See tools/virtual_board.py's docstring for what each piece models.
+# See tools/sim/virtual_board.py's docstring for what each piece models.
 import json
 import sys
 import time

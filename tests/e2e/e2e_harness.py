@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from roadside.tools import procs
-from roadside.tools.demo import Demo, DemoOptions, Summary
-from roadside.tools.gateway_config import GatewaySettings
+from roadside.tools.sim import procs
+from roadside.tools.sim.demo import Demo, DemoOptions, Summary
+from roadside.tools.sim.gateway_toml import GatewaySettings
 
 # Simulated seconds per real second: the flood scenario's rise happens within the test.
 SPEED = 20.0

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from roadside.tools import procs
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim import procs
+from roadside.tools.sim.receiver_store import read_seqs
 from support.ble_rig import BleRig
 
 TEST_TIMEOUT_S = 60.0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from e2e_harness import gateway_status, options, received_records, run_chain, wait_until
-from roadside.tools import procs
+from roadside.tools.sim import procs
 
 pytestmark = pytest.mark.slow
 

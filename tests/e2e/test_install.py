@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from roadside.tools import procs
+from roadside.tools.sim import procs
 
 pytest.importorskip("esp32_mock_bootloader")
 

@@ -1,7 +1,7 @@
 """A real MicroPython node at the board's heap against a gateway under stress (issue 9, items 6
 and 7): sustained backpressure must not reset the node, and a noisy line must slow delivery
-down, never stop it. The node is tools/sim.py's SimNode (its heap, its cable, its restarts);
-the gateway end is tests/support/line_gateway.py, speaking the real wire protocol.
+down, never stop it. The node is tools/sim/launcher.py's SimNode (its heap, its cable, its
+restarts); the gateway end is tests/support/line_gateway.py, speaking the real wire protocol.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from roadside.tools.sim import NodeSpec, SimNode, build_mpy, resolve_scenario
-from roadside.tools.virtual_cable import TO_GATEWAY, TO_NODE
+from roadside.tools.sim.launcher import NodeSpec, SimNode, build_mpy, resolve_scenario
+from roadside.tools.sim.virtual_cable import TO_GATEWAY, TO_NODE
 from support.line_gateway import ANSWER, BUSY, SILENT, LineGateway, LogWatcher
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_node_survives_backpressure_with_a_full_journal_at_board_heap(tmp_path, 
                                                                       scenario, speed):
     """Busy for long enough that the journal fills (32 KiB), then silence (go-back-N every ACK
     timeout), then busy again: the node resends ~1 KB frames for a minute at the board's
-    heap (tools/sim.py HEAPSIZE). No MemoryError, no reset; afterwards everything drains.
+    heap (tools/sim/launcher.py HEAPSIZE). No MemoryError, no reset; afterwards everything drains.
     (docs/RELIABILITY.md "Backpressure" has the toll node's soak.)"""
     node = _node(tmp_path, role, scenario, speed=speed)
     gw = LineGateway(node.gateway_path)

@@ -18,8 +18,8 @@ from roadside.gateway import protocol as p
 from roadside.gateway.links.serial import SerialLink
 from roadside.gateway.queue import Queue
 from roadside.gateway.session import SessionManager
-from roadside.tools.sim import NodeSpec, SimNode, build_mpy, resolve_scenario
-from roadside.tools.vflash import VFlash
+from roadside.tools.sim.launcher import NodeSpec, SimNode, build_mpy, resolve_scenario
+from roadside.tools.sim.vflash import VFlash
 from support.micropython import FIRMWARE
 
 NODE = "wl-0001"

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from roadside.tools import procs
+from roadside.tools.sim import procs
 
 pytest.importorskip("esp32_mock_bootloader")
 pytest.importorskip("setuptools")
@@ -183,7 +183,9 @@ def test_the_wheel_carries_firmware_boards_scenarios_and_the_cddl(installed: Ins
 
 def test_the_installed_roadside_is_the_wheel(installed: Installed) -> None:
     code = ("import json, roadside.tools, roadside.gateway, roadside.tools.cli\n"
-            "from roadside.tools import resources as r, sim, boards, schema\n"
+            "from roadside.tools import resources as r\n"
+            "from roadside.tools.sim import launcher as sim, cddl as schema\n"
+            "from roadside.tools.install import boards\n"
             "print(json.dumps({'modules': [roadside.tools.__file__, roadside.gateway.__file__,"
             " roadside.tools.cli.__file__, sim.__file__], 'resources': [str(r.FIRMWARE), "
             "str(r.BOARDS), str(r.SCENARIOS), str(schema.PROTOCOL_CDDL), str(sim.SIM_MAIN), "

@@ -10,7 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 from roadside.gateway.protocol import encode_frame
-from roadside.tools.sim import build_mpy
+from roadside.tools.sim.launcher import build_mpy
 from support.micropython import ESP32_HEAP, FIRMWARE, run_stdout
 
 FAKES = Path(__file__).resolve().parent / "fakes"

@@ -22,8 +22,8 @@ from pathlib import Path
 import cbor2
 import pytest
 from cobs import cobs
-from roadside.tools.sim import BLE_HEAPSIZE, HEAPSIZE, build_mpy, write_node
-from roadside.tools.vflash import fs_blocks
+from roadside.tools.sim.launcher import BLE_HEAPSIZE, HEAPSIZE, build_mpy, write_node
+from roadside.tools.sim.vflash import fs_blocks
 from support.micropython import FIRMWARE, MICROPYTHON, run_stdout
 
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "water" / "flood.json"
@@ -141,7 +141,7 @@ class Node:
             if m[0] == T_REPLY and m[1] == req:
                 return m
 
-    # -- the BLE bridge (tools/ble_bridge.py's side of hw/sim_bluetooth.py) --------------------
+    # -- the BLE bridge (tools/sim/ble_bridge.py's side of hw/sim_bluetooth.py) --------------------
     def _events(self, deadline: float) -> bool:
         """Read the node's bridge messages: services (the RX handle), notifications,
         disconnects. False once the deadline passed."""
@@ -242,7 +242,7 @@ def test_hostile_commands_on_the_uart_are_answered_and_never_reset_the_node(node
         ("config.set", {"key": "site", "value": long}, "up to 64"),
         ("config.set", {"key": "conflicts", "value": [[1, 2]] * 150}, "at most 64 pairs"),
     ]
-    # at the board's heap (tools/sim.py HEAPSIZE) each is refused for its reason; a node short
+    # at the board's heap (tools/sim/launcher.py HEAPSIZE) each is refused for its reason; a node short
     # of heap would answer "... (MemoryError)" instead (counted, never a reset)
     for req, (name, args, want) in enumerate(cases, start=1):
         r = node.command(req, name, args)

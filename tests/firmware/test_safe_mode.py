@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from roadside.tools.schema import protocol_schema
+from roadside.tools.sim.cddl import protocol_schema
 from test_session import Gateway
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import cbor2
 import pytest
 from cobs import cobs
-from roadside.tools.sim import HEAPSIZE, build_mpy, write_node
-from roadside.tools.vflash import fs_blocks
+from roadside.tools.sim.launcher import HEAPSIZE, build_mpy, write_node
+from roadside.tools.sim.vflash import fs_blocks
 from support.micropython import FIRMWARE, MICROPYTHON
 
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "water" / "flood.json"
@@ -278,7 +278,7 @@ def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
         assert "journal full: dropped" in log
         state = g.read_json("state.json")
         assert state["dropped_full"] > 0
-        # free heap stays healthy through a full journal (in the board's terms: tools/sim.py
+        # free heap stays healthy through a full journal (in the board's terms: tools/sim/launcher.py
         # HEAPSIZE; ~38.7k measured after issues 9 and 10)
         assert health and all(h[1] > 32000 for h in health)
     finally:

@@ -15,7 +15,7 @@ import pytest
 from roadside.gateway import daemon
 from roadside.gateway import protocol as p
 from roadside.gateway.config import load
-from roadside.tools.gateway_config import write
+from roadside.tools.sim.gateway_toml import write
 
 
 def _free_port() -> int:

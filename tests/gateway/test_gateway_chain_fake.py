@@ -16,10 +16,10 @@ import tty
 import urllib.request
 
 from roadside.gateway import protocol as p
-from roadside.tools import procs
-from roadside.tools.gateway_config import GatewaySettings, write
-from roadside.tools.receiver_store import read_seqs
-from roadside.tools.virtual_cable import VirtualCable
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import GatewaySettings, write
+from roadside.tools.sim.receiver_store import read_seqs
+from roadside.tools.sim.virtual_cable import VirtualCable
 
 ACK_TIMEOUT_S = 0.5      # the firmware uses 2 s; shorter keeps the test fast
 PER_MESSAGE = 8

@@ -15,9 +15,9 @@ from aiohttp.test_utils import make_mocked_request
 from roadside.gateway import protocol as p
 from roadside.gateway.commands import Commander, CommandError, validate
 from roadside.gateway.status import Status
-from roadside.tools import procs
-from roadside.tools.gateway_cmd import parse_args
-from roadside.tools.gateway_config import write
+from roadside.tools.admin.api import parse_args
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import write
 from support.cli import roadside
 
 

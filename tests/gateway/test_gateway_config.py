@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from roadside.gateway.config import ConfigError, load
 from roadside.gateway.errors import GatewayError
-from roadside.tools.gateway_config import write
+from roadside.tools.sim.gateway_toml import write
 
 BASE = """
 [gateway]

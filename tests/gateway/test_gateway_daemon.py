@@ -10,9 +10,9 @@ import sys
 import urllib.request
 
 from roadside.gateway import protocol as p
-from roadside.tools import procs
-from roadside.tools.gateway_config import GatewaySettings, write
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import GatewaySettings, write
+from roadside.tools.sim.receiver_store import read_seqs
 
 
 def get(url: str) -> tuple[int, str]:

@@ -7,7 +7,7 @@ import sys
 
 from roadside.gateway.protocol import Record
 from roadside.gateway.queue import Queue
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim.receiver_store import read_seqs
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

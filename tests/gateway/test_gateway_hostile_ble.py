@@ -30,7 +30,7 @@ from roadside.gateway.links.ble import (
 )
 from roadside.gateway.queue import Queue
 from roadside.gateway.session import SessionManager
-from roadside.tools.ble_bridge import VirtualAir
+from roadside.tools.sim.ble_bridge import VirtualAir
 from support.bleak_bumble import BumbleBackend
 
 NODE = "wl-0001"

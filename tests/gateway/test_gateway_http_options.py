@@ -16,7 +16,7 @@ from roadside.gateway.errors import ConfigError
 from roadside.gateway.protocol import Record
 from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.http import HttpUplink, retry_after
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim.receiver_store import read_seqs
 from support import system
 from support.waits import until
 

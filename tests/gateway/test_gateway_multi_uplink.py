@@ -12,7 +12,7 @@ from roadside.gateway.config import BatchConfig, UplinkConfig
 from roadside.gateway.protocol import Record
 from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.http import HttpUplink
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim.receiver_store import read_seqs
 
 
 async def serve_post(handler) -> tuple[web.AppRunner, str]:

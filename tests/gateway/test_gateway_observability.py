@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from roadside.gateway import daemon, logs
 from roadside.gateway import protocol as p
 from roadside.gateway.config import ConfigError, load
-from roadside.tools.gateway_config import GatewaySettings, write
+from roadside.tools.sim.gateway_toml import GatewaySettings, write
 
 
 def free_port() -> int:

@@ -15,9 +15,9 @@ from roadside.gateway.batcher import Batcher
 from roadside.gateway.config import BatchConfig
 from roadside.gateway.protocol import FLAG_PRIORITY, Record
 from roadside.gateway.queue import Queue
-from roadside.tools import procs
-from roadside.tools.gateway_config import GatewaySettings, write
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import GatewaySettings, write
+from roadside.tools.sim.receiver_store import read_seqs
 
 
 def rec(seq: int, flags: int = 0) -> Record:

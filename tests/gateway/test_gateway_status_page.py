@@ -14,8 +14,8 @@ import signal
 import urllib.request
 
 from roadside.gateway import protocol as p
-from roadside.tools import procs
-from roadside.tools.gateway_config import GatewaySettings, write
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import GatewaySettings, write
 from support import system
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

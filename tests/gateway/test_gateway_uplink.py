@@ -11,7 +11,7 @@ from roadside.gateway.config import BatchConfig, UplinkConfig
 from roadside.gateway.protocol import Record
 from roadside.gateway.queue import Queue
 from roadside.gateway.uplinks.http import HttpUplink, backoff
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim.receiver_store import read_seqs
 from support.waits import until
 
 

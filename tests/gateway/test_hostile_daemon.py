@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from roadside.gateway import protocol as p
-from roadside.tools import procs
-from roadside.tools.gateway_config import write
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import write
 from support.cli import roadside
 
 FRESH_IDS = 300

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from roadside.tools.schema import Schema, SchemaError, protocol_schema
+from roadside.tools.sim.cddl import Schema, SchemaError, protocol_schema
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "frames.json").read_text())
 RULE_OF_TYPE = {1: "hello", 2: "records", 3: "ack", 4: "command", 5: "reply", 6: "time-sync",

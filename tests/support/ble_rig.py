@@ -1,5 +1,5 @@
 """BLE test rig: real MicroPython nodes (firmware/sim_main.py with `ble` on) whose BLE code
-drives bumble peripherals through tools/ble_bridge.py, a virtual central for the gateway's
+drives bumble peripherals through tools/sim/ble_bridge.py, a virtual central for the gateway's
 bleak code (tests/support/bleak_bumble.py), and the gateway daemon in this process. Loopback
 only; `stop()` ends every process and closes every pty.
 
@@ -22,15 +22,15 @@ from typing import Any
 
 from roadside.gateway import daemon
 from roadside.gateway.config import GatewayConfig, parse
-from roadside.tools.ble_bridge import NodeBridge, VirtualAir
-from roadside.tools.sim import (
+from roadside.tools.sim.ble_bridge import NodeBridge, VirtualAir
+from roadside.tools.sim.launcher import (
     FIRMWARE,
     NodeSpec,
     SimNode,
     build_mpy,
     resolve_scenario,
 )
-from roadside.tools.vflash import VFlash
+from roadside.tools.sim.vflash import VFlash
 
 from .bleak_bumble import BumbleBackend
 

@@ -1,7 +1,7 @@
 """A bleak backend on bumble's virtual controllers, so the gateway's unchanged bleak code runs
 without radios or BlueZ.
 
-    air = VirtualAir()                              # tools/ble_bridge.py
+    air = VirtualAir()                              # tools/sim/ble_bridge.py
     backend = await BumbleBackend.create(air)       # one central (the gateway's "adapter")
     BleakScanner(callback, backend=backend.scanner) # bleak's own classes on top
     BleakClient(device, backend=backend.client)
@@ -28,7 +28,7 @@ from bleak.exc import BleakError
 from bumble import hci
 from bumble.core import AdvertisingData
 from bumble.device import Advertisement, Connection, Device, Peer
-from roadside.tools.ble_bridge import VirtualAir
+from roadside.tools.sim.ble_bridge import VirtualAir
 
 _PROPS = ((0x02, "read"), (0x04, "write-without-response"), (0x08, "write"),
           (0x10, "notify"), (0x20, "indicate"))

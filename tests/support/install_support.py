@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from roadside.tools.sim import Simulation
-from roadside.tools.virtual_board import VirtualBoard
+from roadside.tools.sim.launcher import Simulation
+from roadside.tools.sim.virtual_board import VirtualBoard
 
 
 @contextmanager

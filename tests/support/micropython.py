@@ -16,7 +16,8 @@ FIRMWARE = REPO / "firmware"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
 # An ESP32 without PSRAM leaves roughly 96 KiB to Python; on this 64-bit interpreter the same
-# program needs 22 KiB more (tools/sim.py BITS64_HEAP): the board's heap, in this twin's terms.
+# program needs 22 KiB more (tools/sim/launcher.py BITS64_HEAP): the board's heap, in this
+# twin's terms.
 ESP32_HEAP = "118k"
 
 

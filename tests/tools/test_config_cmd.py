@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from roadside.gateway import ble_auth
-from roadside.tools import ble_transport, cli
-from roadside.tools.sim import Simulation
+from roadside.tools import cli
+from roadside.tools.node import ble_transport
+from roadside.tools.sim.launcher import Simulation
 from support.install_support import running_simulation
 
 

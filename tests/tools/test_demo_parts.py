@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from roadside.tools.demo import Summary, compare
-from roadside.tools.status_view import progress_line, render
+from roadside.tools.sim.demo import Summary, compare
+from roadside.tools.sim.status_view import progress_line, render
 
 
 def test_compare_finds_missing_and_out_of_order():

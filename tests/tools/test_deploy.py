@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from roadside.tools import cli, deploy
+from roadside.tools import cli
 from roadside.tools.errors import ToolError
+from roadside.tools.install import deploy
 from support.install_support import virtual_board, wait_repl
 
 BOARD = "roadside-water-level-r1"

@@ -24,9 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from roadside.tools import cli, deploy, sim
-from roadside.tools.boards import load
-from roadside.tools.node_link import NodeLink
+from roadside.tools import cli
+from roadside.tools.install import deploy
+from roadside.tools.install.boards import load
+from roadside.tools.node.link import NodeLink
+from roadside.tools.sim import launcher
 from support.install_support import virtual_board, wait_repl
 
 BOARD = load("roadside-water-level-r1")
@@ -48,7 +50,7 @@ def _entry(mark: str, checks: str, hold: Path) -> bytes:
     """The test firmware's main.py: skip the node once if `hold` exists (the board stays in
     its REPL), else check the modules, say which firmware this is and run the real main.py."""
     body = "".join("    " + line + "\n" for line in
-                   (sim.FIRMWARE / "main.py").read_text().splitlines())
+                   (launcher.FIRMWARE / "main.py").read_text().splitlines())
     return (f"import os\n_held = False\ntry:\n    os.remove({'/host' + str(hold)!r})\n"
             "    _held = True\nexcept OSError:\n    pass\n"
             "if _held:\n    print('roadside test: held')\nelse:\n"
@@ -64,7 +66,7 @@ def _versions(tmp: Path) -> dict[str, dict[str, bytes]]:
     v2 = dict(package)
     for name in CHANGED:
         rel = f"roadside_node/{name}.py"
-        src = (sim.FIRMWARE / rel).read_text() + "\n_V2_MARK = 1\n"
+        src = (launcher.FIRMWARE / rel).read_text() + "\n_V2_MARK = 1\n"
         v2[f"roadside_node/{name}.mpy"] = _mpy_cross(src, rel, tmp)
     check = "".join(f"import roadside_node.{n}\nassert roadside_node.{n}._V2_MARK\n"
                     for n in CHANGED)
@@ -204,7 +206,7 @@ def test_a_board_of_the_older_layout_is_switched_and_cleaned(tmp_path: Path, mon
     files = versions["v1"]
     fw_dir = deploy.firmware_dir(files)
     legacy = {p.replace(fw_dir, "/lib"): d for p, d in files.items() if p.startswith(fw_dir)}
-    legacy["/main.py"] = (sim.FIRMWARE / "main.py").read_bytes()
+    legacy["/main.py"] = (launcher.FIRMWARE / "main.py").read_bytes()
     with virtual_board(tmp_path / "board") as board:
         wait_repl(board)  # a blank board: see wait_repl
         t = deploy._transport(board.port)

@@ -22,8 +22,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from roadside.tools import boards, cli, flashing, serial_ports, virtual_rom
-from roadside.tools.flash_progress import ProgressView
+from roadside.tools import cli
+from roadside.tools.install import boards, flashing, serial_ports
+from roadside.tools.install.flash_progress import ProgressView
+from roadside.tools.sim import virtual_rom
 
 pytest.importorskip("esp32_mock_bootloader")
 

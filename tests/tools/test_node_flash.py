@@ -1,6 +1,6 @@
 """The simulated node is the board as far as its flash goes: its files live in a LittleFS2
 image the size of the sim board's filesystem partition, mounted as / like the ESP32 port
-mounts it, and nowhere on the host; the host reads them only through tools/vflash.py. On that
+mounts it, and nowhere on the host; the host reads them only through tools/sim/vflash.py. On that
 image LittleFS behaves as on the board: a read handle does not see bytes appended later
 through another handle (the journal bug of issue 9, invisible while nodes used the host's
 filesystem)."""
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from roadside.tools.node_state import held_seqs
-from roadside.tools.sim import Simulation
-from roadside.tools.vflash import BLOCK_SIZE, FlashError, VFlash, create_image, fs_blocks
-from roadside.tools.vflash import main as vflash_main
+from roadside.tools.sim.launcher import Simulation
+from roadside.tools.sim.node_state import held_seqs
+from roadside.tools.sim.vflash import BLOCK_SIZE, FlashError, VFlash, create_image, fs_blocks
+from roadside.tools.sim.vflash import main as vflash_main
 from support.install_support import virtual_board
 from support.micropython import FIRMWARE, run_stdout
 

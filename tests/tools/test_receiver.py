@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 
 import cbor2
-from roadside.tools import procs
-from roadside.tools.receiver_store import read_seqs
+from roadside.tools.sim import procs
+from roadside.tools.sim.receiver_store import read_seqs
 
 
 def record(node: str, seq: int, **over) -> dict:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from roadside.gateway import protocol as p
-from roadside.tools import ble_transport, cli
+from roadside.tools import cli
+from roadside.tools.node import ble_transport
 
 
 class RogueDevice:

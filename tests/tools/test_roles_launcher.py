@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from roadside.tools.demo import DemoOptions, distribute
 from roadside.tools.errors import LaunchError
-from roadside.tools.sim import SCENARIOS, Simulation, resolve_scenario
+from roadside.tools.sim.demo import DemoOptions, distribute
+from roadside.tools.sim.launcher import SCENARIOS, Simulation, resolve_scenario
 
 
 def test_mixed_simulation_numbers_nodes_per_role_with_their_scenarios(tmp_path):

@@ -12,8 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from roadside.tools import cli, cmd_sim, flashing, procs
+from roadside.tools import cli
+from roadside.tools.commands import sim as sim_command
 from roadside.tools.errors import ToolError
+from roadside.tools.install import flashing
+from roadside.tools.sim import procs
 
 ROADSIDE = str(Path(sys.executable).parent / "roadside")
 
@@ -61,11 +64,11 @@ def test_the_process_behind_a_pty_is_not_busy_a_rival_still_is():
 
 def test_plain_sim_keeps_its_options_and_the_counterparts_parse():
     args = cli.build_parser().parse_args(["sim", "--role", "toll", "--count", "2"])
-    assert args.handler is cmd_sim.handle and args.counterpart is None and args.count == 2
+    assert args.handler is sim_command.handle and args.counterpart is None and args.count == 2
     args = cli.build_parser().parse_args(["sim", "board", "--deploy", "water"])
-    assert args.handler is cmd_sim.handle_board and args.board == "roadside-water-level-r1"
+    assert args.handler is sim_command.handle_board and args.board == "roadside-water-level-r1"
     args = cli.build_parser().parse_args(["sim", "rom", "--chip", "esp32s3"])
-    assert args.handler is cmd_sim.handle_rom and args.mac == cmd_sim.DEFAULT_MAC
+    assert args.handler is sim_command.handle_rom and args.mac == sim_command.DEFAULT_MAC
 
 
 def test_sim_board_with_the_firmware_deployed_serves_config_until_ctrl_c(tmp_path: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from roadside.tools.errors import LaunchError
-from roadside.tools.sim import NodeSpec, Simulation, node_id, resolve_scenario
+from roadside.tools.sim.launcher import NodeSpec, Simulation, node_id, resolve_scenario
 
 FAKE_BOARD = Path(__file__).with_name("fake_board.py")
 

@@ -8,7 +8,7 @@ import termios
 import tty
 
 import pytest
-from roadside.tools.virtual_cable import TO_GATEWAY, TO_NODE, VirtualCable
+from roadside.tools.sim.virtual_cable import TO_GATEWAY, TO_NODE, VirtualCable
 
 
 def open_raw(path: str) -> int:

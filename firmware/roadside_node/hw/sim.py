@@ -142,7 +142,7 @@ class SimHW:
     def poll_obj(self):
         return self.uart
 
-    # -- BLE: hw/sim_bluetooth.py bridged to a virtual controller (tools/ble_bridge.py) ------
+    # -- BLE: hw/sim_bluetooth.py bridged to a virtual controller (tools/sim/ble_bridge.py) ------
     def bluetooth(self):
         """The `bluetooth` module stand-in, talking to the bridge on config sim.ble."""
         from . import sim_bluetooth

@@ -1,7 +1,7 @@
 # A stand-in for the ESP32 port's `bluetooth` module under the unix port: the same API surface
 # that ble.py uses (BLE().active/config/irq/gap_advertise/gap_disconnect/
 # gatts_register_services/gatts_set_buffer/gatts_read/gatts_write/gatts_notify, UUID, FLAG_*),
-# carried over a pty to a CPython bridge (tools/ble_bridge.py) that runs a real bumble
+# carried over a pty to a CPython bridge (tools/sim/ble_bridge.py) that runs a real bumble
 # Device as the peripheral on a virtual controller. Events come back the other way and are
 # delivered to the irq handler from pump() (ESP32: the stack's own scheduler does it).
 #
