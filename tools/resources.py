@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import resources
 from pathlib import Path
 
-ROOT = Path(os.fspath(resources.files("roadside.tools"))).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # this file is roadside.tools' top module
 CHECKOUT = (ROOT / "pyproject.toml").is_file()  # False: an installed wheel
 FIRMWARE = ROOT / "firmware"
 BOARDS = ROOT / "boards"
