@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roadside.gateway import roles
+
 from .chips import CHIPS, FLASH_SIZES, Chip, ranges
 from .errors import ToolError
 
 BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
-ROLES = ("signal", "toll", "water")
+ROLES = tuple(sorted(roles.NAMES))  # the one table of roles: gateway/roles.py
 _TOP_KEYS = {"name", "description", "chip", "module", "flash_size", "micropython_port",
              "micropython_board", "ble", "role", "strapping_ok", "uart", "outputs", "inputs",
              "adc"}
