@@ -5,6 +5,7 @@
 import json
 
 from .journal import write_atomic
+from .roles import ROLES
 
 # The whole config with defaults (config.get without a key) as CBOR at most: its REPLY fits
 # one sealed BLE frame (ble.BlePort.max_payload 992) with room for the REPLY's own head.
@@ -27,7 +28,6 @@ def clip(v):
     return "a " + type(v).__name__
 
 PATH = "config.json"
-ROLES = ("water", "signal", "toll")
 
 # key -> (default, kind, low, high); dotted keys live in a nested section
 SCHEMA: dict = {

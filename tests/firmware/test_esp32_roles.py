@@ -1,4 +1,4 @@
-"""hw/esp32.py + hw/esp32_roles.py for the signal monitor and the toll beacon under MicroPython
+"""hw/esp32.py + hw/esp32_signal.py and hw/esp32_toll.py for the signal monitor and the toll beacon under MicroPython
 with the fake `machine` (tests/firmware/fakes), extended here with what these roles use (pin
 levels, Pin.irq, disable_irq/enable_irq, UART.flush): the exact pins, pulls, IRQ triggers,
 plan bits and strobe, the fail-safe fault relay, the reader UART and RS-485 driver enable."""
@@ -60,7 +60,8 @@ def run(code: str, tmp_path: Path) -> list:
 def test_signal_monitor_pins_scan_counts_plan_and_relay(tmp_path):
     cfg = {"node_id": "sg-0001", "role": "signal", "phases": 2, "hw": SIGNAL_HW}
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(cfg)}))
+c = Config({json.dumps(cfg)})
+hw = Esp32HW(c).role_io(c)   # the role's hardware: hw/esp32_<role>.py
 show([list(c) for c in machine.CALLS if c[0] in ("Pin", "Pin.irq")])
 LEVELS[6] = 0   # phase 1 green lit
 LEVELS[7] = 0   # phase 2 red lit
@@ -94,7 +95,8 @@ except ValueError as e:
 def test_toll_reader_uart_and_rs485_driver_enable(tmp_path):
     cfg = {"node_id": "tb-0001", "role": "toll", "hw": TOLL_HW}
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(cfg)}))
+c = Config({json.dumps(cfg)})
+hw = Esp32HW(c).role_io(c)   # the role's hardware: hw/esp32_<role>.py
 show([[c[0], c[1], c[2]] for c in machine.CALLS if c[0] == "UART"])
 machine.UART_RX[2] = b"$H,500,OK*7E\\r\\n"
 show(hw.reader_read().decode())
