@@ -109,6 +109,8 @@ KIND_COUNTS = 12
 KIND_PLAN = 13
 KIND_TRANSACTION = 20  # toll beacon
 KIND_READER = 21
+KIND_RAINFALL = 30  # rain gauge
+KIND_INTENSITY = 31
 # names and body fields of every kind: the role table's (gateway/roles.py)
 KIND_NAMES = {k.number: k.name for k in _roles.KINDS.values()}
 BODY_NAMES: dict[int, dict[int, str]] = {k.number: k.body for k in _roles.KINDS.values()}

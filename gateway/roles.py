@@ -57,6 +57,11 @@ ROLES: tuple[Role, ...] = (
         Kind(21, "reader", {1: "state", 2: "reads", 3: "bad_lines", 4: "duplicates",
                             5: "detail"}),
     ), "peak", "toll beacon (free-flow tolling)"),
+    Role("rain", 4, "rg", (
+        Kind(30, "rainfall", {1: "tips", 2: "mm", 3: "interval_s", 4: "mm_per_h",
+                              5: "total_tips"}),
+        Kind(31, "intensity", {1: "state", 2: "mm_per_h", 3: "previous"}),
+    ), "storm", "rain gauge (tipping bucket, drainage network)"),
 )
 
 BY_NAME: dict[str, Role] = {r.name: r for r in ROLES}

@@ -64,3 +64,6 @@ class SignalIO(Protocol):
 class TollIO(Protocol):
     def reader_read(self) -> bytes: ...  # lines from the RFID reader (docs/READER.md)
     def reader_write(self, data: Any) -> None: ...
+
+class RainIO(Protocol):
+    def tips(self) -> int: ...  # bucket tips since the last call (the wake tip included)

@@ -99,6 +99,10 @@ class SimHW:
     def sleep_ms(self, ms):
         time.sleep_ms(ms)
 
+    def boot_s(self):
+        """Role time when this boot began (the deep sleep's end, or 0)."""
+        return self._base
+
     # -- link ----------------------------------------------------------------------------
     def uart_read(self):
         if self.uart is None:

@@ -3,4 +3,4 @@
 # hw/esp32_<name>.py on a board and hw/sim_<name>.py on the virtual board, each with a class
 # IO(hw, config) (hw/contract.pyi). The host's table of roles is gateway/roles.py
 # (tests/gateway/test_gateway_roles.py keeps the two in step).
-ROLES = ("water", "signal", "toll")
+ROLES = ("water", "signal", "toll", "rain")
