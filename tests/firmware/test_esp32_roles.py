@@ -20,6 +20,10 @@ SIGNAL_HW = {
                "plan_ack": 35},
     "outputs": {"plan_bit0": 37, "plan_bit1": 38, "plan_strobe": 39, "fault_relay": 40},
 }
+RAIN_HW = {  # from boards/roadside-rain-gauge-r1.toml
+    "uart": {"link": {"id": 0, "tx": 1, "rx": 3, "baudrate": 115200}},
+    "inputs": {"rain_tip": 33},
+}
 TOLL_HW = {
     "uart": {"link": {"id": 0, "tx": 1, "rx": 3, "baudrate": 115200},
              "reader": {"id": 2, "tx": 17, "rx": 16, "baudrate": 115200, "de": 4}},
@@ -28,7 +32,7 @@ TOLL_HW = {
 PRELUDE = f"""
 import sys, json
 sys.path.insert(0, {str(FAKES)!r})
-import machine
+import machine, time
 LEVELS = {{}}   # pin -> level; unset pins read 1 (pulled up, inactive)
 HANDLERS = {{}}
 machine.Pin.IRQ_FALLING = 2
@@ -110,3 +114,33 @@ show([list(c[:2]) for c in machine.CALLS])
     assert got == "$H,500,OK*7E\r\n"
     assert calls == [["Pin.value", 4], ["UART.write", 2], ["UART.flush", 2],
                      ["Pin.value", 4]]
+
+
+def test_rain_gauge_counts_debounced_tips_and_the_wake_tip_and_arms_the_pin(tmp_path):
+    cfg = {"node_id": "rg-0001", "role": "rain", "debounce_ms": 100, "hw": RAIN_HW}
+    out = run(f"""
+machine.WAKE_REASON[0] = machine.PIN_WAKE     # this boot: the bucket's tip ended deep sleep
+c = Config({json.dumps(cfg)})
+base = Esp32HW(c)
+io = base.role_io(c)
+show([list(c) for c in machine.CALLS if c[0] in ("Pin", "Pin.irq")])
+show(io.tips())                               # the tip that woke the board
+HANDLERS[33](None)                            # the wake tip's contact bounce: ignored
+time.sleep_ms(150)
+HANDLERS[33](None); HANDLERS[33](None)        # one tip, and its bounce
+time.sleep_ms(150)
+HANDLERS[33](None)
+show([io.tips(), io.tips()])
+del machine.CALLS[:]
+try:
+    base.deepsleep(60000)
+except machine.Stop:
+    pass
+show([list(c) for c in machine.CALLS])
+""", tmp_path)
+    pins, woke, counts, calls = out
+    assert pins == [["Pin", 33, 1, 1, None], ["Pin.irq", 33, 2]]   # pulled up, falling edge
+    assert woke == 1
+    assert counts == [2, 0]
+    assert calls == [["wake_on_ext0", 33, False], ["deepsleep", 60000]]   # wakes on low
+
