@@ -15,6 +15,7 @@ from typing import Any
 import cbor2
 from cobs import cobs
 
+from . import roles as _roles
 from .errors import ProtocolError
 
 # -- section 1: framing --------------------------------------------------------------------
@@ -78,7 +79,7 @@ ERR_BAD_ARGS = 5
 ERR_BUSY = 6
 
 PROTOCOL_VERSION = 1
-ROLES = ("water", "signal", "toll")
+ROLES = _roles.NAMES   # gateway/roles.py: the one table of roles
 WINDOW = 32
 ACK_TIMEOUT_S = 2.0
 TIME_RESEND_S = 600.0
@@ -108,23 +109,11 @@ KIND_COUNTS = 12
 KIND_PLAN = 13
 KIND_TRANSACTION = 20  # toll beacon
 KIND_READER = 21
-KIND_NAMES = {KIND_LEVEL: "level", KIND_ALARM: "alarm", KIND_HEALTH: "health",
-              KIND_PHASE: "phase", KIND_FAULT: "fault", KIND_COUNTS: "counts",
-              KIND_PLAN: "plan", KIND_TRANSACTION: "transaction", KIND_READER: "reader"}
-BODY_NAMES: dict[int, dict[int, str]] = {
-    KIND_LEVEL: {1: "level_cm", 2: "rate_cm_per_min", 3: "distance_mm"},
-    KIND_ALARM: {1: "state", 2: "level_cm", 3: "previous"},
-    KIND_HEALTH: {1: "free_heap", 2: "uptime_s", 3: "journal_records", 4: "dropped_full",
-                  5: "boot_count", 6: "reset_cause", 7: "safe_mode"},
-    KIND_PHASE: {1: "phase", 2: "state", 3: "previous", 4: "previous_ms", 5: "at_ms"},
-    KIND_FAULT: {1: "fault", 2: "phase", 3: "other_phase", 4: "measured_ms", 5: "limit_ms",
-                 6: "at_ms", 7: "latency_ms"},
-    KIND_COUNTS: {1: "approach", 2: "vehicles", 3: "interval_s"},
-    KIND_PLAN: {1: "plan", 2: "previous"},
-    KIND_TRANSACTION: {1: "tag", 2: "lane", 3: "entry_ms", 4: "exit_ms", 5: "reads",
-                       6: "rssi_dbm", 7: "antennas", 8: "reader_seq"},
-    KIND_READER: {1: "state", 2: "reads", 3: "bad_lines", 4: "duplicates", 5: "detail"},
-}
+KIND_RAINFALL = 30  # rain gauge
+KIND_INTENSITY = 31
+# names and body fields of every kind: the role table's (gateway/roles.py)
+KIND_NAMES = {k.number: k.name for k in _roles.KINDS.values()}
+BODY_NAMES: dict[int, dict[int, str]] = {k.number: k.body for k in _roles.KINDS.values()}
 ALARM_STATES = ("normal", "alert", "alarm", "critical")
 
 

@@ -9,24 +9,20 @@ from . import VERSION, proto
 from .bootguard import BootGuard
 from .framing import Deframer
 from .journal import Journal
+from .roles import ROLES
 from .session import Session
 
 _POLL_MS = const(20)  # longest wait for link input before the role gets a turn
 _GC_EVERY = const(8192)  # collect after this many bytes allocated (gc.threshold)
 
 
-def make_role(config, emit, hw=None, journal=None):
+def make_role(config, emit, io=None, journal=None):
+    """Role(config, emit, io, journal) of roles/<role>.py; io is its hardware (role_io)."""
     role = config.get("role")
-    if role == "water":
-        from .roles.water import WaterRole
-        return WaterRole(config, emit, hw)
-    if role == "signal":
-        from .roles.signal import SignalRole
-        return SignalRole(config, emit, hw)
-    if role == "toll":
-        from .roles.toll import TollRole
-        return TollRole(config, emit, hw, journal)
-    raise ValueError("role: bad value %r; allowed: water, signal, toll" % (role,))
+    if role not in ROLES:
+        raise ValueError("role: bad value %r; allowed: %s" % (role, ", ".join(ROLES)))
+    mod = __import__("roadside_node.roles." + role, None, None, ("Role",))
+    return mod.Role(config, emit, io, journal)
 
 
 class App:
@@ -43,7 +39,9 @@ class App:
         self.session.safe_mode = self.safe
         self.session.guard = self.guard
         self.t_boot = hw.sim_s()  # role time need not start at 0 (RTC clock, deep sleep)
-        self.role = None if self.safe else make_role(config, self.emit, hw, self.journal)
+        self.role = None
+        if not self.safe:
+            self.role = make_role(config, self.emit, hw.role_io(config), self.journal)
         self.session.role = self.role
         self.next_health = 0.0
         self._full_logged = 0
@@ -63,14 +61,9 @@ class App:
                 self._full_logged = j.dropped_full
                 self.log("journal full: dropped %d" % j.dropped_full)
             return 0
-        if kind == proto.K_LEVEL:
-            self.log("seq %d level %.1fcm rate %.1f" % (seq, body[proto.B_LEVEL_CM],
-                                                       body[proto.B_RATE]))
-        elif kind == proto.K_ALARM:
-            self.log("seq %d alarm %s (was %s) at %.1fcm" % (
-                seq, body[proto.B_STATE], body[proto.B_PREVIOUS], body[proto.B_ALARM_LEVEL]))
-        else:
-            self.log("seq %d kind %d" % (seq, kind))
+        describe = getattr(self.role, "describe", None)  # the role's own log line, if any
+        text = describe(kind, body) if describe is not None else None
+        self.log("seq %d %s" % (seq, text or "kind %d" % kind))
         return seq
 
     def health(self):
@@ -101,7 +94,7 @@ class App:
                 self.session.failure(e)
         t = hw.sim_s()
         if self.role is not None:
-            self.role.step(t, hw.distance_mm)
+            self.role.step(t)
         if self.guard.check(t - self.t_boot):
             self.log("healthy minute: boot counter cleared")
         if t >= self.next_health:

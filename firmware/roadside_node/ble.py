@@ -10,6 +10,7 @@ from micropython import const
 
 from . import auth, framing, proto
 from .framing import Deframer
+from .roles import ROLES
 
 _IRQ_CENTRAL_CONNECT = const(1)
 _IRQ_CENTRAL_DISCONNECT = const(2)
@@ -25,7 +26,6 @@ RX_UUID = "7d2a0002-3c4e-4b8a-9f1d-52e0a1b2c3d4"  # gateway -> node: write (no r
 TX_UUID = "7d2a0003-3c4e-4b8a-9f1d-52e0a1b2c3d4"  # node -> gateway: notify
 COMPANY_ID = const(0xFFFF)  # "no company" (Bluetooth SIG: for tests and internal use)
 ADV_VERSION = const(1)
-ROLE_CODES = {"water": 1, "signal": 2, "toll": 3}
 ADV_ALARM = const(1)  # advertisement flag bits
 ADV_SAFE_MODE = const(2)
 ADV_BATTERY = const(4)
@@ -52,7 +52,7 @@ def site_tag(site):
 def adv_payload(node_id, role, flags, battery, site):
     """Advertising data: flags, manufacturer data (PROTOCOL.md 5.1), the node id as name."""
     mfr = struct.pack("<HBBBBBBH", COMPANY_ID, 0x52, 0x53, ADV_VERSION,
-                      ROLE_CODES.get(role, 0), flags, battery, 0)[:8]
+                      ROLES.index(role) + 1 if role in ROLES else 0, flags, battery, 0)[:8]
     mfr += struct.pack(">H", site_tag(site))
     out = bytearray(b"\x02\x01\x06")
     out.extend(bytes((len(mfr) + 1, 0xFF)))

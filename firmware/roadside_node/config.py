@@ -5,6 +5,7 @@
 import json
 
 from .journal import write_atomic
+from .roles import ROLES
 
 # The whole config with defaults (config.get without a key) as CBOR at most: its REPLY fits
 # one sealed BLE frame (ble.BlePort.max_payload 992) with room for the REPLY's own head.
@@ -27,7 +28,6 @@ def clip(v):
     return "a " + type(v).__name__
 
 PATH = "config.json"
-ROLES = ("water", "signal", "toll")
 
 # key -> (default, kind, low, high); dotted keys live in a nested section
 SCHEMA: dict = {
@@ -67,6 +67,11 @@ SCHEMA: dict = {
     "sensor.offset_mm": (0, int, -20000, 20000),  # pressure sensor height above the datum
     "battery": (False, bool, None, None),  # deep sleep between samples, state in RTC memory
     "awake_max_ms": (4000, int, 500, 60000),  # battery: longest wait for the gateway's ACK
+    # rain gauge (roles/rain.py); the tip contact's debounce is debounce_ms
+    "rain.tip_mm": (0.2, float, 0.01, 10.0),  # rain per tip of the bucket
+    "rain.interval_s": (60, int, 10, 86400),  # a rainfall record per interval
+    "rain.heavy_mm_h": (50, int, 1, 1000),  # intensity alarm at/above this
+    "rain.hyst_mm_h": (10, int, 0, 1000),  # ...cleared below heavy_mm_h - hyst_mm_h
     # all roles
     "safe_mode_after": (3, int, 1, 100),  # boots dying before a healthy minute -> safe mode
     "watchdog_ms": (8000, int, 1000, 120000),
@@ -231,6 +236,10 @@ class Config:
         if not t[0] < t[1] < t[2]:
             raise ConfigError("thresholds: bad values alert_cm=%s alarm_cm=%s critical_cm=%s; "
                               "allowed: alert_cm < alarm_cm < critical_cm" % tuple(t))
+        h, y = self.get("rain.heavy_mm_h", data), self.get("rain.hyst_mm_h", data)
+        if not y < h:
+            raise ConfigError("rain: bad values heavy_mm_h=%s hyst_mm_h=%s; allowed: "
+                              "hyst_mm_h < heavy_mm_h" % (h, y))
         z, s = self.get("sensor.zero_raw", data), self.get("sensor.span_raw", data)
         if not z < s:
             raise ConfigError("sensor: bad values zero_raw=%s span_raw=%s; allowed: "

@@ -139,7 +139,7 @@ class Journal:
         trusted = st is not None
         if st is None and (_exists(self.path) or _exists(self.state_path[:-4] + "bak")):
             from .seqguard import recover_state  # lost or damaged: only then
-            st, trusted = recover_state(self)
+            st, trusted = recover_state(self, read_state, _exists)
         elif st is None:  # a first boot, or a cut before the first save completed
             st = read_state(self.state_path + ".tmp") or {}
         self.acked = int(st.get("acked", 0))

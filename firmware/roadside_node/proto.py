@@ -37,6 +37,8 @@ K_COUNTS = const(12)
 K_PLAN = const(13)
 K_TRANSACTION = const(20)  # toll beacon (body keys in roles/toll.py)
 K_READER = const(21)
+K_RAINFALL = const(30)  # rain gauge (body keys in roles/rain.py)
+K_INTENSITY = const(31)
 F_CLOCK_UNSYNCED = const(1)
 F_PRIORITY = const(2)
 

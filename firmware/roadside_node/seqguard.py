@@ -6,15 +6,15 @@ import struct
 from binascii import crc32
 
 from . import cbor
-from .journal import _exists, read_state
 
 _HEAD = 6  # journal.py's entry head: [len u16 LE][crc32 u32 LE]
 
 
-def recover_state(j):
+def recover_state(j, read_state, _exists):
     """(state, trusted) when state.json is missing or damaged. A cut between the save's two
     renames leaves the new copy whole in the temp file (trusted); else the previous copy,
-    state.bak, one save older at most, or nothing: the counter is unsure."""
+    state.bak, one save older at most, or nothing: the counter is unsure. journal.py passes
+    its read_state and _exists: this module does not import journal.py, which imports it."""
     path = j.state_path
     if not _exists(path):
         st = read_state(path + ".tmp")

@@ -34,7 +34,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from .. import ble_auth
+from .. import ble_auth, roles
 from .. import protocol as p
 from . import base
 
@@ -45,7 +45,7 @@ RX_UUID = "7d2a0002-3c4e-4b8a-9f1d-52e0a1b2c3d4"   # we write the node's input h
 TX_UUID = "7d2a0003-3c4e-4b8a-9f1d-52e0a1b2c3d4"   # the node notifies its output here
 COMPANY_ID = 0xFFFF
 MAGIC = b"RS"
-ROLES = {1: "water", 2: "signal", 3: "toll"}
+ROLES = {r.ble_code: r.name for r in roles.ROLES}  # advertisement byte 3 (gateway/roles.py)
 ADV_ALARM, ADV_SAFE_MODE, ADV_BATTERY, ADV_NO_SECRET = 1, 2, 4, 8
 
 OUT_FRAMES = 64          # frames waiting to be written to one node; more are dropped

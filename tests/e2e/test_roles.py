@@ -119,3 +119,34 @@ def test_signal_and_toll_nodes_exactly_once_with_fault_and_transactions(tmp_path
     assert log[1::2] == ["2"]                            # what the controller was told
     kinds = {k for k, in rows(db, "SELECT DISTINCT kind FROM records WHERE node='sg-0001'")}
     assert {"phase", "fault", "plan", "health"} <= kinds
+
+
+def test_rain_gauge_beside_the_water_level_node_through_the_gateway(tmp_path):
+    """The fourth role in the demo's chain: the storm scenario's rainfall per interval and its
+    intensity alarm (a priority record) reach the receiver, beside the water level node's
+    flood, every record of both exactly once."""
+    db = tmp_path / "run" / "receiver.sqlite"
+
+    async def body(demo, session):
+        async def storm_arrived() -> bool:
+            return bool(rows(db, "SELECT 1 FROM records WHERE node='rg-0001' AND "
+                                 "kind='intensity'")) and \
+                bool(rows(db, "SELECT 1 FROM records WHERE node='wl-0001' AND kind='alarm'"))
+
+        await wait_until(storm_arrived, 30, "the storm's intensity alarm and the flood alarm")
+
+    opts = options(tmp_path, nodes=2, roles=("water", "rain"))
+    summary = run_chain(opts, body)
+    assert_exactly_once(summary, 2)
+    rain = [(json.loads(d), r) for d, r in rows(
+        db, "SELECT data, role FROM records WHERE node='rg-0001' AND kind='rainfall' "
+            "ORDER BY seq")]
+    assert rain and all(r == "rain" for _, r in rain)
+    total = 0
+    for data, _ in rain:                 # uplink names from the role table, counts that add up
+        total += data["tips"]
+        assert data["total_tips"] == total and data["interval_s"] >= 60
+        assert data["mm"] == pytest.approx(data["tips"] * 0.2)
+    alarm = rows(db, "SELECT data, priority FROM records WHERE node='rg-0001' AND "
+                     "kind='intensity' ORDER BY seq")[0]
+    assert json.loads(alarm[0])["state"] == "heavy" and alarm[1] == 1

@@ -40,7 +40,7 @@ def test_defaults_sets_and_errors(tmp_path):
     assert e[1] == "sample_interval_s: bad value 0; allowed: an integer from 1 to 3600"
     assert e[2].startswith("thresholds: bad values alert_cm=500") and "alert_cm < alarm_cm" in e[2]
     assert e[3].startswith("nope: unknown key; allowed keys: node_id, role, board,")
-    assert e[4] == "role: bad value 'pump'; allowed: water, signal, toll"
+    assert e[4] == "role: bad value 'pump'; allowed: water, signal, toll, rain"
     assert e[5].startswith("fast_interval_s: bad value 2.5; allowed: an integer")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["report_interval_s"] == 30 and saved["thresholds"] == {"alert_cm": 50,

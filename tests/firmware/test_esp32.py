@@ -1,4 +1,4 @@
-"""hw/esp32.py under MicroPython with a fake `machine` (tests/firmware/fakes): the exact
+"""hw/esp32.py (and the water role's hw/esp32_water.py) under MicroPython with a fake `machine` (tests/firmware/fakes): the exact
 machine calls for a node config's `hw` section (UART ids, pins, baud rates, WDT timeout, ADC,
 deep sleep wake sources), the sensor parsers, and main.py's boot path for a few loops."""
 
@@ -57,10 +57,12 @@ def config(**extra) -> dict:
 
 def test_ultrasonic_uart_node_opens_exactly_the_configured_uarts_and_watchdog(tmp_path):
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(config(watchdog_ms=9000))}))
+cfg = Config({json.dumps(config(watchdog_ms=9000))})
+hw = Esp32HW(cfg)
+io = hw.role_io(cfg)  # the water role's hardware (hw/esp32_water.py)
 machine.UART_RX[2] = bytes([0x01, 0xFF, 0x07, 0xD0, (0xFF + 0x07 + 0xD0) & 0xFF, 0xFF, 0x07])
 show([list(c) for c in machine.CALLS])
-show([hw.distance_mm(), hw.distance_mm(), hw.pressure_raw(), hw.reset_cause(), hw.link_id])
+show([io.distance_mm(), io.distance_mm(), io.pressure_raw(), hw.reset_cause(), hw.link_id])
 """, tmp_path)
     calls, (d1, d2, p, cause, link) = out
     assert calls == [
@@ -76,10 +78,12 @@ show([hw.distance_mm(), hw.distance_mm(), hw.pressure_raw(), hw.reset_cause(), h
 def test_pulse_sensor_triggers_and_times_the_echo(tmp_path):
     cfg = config(sensor={"type": "ultrasonic_pulse"})
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(cfg)}))
+cfg = Config({json.dumps(cfg)})
+hw = Esp32HW(cfg)
+io = hw.role_io(cfg)  # the water role's hardware (hw/esp32_water.py)
 machine.PULSES.extend([11662, -2])
 del machine.CALLS[:]
-show([hw.distance_mm(), hw.distance_mm()])
+show([io.distance_mm(), io.distance_mm()])
 show([list(c) for c in machine.CALLS])
 """, tmp_path)
     (d1, d2), calls = out
@@ -91,10 +95,12 @@ show([list(c) for c in machine.CALLS])
 def test_pressure_adc_uses_adc1_pin_at_11db_and_averages(tmp_path):
     cfg = config(sensor={"type": "pressure_adc"})
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(cfg)}))
+cfg = Config({json.dumps(cfg)})
+hw = Esp32HW(cfg)
+io = hw.role_io(cfg)  # the water role's hardware (hw/esp32_water.py)
 show([list(c) for c in machine.CALLS if c[0] in ("ADC", "UART")])
 machine.ADC_VALUES[34] = [30000, 30008] + [30004] * 6
-show(hw.pressure_raw())
+show(io.pressure_raw())
 """, tmp_path)
     calls, raw = out
     assert ["ADC", 34, 3] in calls                     # ATTN_11DB
@@ -105,7 +111,9 @@ show(hw.pressure_raw())
 
 def test_deepsleep_switches_sensor_off_and_arms_timer_and_wake_pin(tmp_path):
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(config())}))
+cfg = Config({json.dumps(config())})
+hw = Esp32HW(cfg)
+io = hw.role_io(cfg)  # the water role's hardware (hw/esp32_water.py)
 hw.rtc_save(b'{{"v": 1}}')
 del machine.CALLS[:]
 try:
@@ -134,7 +142,8 @@ def test_missing_or_bad_hw_section_is_named(tmp_path, hw, message):
     cfg = config(hw=hw) if hw is not None else {"role": "water"}
     out = run(f"""
 try:
-    Esp32HW(Config({json.dumps(cfg)}))
+    c = Config({json.dumps(cfg)})
+    Esp32HW(c).role_io(c)
     show("no error")
 except ConfigError as e:
     show(str(e))

@@ -1,4 +1,4 @@
-"""hw/esp32.py + hw/esp32_roles.py for the signal monitor and the toll beacon under MicroPython
+"""hw/esp32.py + hw/esp32_signal.py and hw/esp32_toll.py for the signal monitor and the toll beacon under MicroPython
 with the fake `machine` (tests/firmware/fakes), extended here with what these roles use (pin
 levels, Pin.irq, disable_irq/enable_irq, UART.flush): the exact pins, pulls, IRQ triggers,
 plan bits and strobe, the fail-safe fault relay, the reader UART and RS-485 driver enable."""
@@ -20,6 +20,10 @@ SIGNAL_HW = {
                "plan_ack": 35},
     "outputs": {"plan_bit0": 37, "plan_bit1": 38, "plan_strobe": 39, "fault_relay": 40},
 }
+RAIN_HW = {  # from boards/roadside-rain-gauge-r1.toml
+    "uart": {"link": {"id": 0, "tx": 1, "rx": 3, "baudrate": 115200}},
+    "inputs": {"rain_tip": 33},
+}
 TOLL_HW = {
     "uart": {"link": {"id": 0, "tx": 1, "rx": 3, "baudrate": 115200},
              "reader": {"id": 2, "tx": 17, "rx": 16, "baudrate": 115200, "de": 4}},
@@ -28,7 +32,7 @@ TOLL_HW = {
 PRELUDE = f"""
 import sys, json
 sys.path.insert(0, {str(FAKES)!r})
-import machine
+import machine, time
 LEVELS = {{}}   # pin -> level; unset pins read 1 (pulled up, inactive)
 HANDLERS = {{}}
 machine.Pin.IRQ_FALLING = 2
@@ -60,7 +64,8 @@ def run(code: str, tmp_path: Path) -> list:
 def test_signal_monitor_pins_scan_counts_plan_and_relay(tmp_path):
     cfg = {"node_id": "sg-0001", "role": "signal", "phases": 2, "hw": SIGNAL_HW}
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(cfg)}))
+c = Config({json.dumps(cfg)})
+hw = Esp32HW(c).role_io(c)   # the role's hardware: hw/esp32_<role>.py
 show([list(c) for c in machine.CALLS if c[0] in ("Pin", "Pin.irq")])
 LEVELS[6] = 0   # phase 1 green lit
 LEVELS[7] = 0   # phase 2 red lit
@@ -94,7 +99,8 @@ except ValueError as e:
 def test_toll_reader_uart_and_rs485_driver_enable(tmp_path):
     cfg = {"node_id": "tb-0001", "role": "toll", "hw": TOLL_HW}
     out = run(f"""
-hw = Esp32HW(Config({json.dumps(cfg)}))
+c = Config({json.dumps(cfg)})
+hw = Esp32HW(c).role_io(c)   # the role's hardware: hw/esp32_<role>.py
 show([[c[0], c[1], c[2]] for c in machine.CALLS if c[0] == "UART"])
 machine.UART_RX[2] = b"$H,500,OK*7E\\r\\n"
 show(hw.reader_read().decode())
@@ -108,3 +114,33 @@ show([list(c[:2]) for c in machine.CALLS])
     assert got == "$H,500,OK*7E\r\n"
     assert calls == [["Pin.value", 4], ["UART.write", 2], ["UART.flush", 2],
                      ["Pin.value", 4]]
+
+
+def test_rain_gauge_counts_debounced_tips_and_the_wake_tip_and_arms_the_pin(tmp_path):
+    cfg = {"node_id": "rg-0001", "role": "rain", "debounce_ms": 100, "hw": RAIN_HW}
+    out = run(f"""
+machine.WAKE_REASON[0] = machine.PIN_WAKE     # this boot: the bucket's tip ended deep sleep
+c = Config({json.dumps(cfg)})
+base = Esp32HW(c)
+io = base.role_io(c)
+show([list(c) for c in machine.CALLS if c[0] in ("Pin", "Pin.irq")])
+show(io.tips())                               # the tip that woke the board
+HANDLERS[33](None)                            # the wake tip's contact bounce: ignored
+time.sleep_ms(150)
+HANDLERS[33](None); HANDLERS[33](None)        # one tip, and its bounce
+time.sleep_ms(150)
+HANDLERS[33](None)
+show([io.tips(), io.tips()])
+del machine.CALLS[:]
+try:
+    base.deepsleep(60000)
+except machine.Stop:
+    pass
+show([list(c) for c in machine.CALLS])
+""", tmp_path)
+    pins, woke, counts, calls = out
+    assert pins == [["Pin", 33, 1, 1, None], ["Pin.irq", 33, 2]]   # pulled up, falling edge
+    assert woke == 1
+    assert counts == [2, 0]
+    assert calls == [["wake_on_ext0", 33, False], ["deepsleep", 60000]]   # wakes on low
+

@@ -35,6 +35,11 @@ MESSAGES: list[tuple[str, dict]] = [
         [41, 1795420805, 2, 2, {1: "alert", 2: 50.75, 3: "normal"}],
         [42, 310, 3, 1, {1: 61440, 2: 310, 3: 2, 4: 0, 5: 3}],
     ]}),
+    # the rain gauge's kinds (30 rainfall, 31 intensity: priority)
+    ("records-rainfall-intensity", {0: 2, 1: 7, 2: [
+        [7, 1795420860, 30, 0, {1: 6, 2: 1.2, 3: 60, 4: 72.0, 5: 41}],
+        [8, 1795420861, 31, 2, {1: "heavy", 2: 72.0, 3: "normal"}],
+    ]}),
     ("records-empty", {0: 2, 1: 7, 2: []}),
     ("ack-none", {0: 3, 1: 0}),
     ("ack-small", {0: 3, 1: 23}),

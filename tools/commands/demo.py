@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="simulated nodes in all, distributed over --roles in turn (default: "
                         "one per role; --nodes without --roles: N water nodes)")
     p.add_argument("--roles", default=None, metavar="ROLE,...",
-                   help="roles of the nodes: water, signal, toll (default all three)")
+                   help="roles of the nodes: " + ", ".join(ROLES) + " (default: all)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long, drain and check delivery (default: until Ctrl-C)")
     p.add_argument("--uplink", default=None, metavar="URL",
@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="signal monitor scenario (default normal; conflict has a fault)")
     p.add_argument("--toll-scenario", default="peak", metavar="NAME|FILE",
                    help="toll beacon scenario (default peak)")
+    p.add_argument("--rain-scenario", default="storm", metavar="NAME|FILE",
+                   help="rain gauge scenario (default storm, timed to the water flood)")
     p.add_argument("--fail-rate", type=float, default=0.0, metavar="FRACTION",
                    help="make the local receiver answer 503 to this fraction of batches")
     p.set_defaults(handler=handle)
@@ -73,6 +75,7 @@ def handle(args: argparse.Namespace) -> int:
     return run(DemoOptions(nodes=args.nodes, roles=roles, duration=args.duration,
                            uplink=args.uplink,
                            scenarios={"signal": args.signal_scenario,
-                                      "toll": args.toll_scenario},
+                                      "toll": args.toll_scenario,
+                                      "rain": args.rain_scenario},
                            run_dir=args.run_dir, speed=args.speed, scenario=args.scenario,
                            fail_rate=args.fail_rate))

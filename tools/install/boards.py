@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roadside.gateway import roles
 from roadside.tools import resources
 
 from ..errors import ToolError
 from .chips import CHIPS, FLASH_SIZES, Chip, ranges
 
 BOARDS_DIR = resources.BOARDS  # boards/ in a checkout, package data in a wheel
-ROLES = ("signal", "toll", "water")
+ROLES = tuple(sorted(roles.NAMES))  # the one table of roles: gateway/roles.py
 _TOP_KEYS = {"name", "description", "chip", "module", "flash_size", "micropython_port",
              "micropython_board", "ble", "role", "strapping_ok", "uart", "outputs", "inputs",
              "adc"}

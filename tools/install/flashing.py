@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roadside.gateway import roles
+
 from ..errors import ToolError
 from .boards import Board
 from .chips import chip_for_image_id, chip_for_title
 
-ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}  # as tools/sim.py names nodes
 IMAGE_MAGIC = 0xE9
 ROM_BAUD = 115200
 
@@ -132,7 +133,7 @@ def _show(path: Path) -> str:
 def node_id_for(board: Board, mac: bytes, role: str | None = None) -> str:
     """Node id from the MAC: role prefix + last 3 MAC bytes, e.g. 'wl-e29526'."""
     role = role or board.role
-    prefix = ROLE_PREFIX.get(role, role[:2]) if role else "node"
+    prefix = roles.prefix(role) if role else "node"  # as sim/launcher.py names nodes
     return f"{prefix}-{mac[3]:02x}{mac[4]:02x}{mac[5]:02x}"
 
 

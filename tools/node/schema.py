@@ -32,7 +32,8 @@ class ConfigValueError(ToolError):
 
 @cache
 def firmware_config() -> types.ModuleType:
-    """firmware/roadside_node/config.py as a CPython module (its journal import stubbed)."""
+    """firmware/roadside_node/config.py as a CPython module (its journal import stubbed,
+    roles/__init__.py loaded as it is)."""
     if not CONFIG_PY.is_file():
         raise ToolError(f"{CONFIG_PY} is missing: the firmware is not in this checkout")
     pkg = types.ModuleType(_PKG)
@@ -45,6 +46,13 @@ def firmware_config() -> types.ModuleType:
     journal.write_atomic = write_atomic  # type: ignore[attr-defined]
     sys.modules.setdefault(_PKG, pkg)
     sys.modules.setdefault(f"{_PKG}.journal", journal)
+    # the firmware's list of roles (config.py validates `role` against it): plain data
+    roles_py = CONFIG_PY.parent / "roles" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(f"{_PKG}.roles", roles_py)
+    assert spec is not None and spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = roles
+    spec.loader.exec_module(roles)
     spec = importlib.util.spec_from_file_location(f"{_PKG}.config", CONFIG_PY)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

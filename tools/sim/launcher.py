@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roadside.gateway import roles
 from roadside.tools import resources
 
 from ..errors import LaunchError
@@ -55,9 +56,10 @@ HEAPSIZE = str(BOARD_HEAP + BITS64_HEAP + FLASH_DRIVER_HEAP)
 BLE_HEAP = 16 * 1024
 BLE_HEAPSIZE = str(BOARD_HEAP + BLE_HEAP + BITS64_HEAP + FLASH_DRIVER_HEAP)
 MPY_DIR = resources.mpy_dir()  # precompiled firmware (compiling it needs more heap)
-ROLE_PREFIX = {"water": "wl", "signal": "sg", "toll": "tb"}
-ROLES = tuple(ROLE_PREFIX)
-DEFAULT_SCENARIO = {"water": "flood", "signal": "normal", "toll": "peak"}
+# the roles, their node id prefixes and usual scenarios: the one table (gateway/roles.py)
+ROLE_PREFIX = {r.name: r.prefix for r in roles.ROLES}
+ROLES = roles.NAMES
+DEFAULT_SCENARIO = {r.name: r.scenario for r in roles.ROLES}
 BOARD = "sim"  # boards/sim.toml: its flash size sizes the nodes' images
 
 
@@ -115,7 +117,7 @@ def write_node(node_dir: Path, config: dict[str, Any], wiring: dict[str, Any],
 
 def node_id(role: str, index: int) -> str:
     """Node ids like wl-0001 (1-based)."""
-    return f"{ROLE_PREFIX.get(role, role[:2])}-{index:04d}"
+    return f"{roles.prefix(role)}-{index:04d}"
 
 
 @dataclass

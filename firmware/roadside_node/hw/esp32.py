@@ -6,12 +6,11 @@
 #          "outputs": {"sensor_power": 25, "trigger": 5, "status_led": 23},
 #          "inputs":  {"echo": 18, "wake": 4},
 #          "adc":     {"pressure": 34, "battery": 35}}
-# uart.link is required; the rest by what the role and config.sensor.type need (water:
-# ultrasonic_uart -> uart.sensor, an A02YYUW-style sensor: frames 0xFF, high, low, checksum,
-# distance in mm; ultrasonic_pulse -> outputs.trigger + inputs.echo, HC-SR04 style;
-# pressure_adc -> adc.pressure, a 4-20 mA transducer across a shunt). Optional:
-# outputs.sensor_power (high = on; switched off for deep sleep), inputs.wake (deep sleep also
-# ends when it goes low, e.g. a float switch).
+# uart.link is required; the rest by what the role needs: each role's hardware is its own
+# module, hw/esp32_<role>.py (role_io() loads it; hw/contract.pyi says what each provides).
+# Optional here: outputs.sensor_power (high = on; switched off for deep sleep), inputs.wake
+# (deep sleep also ends when it goes low, e.g. a float switch; a role's io may add its own
+# wake source with wake_pin()).
 import sys
 import time
 
@@ -20,10 +19,9 @@ import machine
 from micropython import const
 
 from ..config import ConfigError
+from .pins import pin_no, table, uart
 
 _LINK_RXBUF = const(2048)  # two whole frames (MAX_ENCODED 1040) fit while the role runs
-_ECHO_TIMEOUT_US = const(30000)  # ~5 m and back
-_ADC_SAMPLES = const(8)
 _CAUSES = {
     machine.PWRON_RESET: "power_on",
     machine.HARD_RESET: "hard",
@@ -31,30 +29,6 @@ _CAUSES = {
     machine.DEEPSLEEP_RESET: "deepsleep",
     machine.SOFT_RESET: "soft",
 }
-
-
-def _table(hw, name):
-    t = hw.get(name)
-    return t if isinstance(t, dict) else {}
-
-
-def _pin_no(table, key, where):
-    v = table.get(key)
-    if type(v) is not int or v < 0:
-        raise ConfigError("hw.%s.%s: bad value %r; allowed: a GPIO number (from the board "
-                          "file)" % (where, key, v))
-    return v
-
-
-def _uart(hw, function):
-    u = _table(hw, "uart").get(function)
-    if not isinstance(u, dict):
-        raise ConfigError("hw.uart.%s: missing; the deploy step writes it from the board "
-                          "file's [uart.%s]" % (function, function))
-    where = "uart." + function
-    return machine.UART(_pin_no(u, "id", where), baudrate=_pin_no(u, "baudrate", where),
-                        tx=_pin_no(u, "tx", where), rx=_pin_no(u, "rx", where),
-                        rxbuf=_LINK_RXBUF if function == "link" else 256, timeout=0)
 
 
 class Esp32HW:
@@ -67,45 +41,24 @@ class Esp32HW:
             raise ConfigError("hw: missing; the deploy step writes it from the board file "
                               "(boards/*.toml)")
         self.hw = hw
-        self.uart = _uart(hw, "link")
-        self.link_id = _table(hw, "uart")["link"]["id"]
+        self.uart = uart(hw, "link", _LINK_RXBUF)
+        self.link_id = table(hw, "uart")["link"]["id"]
         self.wdt = machine.WDT(timeout=config.get("watchdog_ms"))
         self.rtc = machine.RTC()
         self._t0 = time.ticks_ms()
         self._clock0 = time.time()  # the RTC runs on through deep sleep: role time does too
         self._cause = _CAUSES.get(machine.reset_cause(), "unknown")
-        self.sensor = None
-        self.trigger = None
-        self.echo = None
-        self.adc = None
         self.power = None
-        outputs = _table(hw, "outputs")
+        self.wake = None  # (pin, level): a role's own deep sleep wake source (wake_pin)
+        outputs = table(hw, "outputs")
         if "sensor_power" in outputs:
-            self.power = machine.Pin(_pin_no(outputs, "sensor_power", "outputs"),
+            self.power = machine.Pin(pin_no(outputs, "sensor_power", "outputs"),
                                      machine.Pin.OUT, value=1)
-        if config.get("role") == "water":
-            self._init_water(config.get("sensor.type"), outputs)
-        self.signal = None  # signal monitor / toll beacon hardware (hw/esp32_roles.py)
-        self.reader = None
-        if config.get("role") == "signal":
-            from .esp32_roles import SignalIO
-            self.signal = SignalIO(hw, config.get("phases"))
-        elif config.get("role") == "toll":
-            from .esp32_roles import ReaderIO
-            self.reader = ReaderIO(hw)
 
-    def _init_water(self, sensor, outputs):
-        hw = self.hw
-        if sensor == "ultrasonic_uart":
-            self.sensor = _uart(hw, "sensor")
-        elif sensor == "ultrasonic_pulse":
-            self.trigger = machine.Pin(_pin_no(outputs, "trigger", "outputs"), machine.Pin.OUT,
-                                       value=0)
-            self.echo = machine.Pin(_pin_no(_table(hw, "inputs"), "echo", "inputs"),
-                                    machine.Pin.IN)
-        else:  # pressure_adc: 11 dB attenuation, full scale about 3.1 V
-            self.adc = machine.ADC(machine.Pin(_pin_no(_table(hw, "adc"), "pressure", "adc")),
-                                   atten=machine.ADC.ATTN_11DB)
+    def role_io(self, config):
+        """The role's hardware: IO(self, config) of hw/esp32_<role>.py."""
+        mod = __import__("roadside_node.hw.esp32_" + config.get("role"), None, None, ("IO",))
+        return mod.IO(self, config)
 
     # -- clocks --------------------------------------------------------------------------
     def ticks_ms(self):
@@ -138,53 +91,6 @@ class Esp32HW:
         """print, unless the link is UART 0, which also carries the REPL's output."""
         if self.link_id != 0:
             print(text)
-
-    # -- sensors -------------------------------------------------------------------------
-    def distance_mm(self):
-        """Ultrasonic distance in mm, or None (no echo, no complete frame)."""
-        if self.trigger is not None and self.echo is not None:
-            self.trigger.value(1)
-            time.sleep_us(10)
-            self.trigger.value(0)
-            us = machine.time_pulse_us(self.echo, 1, _ECHO_TIMEOUT_US)
-            return us * 343 // 2000 if us > 0 else None  # there and back at 343 m/s
-        if self.sensor is None:
-            return None
-        data = self.sensor.read(64)
-        if not data:
-            return None
-        for i in range(len(data) - 4, -1, -1):
-            if data[i] == 0xFF and (data[i] + data[i + 1] + data[i + 2]) & 0xFF == data[i + 3]:
-                return (data[i + 1] << 8) | data[i + 2]
-        return None
-
-    def pressure_raw(self):
-        """The pressure transducer's ADC reading (read_u16), averaged, or None."""
-        if self.adc is None:
-            return None
-        total = 0
-        for _ in range(_ADC_SAMPLES):
-            total += self.adc.read_u16()
-        return total // _ADC_SAMPLES
-
-    # -- signal monitor and toll beacon (hw/esp32_roles.py) -------------------------------
-    def signal_samples(self):
-        return self.signal.samples()  # type: ignore[union-attr]
-
-    def loop_counts(self):
-        return self.signal.loop_counts()  # type: ignore[union-attr]
-
-    def plan_select(self, plan):
-        self.signal.plan_select(plan)  # type: ignore[union-attr]
-
-    def fault_output(self, active):
-        self.signal.fault_output(active)  # type: ignore[union-attr]
-
-    def reader_read(self):
-        return self.reader.read()  # type: ignore[union-attr]
-
-    def reader_write(self, data):
-        self.reader.write(data)  # type: ignore[union-attr]
 
     # -- system --------------------------------------------------------------------------
     def free_heap(self):
@@ -220,15 +126,27 @@ class Esp32HW:
     def rtc_save(self, data):
         self.rtc.memory(data)
 
+    def wake_pin(self, pin, level=0):
+        """Deep sleep also ends when this Pin reaches level (ext0; one source: the last)."""
+        self.wake = (pin, level)
+
+    def woke_by_pin(self):
+        """This boot is a deep sleep wake by the ext0 pin (inputs.wake or wake_pin())."""
+        return machine.wake_reason() == machine.PIN_WAKE
+
     def deepsleep(self, ms):
-        """Sensor power off, wake on the timer (and inputs.wake going low), sleep."""
+        """Sensor power off, wake on the timer (and inputs.wake going low, or the role's
+        wake_pin), sleep."""
         import esp32
 
         if self.power is not None:
             self.power.value(0)
-        inputs = _table(self.hw, "inputs")
-        if "wake" in inputs:
-            pin = machine.Pin(_pin_no(inputs, "wake", "inputs"), machine.Pin.IN,
+        inputs = table(self.hw, "inputs")
+        if self.wake is not None:
+            pin, level = self.wake
+            esp32.wake_on_ext0(pin, esp32.WAKEUP_ANY_HIGH if level else esp32.WAKEUP_ALL_LOW)
+        elif "wake" in inputs:
+            pin = machine.Pin(pin_no(inputs, "wake", "inputs"), machine.Pin.IN,
                               machine.Pin.PULL_UP)
             esp32.wake_on_ext0(pin, esp32.WAKEUP_ALL_LOW)
         machine.deepsleep(ms)

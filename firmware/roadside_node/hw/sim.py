@@ -1,5 +1,6 @@
 # Simulated hardware for the MicroPython unix port: the link UART is a pty (config sim.uart),
-# the sensor follows a scenario file, a reset exits with 3. Storage is the cwd (the node's
+# a reset exits with 3; the role's own hardware (sensor, heads, reader...) is hw/sim_<role>.py,
+# following the scenario file (config sim.scenario). Storage is the cwd (the node's
 # flash image, mounted as / by sim_main.py); what is hardware but not flash (reset cause, RTC
 # memory and clock, the plan select lines' log) goes to sim.hw_dir, the node's host dir.
 # Role time runs sim.speed times faster than real time; protocol timeouts stay real.
@@ -16,39 +17,9 @@ EXIT_RESET = 3
 RESET_FILE = "reset_cause"
 RTC_FILE = "rtc.bin"  # RTC memory: survives resets and deep sleep, not a power cut
 CLOCK_FILE = "rtc_clock"  # role time at wake-up after a deep sleep (the RTC timer ran on)
+PIN_FILE = "wake_pin"  # the last deep sleep ended on the role's wake pin, not the timer
 _VMIN = 6  # c_cc indices on Linux (the unix port's termios has no names for them)
 _VTIME = 5
-
-
-class Scenario:
-    """Water level over simulated time: [t_s, level_cm] points interpolated linearly."""
-
-    def __init__(self, data):
-        pts = data.get("points") or [[0, 0]]
-        self.points = [(float(t), float(v)) for t, v in pts]
-        self.loop = bool(data.get("loop", False))
-        self.noise_mm = float(data.get("noise_mm", 0))
-        self.outlier_rate = float(data.get("outlier_rate", 0))
-        self.mount_mm = data.get("mount_mm")
-
-    @classmethod
-    def load(cls, path):
-        with open(path) as f:
-            return cls(json.load(f))
-
-    def level_cm(self, t):
-        pts = self.points
-        end = pts[-1][0]
-        if self.loop and end > 0:
-            t = t % end
-        if t <= pts[0][0]:
-            return pts[0][1]
-        for i in range(1, len(pts)):
-            t1, v1 = pts[i]
-            if t <= t1:
-                t0, v0 = pts[i - 1]
-                return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
-        return pts[-1][1]
 
 
 class SimHW:
@@ -58,23 +29,8 @@ class SimHW:
         sim = config.sim
         self.speed = float(sim.get("speed", 1.0)) or 1.0
         random.seed(int(sim.get("seed", 0)))
-        path = sim.get("scenario")
-        self.scenario = Scenario.load(path) if path else Scenario({})
-        self.mount_mm = self.scenario.mount_mm or config.get("datum_mm")
-        self.signal = None  # signal heads and loops (hw/sim_signal.py)
-        self.reader = None  # the gantry's RFID reader (hw/sim_toll.py)
-        role = config.get("role")
-        if role in ("signal", "toll"):
-            data = {}
-            if path:
-                with open(path) as f:
-                    data = json.load(f)
-            if role == "signal":
-                from .sim_signal import SignalSim
-                self.signal = SignalSim(data, config.get("phases"), config.get("debounce_ms"))
-            else:
-                from .sim_toll import SimReader
-                self.reader = SimReader(data, int(sim.get("seed", 0)))
+        self.seed = int(sim.get("seed", 0))
+        self.scenario_path = sim.get("scenario")
         self._t0 = time.ticks_ms()
         hw_dir = sim.get("hw_dir")
         self._hw = hw_dir + "/" if hw_dir else ""  # prefix of the non-flash files
@@ -95,6 +51,7 @@ class SimHW:
         except OSError:
             pass
         self._base = 0.0  # role time at boot: continues across a deep sleep, like the RTC
+        self._woke_pin = _remove(self._hw + PIN_FILE) and self._cause == "deepsleep"
         if self._cause == "deepsleep":
             try:
                 with open(self._hw + CLOCK_FILE) as f:
@@ -107,10 +64,23 @@ class SimHW:
         self.battery = int(sim.get("battery_pct", 255))  # advertised (255: mains / unknown)
         self.crash_after_s = sim.get("crash_after_s")  # a crash-looping node (safe mode tests)
         self.wdt_feeds = 0
-        self.zero_raw = config.get("sensor.zero_raw")  # pressure: raw = zero + depth * k
-        self.raw_per_mm = (config.get("sensor.span_raw") - self.zero_raw) / config.get(
-            "sensor.span_mm")
-        self.sensor_mm = config.get("sensor.offset_mm")
+        self.wake = None  # a role's own wake source (wake_pin): the scenario decides
+
+    def role_io(self, config):
+        """The role's simulated hardware: IO(self, config) of hw/sim_<role>.py."""
+        mod = __import__("roadside_node.hw.sim_" + config.get("role"), None, None, ("IO",))
+        return mod.IO(self, config)
+
+    def scenario(self):
+        """The scenario file's data (config sim.scenario), {} without one."""
+        if not self.scenario_path:
+            return {}
+        with open(self.scenario_path) as f:
+            return json.load(f)
+
+    def host_path(self, name):
+        """A file of the node's host dir (sim.hw_dir): hardware state that is not flash."""
+        return self._hw + name
 
     # -- clocks --------------------------------------------------------------------------
     def ticks_ms(self):
@@ -128,6 +98,10 @@ class SimHW:
 
     def sleep_ms(self, ms):
         time.sleep_ms(ms)
+
+    def boot_s(self):
+        """Role time when this boot began (the deep sleep's end, or 0)."""
+        return self._base
 
     # -- link ----------------------------------------------------------------------------
     def uart_read(self):
@@ -165,59 +139,13 @@ class SimHW:
     def random_bytes(self, n):
         return os.urandom(n)
 
-    # -- sensor --------------------------------------------------------------------------
-    def distance_mm(self):
-        """One ultrasonic reading in mm (noise and rare outliers, like the real thing)."""
-        sc = self.scenario
-        self._crash()
-        if sc.outlier_rate and random.random() < sc.outlier_rate:
-            return random.randint(200, int(self.mount_mm) + 500)
-        level = sc.level_cm(self.sim_s())
-        noise = (random.random() + random.random() + random.random() - 1.5) * sc.noise_mm
-        return max(0, int(self.mount_mm - level * 10 + noise))
-
-    def pressure_raw(self):
-        """One pressure transducer reading (ADC read_u16) for the scenario's level."""
-        sc = self.scenario
-        self._crash()
-        if sc.outlier_rate and random.random() < sc.outlier_rate:
-            return random.randint(0, 65535)
-        depth = sc.level_cm(self.sim_s()) * 10 - self.sensor_mm
-        noise = (random.random() + random.random() + random.random() - 1.5) * sc.noise_mm
-        raw = int(self.zero_raw + (max(0, depth) + noise) * self.raw_per_mm)
-        return min(65535, max(0, raw))
-
-    def _crash(self):
+    def crash_check(self):
+        """A crash-looping node (sim.crash_after_s): the role's sensor read raises."""
         if self.crash_after_s is not None and self.sim_s() >= self.crash_after_s:
             raise RuntimeError("simulated crash (sim.crash_after_s)")
 
-    # -- signal monitor: heads, loops, plan select, fault relay -----------------------------
     def role_ms(self):
         return int(self.sim_s() * 1000)
-
-    def signal_samples(self):
-        """[(t_ms, heads)] since the last call: every change the scenario made, and now."""
-        return self.signal.samples(self.role_ms())  # type: ignore[union-attr]
-
-    def loop_counts(self):
-        return self.signal.loop_counts(self.role_ms())  # type: ignore[union-attr]
-
-    def plan_select(self, plan):
-        """The controller's plan select lines: what was set is kept, and logged to a file."""
-        t = self.role_ms()
-        self.signal.plans.append((t, plan))  # type: ignore[union-attr]
-        with open(self._hw + "plan_select.log", "a") as f:
-            f.write("%d %d\n" % (t, plan))
-
-    def fault_output(self, active):
-        self.signal.fault_out.append((self.role_ms(), active))  # type: ignore[union-attr]
-
-    # -- toll beacon: the reader's UART --------------------------------------------------
-    def reader_read(self):
-        return self.reader.read(self.role_ms())  # type: ignore[union-attr]
-
-    def reader_write(self, data):
-        self.reader.write(data)  # type: ignore[union-attr]
 
     # -- system --------------------------------------------------------------------------
     def free_heap(self):
@@ -246,11 +174,28 @@ class SimHW:
         with open(self._hw + RTC_FILE, "wb") as f:
             f.write(data)
 
+    def wake_pin(self, pin, level=0):
+        """Deep sleep also ends on this pin: pin.next_at(t) is the role time it fires next
+        (the role's io follows its scenario), None for never."""
+        self.wake = (pin, level)
+
+    def woke_by_pin(self):
+        """This boot is a deep sleep wake by the role's wake pin (its io wrote the file)."""
+        return self._cause == "deepsleep" and self._woke_pin
+
     def deepsleep(self, ms):
-        """Sleep ms of role time (ms / speed real), then come back as a deep sleep wake."""
+        """Sleep ms of role time (ms / speed real), then come back as a deep sleep wake; or
+        earlier, when the role's wake pin (wake_pin) fires first: its next_at(t) says when."""
+        t = self.sim_s()
+        end = t + ms / 1000
+        if self.wake is not None:
+            at = self.wake[0].next_at(t)
+            if at is not None and at < end:
+                end = at
+                open(self._hw + PIN_FILE, "w").close()
         with open(self._hw + CLOCK_FILE, "w") as f:
-            f.write(str(self.sim_s() + ms / 1000))
-        time.sleep_ms(int(ms / self.speed))
+            f.write(str(end))
+        time.sleep_ms(int((end - t) * 1000 / self.speed))
         self.reset("deepsleep")
 
     def reset(self, cause="soft"):
@@ -262,5 +207,6 @@ class SimHW:
 def _remove(path):
     try:
         os.remove(path)
+        return True
     except OSError:
-        pass
+        return False

@@ -119,3 +119,28 @@ class SignalSim:
         prev = self.last_counts or [0] * len(cum)
         self.last_counts = cum
         return [cum[i] - prev[i] for i in range(len(cum))]
+
+
+class IO:
+    """roles/signal.py's view of the intersection; hw is the base layer (hw/sim.py)."""
+
+    def __init__(self, hw, config):
+        self.hw = hw
+        self.sim = SignalSim(hw.scenario(), config.get("phases"), config.get("debounce_ms"))
+
+    def signal_samples(self):
+        """[(t_ms, heads)] since the last call: every change the scenario made, and now."""
+        return self.sim.samples(self.hw.role_ms())
+
+    def loop_counts(self):
+        return self.sim.loop_counts(self.hw.role_ms())
+
+    def plan_select(self, plan):
+        """The controller's plan select lines: what was set is kept, and logged to a file."""
+        t = self.hw.role_ms()
+        self.sim.plans.append((t, plan))
+        with open(self.hw.host_path("plan_select.log"), "a") as f:
+            f.write("%d %d\n" % (t, plan))
+
+    def fault_output(self, active):
+        self.sim.fault_out.append((self.hw.role_ms(), active))

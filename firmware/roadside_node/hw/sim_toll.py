@@ -110,3 +110,17 @@ class SimReader:
                 if self.unacked.get(f[1], 0) <= int(f[2]):
                     self.unacked.pop(f[1], None)
         self.inbuf = buf
+
+
+class IO:
+    """roles/toll.py's view of the reader's UART; hw is the base layer (hw/sim.py)."""
+
+    def __init__(self, hw, config):
+        self.hw = hw
+        self.reader = SimReader(hw.scenario(), hw.seed)
+
+    def reader_read(self):
+        return self.reader.read(self.hw.role_ms())
+
+    def reader_write(self, data):
+        self.reader.write(data)

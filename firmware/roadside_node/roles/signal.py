@@ -58,7 +58,7 @@ class SignalRole:
     name = "signal"
     commands = ("plan.select", "fault.clear", "signal.status")
 
-    def __init__(self, config, emit, hw=None):
+    def __init__(self, config, emit, hw=None, journal=None):
         self.config = config
         self.emit = emit
         self.hw = hw
@@ -260,3 +260,6 @@ class SignalRole:
         return {"phases": [state_name(b) for b in self.stable], "plan": self.plan,
                 "fault": None if f is None else "%s phase %d" % (f[0], f[1]),
                 "faults": self.faults}
+
+
+Role = SignalRole  # what App.make_role takes from roles/<name>.py

@@ -281,3 +281,6 @@ class TollRole:
         return {"reader": self.state, "detail": self.detail, "open": len(self.open),
                 "reads": self.reads, "duplicates": self.dups, "bad_lines": self.bad,
                 "transactions": self.transactions, "refused": self.refused}
+
+
+Role = TollRole  # what App.make_role takes from roles/<name>.py

@@ -31,7 +31,7 @@ def pressure_mm(raw, zero, span_raw, span_mm):
 class WaterRole:
     name = "water"
 
-    def __init__(self, config, emit, hw=None):
+    def __init__(self, config, emit, hw=None, journal=None):
         self.config = config
         self.emit = emit  # emit(kind, flags, body) -> seq (0 when refused)
         self.pressure = config.get("sensor.type") == "pressure_adc"
@@ -48,6 +48,15 @@ class WaterRole:
         self.distance = None
         self.next_sample = 0.0
         self.last_report = None
+
+    def describe(self, kind, body):
+        """The log line of a record this role emitted (App.emit), None for the default."""
+        if kind == proto.K_LEVEL:
+            return "level %.1fcm rate %.1f" % (body[proto.B_LEVEL_CM], body[proto.B_RATE])
+        if kind == proto.K_ALARM:
+            return "alarm %s (was %s) at %.1fcm" % (
+                body[proto.B_STATE], body[proto.B_PREVIOUS], body[proto.B_ALARM_LEVEL])
+        return None
 
     def thresholds(self):
         g = self.config.get
@@ -155,3 +164,6 @@ class WaterRole:
         self.next_sample = float(d.get("ns") or 0)
         self.rejects = int(d.get("rj") or 0)
         self.rejected = int(d.get("n") or 0)
+
+
+Role = WaterRole  # what App.make_role takes from roles/<name>.py

@@ -18,6 +18,8 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
+PIN_WAKE = 2  # wake_reason() after an ext0 wake (EXT0_WAKE)
+WAKE_REASON = [0]  # what wake_reason() returns
 
 
 class Stop(BaseException):
@@ -137,6 +139,10 @@ def time_pulse_us(pin, level, timeout_us=1000000):
 
 def reset_cause():
     return RESET_CAUSE[0]
+
+
+def wake_reason():
+    return WAKE_REASON[0]
 
 
 def unique_id():

@@ -1,11 +1,7 @@
-# ESP32 hardware of the signal monitor and the toll beacon, from the node config's `hw`
-# section (written by the deploy step from the board file, e.g.
-# boards/roadside-signal-monitor-r1.toml and boards/roadside-toll-beacon-r1.toml):
-#   signal: "inputs":  {"phase1_red": 4, "phase1_amber": 5, "phase1_green": 6, ...,
-#                       "loop_1": 12, ...},
-#           "outputs": {"plan_bit0": 37, "plan_bit1": 38, "plan_strobe": 39,
-#                       "fault_relay": 40}
-#   toll:   "uart":    {"reader": {"id": 2, "tx": 17, "rx": 16, "baudrate": 115200, "de": 4}}
+# ESP32 hardware of the signal monitor (roles/signal.py), from the node config's `hw` section
+# (written by the deploy step from the board file, e.g. boards/roadside-signal-monitor-r1.toml):
+#   "inputs":  {"phase1_red": 4, "phase1_amber": 5, "phase1_green": 6, ..., "loop_1": 12, ...},
+#   "outputs": {"plan_bit0": 37, "plan_bit1": 38, "plan_strobe": 39, "fault_relay": 40}
 # Lamp and loop inputs are optocouplers / dry contacts pulling the pin low when active: the
 # pins get pull-ups and a low level means lit / vehicle. The fault relay is fail-safe
 # (energised while there is no fault). The plan goes out as a binary number (plan - 1) on the
@@ -15,9 +11,8 @@ import time
 import machine
 from micropython import const
 
-from ..config import ConfigError
 from ..proto import CommandError
-from .esp32 import _pin_no, _table  # the board-config readers the base layer uses
+from .pins import pin_no, table
 
 _STROBE_MS = const(100)
 _LAMPS = ("red", "amber", "green")
@@ -37,23 +32,26 @@ class Clock:
         return self.ms
 
 
-class SignalIO:
-    def __init__(self, hw, phases):
-        inputs = _table(hw, "inputs")
-        outputs = _table(hw, "outputs")
+class IO:
+    """What roles/signal.py reads and drives: hw is the base layer (hw/esp32.py)."""
+
+    def __init__(self, hw, config):
+        phases = config.get("phases")
+        inputs = table(hw.hw, "inputs")
+        outputs = table(hw.hw, "outputs")
         self.clock = Clock()
         self.heads = []  # per phase: (red, amber, green) pins
         for ph in range(1, phases + 1):
             pins = []
             for lamp in _LAMPS:
-                n = _pin_no(inputs, "phase%d_%s" % (ph, lamp), "inputs")
+                n = pin_no(inputs, "phase%d_%s" % (ph, lamp), "inputs")
                 pins.append(machine.Pin(n, machine.Pin.IN, machine.Pin.PULL_UP))
             self.heads.append(pins)
         self.buf = bytearray(phases)
         nos = []
         k = 1
         while "loop_%d" % k in inputs:
-            nos.append(_pin_no(inputs, "loop_%d" % k, "inputs"))
+            nos.append(pin_no(inputs, "loop_%d" % k, "inputs"))
             k += 1
         self.counts = [0] * len(nos)  # vehicles per loop since the last loop_counts()
         self.loops = []
@@ -64,16 +62,16 @@ class SignalIO:
         self.plan_bits = []
         k = 0
         while "plan_bit%d" % k in outputs:
-            self.plan_bits.append(machine.Pin(_pin_no(outputs, "plan_bit%d" % k, "outputs"),
+            self.plan_bits.append(machine.Pin(pin_no(outputs, "plan_bit%d" % k, "outputs"),
                                               machine.Pin.OUT, value=0))
             k += 1
         self.strobe = None
         if "plan_strobe" in outputs:
-            self.strobe = machine.Pin(_pin_no(outputs, "plan_strobe", "outputs"),
+            self.strobe = machine.Pin(pin_no(outputs, "plan_strobe", "outputs"),
                                       machine.Pin.OUT, value=0)
         self.relay = None
         if "fault_relay" in outputs:  # fail-safe: energised = no fault
-            self.relay = machine.Pin(_pin_no(outputs, "fault_relay", "outputs"),
+            self.relay = machine.Pin(pin_no(outputs, "fault_relay", "outputs"),
                                      machine.Pin.OUT, value=1)
 
     def _counter(self, i):
@@ -84,7 +82,7 @@ class SignalIO:
 
         return handler
 
-    def samples(self):
+    def signal_samples(self):
         """[(t_ms, heads)]: one scan of every lamp input now (bits 1 red, 2 amber, 4 green)."""
         buf = self.buf
         for i in range(len(self.heads)):
@@ -115,32 +113,3 @@ class SignalIO:
     def fault_output(self, active):
         if self.relay is not None:
             self.relay.value(0 if active else 1)
-
-
-class ReaderIO:
-    """The reader's UART (RS-485 with a driver-enable pin when `de` is given)."""
-
-    def __init__(self, hw):
-        u = _table(hw, "uart").get("reader")
-        if not isinstance(u, dict):
-            raise ConfigError("hw.uart.reader: missing; the deploy step writes it from the "
-                              "board file's [uart.reader]")
-        w = "uart.reader"
-        self.uart = machine.UART(_pin_no(u, "id", w), baudrate=_pin_no(u, "baudrate", w),
-                                 tx=_pin_no(u, "tx", w), rx=_pin_no(u, "rx", w), rxbuf=2048,
-                                 timeout=0)
-        self.de = None
-        if "de" in u:
-            self.de = machine.Pin(_pin_no(u, "de", w), machine.Pin.OUT, value=0)
-
-    def read(self):
-        return self.uart.read(256) or b""
-
-    def write(self, data):
-        de = self.de
-        if de is not None:
-            de.value(1)
-        self.uart.write(data)
-        if de is not None:
-            self.uart.flush()  # wait until the last bit is out before releasing the bus
-            de.value(0)
