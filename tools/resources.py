@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import resources
 from pathlib import Path
 
-ROOT = Path(os.fspath(resources.files("roadside.tools"))).resolve().parent
+# This module is roadside.tools' own file (tools/ in a checkout, roadside/tools/ in a wheel):
+# its parent's parent is ROOT in both. importlib.resources.files() would give a Traversable,
+# which is not a path for os.fspath (mypy rejects it).
+ROOT = Path(__file__).resolve().parent.parent
 CHECKOUT = (ROOT / "pyproject.toml").is_file()  # False: an installed wheel
 FIRMWARE = ROOT / "firmware"
 BOARDS = ROOT / "boards"
