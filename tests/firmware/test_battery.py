@@ -7,6 +7,7 @@ state and the filter survive, no seq is reused, and everything is delivered."""
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 from test_session import Gateway
 
@@ -65,7 +66,7 @@ def test_battery_node_across_sleep_and_wake_cycles_keeps_state_and_seq(tmp_path)
     alarms = [r[4] for r in sorted(stored.values()) if r[2] == 2]
     # one chain normal -> alert -> alarm: a wake that forgot its state would start over
     assert [a[1] for a in alarms[:2]] == ["alert", "alarm"]
-    assert all(b[3] == a[1] for a, b in zip(alarms, alarms[1:]))
+    assert all(b[3] == a[1] for a, b in pairwise(alarms))
     assert alarms[0][3] == "normal"
     levels = [r for r in sorted(stored.values()) if r[2] == 1]
     assert levels and all(r[3] & 1 == 0 for r in levels[1:])    # clock carried over sleep

@@ -242,8 +242,8 @@ def test_hostile_commands_on_the_uart_are_answered_and_never_reset_the_node(node
         ("config.set", {"key": "site", "value": long}, "up to 64"),
         ("config.set", {"key": "conflicts", "value": [[1, 2]] * 150}, "at most 64 pairs"),
     ]
-    # at the board's heap (tools/sim/launcher.py HEAPSIZE) each is refused for its reason; a node short
-    # of heap would answer "... (MemoryError)" instead (counted, never a reset)
+    # at the board's heap (tools/sim/launcher.py HEAPSIZE) each is refused for its reason; a
+    # node short of heap would answer "... (MemoryError)" instead (counted, never a reset)
     for req, (name, args, want) in enumerate(cases, start=1):
         r = node.command(req, name, args)
         assert r[1] == req and r[2] is False and want in r[4], (name[:20], args, r)

@@ -276,7 +276,7 @@ print(json.dumps(res))
 """, heapsize="1m")
     results = json.loads(out[-1])
     assert len(results) >= 10 and results[-1][2], results      # cut at every write, then done
-    for cut, keep, done, seqs, ts, next_seq, unsure in results:
+    for cut, keep, _done, seqs, ts, next_seq, unsure in results:
         what = f"cut at write {cut} (keep {keep}): {seqs} next {next_seq} unsure {unsure}"
         assert ts == [100, 101, 102], what                      # every record, once, in order
         assert seqs in ([1, 2, 3], [42, 43, 44]), what          # one numbering or the other
@@ -296,7 +296,7 @@ print(json.dumps(res))
 """, heapsize="1m")
     results = json.loads(out[-1])
     assert len(results) >= 6 and results[-1][2], results
-    for cut, keep, done, seqs, ts, next_seq, unsure in results:
+    for cut, keep, done, seqs, _ts, next_seq, unsure in results:
         what = f"cut at write {cut} (keep {keep}): {seqs} next {next_seq} unsure {unsure}"
         assert next_seq >= 4, what                               # never a seq given again
         assert seqs in ([1, 2, 3], []), what                     # held, or acked and gone

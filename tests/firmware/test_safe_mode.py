@@ -5,7 +5,6 @@ clears the count; a healthy (simulated) minute clears it too."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from roadside.tools.sim.cddl import protocol_schema

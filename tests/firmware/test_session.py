@@ -278,8 +278,8 @@ def test_full_journal_refuses_then_drains_within_the_window(tmp_path):
         assert "journal full: dropped" in log
         state = g.read_json("state.json")
         assert state["dropped_full"] > 0
-        # free heap stays healthy through a full journal (in the board's terms: tools/sim/launcher.py
-        # HEAPSIZE; ~38.7k measured after issues 9 and 10)
+        # free heap stays healthy through a full journal (in the board's terms:
+        # tools/sim/launcher.py HEAPSIZE; ~38.7k measured after issues 9 and 10)
         assert health and all(h[1] > 32000 for h in health)
     finally:
         g.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 from support.micropython import run_stdout
 
@@ -116,8 +117,8 @@ print(json.dumps(times))
     rising = [t for t in out if 800 <= t < 900]
     falling = [t for t in out if 960 <= t]
     assert calm == [0, 300, 600]
-    assert len(rising) == 10 and all(b - a == 10 for a, b in zip(rising, rising[1:]))
-    assert len(falling) >= 3 and all(b - a == 60 for a, b in zip(falling, falling[1:]))
+    assert len(rising) == 10 and all(b - a == 10 for a, b in pairwise(rising))
+    assert len(falling) >= 3 and all(b - a == 60 for a, b in pairwise(falling))
 
 
 def test_state_survives_save_and_restore_through_json():

@@ -7,7 +7,6 @@ import asyncio
 import json
 import sqlite3
 import sys
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +18,7 @@ from roadside.tools.admin.api import parse_args
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import write
 from support.cli import roadside
+from support.gateway_status import link_open
 
 
 def test_commands_through_the_daemon_with_retry_audit_and_errors(tmp_path, fake_node):
@@ -49,12 +49,7 @@ def test_commands_through_the_daemon_with_retry_audit_and_errors(tmp_path, fake_
     async def main():
         url = (await asyncio.to_thread(procs.wait_for_line, log, r"status on (http://\S+)",
                                        proc, 20)).group(1)
-        for _ in range(100):
-            st = await asyncio.to_thread(_get, url)
-            if st["links"][0]["state"] == "open":
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.1)
+        await link_open(url, fake_node.path)     # pyserial flushes the input on open
         # Before HELLO the gateway does not know the node.
         code, _, err = await roadside("gateway", "cmd", "--config", conf, "wl-0001", "ping")
         assert code == 2 and "node 'wl-0001' is unknown to this gateway" in err, err
@@ -128,11 +123,6 @@ async def _drain(node):
     node._drain()
     out, node.inbox[:] = list(node.inbox), []
     return out
-
-
-def _get(url):
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def _free_port():

@@ -13,6 +13,7 @@ from roadside.gateway import protocol as p
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import GatewaySettings, write
 from roadside.tools.sim.receiver_store import read_seqs
+from support.gateway_status import link_open
 
 
 def get(url: str) -> tuple[int, str]:
@@ -62,16 +63,6 @@ def test_status_missing_port_and_sigterm(tmp_path):
     assert log.read_text().count("not found") == 1   # logged once, not on every retry
 
 
-async def _link_open(url):
-    # pyserial flushes the input when it opens the port: bytes sent before are lost (a real
-    # node resends them after its ACK timeout; the test waits instead).
-    for _ in range(100):
-        if status(url)["links"][0]["state"] == "open":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the link never opened")
-
-
 async def _exchange(node, seqs, ack_expected):
     node.records(seqs)
     await node.expect(p.Ack, seq=ack_expected, timeout=10)
@@ -85,7 +76,7 @@ def test_fake_node_to_receiver_with_kill_9_in_between(tmp_path, fake_node, start
     log = tmp_path / "gw.log"
 
     async def first_run(url):
-        await _link_open(url)
+        await link_open(url, fake_node.path)     # pyserial flushes the input on open
         fake_node.hello("wl-0007")
         await fake_node.expect(p.Time, timeout=10)
         await fake_node.expect(p.Ack, seq=0)
@@ -99,7 +90,7 @@ def test_fake_node_to_receiver_with_kill_9_in_between(tmp_path, fake_node, start
         assert st["links"][0]["frames"] == 6 and st["links"][0]["state"] == "open"
 
     async def second_run(url):
-        await _link_open(url)
+        await link_open(url, fake_node.path)
         # The restarted gateway has no session: records get ERROR 3, the node says HELLO.
         fake_node.records([41, 42])
         assert (await fake_node.expect(p.Error, timeout=10)).code == p.ERR_NO_SESSION

@@ -14,6 +14,7 @@ from roadside.gateway import daemon
 from roadside.gateway import protocol as p
 from roadside.gateway.config import READ_ONLY_COMMANDS, ConfigError, load, parse
 from support import system
+from support.gateway_status import link_open
 from test_gateway_mqtt import MOSQUITTO, SKIP_REASON, Broker, free_port
 from test_gateway_mqtt_commands import config_text
 
@@ -41,8 +42,9 @@ def test_only_allowed_commands_run_from_the_command_topic(tmp_path, fake_node):
     broker = Broker(tmp_path / "broker")
     broker.start()
     cfg = tmp_path / "gw.toml"
-    text = config_text(fake_node.path, str(tmp_path / "data"), broker.port,
-                       f"127.0.0.1:{free_port()}")
+    listen = f"127.0.0.1:{free_port()}"
+    status_url = f"http://{listen}/status"
+    text = config_text(fake_node.path, str(tmp_path / "data"), broker.port, listen)
     cfg.write_text(text.replace('command_allow = ["ping", "config.set"]\n', ""))  # default
     config = load(cfg)
     cmd_topic, reply_topic = "roadside/site-c/gw-c/cmd", "roadside/site-c/gw-c/cmd/reply"
@@ -63,6 +65,9 @@ def test_only_allowed_commands_run_from_the_command_topic(tmp_path, fake_node):
                             if r.get("id") == doc["id"]:
                                 return r
 
+                # pyserial flushes the input when the gateway opens the port: a HELLO
+                # written before is lost, and FakeNode does not resend it as a node would.
+                await link_open(status_url, fake_node.path)
                 fake_node.hello("wl-0001")
                 await fake_node.expect(p.Ack, seq=0, timeout=10)
                 # Until the gateway's subscription is in place nobody hears the topic.

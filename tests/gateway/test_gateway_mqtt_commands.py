@@ -14,6 +14,7 @@ from roadside.gateway import daemon
 from roadside.gateway import protocol as p
 from roadside.gateway.config import ConfigError, load, parse
 from support import system
+from support.gateway_status import link_open
 from test_gateway_mqtt import MOSQUITTO, SKIP_REASON, Broker, free_port
 
 pytestmark = system.needs(MOSQUITTO, SKIP_REASON)
@@ -69,8 +70,9 @@ def test_commands_over_mqtt_with_replies_dedupe_and_audit(tmp_path, fake_node):
     broker = Broker(tmp_path / "broker")
     broker.start()
     cfg = tmp_path / "gw.toml"
-    cfg.write_text(config_text(fake_node.path, str(tmp_path / "data"), broker.port,
-                               f"127.0.0.1:{free_port()}"))
+    listen = f"127.0.0.1:{free_port()}"
+    status_url = f"http://{listen}/status"
+    cfg.write_text(config_text(fake_node.path, str(tmp_path / "data"), broker.port, listen))
     config = load(cfg)
     cmd_topic, reply_topic = "roadside/site-c/gw-c/cmd", "roadside/site-c/gw-c/cmd/reply"
     commands_seen: list[p.Command] = []
@@ -130,6 +132,9 @@ def test_commands_over_mqtt_with_replies_dedupe_and_audit(tmp_path, fake_node):
                 assert r is not None and r["ok"] is False
                 assert r["status"] == 404 and "unknown to this gateway" in r["error"]
 
+                # pyserial flushes the input when the gateway opens the port: a HELLO
+                # written before is lost, and FakeNode does not resend it as a node would.
+                await link_open(status_url, fake_node.path)
                 fake_node.hello("wl-0001")
                 await fake_node.expect(p.Ack, seq=0, timeout=10)
                 responder = asyncio.create_task(node())

@@ -24,6 +24,7 @@ from roadside.gateway import daemon, logs
 from roadside.gateway import protocol as p
 from roadside.gateway.config import ConfigError, load
 from roadside.tools.sim.gateway_toml import GatewaySettings, write
+from support.gateway_status import link_open
 
 
 def free_port() -> int:
@@ -76,15 +77,6 @@ async def running(cfg: Path):
             assert await asyncio.wait_for(task, 10) == 0
 
 
-async def wait_link_open(http, base, timeout=5.0):
-    for _ in range(int(timeout / 0.05)):
-        async with http.get(base + "/status") as r:
-            if all(lk["state"] == "open" for lk in (await r.json())["links"]):
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError("link never opened")
-
-
 def families(text: str) -> dict:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -109,7 +101,7 @@ def test_metrics_parse_and_count_everything(tmp_path, fake_node):
                         f"127.0.0.1:{free_port()}", GatewaySettings(max_records=5,
                                                                      max_age_s=0.05))
             async with running(cfg) as (base, http):
-                await wait_link_open(http, base)
+                await link_open(base + "/status", str(odd))   # pyserial flushes on open
                 fake_node.hello("wl-0009")
                 await fake_node.expect(p.Ack, seq=0)
                 fake_node.records([1, 2, 3])
@@ -201,7 +193,7 @@ def test_healthz_uplink_down(tmp_path, fake_node):
 
     async def main():
         async with running(cfg) as (base, http):
-            await wait_link_open(http, base)
+            await link_open(base + "/status", fake_node.path)
             fake_node.hello("wl-0001")
             fake_node.records([1])
             await fake_node.expect(p.Ack, seq=1)

@@ -4,11 +4,9 @@ real receiver within 100 ms of the node sending it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sqlite3
 import time
-import urllib.request
 
 from roadside.gateway import protocol as p
 from roadside.gateway.batcher import Batcher
@@ -18,6 +16,7 @@ from roadside.gateway.queue import Queue
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import GatewaySettings, write
 from roadside.tools.sim.receiver_store import read_seqs
+from support.gateway_status import link_open
 
 
 def rec(seq: int, flags: int = 0) -> Record:
@@ -63,13 +62,6 @@ def test_batcher_cuts_priority_even_with_batches_pending(tmp_path):
     assert q.pending_batches()[-1].keys == (("a", 1), ("a", 2))
 
 
-
-
-def _status(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
 def test_priority_record_reaches_the_receiver_within_100_ms(tmp_path, fake_node,
                                                             start_receiver):
     receiver = start_receiver()
@@ -80,10 +72,7 @@ def test_priority_record_reaches_the_receiver_within_100_ms(tmp_path, fake_node,
     latencies: list[float] = []
 
     async def run(url: str) -> None:
-        for _ in range(100):
-            if _status(url)["links"][0]["state"] == "open":
-                break
-            await asyncio.sleep(0.05)
+        await link_open(url, fake_node.path)     # pyserial flushes the input on open
         fake_node.hello("wl-0009")
         await fake_node.expect(p.Ack, seq=0, timeout=10)
         seq = 1

@@ -9,6 +9,7 @@ from roadside.gateway import protocol as p
 from roadside.gateway.links.serial import SerialLink
 from roadside.gateway.queue import Queue
 from roadside.gateway.session import SessionManager
+from support.waits import until
 
 
 def run_with_gateway(tmp_path, node, body, wall=None):
@@ -22,10 +23,9 @@ def run_with_gateway(tmp_path, node, body, wall=None):
         await link.open()
         served = asyncio.create_task(sessions.serve(link))
         try:
-            for _ in range(200):
-                if link.is_open:
-                    break
-                await asyncio.sleep(0.01)
+            # pyserial flushes the input on open: the fake node writes once the link is open
+            # (is_open turns true only after pyserial's open has returned).
+            await until(lambda: link.is_open, f"serial link {node.path} open")
             await asyncio.wait_for(body(queue, sessions, link), 15)
         finally:
             served.cancel()

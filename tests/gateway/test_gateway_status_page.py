@@ -7,7 +7,6 @@ is downloaded). A screenshot of the rendered page is left in the test's tmp dir.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ from roadside.gateway import protocol as p
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import GatewaySettings, write
 from support import system
+from support.gateway_status import link_open, status
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -24,21 +24,6 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = system.needs(
     CHROMIUM and CHROMEDRIVER,
     "needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
-
-
-
-
-def status(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-async def _link_open(url: str) -> None:
-    for _ in range(100):
-        if status(url)["links"][0]["state"] == "open":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the link never opened")
 
 
 def chromium(user_data_dir):
@@ -67,7 +52,7 @@ def test_status_page_shows_node_level_and_alarm(tmp_path, fake_node):
     driver = None
     try:
         async def feed():
-            await _link_open(url)
+            await link_open(url, fake_node.path)     # pyserial flushes the input on open
             fake_node.hello("wl-0042")
             await fake_node.expect(p.Ack, seq=0)
             fake_node.records([1, 2, 3])                       # levels 11, 12, 13 cm

@@ -108,9 +108,10 @@ def test_link_follows_its_adapter_after_a_replug_under_another_path(tmp_path, po
             await wait_state(link, base.MISSING)
             assert link.last_error == "no USB serial port matches usb:10c4:ea60,serial=A1"
             ports.append(port(first.path, serial="A1"))            # plugged in
+            # pyserial flushes the input on open, but OPEN is set only after its open has
+            # returned: a HELLO from here on is read (no sleep needed).
             await wait_state(link, base.OPEN)
             assert link.device == first.path and link.port == "usb:10c4:ea60,serial=A1"
-            await asyncio.sleep(0.1)     # pyserial flushes input on open
             first.hello("wl-0003")
             await first.expect(p.Ack, seq=0)
             first.records([1, 2])
@@ -122,7 +123,6 @@ def test_link_follows_its_adapter_after_a_replug_under_another_path(tmp_path, po
             ports.append(port(second.path, serial="A1"))           # ... back, renumbered
             await wait_state(link, base.OPEN)
             assert link.device == second.path
-            await asyncio.sleep(0.1)
             second.hello("wl-0003", next_seq=3, first_unacked=3)
             await second.expect(p.Ack, seq=2)
             second.records([3])
@@ -165,8 +165,7 @@ def test_silent_node_is_reported_once_and_shown(tmp_path, fake_node, caplog):
         serve = asyncio.create_task(sessions.serve(link))
         status = Status("g", "s", queue, sessions, [link], [])
         try:
-            await wait_state(link, base.OPEN)
-            await asyncio.sleep(0.1)
+            await wait_state(link, base.OPEN)     # after pyserial's open (and its flush)
             fake_node.hello("wl-0005")
             await fake_node.expect(p.Ack, seq=0)
             assert sessions.check_silent() == []

@@ -17,6 +17,7 @@ from roadside.gateway import protocol as p
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import write
 from support.cli import roadside
+from support.gateway_status import link_open
 
 FRESH_IDS = 300
 
@@ -44,9 +45,7 @@ def test_identity_alarm_in_status_and_metrics_then_accepted(tmp_path: Path,
         url = (await asyncio.to_thread(procs.wait_for_line, log, r"status on (http://\S+)",
                                        proc, 20)).group(1)
         base = url.rsplit("/", 1)[0]
-        async with asyncio.timeout(20):
-            while json.loads(await asyncio.to_thread(_get, url))["links"][0]["state"] != "open":
-                await asyncio.sleep(0.05)
+        await link_open(url, fake_node.path)     # pyserial flushes the input on open
         fake_node.hello("wl-0001")
         await fake_node.expect(p.Ack, seq=0)
         fake_node.records([1, 2])

@@ -58,7 +58,7 @@ class Pin:
         return None
 
     def __repr__(self):
-        return "Pin(%d)" % self.id
+        return f"Pin({self.id:d})"
 
 
 class UART(io.IOBase):
