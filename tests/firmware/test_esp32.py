@@ -1,6 +1,7 @@
-"""hw/esp32.py (and the water role's hw/esp32_water.py) under MicroPython with a fake `machine` (tests/firmware/fakes): the exact
-machine calls for a node config's `hw` section (UART ids, pins, baud rates, WDT timeout, ADC,
-deep sleep wake sources), the sensor parsers, and main.py's boot path for a few loops."""
+"""hw/esp32.py (and the water role's hw/esp32_water.py) under MicroPython with a fake `machine`
+(tests/firmware/fakes): the exact machine calls for a node config's `hw` section (UART ids,
+pins, baud rates, WDT timeout, ADC, deep sleep wake sources), the sensor parsers, and main.py's
+boot path for a few loops."""
 
 from __future__ import annotations
 

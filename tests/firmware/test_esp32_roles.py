@@ -1,7 +1,8 @@
-"""hw/esp32.py + hw/esp32_signal.py and hw/esp32_toll.py for the signal monitor and the toll beacon under MicroPython
-with the fake `machine` (tests/firmware/fakes), extended here with what these roles use (pin
-levels, Pin.irq, disable_irq/enable_irq, UART.flush): the exact pins, pulls, IRQ triggers,
-plan bits and strobe, the fail-safe fault relay, the reader UART and RS-485 driver enable."""
+"""hw/esp32.py + hw/esp32_signal.py and hw/esp32_toll.py for the signal monitor and the toll beacon
+under MicroPython with the fake `machine` (tests/firmware/fakes), extended here with what these
+roles use (pin levels, Pin.irq, disable_irq/enable_irq, UART.flush): the exact pins, pulls, IRQ
+triggers, plan bits and strobe, the fail-safe fault relay, the reader UART and RS-485 driver
+enable."""
 
 from __future__ import annotations
 
