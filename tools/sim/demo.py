@@ -27,7 +27,7 @@ from . import gateway_toml, procs
 from .launcher import Simulation
 from .node_state import NodeStateError, held_seqs, last_seq
 from .receiver_store import latest_readings, read_seqs
-from .status_view import progress_line, queue_depth, render
+from .status_view import progress_line, queue_depth, render, uplink_states
 
 REFRESH_S = 0.5
 PROGRESS_EVERY_S = 2.0
@@ -269,6 +269,72 @@ class Demo:
                        (stats or {}).get("duplicate_batches", 0), depth)
 
 
+@dataclass
+class Handover:
+    """`--uplink`: what the gateway handed over to the user's backend before the demo stopped."""
+
+    url: str
+    drained: bool            # the gateway's queue emptied within the drain timeout
+    delivered: int | None    # records the gateway delivered (2xx) since it started
+    queued: Any              # records still in its queue (0 when drained)
+    dead_letters: int        # batches the backend refused for good (4xx): not delivered
+    held: int                # records the stopped nodes still held unacknowledged
+    timeout: float
+    uplinks: str = "-"
+    run_dir: Path = Path("RUN_DIR")
+
+    @property
+    def ok(self) -> bool:
+        return self.drained and self.delivered is not None and not self.dead_letters
+
+    def lines(self) -> list[str]:
+        got = "-" if self.delivered is None else str(self.delivered)
+        out = [f"handed over {got} records to {self.url}; gateway queue "
+               + ("empty" if self.drained else f"still holds {self.queued}")]
+        if not self.drained:
+            out.append(f"gave up waiting after {self.timeout:.0f} s (uplinks: {self.uplinks}): "
+                       "the records left stay in the gateway's queue in "
+                       f"{self.run_dir / 'gateway-data'}; check that the backend answers 2xx")
+        if self.dead_letters:
+            out.append(f"the backend refused {self.dead_letters} batches for good (4xx): "
+                       "they are dead letters: `roadside gateway dead-letters list --config "
+                       f"{self.run_dir / 'gateway.toml'}`")
+        if self.held:
+            out.append(f"{self.held} records were still unacknowledged in the stopped nodes' "
+                       "journals (not lost: a node sends them after its next boot)")
+        return out
+
+
+async def hand_over(demo: Demo, session: aiohttp.ClientSession) -> Handover:
+    """Stop the nodes, then read the gateway's /status until its queue is empty (bounded).
+
+    Empty means no record held and no batch pending on two reads in a row, so a record still
+    on its way through a virtual cable when the nodes stopped is waited for too.
+    """
+    assert demo.sim is not None and demo.o.uplink is not None
+    demo.say("stopping the nodes; waiting for the gateway to hand every record to the uplink")
+    await demo.sim.stop(keep_cables=True)
+    held = sum(len(seqs) for seqs in (await asyncio.to_thread(demo.held)).values())
+    deadline = time.monotonic() + demo.o.drain_timeout
+    status: dict | None = None
+    empty_reads = 0
+    while True:
+        died = demo.gateway_died()
+        if died:
+            raise LaunchError(died)
+        status = await demo._get_json(session, demo.status_url)
+        q = (status or {}).get("queue") or {}
+        empty = status is not None and q.get("depth") == 0 and not q.get("batches_pending")
+        empty_reads = empty_reads + 1 if empty else 0
+        if empty_reads >= 2 or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(REFRESH_S)
+    q = (status or {}).get("queue") or {}
+    return Handover(demo.o.uplink, empty_reads >= 2, q.get("delivered"), queue_depth(status),
+                    int(q.get("dead_letters") or 0), held, demo.o.drain_timeout,
+                    uplink_states(status), demo.run_dir)
+
+
 async def run_demo(options: DemoOptions) -> int:
     demo = Demo(options)
     stop = asyncio.Event()
@@ -286,8 +352,10 @@ async def run_demo(options: DemoOptions) -> int:
             if options.duration is None:
                 return 0
             if options.uplink is not None:
-                demo.say("--uplink given: delivery is not checked (the demo cannot see it)")
-                return 0
+                handover = await hand_over(demo, session)
+                for line in handover.lines():
+                    demo.say(line)
+                return 0 if handover.ok else 1
             summary = await demo.finish(session)
             for line in summary.lines():
                 demo.say(line)
