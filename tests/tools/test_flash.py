@@ -285,10 +285,23 @@ def test_progress_view_tty_and_plain() -> None:
     assert plain.getvalue().splitlines() == [
         "a   write 0%", "a   write 25%", "a   write 50%", "a   write 75%", "a   write 100%",
         "a   ok"]
+    # a terminal: rich.progress, a bar per board, fed from several threads at once
     tty = io.StringIO()
-    view = ProgressView(["a", "bb"], tty, tty=True)
-    view.callback("bb")("write", 50, 100)
-    assert "bb  write   [############............]  50%" in tty.getvalue()
+    with ProgressView(["a", "bb"], tty, tty=True) as view:
+        threads = [threading.Thread(target=view.callback(label), args=("write", pct, 100))
+                   for label, pct in (("a", 100), ("bb", 50))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        view.finish("a", "ok wl-000001 24:0a:c4:00:00:01 1.0 s")
+    from rich.text import Text
+
+    screen = Text.from_ansi(tty.getvalue()).plain     # the last frame is the final state
+    last = {line.split()[0]: line for line in screen.splitlines() if line.strip()}
+    assert "done" in last["a"] and "100%" in last["a"] and "ok wl-000001" in last["a"]
+    assert "write" in last["bb"] and "50%" in last["bb"]
+    assert "\x1b[?25h" in tty.getvalue()                # the cursor is shown again
 
 
 def test_sim_board_has_nothing_to_flash(images, capsys) -> None:
