@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from rich.live import Live
 
 from ..addresses import free_port
 from ..errors import LaunchError, ToolError
@@ -122,6 +123,7 @@ class Demo:
         self.sim: Simulation | None = None
         self.status_url = ""
         self.tty = sys.stdout.isatty()
+        self.live: Live | None = None       # the live table on a terminal, while watching
         self.started = time.monotonic()
 
     # -- start and stop ------------------------------------------------------------------
@@ -198,9 +200,11 @@ class Demo:
                     readings = {}
             assert self.sim is not None
             states = {n.spec.node_id: n.state for n in self.sim.nodes}
-            lines = render(elapsed, list(states), states, status, stats, readings)
-            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
-            sys.stdout.flush()
+            view = render(elapsed, list(states), states, status, stats, readings)
+            if self.live is None:
+                self.live = Live(view, auto_refresh=False, redirect_stderr=False)
+                self.live.start()
+            self.live.update(view, refresh=True)
         elif elapsed - last_progress[0] >= PROGRESS_EVERY_S:
             last_progress[0] = elapsed
             self.say(progress_line(elapsed, status, stats))
@@ -208,16 +212,21 @@ class Demo:
     async def watch(self, session: aiohttp.ClientSession, until: float | None,
                     stop: asyncio.Event) -> None:
         last = [-PROGRESS_EVERY_S]
-        while not stop.is_set() and (until is None or time.monotonic() < until):
-            died = self.gateway_died()
-            if died:
-                raise LaunchError(died)
-            status, stats = await self.snapshot(session)
-            self.show(status, stats, last)
-            try:
-                await asyncio.wait_for(stop.wait(), REFRESH_S)
-            except TimeoutError:
-                pass
+        try:
+            while not stop.is_set() and (until is None or time.monotonic() < until):
+                died = self.gateway_died()
+                if died:
+                    raise LaunchError(died)
+                status, stats = await self.snapshot(session)
+                self.show(status, stats, last)
+                try:
+                    await asyncio.wait_for(stop.wait(), REFRESH_S)
+                except TimeoutError:
+                    pass
+        finally:
+            if self.live is not None:   # the last frame stays on screen, the cursor returns
+                self.live.stop()
+                self.live = None
 
     # -- the end: drain and check --------------------------------------------------------
 
