@@ -297,9 +297,12 @@ class Handover:
         return self.drained and self.delivered is not None and not self.dead_letters
 
     def lines(self) -> list[str]:
-        got = "-" if self.delivered is None else str(self.delivered)
-        out = [f"handed over {got} records to {self.url}; gateway queue "
-               + ("empty" if self.drained else f"still holds {self.queued}")]
+        if self.delivered is None:
+            out = [f"handed over an unknown number of records to {self.url}: the gateway's "
+                   "/status did not answer"]
+        else:
+            out = [f"handed over {self.delivered} records to {self.url}; gateway queue "
+                   + ("empty" if self.drained else f"still holds {self.queued}")]
         if not self.drained:
             out.append(f"gave up waiting after {self.timeout:.0f} s (uplinks: {self.uplinks}): "
                        "the records left stay in the gateway's queue in "
