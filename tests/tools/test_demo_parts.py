@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
+from rich.console import Console
 from roadside.tools.sim.demo import Summary, compare
 from roadside.tools.sim.status_view import progress_line, render
 
@@ -42,14 +44,24 @@ def test_view_renders_whatever_the_status_has():
                                                   "failures": 2}]}
     stats = {"batches": 2, "records": 5, "duplicate_batches": 0, "duplicate_records": 0,
              "nodes": {"wl-0001": {"records": 5}}}
-    lines = render(1.0, ["wl-0001", "wl-0002"], {"wl-0001": "running"}, status, stats, {})
-    text = "\n".join(lines)
-    assert "wl-0001    running    up" in text and "12.2" in text and "alert" in text
+    text = _text(render(1.0, ["wl-0001", "wl-0002"], {"wl-0001": "running"}, status, stats,
+                        {}))
+    row = next(line.split() for line in text.splitlines() if "wl-0001" in line)
+    assert row == ["wl-0001", "running", "up", "7", "5", "12.2", "alert"]
     assert "queue depth: 3" in text and "http: retrying (2 failures)" in text
     assert "wl-0002" in text  # a node the gateway has not seen yet still has a row
-    down = "\n".join(render(1.0, ["wl-0001"], {}, None, None, {}))
+    down = _text(render(1.0, ["wl-0001"], {}, None, None, {}))
     assert "gateway: not answering" in down and "receiver: not answering" in down
     assert "queue=3" in progress_line(2.0, status, stats)
+    narrow = _text(render(1.0, ["wl-0001"], {}, status, stats, {}), width=40)
+    assert max(len(line) for line in narrow.splitlines()) <= 40   # laid out for the width
+
+
+def _text(view, width: int = 120) -> str:
+    """The view as rich lays it out on a terminal `width` columns wide, without styles."""
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(view)
+    return console.file.getvalue()
 
 
 def test_demo_argument_errors_are_one_line():

@@ -285,10 +285,23 @@ def test_progress_view_tty_and_plain() -> None:
     assert plain.getvalue().splitlines() == [
         "a   write 0%", "a   write 25%", "a   write 50%", "a   write 75%", "a   write 100%",
         "a   ok"]
+    # a terminal: rich.progress, a bar per board, fed from several threads at once
     tty = io.StringIO()
-    view = ProgressView(["a", "bb"], tty, tty=True)
-    view.callback("bb")("write", 50, 100)
-    assert "bb  write   [############............]  50%" in tty.getvalue()
+    with ProgressView(["a", "bb"], tty, tty=True) as view:
+        threads = [threading.Thread(target=view.callback(label), args=("write", pct, 100))
+                   for label, pct in (("a", 100), ("bb", 50))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        view.finish("a", "ok wl-000001 24:0a:c4:00:00:01 1.0 s")
+    from rich.text import Text
+
+    screen = Text.from_ansi(tty.getvalue()).plain     # the last frame is the final state
+    last = {line.split()[0]: line for line in screen.splitlines() if line.strip()}
+    assert "done" in last["a"] and "100%" in last["a"] and "ok wl-000001" in last["a"]
+    assert "write" in last["bb"] and "50%" in last["bb"]
+    assert "\x1b[?25h" in tty.getvalue()                # the cursor is shown again
 
 
 def test_sim_board_has_nothing_to_flash(images, capsys) -> None:
@@ -309,3 +322,71 @@ def test_fast_slip_decoder_matches_the_mocks() -> None:
         if b"\xdb\xc0" in raw:  # ESC before END: never sent by esptool, decoders differ
             continue
         assert virtual_rom.fast_slip_decode(raw) == slip_decode_frames(raw)
+
+
+# --- a damaged image is refused before anything is written -----------------------------------
+
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return virtual_rom.build_test_image("esp32", tmp_path_factory.mktemp("big") / "fw.bin",
+                                        256 * 1024)
+
+
+def _refusal(capsys, image: Path, *cmd: str) -> str:
+    """Run flash (or fleet flash) at a port nobody listens on: only the image check can answer."""
+    code, out, err = run(capsys, *cmd, "--board", "esp32-devkitc-v4", "--image", str(image),
+                         *(("--port",) if cmd == ("flash",) else ("--ports",)),
+                         "socket://127.0.0.1:9")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    return err
+
+
+def test_a_truncated_image_is_refused_in_one_line(big_image, tmp_path, capsys) -> None:
+    piece = tmp_path / "piece.bin"
+    piece.write_bytes(big_image.read_bytes()[:5 * 1024])   # 5 KB of a 256 KB image
+    for cmd in (("flash",), ("fleet", "flash")):
+        err = _refusal(capsys, piece, *cmd)
+        assert err.startswith(f"roadside {cmd[0]}: error: image {piece} is damaged: "
+                              "the file ends inside the image (5120 bytes; esptool: End of "
+                              "file reading segment 0x3ffb0000")
+        assert err.endswith("the file is truncated; nothing was written: build or download "
+                            "the image again\n")
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(big_image.read_bytes()[:-10])          # only the digest's tail is gone
+    assert "the appended SHA-256 digest is cut off" in _refusal(capsys, cut, "flash")
+
+
+def test_a_corrupted_image_is_refused_by_digest_and_checksum(big_image, tmp_path,
+                                                             capsys) -> None:
+    data = bytearray(big_image.read_bytes())
+    data[-1] ^= 0x01                                        # a bit of the appended SHA-256
+    bad_digest = tmp_path / "digest.bin"
+    bad_digest.write_bytes(data)
+    assert _refusal(capsys, bad_digest, "flash") == (
+        f"roadside flash: error: image {bad_digest} is damaged: its appended SHA-256 digest "
+        "does not match its contents; nothing was written: build or download the image again\n")
+    data = bytearray(big_image.read_bytes())
+    data[5000] ^= 0x01                                      # a bit in a segment
+    bad_data = tmp_path / "data.bin"
+    bad_data.write_bytes(data)
+    err = _refusal(capsys, bad_data, "flash")
+    assert "is damaged: checksum 0x" in err and "computed: its contents changed" in err
+
+
+def test_a_merged_image_is_checked_up_to_its_app(images, tmp_path) -> None:
+    """MicroPython's ESP32 firmware.bin: bootloader at 0x1000, partition table at 0x8000 and
+    the app at 0x10000, in one file written at 0x1000. Cut after the table, the app is gone."""
+    boot = virtual_rom.build_test_image("esp32", tmp_path / "boot.bin", 8 * 1024).read_bytes()
+    app = images["esp32"].read_bytes()
+    entry = b"\xaa\x50" + bytes([0x00, 0x00]) + (0x10000).to_bytes(4, "little") + \
+        (0x100000).to_bytes(4, "little") + b"factory".ljust(16, b"\0") + bytes(4)
+    table = (entry + b"\xff" * 32).ljust(0x1000, b"\xff")
+    merged = boot.ljust(0x7000, b"\xff") + table.ljust(0x8000, b"\xff") + app
+    assert flashing.image_damage(merged, "esp32") is None
+    assert flashing.image_damage(merged[:0x9000], "esp32") == (
+        "it is a merged image whose partition table puts the app at 0x10000, but the file "
+        "ends at 0xa000 (36864 bytes): the file is truncated")
+    damaged = bytearray(merged)
+    damaged[0xF000 + 3000] ^= 0x80
+    assert flashing.image_damage(bytes(damaged), "esp32").startswith(
+        "the app at 0x10000: checksum 0x")

@@ -18,7 +18,9 @@ EXAMPLES = """examples:
   roadside demo --uplink http://backend.example:8080/batches   your own backend
 
 With --duration the exit status is 0 only when every record each node produced arrived
-exactly once, in order. Logs, node flash and gateway.toml stay in --run-dir."""
+exactly once, in order; with --duration and --uplink the demo drains the gateway's queue
+into that backend (bounded, 30 s), says how many records it handed over, and exits 0 only
+when the queue emptied. Logs, node flash and gateway.toml stay in --run-dir."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -65,14 +65,13 @@ def handle(args: argparse.Namespace) -> int:
     image = flashing.read_image(args.image)
     flashing.check_image_for_board(image, board)
     port = flashing.resolve_port(args.port)
-    view = ProgressView([port])
-    result = flashing.flash_board(port, board, image, erase=args.erase, baud=args.baud,
-                                  role=args.role, connect_attempts=args.connect_attempts,
-                                  progress=view.callback(port))
+    with ProgressView([port]) as view:
+        result = flashing.flash_board(port, board, image, erase=args.erase, baud=args.baud,
+                                      role=args.role, connect_attempts=args.connect_attempts,
+                                      progress=view.callback(port))
+        view.finish(port, "failed" if result.result != "ok" else f"ok in {result.seconds:.1f} s")
     if result.result != "ok":
-        view.finish(port, "failed")
         raise ToolError(result.error)
-    view.finish(port, f"ok in {result.seconds:.1f} s")
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

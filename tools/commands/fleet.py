@@ -66,16 +66,16 @@ def handle_flash(args: argparse.Namespace) -> int:
                             "`roadside nodes`")
     else:
         ports = list(dict.fromkeys(args.ports))
-    view = ProgressView(ports)
-
-    def done(r: flashing.FlashResult) -> None:
-        view.finish(r.port, f"ok {r.node_id} {r.mac} {r.seconds:.1f} s" if r.result == "ok"
-                    else f"FAILED: {r.error}")
-
     started = time.monotonic()
-    results = fleet.flash_fleet(ports, board, image, erase=args.erase, baud=args.baud,
-                                role=args.role, connect_attempts=args.connect_attempts,
-                                progress=view.callback, on_done=done)
+    with ProgressView(ports) as view:
+
+        def done(r: flashing.FlashResult) -> None:
+            view.finish(r.port, f"ok {r.node_id} {r.mac} {r.seconds:.1f} s" if r.result == "ok"
+                        else f"FAILED: {r.error}")
+
+        results = fleet.flash_fleet(ports, board, image, erase=args.erase, baud=args.baud,
+                                    role=args.role, connect_attempts=args.connect_attempts,
+                                    progress=view.callback, on_done=done)
     elapsed = time.monotonic() - started
     stem = time.strftime("flash-%Y%m%d-%H%M%S")
     csv_path, json_path = fleet.write_report(results, args.report, stem)

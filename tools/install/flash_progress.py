@@ -1,23 +1,39 @@
 """Progress of one or several boards being flashed: one line per board on stderr.
 
-On a terminal the lines are redrawn in place (a bar per board); otherwise (a log, CI, a pipe)
-each board prints a plain line when its stage changes and at every quarter of the write,
-so a log shows what happened without carriage returns.
+On a terminal it is a rich.progress display, a bar per board (label, stage, bar, percent,
+elapsed time), redrawn by rich in place and fitted to the terminal's width when it is
+resized; several boards flashed from threads update it at once. Otherwise (a log, CI, a pipe)
+each board prints a plain line when its stage changes and at every quarter of the write, so a
+log shows what happened without escape codes.
+
+Use it as a context manager: leaving it stops the display (and shows the cursor again),
+also when flashing raises.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from types import TracebackType
 from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress import (
+    Progress as RichProgress,
+)
 
 from .flashing import Progress
 
-BAR = 24
-
 
 class ProgressView:
-    """Thread-safe per-board progress lines; `callback(label)` feeds `flash_board`."""
+    """Thread-safe per-board progress; `callback(label)` feeds `flash_board`."""
 
     def __init__(self, labels: list[str], stream: TextIO | None = None,
                  tty: bool | None = None) -> None:
@@ -25,10 +41,38 @@ class ProgressView:
         self.tty = self.stream.isatty() if tty is None else tty
         self.labels = labels
         self.width = max((len(label) for label in labels), default=0)
-        self.lines = {label: "waiting" for label in labels}
         self._last: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
-        self._drawn = False
+        self.bars: RichProgress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        if self.tty:
+            console = Console(file=self.stream, force_terminal=True, highlight=False)
+            self.bars = RichProgress(
+                TextColumn(f"{{task.fields[label]:<{self.width}}}", markup=False),
+                TextColumn("{task.fields[stage]:<7}", markup=False),
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[result]}", markup=False),
+                console=console, redirect_stdout=False, redirect_stderr=False,
+                refresh_per_second=8)
+            for label in labels:
+                self._tasks[label] = self.bars.add_task(label, total=100, label=label,
+                                                        stage="waiting", result="")
+
+    def __enter__(self) -> ProgressView:
+        if self.bars is not None:
+            self.bars.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the display (its last state stays on the terminal)."""
+        if self.bars is not None:
+            self.bars.stop()
 
     def callback(self, label: str) -> Progress:
         """The Progress function for one board."""
@@ -41,12 +85,10 @@ class ProgressView:
 
     def update(self, label: str, stage: str, pct: int) -> None:
         """Record a board's stage and percentage and show it."""
+        if self.bars is not None:
+            self.bars.update(self._tasks[label], completed=pct, stage=stage)
+            return
         with self._lock:
-            if self.tty:
-                filled = BAR * pct // 100
-                self.lines[label] = f"{stage:<7} [{'#' * filled}{'.' * (BAR - filled)}] {pct:3d}%"
-                self._redraw()
-                return
             step = pct // 25 * 25 if stage == "write" else 0
             if self._last.get(label) == (stage, step):
                 return
@@ -57,18 +99,13 @@ class ProgressView:
 
     def finish(self, label: str, text: str) -> None:
         """A board's last line: its result."""
+        if self.bars is not None:
+            task = self._tasks[label]
+            self.bars.update(task, stage="done" if text.startswith("ok") else "stopped",
+                             result=text)
+            self.bars.stop_task(task)
+            self.bars.refresh()
+            return
         with self._lock:
-            self.lines[label] = text
-            if self.tty:
-                self._redraw()
-            else:
-                self.stream.write(f"{label:<{self.width}}  {text}\n")
-                self.stream.flush()
-
-    def _redraw(self) -> None:
-        if self._drawn:
-            self.stream.write(f"\x1b[{len(self.labels)}F")  # cursor up to the first line
-        for label in self.labels:
-            self.stream.write(f"\x1b[2K{label:<{self.width}}  {self.lines[label]}\n")
-        self.stream.flush()
-        self._drawn = True
+            self.stream.write(f"{label:<{self.width}}  {text}\n")
+            self.stream.flush()

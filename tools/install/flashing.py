@@ -93,9 +93,104 @@ def read_image(path: Path) -> ImageInfo:
                          f"expected 0x{IMAGE_MAGIC:02X}); use the .bin the build produced")
     chip_id = struct.unpack_from("<H", data, 12)[0]
     chip = chip_for_image_id(chip_id)
+    chip_name = chip.name if chip else _esptool_chip_name(chip_id)
+    damage = image_damage(data, chip_name)
+    if damage:
+        raise FlashError(f"image {path} is damaged: {damage}; nothing was written: build or "
+                         "download the image again")
     return ImageInfo(Path(path), data, hashlib.sha256(data).hexdigest(),
-                     hashlib.md5(data).hexdigest(), chip_id,
-                     chip.name if chip else _esptool_chip_name(chip_id))
+                     hashlib.md5(data).hexdigest(), chip_id, chip_name)
+
+
+# --- image integrity, as `esptool image-info` checks it ---------------------------------------
+
+PARTITION_TABLE_AT = 0x8000       # where ESP-IDF (and so MicroPython) put the partition table
+_PARTITION_MAGIC = b"\xaa\x50"
+_APP_TYPE = 0x00
+
+
+def image_damage(data: bytes, chip: str) -> str | None:
+    """What is wrong with an ESP image's own integrity data, or None when it is whole.
+
+    Parsed with esptool's image classes (`LoadFirmwareImage`) and checked as esptool's
+    image-info does: every segment present, the XOR checksum, and the appended SHA-256
+    digest when the header says there is one. A merged image (bootloader, partition table
+    and app in one file, as MicroPython's ESP32 builds ship) is checked image by image: the
+    bootloader at the start, then each app partition the table places inside the file, and
+    the first app must be there at all (a cut file usually loses it). A chip esptool does
+    not know is not checked here (the board check refuses it anyway).
+    """
+    from .chips import CHIPS
+
+    if chip not in CHIPS:
+        return None
+    try:
+        from esptool.bin_image import LoadFirmwareImage
+    except ImportError:
+        return None
+    problem, end = _one_image_damage(LoadFirmwareImage, chip, data, 0)
+    if problem:
+        return problem
+    offset = CHIPS[chip].flash_offset
+    table = PARTITION_TABLE_AT - offset
+    if table < end or data[table:table + 2] != _PARTITION_MAGIC:
+        return None        # one image, not a merged one
+    apps = _app_partitions(data[table:table + 0xC00])
+    for n, app_at in enumerate(sorted(apps)):
+        at = app_at - offset
+        if at >= len(data):
+            if n == 0:
+                return (f"it is a merged image whose partition table puts the app at "
+                        f"0x{app_at:x}, but the file ends at 0x{offset + len(data):x} "
+                        f"({len(data)} bytes): the file is truncated")
+            continue
+        problem, _ = _one_image_damage(LoadFirmwareImage, chip, data[at:], app_at)
+        if problem:
+            return problem
+    return None
+
+
+def _one_image_damage(load: Callable[[str, bytes], Any], chip: str, data: bytes,
+                      flash_at: int) -> tuple[str | None, int]:
+    """(what is wrong with the image at the start of `data` or None, where it ends)."""
+    where = "" if not flash_at else f"the app at 0x{flash_at:x}: "
+    if not data or data[0] != IMAGE_MAGIC:
+        first = f"0x{data[0]:02X}" if data else "nothing"
+        return f"{where}no image header there (first byte {first})", 0
+    try:
+        image = load(chip, data)
+    except Exception as exc:  # noqa: BLE001 - FatalError, struct.error, ... on a cut file
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if any(cut in reason for cut in ("unpack requires", "ord() expected", "End of file")):
+            return (f"{where}the file ends inside the image ({len(data)} bytes; esptool: "
+                    f"{reason}): the file is truncated"), 0
+        return f"{where}esptool cannot parse it: {reason}", 0
+    stored, computed = image.checksum, image.calculate_checksum()
+    if stored != computed:
+        return (f"{where}checksum 0x{stored:02x} stored, 0x{computed:02x} computed: its "
+                "contents changed after it was built"), 0
+    if getattr(image, "append_digest", False):
+        if len(image.stored_digest) < 32:
+            return (f"{where}the appended SHA-256 digest is cut off: the file is truncated "
+                    f"({len(data)} bytes)"), 0
+        if image.stored_digest != image.calc_digest:
+            return f"{where}its appended SHA-256 digest does not match its contents", 0
+        return None, image.data_length + 32
+    end = 24 + sum(8 + len(seg.data) for seg in image.segments)
+    return None, (end // 16 + 1) * 16      # the checksum byte ends a 16-byte block
+
+
+def _app_partitions(table: bytes) -> list[int]:
+    """Flash offsets of the app partitions in an ESP-IDF partition table."""
+    apps = []
+    for i in range(0, len(table) - 31, 32):
+        entry = table[i:i + 32]
+        if entry[:2] != _PARTITION_MAGIC:
+            break
+        ptype, _subtype, offset = struct.unpack_from("<BBI", entry, 2)
+        if ptype == _APP_TYPE:
+            apps.append(offset)
+    return apps
 
 
 def _esptool_chip_name(chip_id: int) -> str:

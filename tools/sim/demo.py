@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from rich.live import Live
 
 from ..addresses import free_port
 from ..errors import LaunchError, ToolError
@@ -27,7 +28,7 @@ from . import gateway_toml, procs
 from .launcher import Simulation
 from .node_state import NodeStateError, held_seqs, last_seq
 from .receiver_store import latest_readings, read_seqs
-from .status_view import progress_line, queue_depth, render
+from .status_view import progress_line, queue_depth, render, uplink_states
 
 REFRESH_S = 0.5
 PROGRESS_EVERY_S = 2.0
@@ -122,6 +123,7 @@ class Demo:
         self.sim: Simulation | None = None
         self.status_url = ""
         self.tty = sys.stdout.isatty()
+        self.live: Live | None = None       # the live table on a terminal, while watching
         self.started = time.monotonic()
 
     # -- start and stop ------------------------------------------------------------------
@@ -198,9 +200,11 @@ class Demo:
                     readings = {}
             assert self.sim is not None
             states = {n.spec.node_id: n.state for n in self.sim.nodes}
-            lines = render(elapsed, list(states), states, status, stats, readings)
-            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
-            sys.stdout.flush()
+            view = render(elapsed, list(states), states, status, stats, readings)
+            if self.live is None:
+                self.live = Live(view, auto_refresh=False, redirect_stderr=False)
+                self.live.start()
+            self.live.update(view, refresh=True)
         elif elapsed - last_progress[0] >= PROGRESS_EVERY_S:
             last_progress[0] = elapsed
             self.say(progress_line(elapsed, status, stats))
@@ -208,16 +212,21 @@ class Demo:
     async def watch(self, session: aiohttp.ClientSession, until: float | None,
                     stop: asyncio.Event) -> None:
         last = [-PROGRESS_EVERY_S]
-        while not stop.is_set() and (until is None or time.monotonic() < until):
-            died = self.gateway_died()
-            if died:
-                raise LaunchError(died)
-            status, stats = await self.snapshot(session)
-            self.show(status, stats, last)
-            try:
-                await asyncio.wait_for(stop.wait(), REFRESH_S)
-            except TimeoutError:
-                pass
+        try:
+            while not stop.is_set() and (until is None or time.monotonic() < until):
+                died = self.gateway_died()
+                if died:
+                    raise LaunchError(died)
+                status, stats = await self.snapshot(session)
+                self.show(status, stats, last)
+                try:
+                    await asyncio.wait_for(stop.wait(), REFRESH_S)
+                except TimeoutError:
+                    pass
+        finally:
+            if self.live is not None:   # the last frame stays on screen, the cursor returns
+                self.live.stop()
+                self.live = None
 
     # -- the end: drain and check --------------------------------------------------------
 
@@ -269,6 +278,75 @@ class Demo:
                        (stats or {}).get("duplicate_batches", 0), depth)
 
 
+@dataclass
+class Handover:
+    """`--uplink`: what the gateway handed over to the user's backend before the demo stopped."""
+
+    url: str
+    drained: bool            # the gateway's queue emptied within the drain timeout
+    delivered: int | None    # records the gateway delivered (2xx) since it started
+    queued: Any              # records still in its queue (0 when drained)
+    dead_letters: int        # batches the backend refused for good (4xx): not delivered
+    held: int                # records the stopped nodes still held unacknowledged
+    timeout: float
+    uplinks: str = "-"
+    run_dir: Path = Path("RUN_DIR")
+
+    @property
+    def ok(self) -> bool:
+        return self.drained and self.delivered is not None and not self.dead_letters
+
+    def lines(self) -> list[str]:
+        if self.delivered is None:
+            out = [f"handed over an unknown number of records to {self.url}: the gateway's "
+                   "/status did not answer"]
+        else:
+            out = [f"handed over {self.delivered} records to {self.url}; gateway queue "
+                   + ("empty" if self.drained else f"still holds {self.queued}")]
+        if not self.drained:
+            out.append(f"gave up waiting after {self.timeout:.0f} s (uplinks: {self.uplinks}): "
+                       "the records left stay in the gateway's queue in "
+                       f"{self.run_dir / 'gateway-data'}; check that the backend answers 2xx")
+        if self.dead_letters:
+            out.append(f"the backend refused {self.dead_letters} batches for good (4xx): "
+                       "they are dead letters: `roadside gateway dead-letters list --config "
+                       f"{self.run_dir / 'gateway.toml'}`")
+        if self.held:
+            out.append(f"{self.held} records were still unacknowledged in the stopped nodes' "
+                       "journals (not lost: a node sends them after its next boot)")
+        return out
+
+
+async def hand_over(demo: Demo, session: aiohttp.ClientSession) -> Handover:
+    """Stop the nodes, then read the gateway's /status until its queue is empty (bounded).
+
+    Empty means no record held and no batch pending on two reads in a row, so a record still
+    on its way through a virtual cable when the nodes stopped is waited for too.
+    """
+    assert demo.sim is not None and demo.o.uplink is not None
+    demo.say("stopping the nodes; waiting for the gateway to hand every record to the uplink")
+    await demo.sim.stop(keep_cables=True)
+    held = sum(len(seqs) for seqs in (await asyncio.to_thread(demo.held)).values())
+    deadline = time.monotonic() + demo.o.drain_timeout
+    status: dict | None = None
+    empty_reads = 0
+    while True:
+        died = demo.gateway_died()
+        if died:
+            raise LaunchError(died)
+        status = await demo._get_json(session, demo.status_url)
+        q = (status or {}).get("queue") or {}
+        empty = status is not None and q.get("depth") == 0 and not q.get("batches_pending")
+        empty_reads = empty_reads + 1 if empty else 0
+        if empty_reads >= 2 or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(REFRESH_S)
+    q = (status or {}).get("queue") or {}
+    return Handover(demo.o.uplink, empty_reads >= 2, q.get("delivered"), queue_depth(status),
+                    int(q.get("dead_letters") or 0), held, demo.o.drain_timeout,
+                    uplink_states(status), demo.run_dir)
+
+
 async def run_demo(options: DemoOptions) -> int:
     demo = Demo(options)
     stop = asyncio.Event()
@@ -286,8 +364,10 @@ async def run_demo(options: DemoOptions) -> int:
             if options.duration is None:
                 return 0
             if options.uplink is not None:
-                demo.say("--uplink given: delivery is not checked (the demo cannot see it)")
-                return 0
+                handover = await hand_over(demo, session)
+                for line in handover.lines():
+                    demo.say(line)
+                return 0 if handover.ok else 1
             summary = await demo.finish(session)
             for line in summary.lines():
                 demo.say(line)

@@ -1,5 +1,9 @@
 """Render the demo's live view from the gateway's /status and the receiver's /stats.
 
+On a terminal the view is a rich table (`render`), shown by rich.live in `demo.py`: redrawn
+in place and re-laid out for the terminal's width when it is resized. Off a terminal the
+demo prints `progress_line` every few seconds instead, so logs and tests read plain lines.
+
 The gateway owns its /status shape; this reads it tolerantly (a missing field shows as "-")
 so the view never crashes while the pieces start or stop.
 """
@@ -7,6 +11,13 @@ so the view never crashes while the pieces start or stop.
 from __future__ import annotations
 
 from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+ALARM_STYLES = {"alert": "yellow", "alarm": "bold red", "critical": "bold white on red"}
 
 
 def _num(value: Any) -> str:
@@ -56,16 +67,17 @@ def uplink_states(status: dict[str, Any] | None) -> str:
 
 def render(elapsed: float, node_ids: list[str], node_states: dict[str, str],
            status: dict[str, Any] | None, stats: dict[str, Any] | None,
-           readings: dict[str, dict[str, Any]]) -> list[str]:
-    """The full screen as lines."""
+           readings: dict[str, dict[str, Any]]) -> RenderableType:
+    """The whole view: a title, a row per node, the gateway's and the receiver's totals."""
     gw_nodes = status_nodes(status)
     rx_nodes = (stats or {}).get("nodes") or {}
-    lines = [
-        f"roadside demo  {elapsed:6.1f} s   (Ctrl-C stops everything)",
-        "",
-        f"{'node':10} {'process':10} {'link':12} {'at gateway':>10} {'delivered':>10}"
-        f" {'level cm':>9} {'alarm':9}",
-    ]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("node", no_wrap=True)
+    table.add_column("process")
+    table.add_column("link")
+    for name in ("at gateway", "delivered", "level cm"):
+        table.add_column(name, justify="right")
+    table.add_column("alarm")
     for nid in node_ids:
         g = gw_nodes.get(nid, {})
         r = readings.get(nid, {})
@@ -73,22 +85,21 @@ def render(elapsed: float, node_ids: list[str], node_states: dict[str, str],
         at_gw = _pick(g, "records", "stored", "acked", "ack")
         level = _pick(g, "last_level", "level_cm")
         level = level if level is not None else r.get("level_cm")
-        alarm = _pick(g, "alarm", "alarm_state") or r.get("alarm") or "-"
-        lines.append(
-            f"{nid:10} {node_states.get(nid, '-'):10} {str(link)[:12]:12} {_num(at_gw):>10}"
-            f" {_num(rx_nodes.get(nid, {}).get('records')):>10} {_num(level):>9} {alarm:9}"
-        )
-    lines += [
-        "",
-        f"gateway: {'up' if status is not None else 'not answering'}   "
-        f"queue depth: {_num(queue_depth(status))}   uplinks: {uplink_states(status)}",
-        f"receiver: {'up' if stats is not None else 'not answering'}   "
-        f"batches {_num((stats or {}).get('batches'))}   "
-        f"records {_num((stats or {}).get('records'))}   "
-        f"duplicate batches {_num((stats or {}).get('duplicate_batches'))}   "
-        f"duplicate records {_num((stats or {}).get('duplicate_records'))}",
-    ]
-    return lines
+        alarm = str(_pick(g, "alarm", "alarm_state") or r.get("alarm") or "-")
+        table.add_row(Text(nid), Text(node_states.get(nid, "-")), Text(str(link)),
+                      _num(at_gw), _num(rx_nodes.get(nid, {}).get("records")), _num(level),
+                      Text(alarm, style=ALARM_STYLES.get(alarm, "")))
+    st = stats or {}
+    footer = Text.assemble(
+        ("gateway: ", "bold"), "up" if status is not None else ("not answering", "red"),
+        f"   queue depth: {_num(queue_depth(status))}   uplinks: {uplink_states(status)}\n",
+        ("receiver: ", "bold"), "up" if stats is not None else ("not answering", "red"),
+        f"   batches {_num(st.get('batches'))}   records {_num(st.get('records'))}   "
+        f"duplicate batches {_num(st.get('duplicate_batches'))}   "
+        f"duplicate records {_num(st.get('duplicate_records'))}")
+    heading = Text.assemble(("roadside demo", "bold"), f"  {elapsed:6.1f} s   ",
+                            ("(Ctrl-C stops everything)", "dim"))
+    return Group(heading, table, footer)
 
 
 def progress_line(elapsed: float, status: dict[str, Any] | None,
