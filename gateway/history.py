@@ -83,11 +83,13 @@ class NodeHistory:
     minutes: dict[int, int] = field(default_factory=dict)      # toll: minute start -> count
     thresholds: dict[str, float] = field(default_factory=dict)
     thresholds_from: str = DEFAULT_SOURCE
+    cached: dict[str, Any] | None = None    # document(), until something changes
 
     def __post_init__(self) -> None:
         self.thresholds = dict(DEFAULTS.get(self.role, {}))
 
     def add(self, r: p.Record, now: float) -> None:
+        self.cached = None
         t = float(r.t) if r.synced else now
         self.newest = max(self.newest, t)
         self.oldest = min(self.oldest, t)
@@ -130,6 +132,8 @@ class NodeHistory:
             del self.minutes[min(self.minutes)]
 
     def document(self) -> dict[str, Any]:
+        if self.cached is not None:
+            return self.cached
         doc: dict[str, Any] = {"id": self.node, "role": self.role, "newest": self.newest}
         if self.role == "water":
             doc["levels"] = [list(x) for x in self.series]
@@ -148,6 +152,7 @@ class NodeHistory:
         if self.role in DEFAULTS:
             doc["thresholds"] = dict(self.thresholds)
             doc["thresholds_from"] = self.thresholds_from
+        self.cached = doc
         return doc
 
     def _per_minute(self) -> list[list[int]]:
@@ -208,6 +213,7 @@ class History:
                 h.thresholds[target[1]] = number
                 learned = True
         if learned:
+            h.cached = None
             h.thresholds_from = f"node config ({name}, {when})"
         return learned
 
