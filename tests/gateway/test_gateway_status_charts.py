@@ -160,7 +160,7 @@ def test_status_page_charts_per_role(tmp_path, fake_nodes):
         assert level["points"] == level["vertices"] == LEVELS
         assert level["thresholds"] == [["alert", 35], ["alarm", 45], ["critical", 60]]
         assert level["events"] == 1                               # the alert, on the line
-        assert "now 39.0 cm" in level["text"] and "node config" in level["text"]
+        assert "latest 39.0 cm" in level["text"] and "node config" in level["text"]
         assert "alert 35 cm" in level["text"] and "40" in level["text"]   # a y tick
 
         phases = chart("sg-0001", "phases")
