@@ -192,8 +192,7 @@ def test_status_page_charts_per_role(tmp_path, fake_nodes):
         # On a phone: one chart per row, each as wide as the screen, nothing cut off.
         driver.set_window_size(390, 844)
         driver.execute_script("window.dispatchEvent(new Event('resize'))")
-        narrow = chart("wl-0001", "level")
-        assert 250 < narrow["width"] <= 390, narrow["width"]
+        wait.until(lambda d: 250 < chart("wl-0001", "level")["width"] <= 390)
         phone = tmp_path / "status_charts_phone.png"
         driver.save_screenshot(str(phone))
         print(f"screenshot: {phone}")
