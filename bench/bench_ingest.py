@@ -42,6 +42,7 @@ from roadside.gateway import protocol as p
 from roadside.gateway import queue as queue_module
 from roadside.gateway.batcher import Batcher
 from roadside.gateway.config import BatchConfig, UplinkConfig
+from roadside.gateway.history import History
 from roadside.gateway.links.sim import SimLink
 from roadside.gateway.queue import Queue
 from roadside.gateway.session import SessionManager
@@ -234,6 +235,7 @@ async def _pipeline(w: Workload, url: str, qdir: Path, timeout: float,
                          "gw-bench", "bench")
     batcher.on_cut = [uplink.notify]
     sessions.on_stored = batcher.wake
+    sessions.on_records = History().add         # the status page's charts, as in the daemon
     links = [SimLink(f"sim-{n}") for n in w.nodes]
     tasks: list[asyncio.Task] = []
     try:

@@ -196,6 +196,9 @@ class Commander:
         self._next_id = self.audit.last_id() + 1
         self._pending: dict[int, tuple[str, asyncio.Future[p.Reply]]] = {}
         self.foreign_replies = 0    # REPLYs from a link or node the command did not go to
+        # (node, name, args, result) of every ok REPLY: the status page learns a node's
+        # thresholds from config.get / config.set (history.py)
+        self.on_result: Callable[[str, str, dict[str, Any] | None, Any], None] | None = None
         sessions.on_reply = self.on_reply
 
     def close(self) -> None:
@@ -267,6 +270,11 @@ class Commander:
                     continue
                 outcome = "ok" if reply.ok else "error"
                 result = _cbor_safe(reply.result) if reply.ok else reply.error
+                if reply.ok and self.on_result is not None:
+                    try:
+                        self.on_result(node, name, args, result)
+                    except Exception:  # noqa: BLE001 - the command's answer comes first
+                        log.exception(f"command {rid}: cannot note its result for /history")
                 return CommandResult(rid, node, name, outcome, reply.ok,
                                      _cbor_safe(reply.result) if reply.ok else None,
                                      None if reply.ok else (reply.error or "failed"),

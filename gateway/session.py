@@ -89,6 +89,9 @@ class SessionManager:
         self.nodes: dict[str, NodeState] = {}
         self.on_stored: Callable[[], None] | None = None   # wakes the batcher
         self.on_reply: Callable[[Link, p.Reply], None] | None = None   # the Commander
+        # The status page's history (history.py): (node, role, records, wall time), called
+        # after the ACK went out.
+        self.on_records: Callable[[str, str, tuple[p.Record, ...], float], None] | None = None
         self.node_errors = 0
         self.recent_alarms: deque[dict[str, object]] = deque(maxlen=RECENT_ALARMS)
         self.silent_s = SILENT_S
@@ -288,6 +291,11 @@ class SessionManager:
         link.send(p.encode_frame(p.Ack(result.ack)))
         if result.stored and self.on_stored is not None:
             self.on_stored()
+        if self.on_records is not None:
+            try:
+                self.on_records(session.node, session.role, msg.records, self.wall())
+            except Exception:  # noqa: BLE001 - a chart must never cost a link its records
+                log.exception(f"{session.node}: cannot add records to the status history")
 
     # -- identity: which node a link may speak for ------------------------------------------
 

@@ -1,6 +1,7 @@
 """The local HTTP server on the [status] listen address (aiohttp).
 
-GET / (the status page), GET /status (JSON), GET /metrics (Prometheus text), GET /healthz
+GET / (the status page), GET /status (JSON), GET /history (the page's charts, history.py),
+GET /metrics (Prometheus text), GET /healthz
 (200 `ok`, or 503 with one JSON line saying why); from loopback only: POST
 /nodes/{node}/commands (a command to a node, answered with its REPLY) and GET /commands (the
 audit log).
@@ -32,6 +33,7 @@ from yarl import URL
 from . import ids
 from .commands import Commander, CommandError
 from .health import SAMPLE_S, Health
+from .history import History
 from .links.base import Link
 from .metrics import CONTENT_TYPE, Metrics
 from .queue import Queue
@@ -66,6 +68,19 @@ class Status:
         self.api_token = api_token or secrets.token_hex(32)
         for u in uplinks:
             self.metrics.instrument(u)
+        # The charts of the status page: filled as records are stored, thresholds learned
+        # from the config replies the gateway relays.
+        self.history = History()
+        sessions.on_records = self.history.add
+        if commander is not None:
+            commander.on_result = self._learn_config
+
+    def _learn_config(self, node: str, name: str, args: dict[str, Any] | None,
+                      result: Any) -> None:
+        state = self.sessions.nodes.get(node)
+        if state is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            self.history.learn_config(node, state.role, name, args, result, when)
 
     def document(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -114,6 +129,7 @@ class Status:
         app = web.Application()
         app.router.add_get("/", self._page)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/history", self._history)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/nodes/{node}/commands", self._command)
@@ -141,6 +157,10 @@ class Status:
 
     async def _status(self, _request: web.Request) -> web.Response:
         return web.json_response(self.document())
+
+    async def _history(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.history.document(),
+                                 headers={"Cache-Control": "no-store"})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         ok, doc = self.health.check()

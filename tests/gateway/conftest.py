@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -80,3 +80,20 @@ def fake_node() -> Iterator[FakeNode]:
         yield node
     finally:
         node.close()
+
+
+@pytest.fixture
+def fake_nodes() -> Iterator[Callable[[int], list[FakeNode]]]:
+    """fake_nodes(n): n more node ends on their own ptys, closed after the test."""
+    made: list[FakeNode] = []
+
+    def make(n: int) -> list[FakeNode]:
+        nodes = [FakeNode() for _ in range(n)]
+        made.extend(nodes)
+        return nodes
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.close()

@@ -86,7 +86,7 @@ def test_status_page_shows_node_level_and_alarm(tmp_path, fake_node):
         def text(by: str, selector: str) -> str:
             return wait.until(lambda d: d.find_element(by, selector).text)
 
-        assert text(By.CSS_SELECTOR, 'tr[data-node="wl-0042"] td[data-col="level"]') == "13.0"
+        assert text(By.CSS_SELECTOR, 'tr[data-node="wl-0042"] td[data-col="level"]') == "13.0 cm"
         row = text(By.CSS_SELECTOR, '#nodes tr[data-node="wl-0042"]')
         assert "water" in row and "up" in row and "critical" in row
         alarm = text(By.CSS_SELECTOR, '#alarms tr[data-node="wl-0042"]')
@@ -103,7 +103,7 @@ def test_status_page_shows_node_level_and_alarm(tmp_path, fake_node):
 
         asyncio.run(asyncio.wait_for(more(), 10))
         wait.until(lambda d: d.find_element(
-            By.CSS_SELECTOR, 'tr[data-node="wl-0042"] td[data-col="level"]').text == "15.0")
+            By.CSS_SELECTOR, 'tr[data-node="wl-0042"] td[data-col="level"]').text == "15.0 cm")
         shot = tmp_path / "status_page.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
