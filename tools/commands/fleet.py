@@ -11,6 +11,7 @@ from ..errors import ToolError
 from ..install import boards, flashing, fleet
 from ..install.flash_progress import ProgressView
 from ..install.serial_ports import candidates
+from . import options
 from .flash import add_common
 
 EXAMPLES = """examples:
@@ -46,12 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common(f)
     which = f.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ports", nargs="+", metavar="P",
-                       help="device paths or pyserial URLs (socket://, rfc2217://)")
+    options.complete(which.add_argument(
+        "--ports", nargs="+", metavar="P",
+        help="device paths or pyserial URLs (socket://, rfc2217://)"), options.PORTS)
     which.add_argument("--all", action="store_true",
                        help="every attached USB serial device (see `roadside nodes`)")
-    f.add_argument("--report", type=Path, default=Path("provisioning"), metavar="DIR",
-                   help="directory for the report files (default: %(default)s)")
+    options.complete(f.add_argument(
+        "--report", type=Path, default=Path("provisioning"), metavar="DIR",
+        help="directory for the report files (default: %(default)s)"), options.DIRECTORY)
     f.set_defaults(handler=handle_flash)
 
 
