@@ -96,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         # what was interrupted, and the state it left (interrupted.doing in the command)
-        sys.stderr.write("\n" + interrupted.message(args.command) + "\n")
+        # on a terminal, after the "^C" it echoed
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "")
+                         + interrupted.message(args.command) + "\n")
         return interrupted.EXIT_INTERRUPTED
     finally:
         interrupted.clear()

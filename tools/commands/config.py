@@ -55,6 +55,16 @@ and authenticates with its secret (the node takes one connection at a time: not 
 gateway holds it). Bad values are refused before sending, naming the key, the value and what
 is allowed."""
 
+SECRET_EXAMPLES = """examples:
+  roadside config secret /dev/ttyUSB0               a new random key, saved 0600 in
+                                                    ~/.config/roadside/secrets/NODE.key
+  roadside config secret -p /dev/ttyUSB0 --secret-file site-17/wl-0042.key --resend
+                                                    an existing key (sent only with --resend)
+  roadside config secret /dev/ttyUSB0 --new         rotate: a new key replaces the file (copy
+                                                    it to the gateway's secret_file)
+
+Serial only: the node refuses secret.set over the air."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -104,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "and saved mode 0600; copy it to the gateway's secret_file. When it "
                     "exists already it is sent only with --resend. The node answers a "
                     "fingerprint, checked against the file's.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=SECRET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     options.complete(k.add_argument(
         "--secret-file", metavar="FILE",
         help=f"the key file to write (or send, with --resend); default "
