@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from .. import interrupted
 from ..errors import ToolError
 from ..install import boards, flashing, fleet
 from ..install.flash_progress import ProgressView
@@ -71,14 +72,22 @@ def handle_flash(args: argparse.Namespace) -> int:
         ports = list(dict.fromkeys(args.ports))
     view = ProgressView(ports)
 
+    finished: list[str] = []
+    leaves = ("the boards not finished have a partial image or none, and no report was "
+              "written: run the same fleet flash again")
+
     def done(r: flashing.FlashResult) -> None:
         view.finish(r.port, f"ok {r.node_id} {r.mac} {r.seconds:.1f} s" if r.result == "ok"
                     else f"FAILED: {r.error}")
+        if r.result == "ok":
+            finished.append(r.port)
+            step.update(leaves=f"{', '.join(finished)} flashed and verified; {leaves}")
 
     started = time.monotonic()
-    results = fleet.flash_fleet(ports, board, image, erase=args.erase, baud=args.baud,
-                                role=args.role, connect_attempts=args.connect_attempts,
-                                progress=view.callback, on_done=done)
+    with interrupted.doing(f"flashing {len(ports)} boards", leaves) as step:
+        results = fleet.flash_fleet(ports, board, image, erase=args.erase, baud=args.baud,
+                                    role=args.role, connect_attempts=args.connect_attempts,
+                                    progress=view.callback, on_done=done)
     elapsed = time.monotonic() - started
     stem = time.strftime("flash-%Y%m%d-%H%M%S")
     csv_path, json_path = fleet.write_report(results, args.report, stem)
