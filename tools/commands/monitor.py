@@ -188,24 +188,25 @@ def handle(args: argparse.Namespace) -> int:
 
     if not args.json and args.ble:
         sys.stderr.write(f"looking for {args.ble} over BLE (up to {args.ble_timeout:g} s)\n")
-    link = open_link(port, args.ble, args.secret_file, args.ble_timeout, baudrate=args.baud)
-    if not args.json:
-        mode = "answering HELLO with TIME" if args.session else "read-only"
-        sys.stderr.write(f"monitoring {port} ({mode}; Ctrl-C to stop)\n")
-    with link:
-        c = run(link, out, raw=args.raw, as_json=args.json, duration=args.duration,
-                count=args.count, color=sys.stdout.isatty(), session=args.session)
-    summary = (f"frames {c['frames']}, bad: crc {c['crc']}, cobs {c['cobs']}, oversize "
-               f"{c['oversize']}, undecodable {c['undecodable']}")
-    stopped = c.pop("interrupted", 0)
-    if args.json:
-        print(json.dumps({"type": "SUMMARY", **c}), flush=True)
-    else:
-        sys.stderr.write(summary + "\n")
-    if stopped:   # Ctrl-C: cli.main says what it stopped and exits 130
-        with interrupted.doing(
-                f"monitoring {port}",
-                "the node is as it was: nothing was acked, it keeps its journal"
-                if args.session else "the node is as it was: nothing was sent"):
+    # Ctrl-C at any point (cli.main says what it stopped and exits 130): the node is unchanged
+    with interrupted.doing(f"monitoring {port}",
+                           "the node is as it was: nothing was acked, it keeps its journal"
+                           if args.session else "the node is as it was: nothing was sent"):
+        link = open_link(port, args.ble, args.secret_file, args.ble_timeout,
+                         baudrate=args.baud)
+        if not args.json:
+            mode = "answering HELLO with TIME" if args.session else "read-only"
+            sys.stderr.write(f"monitoring {port} ({mode}; Ctrl-C to stop)\n")
+        with link:
+            c = run(link, out, raw=args.raw, as_json=args.json, duration=args.duration,
+                    count=args.count, color=sys.stdout.isatty(), session=args.session)
+        summary = (f"frames {c['frames']}, bad: crc {c['crc']}, cobs {c['cobs']}, oversize "
+                   f"{c['oversize']}, undecodable {c['undecodable']}")
+        stopped = c.pop("interrupted", 0)
+        if args.json:
+            print(json.dumps({"type": "SUMMARY", **c}), flush=True)
+        else:
+            sys.stderr.write(summary + "\n")
+        if stopped:   # the counters first, then cli.main's line
             raise KeyboardInterrupt
     return 0
