@@ -294,6 +294,12 @@ def test_bash_completes_commands_files_boards_and_ports(tmp_path, capsys, fake_p
         ["/dev/ttyACM3"]
     assert bash_complete(script, ["roadside", "config", "apply", "/dev/ttyUSB0", "pyproj"],
                          fake_ports) == ["pyproject.toml"]
+    for argv in (["gateway", "run", "--config"], ["gateway", "dead-letters", "replay",
+                                                  "--config"], ["receiver", "--db"]):
+        assert bash_complete(script, ["roadside", *argv, "pyproj"], fake_ports) == \
+            ["pyproject.toml"], argv
+    assert bash_complete(script, ["roadside", "sim", "board", "--dir", "tool"], fake_ports) \
+        == ["tools"]
     assert "--ble" not in bash_complete(script, ["roadside", "config", "secret", "--"],
                                         fake_ports)
     assert bash_complete(script, ["roadside", "completion", ""], fake_ports) == \
@@ -319,6 +325,7 @@ def test_fish_completes_files_boards_and_ports(tmp_path, capsys, fake_ports) -> 
     assert fish("roadside flash --board esp32-d") == ["esp32-devkitc-v4"]
     assert fish("roadside monitor --port /dev/tty") == ["/dev/ttyACM3", "/dev/ttyUSB7"]
     assert fish("roadside gateway dead-letters ") == ["drop", "list", "replay"]
+    assert fish("roadside gateway check --config pyproj") == ["pyproject.toml"]
 
 
 @pytest.mark.parametrize("shell", ["zsh", "tcsh"])

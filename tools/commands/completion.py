@@ -2,16 +2,18 @@
 argparse tree.
 
 Every subcommand, option and choice the parser knows is in the script, so it can never list
-a command that does not exist. Options carry what their value is (commands/options.py):
-files for --image, --secret-file and the settings FILE, directories for --report, the attached
-USB serial devices for PORT and --port (`roadside nodes --names`, run when that TAB is
-pressed), the shipped board names (or a .toml file) for --board. The script is static: no
+a command that does not exist. Options carry what their value is (commands/options.py, and
+`_mark` below for the rest): files for --image, --config, --secret-file, --db and every other
+FILE or Path, directories for --report, --dir and every DIR, the attached USB serial devices
+for PORT and --port (`roadside nodes --names`, run when that TAB is pressed), the shipped
+board names (or a .toml file) for --board. The script is static: no
 Python starts on TAB but for a port.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import shtab
@@ -65,18 +67,29 @@ def boards_or_toml(names: list[str]) -> dict[str, Any]:
     }
 
 
-def _mark_boards(parser: argparse.ArgumentParser, completer: dict[str, Any]) -> None:
+def _mark(parser: argparse.ArgumentParser, boards_completer: dict[str, Any]) -> None:
+    """What shtab should complete for the values the commands did not mark themselves
+    (commands/options.py): board names for --board; a directory for a DIR; a file for a
+    FILE or a Path (--config, --db, --cddl, a --bundle to come), so a new option of that
+    kind completes files without anyone remembering to say so."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _mark_boards(child, completer)
-        elif "--board" in action.option_strings and not action.choices:
-            action.complete = completer  # type: ignore[attr-defined]  # read by shtab
+                _mark(child, boards_completer)
+            continue
+        if hasattr(action, "complete") or action.choices or action.nargs == 0:
+            continue
+        if "--board" in action.option_strings:
+            action.complete = boards_completer  # type: ignore[attr-defined]  # read by shtab
+        elif str(action.metavar or "").endswith("DIR"):
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+        elif action.metavar == "FILE" or action.type is Path:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
 
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
     """The completion script for `shell` (prog name `roadside`)."""
-    _mark_boards(parser, boards_or_toml(board_names()))
+    _mark(parser, boards_or_toml(board_names()))
     return str(shtab.complete(parser, shell=shell))
 
 
