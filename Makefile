@@ -5,10 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests run for real: a broker for the MQTT uplink, a browser for the
-# gateway's status page, openssl for the TLS tests' certificates. Installed only when missing
-# (root, or sudo without a password). A test whose program is missing is skipped, and fails
-# under CI=true (tests/support/system.py).
-APT_PACKAGES := mosquitto chromium chromium-driver openssl
+# gateway's status page, openssl for the TLS tests' certificates, fish for the completion
+# script's test. Installed only when missing (root, or sudo without a password). A test whose
+# program is missing is skipped, and fails under CI=true (tests/support/system.py).
+APT_PACKAGES := mosquitto chromium chromium-driver openssl fish
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 .PHONY: demo test lint test-only system-deps bench reliability wheel clean
@@ -28,6 +28,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v fish >/dev/null || missing="$$missing fish"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import interrupted
 from .commands import (
     completion,
     config,
@@ -48,6 +49,17 @@ EPILOG = """examples:
 EXIT_USAGE = 2
 
 
+def version() -> str:
+    """The installed package's version (its metadata, as pip shows it)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("roadside")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line on stderr (exit 2) instead of the usage dump."""
 
@@ -63,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for command in COMMANDS:
@@ -75,13 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `roadside` script; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    interrupted.clear()
     try:
         return int(args.handler(args))
     except ToolError as exc:
         sys.stderr.write(f"roadside {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        # what was interrupted, and the state it left (interrupted.doing in the command)
+        # on a terminal, after the "^C" it echoed
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "")
+                         + interrupted.message(args.command) + "\n")
+        return interrupted.EXIT_INTERRUPTED
+    finally:
+        interrupted.clear()
 
 
 if __name__ == "__main__":

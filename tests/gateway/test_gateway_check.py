@@ -73,6 +73,8 @@ def test_the_example_in_docs_gateway_md_is_valid_and_complete(tmp_path, capsys):
     etc.mkdir()
     for name in ("city-ca.pem", "gw.crt", "gw.key", "city.token", "broker.pass"):
         (etc / name).write_text("secret\n")
+    (etc / "wl-0007.key").write_text("00" * 32 + "\n")   # the ble link's node secret
+    (etc / "wl-0007.key").chmod(0o600)
     text = example.replace("/etc/roadside/", f"{etc}/").replace(
         '"/var/lib/roadside"', f'"{tmp_path / "data"}"')
     code, out, err = check(tmp_path, capsys, text)
@@ -80,9 +82,10 @@ def test_the_example_in_docs_gateway_md_is_valid_and_complete(tmp_path, capsys):
     assert "secret" not in out
     keys = set(re.findall(r"^#? ?(\w+) =", example, re.M))
     sections = set(re.findall(r"^\[\[?(\w+)\]\]?", example, re.M))
-    assert sections == {"gateway", "link", "queue", "batch", "uplink", "status", "log"}
+    assert sections == {"gateway", "link", "ble", "queue", "batch", "uplink", "status", "log"}
     expected = (set(gc.UPLINK_KEYS) | set(gc.MQTT_KEYS) | set(gc.HTTP_KEYS)
                 | {"id", "site", "data_dir", "port", "baudrate", "usb_serial", "vid_pid",
                    "max_records", "max_bytes", "max_age_s", "listen", "link_down_s",
-                   "uplink_down_s", "format", "level"})
+                   "uplink_down_s", "format", "level", "node", "address", "secret_file",
+                   "max_connections", "hold_s"})
     assert expected <= keys, expected - keys

@@ -42,11 +42,11 @@ def test_list_replay_drop(tmp_path, start_receiver):
     out = cli("replay", "no-such-id", "--config", str(cfg))
     assert out.returncode != 0 and "dead letter 'no-such-id' not found" in out.stderr
 
-    out = cli("replay", ids[0], "--config", str(cfg))
+    out = cli("replay", "--config", str(cfg), ids[0])   # the form the help shows
     assert out.returncode == 0, out.stderr
     assert "delivered; removed from the dead letters" in out.stdout
     assert read_seqs(receiver.db) == {"wl-1": [1, 2, 3]}
 
-    out = cli("drop", ids[1], "--config", str(cfg))
+    out = cli("--config", str(cfg), "drop", ids[1])    # --config before the operation too
     assert out.returncode == 0 and f"{ids[1]}: dropped" in out.stdout
     assert cli("list", "--config", str(cfg)).stdout.strip() == "no dead letters"

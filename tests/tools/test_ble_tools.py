@@ -101,7 +101,7 @@ def test_config_cli_over_ble(radio: BleRig, tmp_path: Path,
         cli.main(["config", "set", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "(PORT | --ble NODE [--secret-file FILE])" in text
+    assert "([-p] PORT | --ble NODE [--secret-file FILE])" in text
     assert "roadside config get --ble wl-0042" in text
     # the default key file (tmp/secrets/wl-0002.key); KEY after --ble NODE
     assert cli.main(["config", "get", "--ble", "wl-0002", "report_interval_s"]) == 0
@@ -146,7 +146,7 @@ def test_cli_ble_errors(radio: BleRig, tmp_path: Path,
     err = error(["config", "get", "/dev/ttyUSB9", "node_id", "--ble", "wl-0001"])
     assert "give PORT (/dev/ttyUSB9) or --ble wl-0001, not both" in err
     err = error(["config", "get"])
-    assert "give the node's data PORT, or --ble NODE" in err
+    assert "give the node's data PORT (or -p PORT), or --ble NODE" in err
 
 
 def test_monitor_and_scan_cli_over_ble(radio: BleRig,

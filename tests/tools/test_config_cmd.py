@@ -71,7 +71,7 @@ def test_monitor(node_port: str, capsys):
 def test_completion(capsys):
     assert cli.main(["completion", "bash"]) == 0
     script = capsys.readouterr().out
-    assert "complete -o default -F _roadside roadside" in script
+    assert "complete -o bashdefault -F _shtab_roadside roadside" in script
     for word in ("deploy", "monitor", "--link-port", "apply", "roadside-water-level-r1"):
         assert word in script
 

@@ -24,19 +24,33 @@ if TYPE_CHECKING:
 
 
 def add_parser(actions: argparse._SubParsersAction, epilog: str) -> None:
+    """One parser per operation, so options and the ID go in any order: `replay --config F
+    ID` (as the help shows it) and `--config F replay ID` alike."""
     text = "inspect, replay or drop batches a backend refused with a non-retryable 4xx"
     d = actions.add_parser("dead-letters", help=text, description=text, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("op", choices=("list", "replay", "drop"), help="what to do")
-    d.add_argument("id", nargs="?", metavar="ID", help="the batch id (replay, drop)")
-    d.add_argument("--config", required=True, type=Path, metavar="FILE",
-                   help="gateway TOML config")
-    d.set_defaults(handler=handle)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, metavar="FILE", help="gateway TOML config")
+    d.add_argument("--config", type=Path, metavar="FILE", help="gateway TOML config",
+                   dest="config_before")
+    ops = d.add_subparsers(dest="op", metavar="OP", parser_class=type(d))
+    ops.required = True
+    for op, help_text in (("list", "the batches a backend refused"),
+                          ("replay", "POST one again, with its Idempotency-Key"),
+                          ("drop", "delete one for good")):
+        o = ops.add_parser(op, parents=[config], help=help_text, description=help_text,
+                           epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if op != "list":
+            o.add_argument("id", nargs="?", metavar="ID", help="the batch id")
+        o.set_defaults(handler=handle, id=None)
 
 
 def handle(args: argparse.Namespace) -> int:
     from roadside.gateway.queue import Queue
 
+    args.config = args.config or args.config_before
+    if args.config is None:
+        raise ToolError(f"dead-letters {args.op}: give the gateway's --config FILE")
     config = config_file.load(args.config)
     if args.op != "list" and not args.id:
         raise ToolError(f"dead-letters {args.op}: give the batch ID (see: roadside gateway"

@@ -20,9 +20,11 @@ from typing import Any
 
 from roadside.gateway import ble_auth, ids, secret_files
 
+from .. import interrupted
 from ..errors import ToolError
 from ..node import ble_transport, schema
-from ..node.link import CommandFailed, NodeLink, open_link
+from ..node.link import BAUDRATE, CommandFailed, NodeLink, open_link
+from . import options
 
 EXAMPLES = """examples:
   roadside config get /dev/ttyUSB0                  the whole config (defaults filled in)
@@ -53,6 +55,16 @@ and authenticates with its secret (the node takes one connection at a time: not 
 gateway holds it). Bad values are refused before sending, naming the key, the value and what
 is allowed."""
 
+SECRET_EXAMPLES = """examples:
+  roadside config secret /dev/ttyUSB0               a new random key, saved 0600 in
+                                                    ~/.config/roadside/secrets/NODE.key
+  roadside config secret -p /dev/ttyUSB0 --secret-file site-17/wl-0042.key --resend
+                                                    an existing key (sent only with --resend)
+  roadside config secret /dev/ttyUSB0 --new         rotate: a new key replaces the file (copy
+                                                    it to the gateway's secret_file)
+
+Serial only: the node refuses secret.set over the air."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -66,15 +78,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("port", metavar="PORT", nargs="?",
-                        help="the node's data port (device or URL); or --ble NODE")
+    serial_only = argparse.ArgumentParser(add_help=False)
+    options.add_port(serial_only, help="the node's data port (device or URL), as PORT")
+    options.add_baud(serial_only, BAUDRATE)
+    serial_only.add_argument("--json", action="store_true", help="print the result as JSON")
+    serial_only.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                             help="seconds per attempt before a command is sent again "
+                                  "(default %(default)s; 3 attempts)")
+    common = argparse.ArgumentParser(add_help=False, parents=[serial_only])
     ble_transport.add_arguments(common)
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
-    common.add_argument("--timeout", type=float, default=2.0, metavar="S",
-                        help="seconds per attempt before a command is sent again "
-                             "(default %(default)s; 3 attempts)")
-    target = "(PORT | --ble NODE [--secret-file FILE])"
+    target = "([-p] PORT | --ble NODE [--secret-file FILE])"
     g = verbs.add_parser("get", parents=[common], help="print the config, or one key",
                          usage=f"%(prog)s {target} [KEY] [--json]",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,19 +102,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = verbs.add_parser("apply", parents=[common], help="apply a TOML settings file",
                          usage=f"%(prog)s {target} FILE [--yes] [--json]",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("file", type=Path, help="TOML settings file")
+    options.complete(a.add_argument("file", type=Path, help="TOML settings file"), options.FILE)
     a.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     a.set_defaults(handler=handle_apply)
-    k = verbs.add_parser(
-        "secret", parents=[common], help="provision the node's BLE secret over serial",
-        usage="%(prog)s PORT [--secret-file FILE] [--new | --resend] [--json]",
+    k = verbs.add_parser(   # serial only: no --ble here (the node refuses secret.set over BLE)
+        "secret", parents=[serial_only], help="provision the node's BLE secret over serial",
+        usage="%(prog)s [-p] PORT [--secret-file FILE] [--new | --resend] [--json]",
         description="Give the node its 32-byte BLE secret with the secret.set command, over "
                     "the serial cable only (the node refuses it over the air). The key file "
                     "(default ~/.config/roadside/secrets/NODE.key) is made from os.urandom "
                     "and saved mode 0600; copy it to the gateway's secret_file. When it "
                     "exists already it is sent only with --resend. The node answers a "
                     "fingerprint, checked against the file's.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=SECRET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.complete(k.add_argument(
+        "--secret-file", metavar="FILE",
+        help=f"the key file to write (or send, with --resend); default "
+             f"{ble_transport.SECRETS_DIR}/NODE.key"), options.FILE)
     k.add_argument("--new", action="store_true",
                    help="replace an existing key file with a new random secret (rotation: "
                         "the gateway needs the new file too)")
@@ -109,30 +126,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send the key file that exists already for this node id (without it "
                         "an existing secret is never sent: a device claiming another node's "
                         "id would get that node's secret)")
-    k.set_defaults(handler=handle_secret)
+    # not offered (help hides it), only refused with the reason
+    k.add_argument("--ble", metavar="NODE", help=argparse.SUPPRESS)
+    k.set_defaults(handler=handle_secret, ble_timeout=None)
 
 
 def _target(args: argparse.Namespace) -> None:
-    """PORT or --ble NODE, never both: with --ble, the optional PORT slot that argparse filled
-    is the verb's first argument (the KEY of get, a KEY=VALUE of set)."""
-    if not args.ble:
-        if not args.port:
-            raise ToolError("give the node's data PORT, or --ble NODE for Bluetooth LE")
+    """The node: PORT, -p/--port P or --ble NODE, one of them. With an option naming it, the
+    optional PORT slot that argparse filled is the verb's first argument (the KEY of get, a
+    KEY=VALUE of set)."""
+    ble = getattr(args, "ble", None)
+    if args.port and ble:
+        raise ToolError(f"give --port {args.port} or --ble {ble}, not both")
+    if not args.port and not ble:
+        if not args.port_arg:
+            raise ToolError("give the node's data PORT (or -p PORT), or --ble NODE for "
+                            "Bluetooth LE")
+        args.port = args.port_arg
         return
-    extra = args.port
-    args.port = None
-    if extra is None:
+    extra = args.port_arg
+    args.port_arg = None
+    if extra is None or extra == args.port:
         return
     if args.handler is handle_get and args.key is None:
         args.key = extra
     elif args.handler is handle_set and "=" in extra:
         args.settings.insert(0, extra)
     else:
-        raise ToolError(f"give PORT ({extra}) or --ble {args.ble}, not both")
+        named = f"--ble {ble}" if ble else f"--port {args.port}"
+        raise ToolError(f"give PORT ({extra}) or {named}, not both")
 
 
 def _open(args: argparse.Namespace) -> NodeLink:
-    return open_link(args.port, args.ble, args.secret_file, args.ble_timeout)
+    return open_link(args.port, args.ble, args.secret_file, args.ble_timeout,
+                     baudrate=args.baud)
 
 
 # -- the work, as functions the tests call ----------------------------------------------------
@@ -178,9 +205,16 @@ def send(link: NodeLink, changes: dict[str, tuple[Any, Any]], timeout: float) ->
     above the old critical_cm) is tried again after the others. Returns {key: stored}."""
     pending = list(changes)
     done: dict[str, Any] = {}
+    step = interrupted.current()
     while pending:
         refused: list[tuple[str, str]] = []
         for key in pending:
+            if step is not None:
+                step.update(f"setting {key} on {link.port}",
+                            (f"the node keeps what it acknowledged ({', '.join(done)}); "
+                             if done else "nothing was acknowledged yet; ")
+                            + f"{key} may or may not be set: run the same command again "
+                            "(it sets only what still differs)")
             try:
                 done[key] = link.command("config.set", {"key": key, "value": changes[key][1]},
                                          attempt_timeout=timeout)
@@ -215,7 +249,8 @@ def diff_lines(changes: dict[str, tuple[Any, Any]]) -> list[str]:
 def handle_get(args: argparse.Namespace) -> int:
     _target(args)
     key = schema.canonical(args.key) if args.key else None
-    with _open(args) as link:
+    with interrupted.doing(f"reading the config of {args.port or 'ble:' + args.ble}",
+                           "nothing was changed"), _open(args) as link:
         value = link.command("config.get", {"key": key} if key else None,
                              attempt_timeout=args.timeout)
     if key and "." in key and isinstance(value, dict):
@@ -235,7 +270,8 @@ def handle_set(args: argparse.Namespace) -> int:
     wanted = dict(schema.parse_assignment(s) for s in args.settings)
     for key, value in wanted.items():  # refused here, before the port is even opened
         schema.check(key, value)
-    with _open(args) as link:
+    with interrupted.doing(f"reading the config of {args.port or 'ble:' + args.ble}",
+                           "nothing was changed"), _open(args) as link:
         changes = plan(_current(link, args.timeout), wanted)
         done = send(link, changes, args.timeout)
     _report(args, link.port, changes, done)
@@ -245,7 +281,8 @@ def handle_set(args: argparse.Namespace) -> int:
 def handle_apply(args: argparse.Namespace) -> int:
     _target(args)
     wanted = read_settings_file(args.file)
-    with _open(args) as link:
+    with interrupted.doing(f"reading the config of {args.port or 'ble:' + args.ble}",
+                           "nothing was changed"), _open(args) as link:
         changes = plan(_current(link, args.timeout), wanted)
         if not changes:
             _report(args, link.port, changes, {})
@@ -296,8 +333,14 @@ def handle_secret(args: argparse.Namespace) -> int:
         if made:
             _write_key(path, secret)
         try:
-            reply = link.command("secret.set", {"secret": secret.hex()},
-                                 attempt_timeout=args.timeout)
+            with interrupted.doing(
+                    f"sending {node}'s secret on {link.port}",
+                    f"the node may or may not have the key in {path}: run `roadside config "
+                    f"secret {link.port} --secret-file {path} --resend`" if made and args.new
+                    or not made else
+                    "the node may or may not have a new secret: run the same command again"):
+                reply = link.command("secret.set", {"secret": secret.hex()},
+                                     attempt_timeout=args.timeout)
         except BaseException:
             if made and not args.new:   # a file the node never got would only mislead
                 with contextlib.suppress(OSError):

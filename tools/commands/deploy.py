@@ -8,6 +8,7 @@ import sys
 
 from ..install import boards, deploy, flashing
 from ..node import schema
+from . import options
 
 EXAMPLES = """examples:
   roadside deploy --board roadside-water-level-r1 --role water
@@ -47,11 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--board", required=True, metavar="B",
                    help="board name in boards/ (e.g. roadside-water-level-r1) or a .toml path")
     p.add_argument("--role", required=True, choices=boards.ROLES, help="the node's role")
-    p.add_argument("--port", metavar="P",
-                   help="the board's USB serial (REPL); default: the only attached one")
-    p.add_argument("--link-port", metavar="P",
-                   help="the node's data UART, where its hello comes (default: --port, as "
-                        "when the link is UART0 on the USB bridge)")
+    options.add_port(p, help="the board's USB serial (REPL), as PORT; default: the only "
+                             "attached one")
+    options.add_baud(p, 115200, help="baud rate of the REPL port (default %(default)s)")
+    options.complete(p.add_argument(
+        "--link-port", metavar="P",
+        help="the node's data UART, where its hello comes (default: --port, as when the link "
+             "is UART0 on the USB bridge)"), options.PORTS)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a node setting, validated by the firmware's schema (repeatable); "
                         "values are JSON when they parse: 150, 1.5, true, [[1,2]]")
@@ -64,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     board = boards.load(args.board)
     settings = dict(schema.parse_assignment(s) for s in args.set)
-    port = flashing.resolve_port(args.port)
+    port = flashing.resolve_port(options.port_of(args))
 
     def progress(line: str) -> None:
         sys.stderr.write(f"{port}  {line}\n")
@@ -73,7 +76,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         res = deploy.deploy(board, args.role, port, link_port=args.link_port,
                             settings=settings, progress=progress,
-                            hello_timeout=args.hello_timeout)
+                            hello_timeout=args.hello_timeout, baud=args.baud)
     except KeyboardInterrupt:
         progress("interrupted: the board still boots its old firmware, or the new one if the "
                  "switch was done; run the same deploy again to finish (it resumes)")

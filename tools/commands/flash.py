@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import interrupted
 from ..errors import ToolError
 from ..install import boards, flashing
 from ..install.flash_progress import ProgressView
+from . import options
 
 EXAMPLES = """examples:
   roadside flash --board esp32-devkitc-v4 --image ESP32_GENERIC-v1.24.1.bin
@@ -31,11 +33,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """Options shared by `flash` and `fleet flash`."""
     p.add_argument("--board", required=True, metavar="B",
                    help="board name in boards/ (e.g. esp32-devkitc-v4) or a board .toml path")
-    p.add_argument("--image", required=True, type=Path, metavar="FILE",
-                   help="firmware image (.bin, e.g. MicroPython's firmware.bin)")
+    options.complete(p.add_argument(
+        "--image", required=True, type=Path, metavar="FILE",
+        help="firmware image (.bin, e.g. MicroPython's firmware.bin)"), options.FILE)
     p.add_argument("--erase", action="store_true", help="erase the whole flash first")
-    p.add_argument("--baud", type=int, default=flashing.ROM_BAUD, metavar="N",
-                   help="baud rate after connecting (default %(default)s; 460800 is faster)")
+    options.add_baud(p, flashing.ROM_BAUD,
+                     help="baud rate after connecting (default %(default)s; 460800 is faster)")
     p.add_argument("--role", choices=boards.ROLES,
                    help="role for the node id prefix (default: the board file's role)")
     p.add_argument("--connect-attempts", type=int, default=7, metavar="N",
@@ -54,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)
-    p.add_argument("--port", metavar="P",
-                   help="device path or pyserial URL (socket://HOST:PORT, rfc2217://HOST:PORT); "
-                        "default: the only attached USB serial device")
+    options.add_port(p, help="device path or pyserial URL (socket://HOST:PORT, "
+                             "rfc2217://HOST:PORT), as PORT; default: the only attached USB "
+                             "serial device")
     p.set_defaults(handler=handle)
 
 
@@ -64,11 +67,15 @@ def handle(args: argparse.Namespace) -> int:
     board = boards.load(args.board)
     image = flashing.read_image(args.image)
     flashing.check_image_for_board(image, board)
-    port = flashing.resolve_port(args.port)
-    with ProgressView([port]) as view:
-        result = flashing.flash_board(port, board, image, erase=args.erase, baud=args.baud,
-                                      role=args.role, connect_attempts=args.connect_attempts,
-                                      progress=view.callback(port))
+    port = flashing.resolve_port(options.port_of(args))
+    with ProgressView([port]) as view, \
+            interrupted.doing(f"connecting to {port}", "nothing was written: the board is "
+                                                      "unchanged") as step:
+        result = flashing.flash_board(
+            port, board, image, erase=args.erase, baud=args.baud, role=args.role,
+            connect_attempts=args.connect_attempts,
+            progress=interrupted.flash_tracker(step, port, board.chip.flash_offset,
+                                               view.callback(port)))
         view.finish(port, "failed" if result.result != "ok" else f"ok in {result.seconds:.1f} s")
     if result.result != "ok":
         raise ToolError(result.error)

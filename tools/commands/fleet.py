@@ -7,10 +7,12 @@ import json
 import time
 from pathlib import Path
 
+from .. import interrupted
 from ..errors import ToolError
 from ..install import boards, flashing, fleet
 from ..install.flash_progress import ProgressView
 from ..install.serial_ports import candidates
+from . import options
 from .flash import add_common
 
 EXAMPLES = """examples:
@@ -46,12 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common(f)
     which = f.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ports", nargs="+", metavar="P",
-                       help="device paths or pyserial URLs (socket://, rfc2217://)")
+    options.complete(which.add_argument(
+        "--ports", nargs="+", metavar="P",
+        help="device paths or pyserial URLs (socket://, rfc2217://)"), options.PORTS)
     which.add_argument("--all", action="store_true",
                        help="every attached USB serial device (see `roadside nodes`)")
-    f.add_argument("--report", type=Path, default=Path("provisioning"), metavar="DIR",
-                   help="directory for the report files (default: %(default)s)")
+    options.complete(f.add_argument(
+        "--report", type=Path, default=Path("provisioning"), metavar="DIR",
+        help="directory for the report files (default: %(default)s)"), options.DIRECTORY)
     f.set_defaults(handler=handle_flash)
 
 
@@ -66,12 +70,19 @@ def handle_flash(args: argparse.Namespace) -> int:
                             "`roadside nodes`")
     else:
         ports = list(dict.fromkeys(args.ports))
+    finished: list[str] = []
+    leaves = ("the boards not finished have a partial image or none, and no report was "
+              "written: run the same fleet flash again")
     started = time.monotonic()
-    with ProgressView(ports) as view:
+    with ProgressView(ports) as view, \
+            interrupted.doing(f"flashing {len(ports)} boards", leaves) as step:
 
         def done(r: flashing.FlashResult) -> None:
             view.finish(r.port, f"ok {r.node_id} {r.mac} {r.seconds:.1f} s" if r.result == "ok"
                         else f"FAILED: {r.error}")
+            if r.result == "ok":
+                finished.append(r.port)
+                step.update(leaves=f"{', '.join(finished)} flashed and verified; {leaves}")
 
         results = fleet.flash_fleet(ports, board, image, erase=args.erase, baud=args.baud,
                                     role=args.role, connect_attempts=args.connect_attempts,

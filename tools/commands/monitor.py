@@ -17,13 +17,16 @@ from typing import Any
 
 from roadside.gateway import protocol as p
 
+from .. import interrupted
+from ..errors import ToolError
 from ..install import flashing
 from ..node import ble_transport
-from ..node.link import Frame, NodeLink, hello_dict, open_link
+from ..node.link import BAUDRATE, Frame, NodeLink, hello_dict, open_link
+from . import options
 
 EXAMPLES = """examples:
   roadside monitor                          the only attached board's frames, decoded
-  roadside monitor --port /dev/ttyUSB0 --raw
+  roadside monitor /dev/ttyUSB0 --raw      (or -p /dev/ttyUSB0, --port /dev/ttyUSB0)
       the bytes as hex too (line noise, framing problems)
   roadside monitor --port /dev/ttyUSB0 --json | jq 'select(.kind == "alarm")'
   roadside monitor --port /dev/ttyUSB0 --duration 60 --count 10
@@ -61,10 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p_.add_mutually_exclusive_group()
-    where.add_argument("--port", metavar="P",
-                       help="the node's data port; default: the only attached USB serial"
-                            " device")
+    options.add_port(p_, where, help="the node's data port (device or URL), as PORT; "
+                                     "default: the only attached USB serial device")
     ble_transport.add_arguments(p_, where)
+    options.add_baud(p_, BAUDRATE)
     p_.add_argument("--raw", action="store_true", help="also print the bytes read, in hex")
     p_.add_argument("--json", action="store_true", help="one JSON object per line")
     p_.add_argument("--session", action="store_true",
@@ -170,29 +173,40 @@ def run(link: NodeLink, out: Callable[[str], None], *, raw: bool = False, as_jso
             if count is not None and seen >= count:
                 break
     except KeyboardInterrupt:
-        pass
+        return {**link.decoder.counters(), "undecodable": link.undecodable, "interrupted": 1}
     return {**link.decoder.counters(), "undecodable": link.undecodable}
 
 
 def handle(args: argparse.Namespace) -> int:
-    port = f"ble:{args.ble}" if args.ble else flashing.resolve_port(args.port)
+    given = options.port_of(args)
+    if args.ble and given:
+        raise ToolError(f"give PORT ({given}) or --ble {args.ble}, not both")
+    port = f"ble:{args.ble}" if args.ble else flashing.resolve_port(given)
 
     def out(line: str) -> None:
         print(line, flush=True)
 
     if not args.json and args.ble:
         sys.stderr.write(f"looking for {args.ble} over BLE (up to {args.ble_timeout:g} s)\n")
-    link = open_link(port, args.ble, args.secret_file, args.ble_timeout)
-    if not args.json:
-        mode = "answering HELLO with TIME" if args.session else "read-only"
-        sys.stderr.write(f"monitoring {port} ({mode}; Ctrl-C to stop)\n")
-    with link:
-        c = run(link, out, raw=args.raw, as_json=args.json, duration=args.duration,
-                count=args.count, color=sys.stdout.isatty(), session=args.session)
-    summary = (f"frames {c['frames']}, bad: crc {c['crc']}, cobs {c['cobs']}, oversize "
-               f"{c['oversize']}, undecodable {c['undecodable']}")
-    if args.json:
-        print(json.dumps({"type": "SUMMARY", **c}), flush=True)
-    else:
-        sys.stderr.write(summary + "\n")
+    # Ctrl-C at any point (cli.main says what it stopped and exits 130): the node is unchanged
+    with interrupted.doing(f"monitoring {port}",
+                           "the node is as it was: nothing was acked, it keeps its journal"
+                           if args.session else "the node is as it was: nothing was sent"):
+        link = open_link(port, args.ble, args.secret_file, args.ble_timeout,
+                         baudrate=args.baud)
+        if not args.json:
+            mode = "answering HELLO with TIME" if args.session else "read-only"
+            sys.stderr.write(f"monitoring {port} ({mode}; Ctrl-C to stop)\n")
+        with link:
+            c = run(link, out, raw=args.raw, as_json=args.json, duration=args.duration,
+                    count=args.count, color=sys.stdout.isatty(), session=args.session)
+        summary = (f"frames {c['frames']}, bad: crc {c['crc']}, cobs {c['cobs']}, oversize "
+                   f"{c['oversize']}, undecodable {c['undecodable']}")
+        stopped = c.pop("interrupted", 0)
+        if args.json:
+            print(json.dumps({"type": "SUMMARY", **c}), flush=True)
+        else:
+            sys.stderr.write(summary + "\n")
+        if stopped:   # the counters first, then cli.main's line
+            raise KeyboardInterrupt
     return 0

@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   roadside nodes              USB serial devices first: path, VID:PID, serial, description
   roadside nodes --json       the same as a JSON list
   roadside nodes --all        include built-in serial ports without a USB identity
+  roadside nodes --names      the device paths only (shell completion of --port uses it)
 
 A board that does not show up: try another cable (many are charge-only) and check that the
 USB-UART driver is loaded (dmesg | tail shows cp210x / ch341 / ftdi_sio attaching)."""
@@ -28,11 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true",
                    help="also list serial ports without a USB identity (ttyS*)")
     p.add_argument("--json", action="store_true", help="print a JSON list on stdout")
+    p.add_argument("--names", action="store_true",
+                   help="only the device paths, one a line (what shell completion offers "
+                        "for --port)")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     devices = [d for d in list_devices() if args.all or d.vid_pid]
+    if args.names:
+        for d in devices:
+            print(d.device)
+        return 0
     if args.json:
         print(json.dumps([d.as_dict() for d in devices], indent=2))
         return 0

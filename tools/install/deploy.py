@@ -230,13 +230,13 @@ def board_code(name: str) -> str:
     return (RAW_REPL / f"{name}.py").read_text()
 
 
-def _transport(port: str) -> Any:
+def _transport(port: str, baud: int = 115200) -> Any:
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
     flashing.check_port(port)
     try:
-        t = SerialTransport(port, baudrate=115200, timeout=RAW_REPL_TIMEOUT_S)
+        t = SerialTransport(port, baudrate=baud, timeout=RAW_REPL_TIMEOUT_S)
     except TransportError as exc:
         raise DeployError(str(flashing._explain(port, OSError(f"{exc} busy")))) from None
     try:
@@ -340,7 +340,7 @@ def remove_stale(t: Any, files: dict[str, bytes], hashes: dict[str, str | None],
 
 def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
            settings: dict[str, Any] | None = None, progress: Progress | None = None,
-           hello_timeout: float = HELLO_TIMEOUT_S,
+           hello_timeout: float = HELLO_TIMEOUT_S, baud: int = 115200,
            after_write: Callable[[str], None] | None = None) -> DeployResult:
     """Deploy the firmware and config to the board on `port`; see the module docstring.
     `after_write(what)` is called after each change on the board (tests cut there)."""
@@ -359,7 +359,7 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
         lap[0] = now
 
     say(f"connect {port}")
-    t = _transport(port)
+    t = _transport(port, baud)
     try:
         step("connect")
         say("check the board")

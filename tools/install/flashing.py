@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import threading
 import time
@@ -269,20 +270,95 @@ def port_holders(device: str) -> list[tuple[int, str]]:
     return holders
 
 
+def check_url(port: str) -> None:
+    """A socket:// or rfc2217:// URL must name a host and a port number (pyserial's own
+    error for a missing one reads like a busy port)."""
+    scheme, _, rest = port.partition("://")
+    if scheme not in ("socket", "rfc2217"):
+        return
+    hostport = rest.split("/", 1)[0].split("?", 1)[0]
+    host, colon, number = hostport.rpartition(":")
+    if not colon or not host or not number.isdigit() or not 0 < int(number) < 65536:
+        raise FlashError(f"{port} has no port number: give {scheme}://HOST:PORT "
+                         f"(e.g. {scheme}://127.0.0.1:9876)")
+
+
+def check_serial_device(port: str) -> None:
+    """Refuse a path that exists but is no serial port (/dev/null, a file, a disk): a
+    terminal device is a character device in the kernel's tty class."""
+    try:
+        st = os.stat(port)
+    except OSError:
+        return
+    what = None
+    if not stat.S_ISCHR(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a device"
+    else:   # Linux: /sys/dev/char/MAJOR:MINOR/subsystem is .../tty for every serial port
+        sysfs = f"/sys/dev/char/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/subsystem"
+        if os.path.exists(sysfs) and os.path.basename(os.path.realpath(sysfs)) != "tty":
+            what = f"a {os.path.basename(os.path.realpath(sysfs))} device, not a terminal"
+    if what:
+        raise FlashError(f"{port} is not a serial port ({what}); give the board's port: "
+                         "`roadside nodes` lists the attached ones")
+
+
 def check_port(port: str) -> None:
-    """Catch a missing, unreadable or busy device path before esptool opens it."""
+    """Catch a missing, unreadable, busy or wrong port before esptool opens it."""
     if is_url(port):
+        check_url(port)
         return
     if not os.path.exists(port):
         raise FlashError(f"port {port} does not exist; check the USB cable, then run "
                          "`roadside nodes` to list attached boards")
+    check_serial_device(port)
     if not os.access(port, os.R_OK | os.W_OK):
         raise FlashError(_permission_message(port))
     holders = port_holders(port)
+    gateway = gateway_holder(port, holders)
+    if gateway:
+        raise FlashError(gateway)
     if holders:
         who = ", ".join(f"pid {pid} ({name})" for pid, name in holders)
         raise FlashError(f"port {port} is busy: held open by {who}; close that program "
                          "(a serial monitor, the gateway, another flash) and retry")
+
+
+def gateway_of(pid: int) -> tuple[bool, str | None]:
+    """(is process `pid` a roadside gateway daemon, its --config when given), from its
+    command line: `roadside gateway run --config F` or `python -m roadside.gateway.daemon`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False, None
+    config = None
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config":
+            config = argv[i + 1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+    if "roadside.gateway.daemon" in argv:
+        return True, config
+    for i, arg in enumerate(argv):
+        if (os.path.basename(arg) == "roadside" or arg == "roadside.tools.cli") \
+                and argv[i + 1:i + 3] == ["gateway", "run"]:
+            return True, config
+    return False, None
+
+
+def gateway_holder(port: str, holders: list[tuple[int, str]] | None = None) -> str | None:
+    """The message for a port a running roadside gateway holds (its link to the node), or
+    None. The gateway does not lock its ports, so opening one beside it succeeds and the
+    node's replies go to the gateway: a tool would only time out."""
+    if is_url(port) or not os.path.exists(port):
+        return None
+    for pid, _name in port_holders(port) if holders is None else holders:
+        is_gateway, config = gateway_of(pid)
+        if is_gateway:
+            cfg = f" --config {config}" if config else ""
+            return (f"{port} is held by roadside gateway (pid {pid}): use `roadside gateway "
+                    f"cmd{cfg} NODE config.get` (config.set key=K value=V to change one) to "
+                    "reach the node through it, or stop the gateway first")
+    return None
 
 
 def _permission_message(port: str) -> str:
@@ -309,6 +385,9 @@ def _explain(port: str, exc: BaseException) -> FlashError:
     if "errno 2" in low or "no such file" in low or "filenotfounderror" in low:
         return FlashError(f"port {port} does not exist; check the USB cable, then run "
                           "`roadside nodes` to list attached boards")
+    if "errno 25" in low or "inappropriate ioctl" in low or "(25," in low:
+        return FlashError(f"{port} is not a serial port (not a terminal device); give the "
+                          "board's port: `roadside nodes` lists the attached ones")
     if "exclusively lock" in low or "errno 11" in low or "errno 16" in low or "busy" in low:
         holders = port_holders(port) if not is_url(port) else []
         who = (", ".join(f"pid {p} ({n})" for p, n in holders)) if holders else "another program"

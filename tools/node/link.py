@@ -54,9 +54,21 @@ class Frame:
 def open_port(port: str, baudrate: int = BAUDRATE) -> serial.Serial:
     """Open a node's data port (device path or pyserial URL) with an error that says what to do."""
     # not flashing.check_port: its /proc scan can catch a process that is between fork and
-    # exec (e.g. the virtual board restarting its interpreter); the exclusive lock decides
-    if not flashing.is_url(port) and not os.path.exists(port):
-        flashing.check_port(port)  # raises "port P does not exist ..."
+    # exec (e.g. the virtual board restarting its interpreter); the exclusive lock decides.
+    # But the gateway takes no lock: a port it holds would open, and the node's replies go to
+    # the gateway (a 6 s timeout), so a gateway holding it is looked for by its command line.
+    try:
+        if flashing.is_url(port):
+            flashing.check_url(port)
+        elif not os.path.exists(port):
+            flashing.check_port(port)  # raises "port P does not exist ..."
+        else:
+            flashing.check_serial_device(port)
+            held = flashing.gateway_holder(port)
+            if held:
+                raise LinkError(held)
+    except flashing.FlashError as exc:
+        raise LinkError(str(exc)) from None
     try:
         ser = serial.serial_for_url(port, baudrate=baudrate, timeout=0, exclusive=True)
     except (serial.SerialException, OSError) as exc:
@@ -65,7 +77,7 @@ def open_port(port: str, baudrate: int = BAUDRATE) -> serial.Serial:
 
 
 def open_link(port: str | None, ble: str | None = None, secret_file: str | None = None,
-              ble_timeout: float | None = None) -> NodeLink:
+              ble_timeout: float | None = None, baudrate: int = BAUDRATE) -> NodeLink:
     """The node's data link: its serial `port`, or with `ble` (a node id) an authenticated
     BLE session (ble_transport.BleSerial: found by its advertisement, key from `secret_file`
     or the default key file)."""
@@ -83,7 +95,7 @@ def open_link(port: str | None, ble: str | None = None, secret_file: str | None 
         return NodeLink(f"ble:{ble}", ser=ser)
     if not port:
         raise ToolError("no port: give the node's data PORT, or --ble NODE")
-    return NodeLink(port)
+    return NodeLink(port, baudrate)
 
 
 class NodeLink:
