@@ -18,6 +18,7 @@ from . import ids
 from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
+from .logs import Throttle
 from .queue import Queue, StoreResult
 
 log = logging.getLogger("roadside.gateway.session")
@@ -90,6 +91,10 @@ class SessionManager:
         self.on_stored: Callable[[], None] | None = None   # wakes the batcher
         self.on_reply: Callable[[Link, p.Reply], None] | None = None   # the Commander
         self.node_errors = 0
+        # "answering busy" while the queue refuses (disk full: every RECORDS, every second):
+        # the first line, then a count at most once a minute, then one line when it stores.
+        self._busy_full = Throttle(log, "queue full, answering busy", level=logging.WARNING)
+        self._busy_error = Throttle(log, "queue unavailable, answering busy")
         self.recent_alarms: deque[dict[str, object]] = deque(maxlen=RECENT_ALARMS)
         self.silent_s = SILENT_S
         self._silent: set[str] = set()      # nodes reported silent (logged once)
@@ -260,13 +265,15 @@ class SessionManager:
             result = await self.queue.store_grouped(session.node, session.role, msg.records,
                                                     msg.from_seq, self.wall())
         except QueueFullError as exc:
-            log.warning(f"{session.node}: {exc}; answering busy")
+            self._busy_full.error(f"{session.node}: {exc}; answering busy")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue full", p.RECORDS))
             return
         except QueueError as exc:
-            log.error(f"{session.node}: {exc}; answering busy")
+            self._busy_error.error(f"{session.node}: {exc}; answering busy")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.RECORDS))
             return
+        self._busy_full.ok("queue takes records again: no longer answering busy")
+        self._busy_error.ok("queue takes records again: no longer answering busy")
         # The newest level and alarm state for /status (from the end: usually one step).
         kinds = {r.kind for r in msg.records}
         for kind, typ in ((p.KIND_LEVEL, int | float), (p.KIND_ALARM, str)):
