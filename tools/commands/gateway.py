@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..admin import accept, api, config_file, dead_letters
+from ..admin import accept, api, config_file, dead_letters, queue_check
 
 EXAMPLES = """examples:
   roadside gateway check --config gateway.toml   validate, print a summary or the one-line error
@@ -50,10 +51,15 @@ def handle_run(args: argparse.Namespace) -> int:
 
 def handle_check(args: argparse.Namespace) -> int:
     config = config_file.load(args.config)
-    print(f"{args.config}: OK")
+    warnings, errors = queue_check.queue_checks(config)   # the queue file and its disk
+    print(f"{args.config}: {'OK' if not errors else 'DAMAGED QUEUE'}")
     for line in summarise(config):
         print(f"  {line}")
-    return 0
+    for line in warnings:
+        print(f"roadside gateway check: warning: {line}", file=sys.stderr)
+    for line in errors:
+        print(f"roadside gateway check: error: {line}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def summarise(config: Any) -> list[str]:
