@@ -392,7 +392,7 @@ class Queue:
         if exc is None:
             self.storage.committed()
             return
-        self.storage.failed(exc)
+        self.storage.failed(f"cannot commit: {exc}")
         with contextlib.suppress(sqlite3.Error):
             self._load_state()
 
@@ -440,6 +440,11 @@ class Queue:
                 try:
                     results.append(self.store(*args))
                 except QueueError as exc:
+                    if not self._db.in_transaction and isinstance(exc.__cause__,
+                                                                  sqlite3.Error):
+                        # SQLite rolled back the whole group (a full disk): nothing of it
+                        # is stored, every caller gets the error.
+                        raise exc.__cause__ from exc
                     results.append(exc)
                 except sqlite3.Error:
                     raise          # the connection itself failed: the whole group goes
@@ -456,7 +461,7 @@ class Queue:
                 self._db.execute("ROLLBACK")
             self._load_state()     # the stores above changed the mirror; the file did not
             if isinstance(exc, sqlite3.Error):
-                self.storage.failed(exc)
+                self.storage.failed(f"cannot commit stored records: {exc}")
                 raise QueueError(f"cannot commit stored records: {exc}") from exc
             raise
         self.storage.committed()
@@ -1064,6 +1069,8 @@ class _Tx:
             if self.on_done is not None and isinstance(exc, sqlite3.Error):
                 self.on_done(exc)
         elif exc_type:
+            if not self.db.in_transaction:
+                return     # SQLite rolled the whole group back (SQLITE_FULL): exc stands
             self.db.execute("ROLLBACK TO store")
             self.db.execute("RELEASE store")
         else:
