@@ -42,6 +42,8 @@ log = logging.getLogger("roadside.gateway.queue")
 # Rowid tables copied as they are (layout 2), in this order; `records` is keyed by (node, seq).
 TABLES = ("nodes", "batches", "deliveries", "dead_letters", "counters", "ports")
 SKIP_MAX = 1 << 62
+POINT_MAX = 1 << 20     # keys looked up one by one across one damaged part
+UPPER_MARGIN = 1_000    # seqs beyond a node's ACK looked up one by one after the last part
 
 
 def integrity(path: Path) -> str | None:
@@ -141,8 +143,11 @@ def _copy(aside: Path, fresh: Queue, report: dict[str, Any]) -> None:
         nodes |= set(_distinct_nodes(old, report))
         cols = _columns(db, "records")
         marks = ", ".join("?" * len(cols))
+        acks = dict(db.execute("SELECT node, ack FROM nodes").fetchall())
         for node in sorted(nodes):
-            rows = list(_scan_records(old, node, cols, report))
+            # Records are held up to the node's ACK, and beyond it past a gap: a margin.
+            rows = list(_scan_records(old, node, cols, report,
+                                      acks.get(node, 0) + UPPER_MARGIN))
             db.executemany(f"INSERT OR IGNORE INTO records ({', '.join(cols)}) VALUES"
                            f" ({marks})", rows)
             report["records"] += len(rows)
@@ -171,21 +176,26 @@ def _scan_rowid(old: sqlite3.Connection, table: str, cols: list[str],
 
 
 def _scan_records(old: sqlite3.Connection, node: str, cols: list[str],
-                  report: dict[str, Any]) -> Iterator[tuple]:
-    """Every readable record of `node`, in seq order, skipping damaged pages."""
+                  report: dict[str, Any], upper: int) -> Iterator[tuple]:
+    """Every readable record of `node`, in seq order, skipping damaged pages; `upper`: the
+    highest seq worth looking up one by one past the last readable part."""
     sql = (f"SELECT seq, {', '.join(cols)} FROM records WHERE node = ? AND seq > ?"
            f" ORDER BY seq")
-    for row in _skip_scan(old, sql, (node,), report):
+    # A WITHOUT ROWID table keeps whole rows in its interior pages too: a row there can be
+    # read by its key while a range scan past it runs into the damaged page below it.
+    point = f"SELECT seq, {', '.join(cols)} FROM records WHERE node = ? AND seq = ?"
+    for row in _skip_scan(old, sql, (node,), report, point, upper):
         yield row[1:]
 
 
-def _skip_scan(old: sqlite3.Connection, sql: str, args: tuple,
-               report: dict[str, Any]) -> Iterator[tuple]:
+def _skip_scan(old: sqlite3.Connection, sql: str, args: tuple, report: dict[str, Any],
+               point: str | None = None, upper: int = 0) -> Iterator[tuple]:
     """Rows of `sql` (its last parameter: the key to go on above, its first column: that
     key). On an error the scan goes on above the last key read: first past it one step,
     then two, four..., until a read works, then back down in halves to the lowest start
-    that reads, so a damaged page loses its own rows only."""
-    last = -(1 << 62)
+    that reads, so a damaged page loses its own rows only. With `point` (a lookup by key),
+    each key skipped over is also looked up on its own (up to POINT_MAX of them)."""
+    last = 0               # seqs and rowids start at 1
     while True:
         try:
             for row in old.execute(sql, (*args, last)):
@@ -198,7 +208,12 @@ def _skip_scan(old: sqlite3.Connection, sql: str, args: tuple,
         step = 1
         while not _readable(old, sql, args, last + step):
             if step >= SKIP_MAX or last + step >= SKIP_MAX:
-                return              # nothing readable above `last`
+                # Nothing readable by range above `last` (a truncated file): keys up to
+                # `upper` may still be found one by one.
+                if point is not None:
+                    yield from _points(old, point, args, last + 1,
+                                       min(upper, last + POINT_MAX))
+                return
             step *= 2
         lo, hi = last + step // 2, last + step   # lo: unreadable (or `last`), hi: readable
         while hi - lo > 1:
@@ -207,7 +222,22 @@ def _skip_scan(old: sqlite3.Connection, sql: str, args: tuple,
                 hi = mid
             else:
                 lo = mid
+        if point is not None:
+            # (A start above every row reads too - nothing: `upper` bounds the lookups.)
+            yield from _points(old, point, args, last + 1, min(hi, upper, last + POINT_MAX))
         last = hi
+
+
+def _points(old: sqlite3.Connection, point: str, args: tuple, lo: int,
+            hi: int) -> Iterator[tuple]:
+    """Rows of keys lo..hi looked up one by one (the unreadable ones skipped)."""
+    for key in range(lo, hi + 1):
+        try:
+            row = old.execute(point, (*args, key)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            yield row
 
 
 def _readable(old: sqlite3.Connection, sql: str, args: tuple, start: int) -> bool:
