@@ -137,12 +137,16 @@ class Throttle:
             self._logged = now
             self._unlogged = 0
 
+    def reset(self) -> None:
+        """Not failing any more, without a line (another throttle said it)."""
+        self.failing = False
+        self.total = 0
+        self._unlogged = 0
+        self.last = None
+
     def ok(self, message: str | None = None) -> None:
         """It works again: one line (only when it was failing)."""
         if not self.failing:
             return
         self.log.warning(message or f"{self.what}: recovered after {self.total} errors")
-        self.failing = False
-        self.total = 0
-        self._unlogged = 0
-        self.last = None
+        self.reset()

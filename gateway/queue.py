@@ -622,8 +622,16 @@ class Queue:
         yet in a batch (a cut batch keeps its exact bytes), oldest first, only at or below its
         node's ACK (a record beyond a gap is needed to advance the ACK). Raises QueueFullError
         (backpressure) when even evicting all of them would not make room."""
-        limit = self.budget()
-        need = self._bytes + incoming - limit
+        disk = self.budget() if incoming else self.max_bytes
+        if disk < self.max_bytes and self._bytes + incoming > disk:
+            # The volume, not max_bytes, is short: evicting would not give disk space back
+            # (a delete needs WAL space itself), so the nodes keep their records (busy).
+            self.backpressure = True
+            raise QueueFullError(
+                f"the queue's volume is nearly full: the disk allows {disk} bytes of queue"
+                f" ([queue] max_bytes is {self.max_bytes}); free space on the volume of"
+                f" {self.path}")
+        need = self._bytes + incoming - self.max_bytes
         if incoming == 0 or need <= 0:
             return [], 0
         evict: list[tuple[str, int, int]] = []
@@ -639,15 +647,15 @@ class Queue:
             if freed >= need:
                 return evict, freed
         self.backpressure = True
-        disk = "" if limit >= self.max_bytes else (
-            f" (the disk allows {limit}: free space on its volume is low)")
         raise QueueFullError(
-            f"queue holds {self._bytes} bytes, [queue] max_bytes is {self.max_bytes}{disk} and"
-            f" only priority records (never evicted) or batches being delivered are left")
+            f"queue holds {self._bytes} bytes, [queue] max_bytes is {self.max_bytes} and only"
+            f" priority records (never evicted) or batches being delivered are left")
 
     def budget(self) -> int:
         """The bytes the queue may count now: [queue] max_bytes, less when the volume is
-        short of free space (storage_health.budget: the WAL needs about as much again)."""
+        short of free space (storage_health.budget: the WAL needs about as much again).
+        Beyond max_bytes telemetry is evicted; beyond what the disk allows the nodes are
+        told busy (evicting frees no disk space)."""
         free = self.storage.free_bytes()
         if free is None or free - DISK_RESERVE > 2 * (self.max_bytes - self._bytes):
             return self.max_bytes                # the disk is not what limits

@@ -272,8 +272,10 @@ class SessionManager:
             self._busy_error.error(f"{session.node}: {exc}; answering busy")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.RECORDS))
             return
-        self._busy_full.ok("queue takes records again: no longer answering busy")
-        self._busy_error.ok("queue takes records again: no longer answering busy")
+        if self._busy_full.failing or self._busy_error.failing:
+            log.warning("queue takes records again: no longer answering busy")
+            self._busy_full.reset()
+            self._busy_error.reset()
         # The newest level and alarm state for /status (from the end: usually one step).
         kinds = {r.kind for r in msg.records}
         for kind, typ in ((p.KIND_LEVEL, int | float), (p.KIND_ALARM, str)):

@@ -167,10 +167,13 @@ def test_budget_stops_at_the_free_space_of_the_volume(tmp_path, monkeypatch):
         free = {"bytes": volume}
         monkeypatch.setattr(q.storage, "free_bytes",
                             lambda: free["bytes"] - storage_health.file_bytes(q.path))
-        prio = [Record(s, s, 3, 2, {1: "x" * 500}) for s in range(1, 400)]   # never evicted
-        with pytest.raises(QueueFullError, match="the disk allows"):
+        # Plain telemetry: still not evicted for the disk (deleting frees no disk space).
+        records = [Record(s, s, 1, 0, {1: "x" * 500}) for s in range(1, 400)]
+        with pytest.raises(QueueFullError, match="the queue's volume is nearly full: the disk"
+                                                 " allows"):
             for i in range(0, 399, 20):
-                q.store("wl-0001", "water", prio[i:i + 20])
+                q.store("wl-0001", "water", records[i:i + 20])
+        assert q.counters["evicted"] == 0
         assert q.backpressure and q.bytes() <= 100_000 + 20 * 600
         assert storage_health.file_bytes(q.path) < volume     # the disk never filled
         assert q.budget() < q.max_bytes
