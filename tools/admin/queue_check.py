@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
-def queue_checks(config: Any) -> tuple[list[str], list[str]]:
-    """(warnings, errors), each one line saying what is wrong and what to do."""
+def queue_checks(config: Any) -> list[str]:
+    """Warnings, each one line saying what is wrong and what to do."""
     from roadside.gateway.queue_recovery import integrity
     from roadside.gateway.storage_health import DISK_RESERVE, disk_size
 
     warnings: list[str] = []
-    errors: list[str] = []
     path: Path = config.queue_path
     max_bytes = config.queue.max_bytes
     where = path.parent
@@ -32,8 +31,9 @@ def queue_checks(config: Any) -> tuple[list[str], list[str]]:
             f" [queue] max_bytes to at most {max(0, (total - DISK_RESERVE) // 2)}")
     problem = integrity(path)
     if problem is not None:
-        errors.append(
-            f"queue {path} is damaged ({problem}): `roadside gateway run` moves it aside"
-            f" (kept, timestamped) and re-queues every readable record; or stop the daemon"
-            f" and move it away by hand to start empty")
-    return warnings, errors
+        warnings.append(
+            f"queue {path} is damaged ({problem}): the daemon moves it aside when it starts"
+            f" (kept, timestamped) and re-queues every readable record; restart it"
+            f" (systemctl restart roadside-gateway), or stop it and move the file away by"
+            f" hand to start empty")
+    return warnings
