@@ -194,7 +194,7 @@ class SessionManager:
             result, high = await self.queue.call(self._hello_in_queue, msg, self.wall(),
                                                  link.port if learned else None)
         except QueueError as exc:
-            log.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
+            self._busy_error.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
             return
         if learned:
