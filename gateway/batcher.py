@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from .config import BatchConfig
 from .queue import Queue
+from .storage_health import keep_trying
 
 log = logging.getLogger("roadside.gateway.batcher")
 
@@ -84,7 +85,8 @@ class Batcher:
         """Until cancelled: cut due batches whenever woken, and at least every tick."""
         tick = max(0.05, min(self.config.max_age_s / 4, 0.5))
         while True:
-            n = await self.queue.call(self.cut_due)
+            # A cut that cannot commit (full disk) is tried again on the next tick.
+            n = await keep_trying(self.queue, "cut a batch", self.cut_due)
             if n:
                 self.batches_cut += n
                 for notify in self.on_cut:

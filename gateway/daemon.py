@@ -27,7 +27,7 @@ from .health import Health
 from .links.base import Link
 from .links.serial import SerialLink
 from .links.usb import UsbMatch
-from .queue import Queue
+from .queue_recovery import open_queue
 from .session import SessionManager
 from .status import Status, serve
 from .uplinks import make_uplink
@@ -69,7 +69,8 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     g = config.gateway
-    queue = Queue(config.queue_path, g.id, g.site, max_bytes=config.queue.max_bytes)
+    # A damaged queue file is moved aside and its readable rows re-queued (queue_recovery).
+    queue = open_queue(config.queue_path, g.id, g.site, max_bytes=config.queue.max_bytes)
     sessions = SessionManager(queue)
     links = make_links(config, ble_backend)
     batcher = Batcher(queue, config.batch, uplinks=[u.name for u in config.uplinks])

@@ -92,3 +92,61 @@ def setup(fmt: str = "text", level: str = "info", stream: Any = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
     root.propagate = False
+
+
+THROTTLE_S = 60.0
+
+
+class Throttle:
+    """One repeated error as few lines: the first occurrence, then at most once a `every_s`
+    the count since the last line, then one line when it clears.
+
+        disk = Throttle(log, "queue storage")
+        disk.error(f"cannot commit: {exc}")     # logs the first, then counts
+        disk.ok()                                # "queue storage: recovered after 37 errors"
+
+    `mono` is injectable for tests; `level` is that of the error lines."""
+
+    def __init__(self, logger: logging.Logger, what: str, every_s: float = THROTTLE_S,
+                 level: int = logging.ERROR, mono: Any = time.monotonic) -> None:
+        self.log = logger
+        self.what = what
+        self.every_s = every_s
+        self.level = level
+        self.mono = mono
+        self.failing = False
+        self.total = 0           # errors since it began failing
+        self._unlogged = 0
+        self._logged = 0.0
+        self.last: str | None = None
+
+    def error(self, message: str) -> None:
+        now = self.mono()
+        self.last = message
+        self.total += 1
+        if not self.failing:
+            self.failing = True
+            self._logged = now
+            self._unlogged = 0
+            self.log.log(self.level, message)
+            return
+        self._unlogged += 1
+        if now - self._logged >= self.every_s:
+            self.log.log(self.level, f"{self.what}: {self._unlogged} more times in"
+                         f" {now - self._logged:.0f} s, still failing: {message}")
+            self._logged = now
+            self._unlogged = 0
+
+    def reset(self) -> None:
+        """Not failing any more, without a line (another throttle said it)."""
+        self.failing = False
+        self.total = 0
+        self._unlogged = 0
+        self.last = None
+
+    def ok(self, message: str | None = None) -> None:
+        """It works again: one line (only when it was failing)."""
+        if not self.failing:
+            return
+        self.log.warning(message or f"{self.what}: recovered after {self.total} errors")
+        self.reset()

@@ -171,7 +171,15 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily("roadside_queue_evictions",
                                   "Telemetry records evicted (oldest first) to stay in budget.",
                                   value=counters.get("evicted", counters.get("evictions", 0)))
+        storage = getattr(q, "storage", None)
+        if storage is not None:
+            yield _storage_failing(storage)
+            yield CounterMetricFamily("roadside_queue_storage_errors",
+                                      "Commits of the queue that failed (storage errors).",
+                                      value=storage.errors)
         for name, help_text in (
+                ("recovered_files", "Damaged queue files moved aside at start (recovered)."),
+                ("recovered_records", "Records re-queued from damaged queue files."),
                 ("duplicates", "Records received again and dropped, all nodes."),
                 ("gaps", "Records declared gone by nodes, all nodes."),
                 ("delivered_records", "Records delivered to every uplink and deleted."),
@@ -207,6 +215,16 @@ class GatewayCollector(Collector):
         yield from (*fams.values(), up)
 
 
+def _storage_failing(storage: Any) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily("roadside_queue_storage_failing",
+                            "1 while the queue cannot commit, by reason (disk_full, error).",
+                            labels=["reason"])
+    failing = storage.error is not None
+    fam.add_metric(["disk_full"], 1 if failing and storage.disk_full else 0)
+    fam.add_metric(["error"], 1 if failing and not storage.disk_full else 0)
+    return fam
+
+
 def queue_bytes(q: Any) -> int:
     """Bytes the queue counts against its budget (its file size when it does not count)."""
     fn = getattr(q, "bytes", None)
@@ -227,9 +245,12 @@ def file_bytes(q: Any) -> int:
 
 
 def backpressure(q: Any) -> bool:
-    """Whether the queue is refusing records (the bounded queue sets `backpressure`)."""
+    """Whether the queue is refusing records: the bounded queue sets `backpressure`, and a
+    queue that cannot commit (a full disk) refuses every store too."""
     value = getattr(q, "backpressure", False)
-    return bool(value() if callable(value) else value)
+    storage = getattr(q, "storage", None)
+    return bool(value() if callable(value) else value) or \
+        bool(storage is not None and storage.error is not None)
 
 
 class Metrics:

@@ -43,6 +43,7 @@ import cbor2
 
 from . import protocol
 from .errors import QueueError, QueueFullError
+from .storage_health import DISK_RESERVE, Storage, budget, disk_size
 
 T = TypeVar("T")
 log = logging.getLogger("roadside.gateway.queue")
@@ -113,7 +114,7 @@ CREATE TABLE IF NOT EXISTS counters (
 PORTS_SCHEMA = "CREATE TABLE IF NOT EXISTS ports (port TEXT PRIMARY KEY, node TEXT NOT NULL)"
 
 COUNTERS = ("duplicates", "gaps", "delivered_records", "delivered_batches", "dead_letters",
-            "evicted")
+            "evicted", "recovered_files", "recovered_records")
 # Back-pressure bound: beyond this the session answers ERROR 6 (busy) and the node keeps its
 # journal; far above anything a site produces while the backend is reachable.
 DEFAULT_MAX_DEPTH = 5_000_000
@@ -224,25 +225,40 @@ class Queue:
         self.backpressure = False      # the last store was refused for lack of budget
         self._evicted_unlogged = 0
         self._evict_logged = 0.0
+        self.storage = Storage(self.path)
+        self._texts: dict[str, bytes] = {}                       # CBOR of node ids, roles
+        self._data_names: dict[tuple, tuple[tuple[int, str], ...]] = {}
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._size_wal()
             self._open_schema()
             self._db.execute(PORTS_SCHEMA)
             for name in COUNTERS:
                 self._db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
+            self._load_state()
         except sqlite3.Error as exc:
-            raise QueueError(f"cannot open the queue {self.path}: {exc}") from exc
-        self._texts: dict[str, bytes] = {}                       # CBOR of node ids, roles
-        self._data_names: dict[tuple, tuple[tuple[int, str], ...]] = {}
-        self._load_state()
+            damaged = "" if isinstance(exc, sqlite3.OperationalError) else (
+                "; the file is damaged: `roadside gateway run` moves it aside and re-queues"
+                " every readable record (docs/GATEWAY.md, damaged queue file)")
+            raise QueueError(f"cannot open the queue {self.path}: {exc}{damaged}") from exc
         self._in_group = False         # store_many(): stores use savepoints in one commit
         self._group: list[tuple[tuple, asyncio.Future[StoreResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
+
+    def _size_wal(self) -> None:
+        """On a small volume checkpoint the WAL early and truncate it back afterwards: by
+        default it grows to 1000 pages (4 MiB) before its first checkpoint, and on a 2 MiB
+        volume it would fill the disk and be most of the queue's bytes."""
+        total = disk_size(self.path)
+        page = self._db.execute("PRAGMA page_size").fetchone()[0] or 4096
+        pages = 1000 if total is None else max(16, min(1000, total // 8 // page))
+        self._db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+        self._db.execute(f"PRAGMA journal_size_limit = {pages * page}")
 
     def _open_schema(self) -> None:
         """Create the tables, or migrate a queue file of an older layout (in one transaction:
@@ -368,7 +384,17 @@ class Queue:
             self.counters[name] += by
 
     def _transaction(self) -> _Tx:
-        return _Tx(self._db, savepoint=self._in_group)
+        return _Tx(self._db, savepoint=self._in_group, on_done=self._committed)
+
+    def _committed(self, exc: BaseException | None) -> None:
+        """After a transaction: it committed (exc None), or a storage error rolled it back,
+        so the in-memory mirror (changed inside it by _delete_batch) is read again."""
+        if exc is None:
+            self.storage.committed()
+            return
+        self.storage.failed(f"cannot commit: {exc}")
+        with contextlib.suppress(sqlite3.Error):
+            self._load_state()
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -414,6 +440,11 @@ class Queue:
                 try:
                     results.append(self.store(*args))
                 except QueueError as exc:
+                    if not self._db.in_transaction and isinstance(exc.__cause__,
+                                                                  sqlite3.Error):
+                        # SQLite rolled back the whole group (a full disk): nothing of it
+                        # is stored, every caller gets the error.
+                        raise exc.__cause__ from exc
                     results.append(exc)
                 except sqlite3.Error:
                     raise          # the connection itself failed: the whole group goes
@@ -430,8 +461,10 @@ class Queue:
                 self._db.execute("ROLLBACK")
             self._load_state()     # the stores above changed the mirror; the file did not
             if isinstance(exc, sqlite3.Error):
+                self.storage.failed(f"cannot commit stored records: {exc}")
                 raise QueueError(f"cannot commit stored records: {exc}") from exc
             raise
+        self.storage.committed()
         return results
 
     # -- records in ------------------------------------------------------------------------
@@ -589,6 +622,15 @@ class Queue:
         yet in a batch (a cut batch keeps its exact bytes), oldest first, only at or below its
         node's ACK (a record beyond a gap is needed to advance the ACK). Raises QueueFullError
         (backpressure) when even evicting all of them would not make room."""
+        disk = self.budget() if incoming else self.max_bytes
+        if disk < self.max_bytes and self._bytes + incoming > disk:
+            # The volume, not max_bytes, is short: evicting would not give disk space back
+            # (a delete needs WAL space itself), so the nodes keep their records (busy).
+            self.backpressure = True
+            raise QueueFullError(
+                f"the queue's volume is nearly full: the disk allows {disk} bytes of queue"
+                f" ([queue] max_bytes is {self.max_bytes}); free space on the volume of"
+                f" {self.path}")
         need = self._bytes + incoming - self.max_bytes
         if incoming == 0 or need <= 0:
             return [], 0
@@ -608,6 +650,18 @@ class Queue:
         raise QueueFullError(
             f"queue holds {self._bytes} bytes, [queue] max_bytes is {self.max_bytes} and only"
             f" priority records (never evicted) or batches being delivered are left")
+
+    def budget(self) -> int:
+        """The bytes the queue may count now: [queue] max_bytes, less when the volume is
+        short of free space (storage_health.budget: the WAL needs about as much again).
+        Beyond max_bytes telemetry is evicted; beyond what the disk allows the nodes are
+        told busy (evicting frees no disk space)."""
+        free = self.storage.free_bytes()
+        if free is None or free - DISK_RESERVE > 2 * (self.max_bytes - self._bytes):
+            return self.max_bytes                # the disk is not what limits
+        freelist, page = (self._db.execute(f"PRAGMA {p}").fetchone()[0]
+                          for p in ("freelist_count", "page_size"))
+        return budget(self.max_bytes, self._bytes, free, freelist * page)
 
     def _log_evicted(self, n: int, now: float) -> None:
         self._evicted_unlogged += n
@@ -988,17 +1042,43 @@ class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; inside store_many() a
     SAVEPOINT ... RELEASE (or ROLLBACK TO) in the group's transaction."""
 
-    def __init__(self, db: sqlite3.Connection, savepoint: bool = False) -> None:
+    def __init__(self, db: sqlite3.Connection, savepoint: bool = False,
+                 on_done: Callable[[BaseException | None], None] | None = None) -> None:
         self.db = db
         self.savepoint = savepoint
+        self.on_done = on_done
 
     def __enter__(self) -> None:
-        self.db.execute("SAVEPOINT store" if self.savepoint else "BEGIN IMMEDIATE")
+        try:
+            self.db.execute("SAVEPOINT store" if self.savepoint else "BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if not self.savepoint and self.on_done is not None:
+                self.on_done(exc)
+            raise
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, _tb: Any) -> None:
         if not self.savepoint:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            # A failed COMMIT (SQLITE_FULL: the WAL could not grow) may leave the transaction
+            # open: roll it back, so the next BEGIN works once there is room again.
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.Error as failed:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                    if self.on_done is not None:
+                        self.on_done(failed)
+                    raise
+                if self.on_done is not None:
+                    self.on_done(None)
+                return
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            if self.on_done is not None and isinstance(exc, sqlite3.Error):
+                self.on_done(exc)
         elif exc_type:
+            if not self.db.in_transaction:
+                return     # SQLite rolled the whole group back (SQLITE_FULL): exc stands
             self.db.execute("ROLLBACK TO store")
             self.db.execute("RELEASE store")
         else:

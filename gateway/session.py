@@ -18,6 +18,7 @@ from . import ids
 from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
+from .logs import Throttle
 from .queue import Queue, StoreResult
 
 log = logging.getLogger("roadside.gateway.session")
@@ -93,6 +94,10 @@ class SessionManager:
         # after the ACK went out.
         self.on_records: Callable[[str, str, tuple[p.Record, ...], float], None] | None = None
         self.node_errors = 0
+        # "answering busy" while the queue refuses (disk full: every RECORDS, every second):
+        # the first line, then a count at most once a minute, then one line when it stores.
+        self._busy_full = Throttle(log, "queue full, answering busy", level=logging.WARNING)
+        self._busy_error = Throttle(log, "queue unavailable, answering busy")
         self.recent_alarms: deque[dict[str, object]] = deque(maxlen=RECENT_ALARMS)
         self.silent_s = SILENT_S
         self._silent: set[str] = set()      # nodes reported silent (logged once)
@@ -192,7 +197,7 @@ class SessionManager:
             result, high = await self.queue.call(self._hello_in_queue, msg, self.wall(),
                                                  link.port if learned else None)
         except QueueError as exc:
-            log.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
+            self._busy_error.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
             return
         if learned:
@@ -263,13 +268,17 @@ class SessionManager:
             result = await self.queue.store_grouped(session.node, session.role, msg.records,
                                                     msg.from_seq, self.wall())
         except QueueFullError as exc:
-            log.warning(f"{session.node}: {exc}; answering busy")
+            self._busy_full.error(f"{session.node}: {exc}; answering busy")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue full", p.RECORDS))
             return
         except QueueError as exc:
-            log.error(f"{session.node}: {exc}; answering busy")
+            self._busy_error.error(f"{session.node}: {exc}; answering busy")
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.RECORDS))
             return
+        if self._busy_full.failing or self._busy_error.failing:
+            log.warning("queue takes records again: no longer answering busy")
+            self._busy_full.reset()
+            self._busy_error.reset()
         # The newest level and alarm state for /status (from the end: usually one step).
         kinds = {r.kind for r in msg.records}
         for kind, typ in ((p.KIND_LEVEL, int | float), (p.KIND_ALARM, str)):

@@ -35,7 +35,7 @@ from .commands import Commander, CommandError
 from .health import SAMPLE_S, Health
 from .history import History
 from .links.base import Link
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import CONTENT_TYPE, Metrics, backpressure
 from .queue import Queue
 from .session import SessionManager
 
@@ -105,7 +105,8 @@ class Status:
                       "delivered": q.counters["delivered_records"],
                       "dead_letters": q.counters["dead_letters"],
                       "bytes": q.bytes(), "max_bytes": q.max_bytes,
-                      "evicted": q.counters["evicted"], "backpressure": q.backpressure},
+                      "evicted": q.counters["evicted"], "backpressure": backpressure(q),
+                      "storage": storage_doc(q)},
             "links": [{"port": link.port, "type": link.type, "state": link.state,
                        "device": getattr(link, "device", link.port),
                        "last_error": link.last_error, **link.counters()}
@@ -272,6 +273,16 @@ class Status:
         resp = web.Response(body=self.metrics.render())
         resp.headers["Content-Type"] = CONTENT_TYPE
         return resp
+
+
+def storage_doc(q: Any) -> dict[str, Any]:
+    """/status queue.storage: the current storage error (a full disk), and damaged queue
+    files recovered (moved aside, readable records re-queued)."""
+    storage = getattr(q, "storage", None)
+    if storage is None:
+        return {"error": None, "disk_full": False}
+    return {"error": storage.error, "disk_full": storage.disk_full, "errors": storage.errors,
+            "recovered": storage.recovered}
 
 
 def _host_port(url: URL) -> tuple[str, int] | None:

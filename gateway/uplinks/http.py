@@ -28,6 +28,7 @@ import aiohttp
 from ..config import UplinkConfig
 from ..errors import ConfigError, UplinkError
 from ..queue import Batch, Queue
+from ..storage_health import keep_trying
 
 log = logging.getLogger("roadside.gateway.uplink")
 
@@ -180,8 +181,9 @@ class HttpUplink:
                 if not exc.retryable:
                     log.error(f"uplink {self.name}: batch {batch.id} ({len(batch)} records)"
                               f" refused: {exc}; moved to the dead-letter table")
-                    await self.queue.call(self.queue.dead_letter, batch.id, self.name, str(exc),
-                                          self.all_uplinks)
+                    await keep_trying(self.queue, "store the dead letter",
+                                      self.queue.dead_letter, batch.id, self.name, str(exc),
+                                      self.all_uplinks)
                     self.dead_letters += 1
                     self.state = IDLE
                     return False
@@ -196,8 +198,10 @@ class HttpUplink:
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
-            await self.queue.call(self.queue.batch_delivered, batch.id, self.name,
-                                  self.all_uplinks)
+            # Retried until it commits: a full disk must not stop the daemon (it would post
+            # the same batch again after every restart and never get further).
+            await keep_trying(self.queue, "record the delivery", self.queue.batch_delivered,
+                              batch.id, self.name, self.all_uplinks)
             self.delivered += len(batch)
             self.delivered_batches += 1
             self.state = IDLE

@@ -44,6 +44,7 @@ from .. import ids
 from ..commands import COMMANDS, CommandError
 from ..config import UplinkConfig
 from ..queue import Batch, Queue
+from ..storage_health import keep_trying
 from .http import DOWN, IDLE, SENDING, backoff, ssl_context
 
 log = logging.getLogger("roadside.gateway.uplink")
@@ -183,8 +184,9 @@ class MqttUplink:
                     continue
                 self.state = SENDING
                 await self.publish(client, batch)
-                await self.queue.call(self.queue.batch_delivered, batch.id, self.name,
-                                      self.all_uplinks)
+                # Retried until it commits (a full disk must not stop the daemon).
+                await keep_trying(self.queue, "record the delivery", self.queue.batch_delivered,
+                                  batch.id, self.name, self.all_uplinks)
                 self.delivered += len(batch)
                 self.delivered_batches += 1
                 if self.on_delivered is not None:

@@ -48,7 +48,9 @@ def test_status_missing_port_and_sigterm(tmp_path):
         assert st["queue"] == {"depth": 0, "batches_pending": 0, "duplicates": 0, "gaps": 0,
                                "delivered": 0, "dead_letters": 0, "bytes": 0,
                                "max_bytes": 256 * 1024 * 1024, "evicted": 0,
-                               "backpressure": False}
+                               "backpressure": False,
+                               "storage": {"error": None, "disk_full": False, "errors": 0,
+                                           "recovered": []}}
         (link,) = st["links"]
         assert link["port"] == missing and link["state"] == "missing"
         assert {k: link[k] for k in ("frames", "crc", "cobs", "oversize", "malformed")} == {

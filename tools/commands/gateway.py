@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..admin import accept, api, config_file, dead_letters
+from ..admin import accept, api, config_file, dead_letters, queue_check
 
 EXAMPLES = """examples:
   roadside gateway check --config gateway.toml   validate, print a summary or the one-line error
@@ -50,9 +51,16 @@ def handle_run(args: argparse.Namespace) -> int:
 
 def handle_check(args: argparse.Namespace) -> int:
     config = config_file.load(args.config)
-    print(f"{args.config}: OK")
+    # The queue file and its disk. A damaged queue file does not fail the check (exit 0): it
+    # runs as systemd's ExecStartPre, and the daemon recovers the file when it starts.
+    warnings = queue_check.queue_checks(config)
+    damaged = any(" is damaged (" in w for w in warnings)
+    print(f"{args.config}: OK" + (", but the queue file is damaged (see below)" if damaged
+                                 else ""))
     for line in summarise(config):
         print(f"  {line}")
+    for line in warnings:
+        print(f"roadside gateway check: warning: {line}", file=sys.stderr)
     return 0
 
 
