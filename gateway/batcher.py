@@ -82,8 +82,8 @@ class Batcher:
 
     async def run(self) -> None:
         """Until cancelled: cut due batches whenever woken, and at least every tick."""
-        tick = max(0.05, min(self.config.max_age_s / 4, 0.5))
         while True:
+            tick = max(0.05, min(self.config.max_age_s / 4, 0.5))   # [batch] may be reloaded
             n = await self.queue.call(self.cut_due)
             if n:
                 self.batches_cut += n

@@ -1,0 +1,171 @@
+"""The daemon as a systemd service: the notify protocol on a real NOTIFY_SOCKET, and SIGHUP
+reloading the config file (changed links and uplinks restarted, sessions and queue kept, a
+bad file refused with one line)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from roadside.gateway import protocol as p
+from roadside.tools.sim import procs
+from roadside.tools.sim.gateway_toml import GatewaySettings, render, write
+from roadside.tools.sim.receiver_store import read_seqs
+
+
+def status(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+async def _link_open(url):
+    for _ in range(200):
+        if status(url)["links"][0]["state"] == "open":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the link never opened")
+
+
+async def _exchange(node, seqs, ack_expected):
+    node.records(seqs)
+    await node.expect(p.Ack, seq=ack_expected, timeout=10)
+
+
+def _datagrams(sock: socket.socket, until: str, timeout: float = 10) -> list[dict[str, str]]:
+    """Datagrams from the daemon until one holds the line `until` (fails after `timeout`)."""
+    got: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            raise AssertionError(f"no {until} from the daemon; got {got}") from None
+        msg = dict(line.split("=", 1) for line in data.decode().splitlines())
+        got.append(msg)
+        key, value = until.split("=", 1)
+        if msg.get(key) == value:
+            return got
+
+
+def _count_lines(log: Path, pattern: str, n: int, proc, timeout: float = 15) -> list[str]:
+    """Wait until `n` lines of `log` match `pattern`; return them."""
+    rx = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if rx.search(ln)]
+        if len(lines) >= n:
+            return lines
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"{n} x {pattern!r} not in {log.read_text()[-2000:]}"
+        time.sleep(0.02)
+
+
+def test_notify_socket_ready_watchdog_reload_stopping(tmp_path):
+    cfg = write(tmp_path / "gw.toml", [str(tmp_path / "ttyUSB-nope")], tmp_path / "data",
+                "http://127.0.0.1:9/batches", "127.0.0.1:0")
+    short = Path(tempfile.mkdtemp(prefix="sdn"))      # AF_UNIX paths: 108 bytes at most
+    path = short / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    log = tmp_path / "gw.log"
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
+    proc = procs.spawn([sys.executable, "-m", "roadside.gateway.daemon", "--config",
+                        str(cfg)], log, env=env)
+    try:
+        got = _datagrams(sock, "READY=1")
+        assert got[-1]["STATUS"].startswith("1 links, 1 uplinks, status on port ")
+        procs.wait_for_line(log, r"status on http://", proc, 5)   # READY after it serves
+        # WATCHDOG_USEC 0.2 s: a ping every 0.1 s while the loop runs.
+        _datagrams(sock, "WATCHDOG=1")
+        _datagrams(sock, "WATCHDOG=1")
+        proc.send_signal(signal.SIGHUP)
+        got = _datagrams(sock, "RELOADING=1")
+        usec = int(got[-1]["MONOTONIC_USEC"])
+        assert abs(usec / 1e6 - time.clock_gettime(time.CLOCK_MONOTONIC)) < 10
+        _datagrams(sock, "READY=1")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _datagrams(sock, "STOPPING=1")
+        assert proc.wait(10) == 0
+    finally:
+        procs.stop(proc)
+        sock.close()
+        path.unlink(missing_ok=True)
+        short.rmdir()
+
+
+def test_sighup_reloads_links_uplinks_batch_log_and_refuses_a_bad_file(
+        tmp_path, fake_node, start_receiver):
+    r1, r2 = start_receiver(), start_receiver()
+    gone, added = str(tmp_path / "ttyUSB-gone"), str(tmp_path / "ttyUSB-added")
+    data = tmp_path / "data"
+    settings = GatewaySettings(max_records=10, max_age_s=0.2)
+    cfg = write(tmp_path / "gw.toml", [fake_node.path, gone], data, r1.batches_url,
+                "127.0.0.1:0", settings)
+    log = tmp_path / "gw.log"
+
+    async def until_delivered(receiver, seqs):
+        for _ in range(200):
+            if read_seqs(receiver.db).get("wl-0007", [])[-1:] == seqs[-1:]:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{seqs} not at {receiver.batches_url}")
+
+    async def before(url):
+        await _link_open(url)
+        fake_node.hello("wl-0007")
+        await fake_node.expect(p.Time, timeout=10)
+        await fake_node.expect(p.Ack, seq=0)
+        await _exchange(fake_node, list(range(1, 9)), 8)
+        await until_delivered(r1, list(range(1, 9)))
+
+    async def after(seqs):
+        # No new HELLO: the node's session on the unchanged link survived the reload.
+        await _exchange(fake_node, seqs, seqs[-1])
+        await until_delivered(r2, seqs)
+
+    proc, url = procs.start_gateway(cfg, log)
+    try:
+        asyncio.run(asyncio.wait_for(before(url), 30))
+        settings.max_records = 5
+        cfg.write_text(render([fake_node.path, added], data, r2.batches_url, "127.0.0.1:0",
+                              settings) + '\n[log]\nformat = "json"\n')
+        proc.send_signal(signal.SIGHUP)
+        (line,) = _count_lines(log, r'"msg": "reloaded ', 1, proc)
+        doc = json.loads(line)
+        assert doc["level"] == "info" and doc["component"] == "gateway"
+        assert sorted(doc["changes"]) == sorted(
+            ["log", f"link {gone} removed", f"link {added} added", "uplink http changed",
+             "batch"])
+        st = status(url)
+        assert [lk["port"] for lk in st["links"]] == [fake_node.path, added]
+        assert st["uplinks"][0]["url"] == r2.batches_url
+        asyncio.run(asyncio.wait_for(after(list(range(9, 17))), 30))
+        assert read_seqs(r1.db) == {"wl-0007": list(range(1, 9))}
+
+        cfg.write_text(cfg.read_text().replace("max_records = 5", 'max_records = "x"'))
+        proc.send_signal(signal.SIGHUP)
+        (line,) = _count_lines(log, r"reload refused", 1, proc)
+        assert json.loads(line)["msg"] == (
+            f"reload refused: {cfg}: batch.max_records: must be an integer 1..10000,"
+            f" got 'x'; still running on the previous config")
+        asyncio.run(asyncio.wait_for(after(list(range(17, 21))), 30))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        procs.stop(proc)
+    assert read_seqs(r2.db) == {"wl-0007": list(range(9, 21))}
+    text = log.read_text()
+    # The kept link was never reopened: its port was opened once in the whole run.
+    assert text.count(f"serial port {added} not found") == 1
+    assert "Traceback" not in text
