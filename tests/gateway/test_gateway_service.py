@@ -8,8 +8,10 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,3 +171,35 @@ def test_sighup_reloads_links_uplinks_batch_log_and_refuses_a_bad_file(
     # The kept link was never reopened: its port was opened once in the whole run.
     assert text.count(f"serial port {added} not found") == 1
     assert "Traceback" not in text
+
+
+def _unit(text: str) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            k, v = line.split("=", 1)
+            keys.setdefault(k, []).append(v)
+    return keys
+
+
+def test_the_shipped_unit_is_notify_with_watchdog_and_hardening(tmp_path):
+    from roadside.tools.resources import SYSTEMD_UNIT
+    proc = subprocess.run([sys.executable, "-m", "roadside.tools.cli", "gateway", "unit"],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0 and proc.stdout == SYSTEMD_UNIT.read_text()
+    keys = _unit(proc.stdout)
+    for key, value in (("Type", "notify"), ("WatchdogSec", "30"), ("User", "roadside"),
+                       ("StateDirectory", "roadside"), ("ProtectSystem", "strict"),
+                       ("NoNewPrivileges", "yes"), ("ExecReload", "/bin/kill -HUP $MAINPID")):
+        assert keys[key] == [value], key
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    # systemd's own parser: no unknown key or bad value (the binaries swapped for ones that
+    # exist here, which `verify` checks).
+    unit = tmp_path / "roadside-gateway.service"
+    unit.write_text(proc.stdout.replace("/usr/local/bin/roadside", "/bin/true")
+                    .replace("/bin/kill", "/bin/true"))
+    check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                           timeout=30)
+    assert str(unit) not in check.stderr, check.stderr

@@ -12,6 +12,7 @@ from ..admin import accept, api, config_file, dead_letters
 EXAMPLES = """examples:
   roadside gateway check --config gateway.toml   validate, print a summary or the one-line error
   roadside gateway run --config gateway.toml     run the daemon until Ctrl-C / SIGTERM
+  roadside gateway unit > /etc/systemd/system/roadside-gateway.service   the systemd unit
   roadside gateway cmd --config gateway.toml wl-0003 config.set key=alarm_cm value=120
   roadside gateway commands --config gateway.toml   the command audit log, newest first
   roadside gateway ports                          serial ports with USB VID:PID and serial
@@ -36,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--config", required=True, type=Path, metavar="FILE",
                        help="gateway TOML config")
         a.set_defaults(handler=handle_run if name == "run" else handle_check)
+    u = actions.add_parser("unit", help="print the systemd unit (Type=notify, watchdog)",
+                           description="Print the gateway's systemd unit file (docs/GATEWAY.md"
+                           " says how to install it).")
+    u.set_defaults(handler=handle_unit)
     api.add_parsers(actions, EXAMPLES)
     dead_letters.add_parser(actions, EXAMPLES)
     accept.add_parser(actions, EXAMPLES)
@@ -46,6 +51,13 @@ def handle_run(args: argparse.Namespace) -> int:
 
     config = config_file.load(args.config)
     return daemon.run(config)
+
+
+def handle_unit(args: argparse.Namespace) -> int:
+    from ..resources import SYSTEMD_UNIT
+
+    print(SYSTEMD_UNIT.read_text(encoding="utf-8"), end="")
+    return 0
 
 
 def handle_check(args: argparse.Namespace) -> int:
