@@ -27,8 +27,19 @@ _PREFIX = "roadside.gateway"
 
 
 def fields(**kw: Any) -> dict[str, Any]:
-    """`extra=` for a log call: structured fields (shown as key=value in text format)."""
-    return {"fields": kw}
+    """`extra=` for a log call: structured fields (shown as key=value in text format).
+    Fields that are None are left out."""
+    return {"fields": {k: v for k, v in kw.items() if v is not None}}
+
+
+def batch_fields(batch: Any, **kw: Any) -> dict[str, Any]:
+    """`extra=` for a log call about a batch: its id, record count and, per node, the seq
+    range it carries (`seqs`: {node: [first, last]}), plus `kw`."""
+    seqs: dict[str, list[int]] = {}
+    for node, seq in batch.keys:
+        lo_hi = seqs.setdefault(node, [seq, seq])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], seq), max(lo_hi[1], seq)
+    return fields(batch=batch.id, records=len(batch.keys), seqs=seqs, **kw)
 
 
 def component(name: str) -> str:
