@@ -104,6 +104,7 @@ class _Running:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await link.close()
+        self.sessions.forget(link)
         if link in self.links:
             self.links.remove(link)
 

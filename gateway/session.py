@@ -121,6 +121,15 @@ class SessionManager:
             self._bound[bound] = link.port
             self.port_nodes[link.port] = bound
 
+    def forget(self, link: Link) -> None:
+        """`link` was closed for good (a reload removed or changed it): end its session (its
+        node, if it comes back on a link, says HELLO again, as after a restart) and drop its
+        pin. What the node stored and its learned port stay."""
+        self.sessions.pop(link.port, None)
+        for node, port in list(self._bound.items()):
+            if port == link.port:
+                del self._bound[node]
+
     async def serve(self, link: Link) -> None:
         """Handle every payload of `link`, in order, until cancelled."""
         self.register(link)
