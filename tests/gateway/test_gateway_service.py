@@ -136,6 +136,14 @@ def test_sighup_reloads_links_uplinks_batch_log_and_refuses_a_bad_file(
         await _exchange(fake_node, seqs, seqs[-1])
         await until_delivered(r2, seqs)
 
+    async def rehello(url):
+        await _link_open(url)
+        fake_node.records([17])
+        assert (await fake_node.expect(p.Error, timeout=10)).code == p.ERR_NO_SESSION
+        fake_node.hello("wl-0007", next_seq=18, first_unacked=17)
+        await fake_node.expect(p.Ack, seq=16, timeout=10)
+        await after([17])
+
     proc, url = procs.start_gateway(cfg, log)
     try:
         asyncio.run(asyncio.wait_for(before(url), 30))
@@ -155,21 +163,38 @@ def test_sighup_reloads_links_uplinks_batch_log_and_refuses_a_bad_file(
         asyncio.run(asyncio.wait_for(after(list(range(9, 17))), 30))
         assert read_seqs(r1.db) == {"wl-0007": list(range(1, 9))}
 
+        # A changed link (its baud rate) is reopened: its node's session ends, and the node
+        # says HELLO again as after a restart. [status] listen moves the status server.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            new_port = s.getsockname()[1]
+        settings.baudrate = 57600
+        cfg.write_text(render([fake_node.path, added], data, r2.batches_url,
+                              f"127.0.0.1:{new_port}", settings) + '\n[log]\nformat = "json"\n')
+        proc.send_signal(signal.SIGHUP)
+        line = _count_lines(log, r'"msg": "reloaded ', 2, proc)[-1]
+        assert sorted(json.loads(line)["changes"]) == sorted(
+            [f"link {fake_node.path} changed", f"link {added} changed", "status"])
+        url = f"http://127.0.0.1:{new_port}/status"
+        asyncio.run(asyncio.wait_for(rehello(url), 30))
+
         cfg.write_text(cfg.read_text().replace("max_records = 5", 'max_records = "x"'))
         proc.send_signal(signal.SIGHUP)
         (line,) = _count_lines(log, r"reload refused", 1, proc)
         assert json.loads(line)["msg"] == (
             f"reload refused: {cfg}: batch.max_records: must be an integer 1..10000,"
             f" got 'x'; still running on the previous config")
-        asyncio.run(asyncio.wait_for(after(list(range(17, 21))), 30))
+        asyncio.run(asyncio.wait_for(after(list(range(18, 21))), 30))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
         procs.stop(proc)
     assert read_seqs(r2.db) == {"wl-0007": list(range(9, 21))}
     text = log.read_text()
-    # The kept link was never reopened: its port was opened once in the whole run.
-    assert text.count(f"serial port {added} not found") == 1
+    # The first reload kept the node's link open; the second (its baud rate) reopened it once.
+    assert text.count(f"serial port {fake_node.path} open at 115200 baud") == 1
+    assert text.count(f"serial port {fake_node.path} open at 57600 baud") == 1
+    assert text.count(f"serial port {added} not found") == 2    # added, then changed
     assert "Traceback" not in text
 
 
