@@ -92,8 +92,8 @@ def run(setting: str, n: int, workdir: Path) -> dict[str, object]:
     broker = start(conf, port)
     try:
         sub = subscriber(port)
-        sub.loop_stop()
         sub.disconnect()                 # the session (and its queue) stays at the broker
+        sub.loop_stop()
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-pub")
         pub.connect("127.0.0.1", port)
         pub.loop_start()
@@ -103,6 +103,7 @@ def run(setting: str, n: int, workdir: Path) -> dict[str, object]:
         rate = n / (time.perf_counter() - t0)
         broker.send_signal(signal.SIGKILL)
         broker.wait(5)
+        pub.disconnect()
         pub.loop_stop()
         broker = start(conf, port)
         got: list[int] = []
@@ -113,8 +114,8 @@ def run(setting: str, n: int, workdir: Path) -> dict[str, object]:
             if len(got) == last:
                 break
             last = len(got)
-        sub.loop_stop()
         sub.disconnect()
+        sub.loop_stop()
         return {"setting": setting, "acknowledged": n, "kept": len(set(got)),
                 "lost": n - len(set(got)), "publish_per_s": round(rate)}
     finally:
