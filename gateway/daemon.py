@@ -86,6 +86,7 @@ class _Running:
         self.uplinks: list[Any] = []
         self.link_tasks: dict[str, tuple[LinkConfig, Link, asyncio.Task[Any]]] = {}
         self.uplink_tasks: dict[str, tuple[Any, asyncio.Task[Any]]] = {}
+        self.secrets: dict[str, tuple[str | None, ...]] = {}   # uplink name -> its secrets
         self.status: Status | None = None
 
     def tasks(self) -> list[asyncio.Task[Any]]:
@@ -118,10 +119,12 @@ class _Running:
             self.status.metrics.instrument(u)
         self.uplinks.append(u)
         self.uplink_tasks[uc.name] = (u, asyncio.create_task(u.run(), name=f"uplink {uc.name}"))
+        self.secrets[uc.name] = _secrets(uc)
         self.batcher.on_cut = [x.notify for x in self.uplinks]
 
     async def stop_uplink(self, name: str) -> None:
         u, task = self.uplink_tasks.pop(name)
+        self.secrets.pop(name, None)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await u.close()
@@ -164,10 +167,13 @@ class _Running:
         all_new = {u.name: u for u in new.uplinks}
         same_names = [u.name for u in old.uplinks] == list(all_new)
         for name, (u, _) in list(self.uplink_tasks.items()):
-            if not same_names or all_new.get(name) != u.config:
+            # A token or password file rewritten in place changes no key: compare secrets too.
+            changed = name in all_new and (all_new[name] != u.config
+                                           or _secrets(all_new[name]) != self.secrets.get(name))
+            if not same_names or name not in all_new or changed:
                 await self.stop_uplink(name)
                 what = ("removed" if name not in all_new else
-                        "changed" if all_new[name] != u.config else "restarted")
+                        "changed" if changed else "restarted")
                 changes.append(f"uplink {name} {what}")
         self.batcher.uplinks = tuple(all_new)
         for name, uc in all_new.items():
@@ -183,6 +189,17 @@ class _Running:
             health.uplink_down_s = new.status.uplink_down_s
             changes.append("status")
         return changes
+
+
+def _secrets(uc: Any) -> tuple[str | None, ...]:
+    """The uplink's token and password as they read now (files and environment)."""
+    out: list[str | None] = []
+    for read in ("token", "password"):
+        try:
+            out.append(getattr(uc, read)())
+        except Exception:  # noqa: BLE001 - the config loader already said what is wrong
+            out.append(None)
+    return tuple(out)
 
 
 async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
@@ -318,7 +335,13 @@ async def _reload(run: _Running, health: Health, runner: Any, port: int) -> tupl
         await runner.cleanup()
         runner, port = new_runner, new_port
         log.info(f"status on http://{new.status.host}:{port}/status")
-    changes = await run.reload(new, health)
+    try:
+        changes = await run.reload(new, health)
+    except Exception as exc:  # noqa: BLE001 - a reload must never stop the daemon
+        log.error(f"reload of {path} failed part way: {exc!r}; the parts applied stay,"
+                  " send SIGHUP again or restart", exc_info=exc,
+                  extra=logs.fields(error=repr(exc)))
+        return runner, port
     log.info(f"reloaded {path}: {', '.join(changes) if changes else 'nothing changed'}",
              extra=logs.fields(changes=changes))
     return runner, port

@@ -228,3 +228,28 @@ def test_the_shipped_unit_is_notify_with_watchdog_and_hardening(tmp_path):
     check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                            timeout=30)
     assert str(unit) not in check.stderr, check.stderr
+
+
+def test_sighup_restarts_an_uplink_whose_token_file_was_rewritten(tmp_path):
+    token = tmp_path / "city.token"
+    token.write_text("first\n")
+    token.chmod(0o600)
+    cfg = write(tmp_path / "gw.toml", [str(tmp_path / "ttyUSB-nope")], tmp_path / "data",
+                "http://127.0.0.1:9/batches", "127.0.0.1:0")
+    cfg.write_text(cfg.read_text().replace(
+        'url = "http://127.0.0.1:9/batches"\n',
+        f'url = "http://127.0.0.1:9/batches"\ntoken_file = "{token}"\n'
+        'insecure_credentials = true\n'))
+    log = tmp_path / "gw.log"
+    proc, _ = procs.start_gateway(cfg, log)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        _count_lines(log, r"reloaded .*: nothing changed changes=\[\]", 1, proc)
+        token.write_text("second\n")          # rotated in place: no key of the config changed
+        proc.send_signal(signal.SIGHUP)
+        _count_lines(log, r"reloaded .*: uplink http changed", 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        procs.stop(proc)
+    assert "second" not in log.read_text() and "first" not in log.read_text()
