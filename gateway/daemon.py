@@ -122,6 +122,15 @@ class _Running:
         self.secrets[uc.name] = _secrets(uc)
         self.batcher.on_cut = [x.notify for x in self.uplinks]
 
+    async def settle(self) -> None:
+        """Batches the configured uplinks all have, kept only for an uplink no longer there."""
+        names = [u.name for u in self.config.uplinks]
+        n = await self.queue.call(self.queue.settle, names)
+        if n:
+            log.info(f"{n} batches delivered by every configured uplink ({', '.join(names)})"
+                     " were still waiting for an uplink no longer configured: deleted",
+                     extra=logs.fields(batches=n))
+
     async def stop_uplink(self, name: str) -> None:
         u, task = self.uplink_tasks.pop(name)
         self.secrets.pop(name, None)
@@ -176,6 +185,8 @@ class _Running:
                         "changed" if changed else "restarted")
                 changes.append(f"uplink {name} {what}")
         self.batcher.uplinks = tuple(all_new)
+        if not same_names:
+            await self.settle()
         for name, uc in all_new.items():
             if name not in self.uplink_tasks:
                 self.start_uplink(uc)
@@ -243,6 +254,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
             await run.start_link(serial.get(link.name), link)
         for uc in config.uplinks:
             run.start_uplink(uc)
+        await run.settle()
         log.info(f"gateway {g.id} site {g.site}: queue {config.queue_path}"
                  f" ({queue.depth()} records, {queue.batches_pending()} batches pending),"
                  f" {len(links)} links, {len(uplinks)} uplinks")
