@@ -83,8 +83,8 @@ class Batcher:
 
     async def run(self) -> None:
         """Until cancelled: cut due batches whenever woken, and at least every tick."""
-        tick = max(0.05, min(self.config.max_age_s / 4, 0.5))
         while True:
+            tick = max(0.05, min(self.config.max_age_s / 4, 0.5))   # [batch] may be reloaded
             # A cut that cannot commit (full disk) is tried again on the next tick.
             n = await keep_trying(self.queue, "cut a batch", self.cut_due)
             if n:

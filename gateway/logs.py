@@ -27,8 +27,19 @@ _PREFIX = "roadside.gateway"
 
 
 def fields(**kw: Any) -> dict[str, Any]:
-    """`extra=` for a log call: structured fields (shown as key=value in text format)."""
-    return {"fields": kw}
+    """`extra=` for a log call: structured fields (shown as key=value in text format).
+    Fields that are None are left out."""
+    return {"fields": {k: v for k, v in kw.items() if v is not None}}
+
+
+def batch_fields(batch: Any, **kw: Any) -> dict[str, Any]:
+    """`extra=` for a log call about a batch: its id, record count and, per node, the seq
+    range it carries (`seqs`: {node: [first, last]}), plus `kw`."""
+    seqs: dict[str, list[int]] = {}
+    for node, seq in batch.keys:
+        lo_hi = seqs.setdefault(node, [seq, seq])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], seq), max(lo_hi[1], seq)
+    return fields(batch=batch.id, records=len(batch.keys), seqs=seqs, **kw)
 
 
 def component(name: str) -> str:
@@ -120,7 +131,8 @@ class Throttle:
         self._logged = 0.0
         self.last: str | None = None
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, extra: dict[str, Any] | None = None) -> None:
+        """`extra`: the line's structured fields (fields()), on every line it writes."""
         now = self.mono()
         self.last = message
         self.total += 1
@@ -128,12 +140,12 @@ class Throttle:
             self.failing = True
             self._logged = now
             self._unlogged = 0
-            self.log.log(self.level, message)
+            self.log.log(self.level, message, extra=extra)
             return
         self._unlogged += 1
         if now - self._logged >= self.every_s:
             self.log.log(self.level, f"{self.what}: {self._unlogged} more times in"
-                         f" {now - self._logged:.0f} s, still failing: {message}")
+                         f" {now - self._logged:.0f} s, still failing: {message}", extra=extra)
             self._logged = now
             self._unlogged = 0
 

@@ -48,9 +48,10 @@ class GatewayCollector(Collector):
                                  labels=["gateway", "site"])
         info.add_metric([st.gateway_id, st.site], 1)
         yield info
-        yield GaugeMetricFamily("roadside_gateway_uptime_seconds",
-                                "Seconds since the daemon started.",
-                                value=time.monotonic() - st.started)
+        # A timestamp, not an age (Prometheus: `time() - roadside_gateway_start_time_seconds`).
+        yield GaugeMetricFamily("roadside_gateway_start_time_seconds",
+                                "When the daemon started, Unix time in seconds.",
+                                value=time.time() - (time.monotonic() - st.started))
 
     def _links(self, links: list[Any]) -> Iterator[Any]:
         frames = CounterMetricFamily("roadside_link_frames", "Valid frames received per link.",
@@ -62,8 +63,10 @@ class GatewayCollector(Collector):
             "roadside_link_errors",
             "Frames dropped per link by reason: crc, cobs, oversize (framing) and malformed "
             "(good CRC, not a valid message).", labels=["link", "reason"])
+        # No state label: a series per state would appear and vanish as the state changes
+        # (the state is on /status).
         up = GaugeMetricFamily("roadside_link_up", "1 when the link's port is open, else 0.",
-                               labels=["link", "state"])
+                               labels=["link"])
         for link in links:
             c = link.counters()
             frames.add_metric([link.name], c["frames"])
@@ -71,7 +74,7 @@ class GatewayCollector(Collector):
             nbytes.add_metric([link.name, "out"], c["bytes_out"])
             for reason in LINK_ERRORS:
                 errors.add_metric([link.name, reason], c.get(reason, 0))
-            up.add_metric([link.name, link.state], 1 if link.is_open else 0)
+            up.add_metric([link.name], 1 if link.is_open else 0)
         yield from (frames, nbytes, errors, up)
         yield from self._ble([link for link in links if link.type == "ble"])
 
@@ -97,9 +100,11 @@ class GatewayCollector(Collector):
 
     def _nodes(self, sessions: Any) -> Iterator[Any]:
         now = sessions.mono()
-        seen = GaugeMetricFamily("roadside_node_last_seen_seconds",
-                                 "Seconds since the node last sent a message (absent until it"
-                                 " has sent one since the daemon started).", labels=["node"])
+        wall = time.time()
+        seen = GaugeMetricFamily("roadside_node_last_seen_timestamp_seconds",
+                                 "When the node last sent a message, Unix time in seconds"
+                                 " (absent until it has sent one since the daemon started).",
+                                 labels=["node"])
         state = GaugeMetricFamily("roadside_node_link_state",
                                   "1 for the node's current link state (up, silent, down).",
                                   labels=["node", "state"])
@@ -114,12 +119,12 @@ class GatewayCollector(Collector):
         acked = GaugeMetricFamily("roadside_node_acked_seq",
                                   "The node's ACK: highest seq stored contiguously.",
                                   labels=["node"])
-        level = GaugeMetricFamily("roadside_node_level_cm",
-                                  "Last water level of the node, cm above the datum.",
+        level = GaugeMetricFamily("roadside_node_level_metres",
+                                  "Last water level of the node, metres above the datum.",
                                   labels=["node"])
         for n in sorted(sessions.nodes.values(), key=lambda n: n.id):
             if n.last_seen is not None:
-                seen.add_metric([n.id], max(0.0, now - n.last_seen))
+                seen.add_metric([n.id], wall - max(0.0, now - n.last_seen))
             current = sessions.link_state(n)
             for s in NODE_STATES:
                 state.add_metric([n.id, s], 1 if s == current else 0)
@@ -128,7 +133,7 @@ class GatewayCollector(Collector):
             gaps.add_metric([n.id], n.gaps)
             acked.add_metric([n.id], n.acked)
             if n.last_level is not None:
-                level.add_metric([n.id], n.last_level)
+                level.add_metric([n.id], n.last_level / 100)   # cm on the wire
         yield from (seen, state, records, dups, gaps, acked, level)
 
     def _identity(self, st: Any) -> Iterator[Any]:
@@ -204,14 +209,14 @@ class GatewayCollector(Collector):
         }
         up = GaugeMetricFamily("roadside_uplink_up",
                                "0 while the uplink cannot reach its backend, else 1.",
-                               labels=["uplink", "state"])
+                               labels=["uplink"])
         for u in uplinks:
             s = u.status()
             name = str(s.get("name", getattr(u, "name", "?")))
             for key, fam in fams.items():
                 fam.add_metric([name], float(s.get(key) or 0))
             state = str(s.get("state", "?"))
-            up.add_metric([name, state], 0 if state == "down" else 1)
+            up.add_metric([name], 0 if state == "down" else 1)
         yield from (*fams.values(), up)
 
 

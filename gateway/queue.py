@@ -970,6 +970,24 @@ class Queue:
             self._bump("delivered_batches", 1)
         return True
 
+    def settle(self, uplinks: Iterable[str]) -> int:
+        """Delete the batches every uplink in `uplinks` has delivered or dead-lettered. After
+        an uplink left the config (a restart or a SIGHUP reload), batches that only it still
+        lacked would stay for good, count as pending and stop the batcher. Returns how many
+        batches went."""
+        wanted = set(uplinks)
+        if not wanted:
+            return 0
+        done: dict[str, set[str]] = {}
+        for batch_id, uplink in self._db.execute("SELECT batch, uplink FROM deliveries"):
+            done.setdefault(batch_id, set()).add(uplink)
+        settled = [b for b, got in done.items() if wanted <= got]
+        with self._transaction():
+            for batch_id in settled:
+                self._bump("delivered_records", self._delete_batch(batch_id))
+                self._bump("delivered_batches", 1)
+        return len(settled)
+
     def dead_letter(self, batch_id: str, uplink: str, reason: str,
                     uplinks: Iterable[str] = ()) -> None:
         """Move a batch `uplink` refused as malformed aside, so it cannot block its cursor.

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import ids
+from . import ids, logs
 from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
@@ -115,6 +115,11 @@ class SessionManager:
                                               acked=info.ack, duplicates=info.duplicates,
                                               gaps=info.gaps)
 
+    def _node_on(self, link: Link) -> str | None:
+        """The node whose session is on `link` (for log fields), if any."""
+        session = self.sessions.get(link.port)
+        return session.node if session is not None else None
+
     # -- the per-link loop ------------------------------------------------------------------
 
     def register(self, link: Link) -> None:
@@ -124,6 +129,15 @@ class SessionManager:
             self._bound[bound] = link.port
             self.port_nodes[link.port] = bound
 
+    def forget(self, link: Link) -> None:
+        """`link` was closed for good (a reload removed or changed it): end its session (its
+        node, if it comes back on a link, says HELLO again, as after a restart) and drop its
+        pin. What the node stored and its learned port stay."""
+        self.sessions.pop(link.port, None)
+        for node, port in list(self._bound.items()):
+            if port == link.port:
+                del self._bound[node]
+
     async def serve(self, link: Link) -> None:
         """Handle every payload of `link`, in order, until cancelled."""
         self.register(link)
@@ -132,14 +146,17 @@ class SessionManager:
             try:
                 await self.handle(link, payload)
             except Exception:  # noqa: BLE001 - one bad message must never stop a link
-                log.exception(f"{link.port}: error while handling a message")
+                log.exception(f"{link.port}: error while handling a message",
+                              extra=logs.fields(link=link.port))
 
     async def handle(self, link: Link, payload: bytes) -> None:
         try:
             msg = p.decode_message(payload)
         except ProtocolError as exc:
             link.malformed += 1
-            log.info(f"{link.port}: bad message ({exc}); answering ERROR {exc.code}")
+            log.info(f"{link.port}: bad message ({exc}); answering ERROR {exc.code}",
+                     extra=logs.fields(link=link.port, node=self._node_on(link),
+                                       error=str(exc)))
             link.send(p.error_frame(exc.code, str(exc), exc.msg_type))
             return
         if isinstance(msg, p.Hello):
@@ -147,7 +164,9 @@ class SessionManager:
         elif isinstance(msg, p.Records):
             await self._records(link, msg)
         elif isinstance(msg, p.Reply):
-            log.info(f"{link.port}: REPLY {msg.request_id} ok={msg.ok}")
+            log.info(f"{link.port}: REPLY {msg.request_id} ok={msg.ok}",
+                     extra=logs.fields(link=link.port, node=self._node_on(link),
+                                       request_id=msg.request_id))
             session = self.sessions.get(link.port)
             if session is not None:
                 self.nodes[session.node].last_seen = self.mono()
@@ -155,7 +174,9 @@ class SessionManager:
                 self.on_reply(link, msg)
         elif isinstance(msg, p.Error):
             self.node_errors += 1
-            log.info(f"{link.port}: node sent ERROR {msg.code}: {msg.message}")
+            log.info(f"{link.port}: node sent ERROR {msg.code}: {msg.message}",
+                     extra=logs.fields(link=link.port, node=self._node_on(link),
+                                       error=f"{msg.code}: {msg.message}"))
         else:
             # A gateway-to-node message coming from a node: valid CBOR, wrong direction.
             link.malformed += 1
@@ -181,7 +202,8 @@ class SessionManager:
         self._jump_ok.discard((link.port, msg.node))     # an acceptance is used once
         old = self.sessions.get(link.port)
         if old is not None and old.node != msg.node:
-            log.info(f"{link.port}: node {old.node} replaced by {msg.node}")
+            log.info(f"{link.port}: node {old.node} replaced by {msg.node}",
+                     extra=logs.fields(link=link.port, node=msg.node, previous=old.node))
         session = Session(link, msg.node, msg.role)
         self.sessions[link.port] = session
         # Another link may have carried this node before (moved cable): it is here now.
@@ -197,19 +219,24 @@ class SessionManager:
             result, high = await self.queue.call(self._hello_in_queue, msg, self.wall(),
                                                  link.port if learned else None)
         except QueueError as exc:
-            self._busy_error.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}")
+            self._busy_error.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}",
+                                   extra=logs.fields(link=link.port, node=msg.node, error=str(exc)))
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.HELLO))
             return
         if learned:
             self._kept_ports[link.port] = msg.node
         if result.gaps:
             log.warning(f"{msg.node}: {result.gaps} records below seq {msg.first_unacked}"
-                        f" never arrived and are gone (node journal refused them)")
+                        f" never arrived and are gone (node journal refused them)",
+                        extra=logs.fields(link=link.port, node=msg.node, gaps=result.gaps,
+                                          seq_to=msg.first_unacked - 1))
         self._update(state, result.ack)
         resume = session.resume = self._resume(msg, high)
         log.info(f"{link.port}: HELLO {msg.node} role={msg.role} fw={msg.fw}"
                  f" next_seq={msg.next_seq} first_unacked={msg.first_unacked};"
-                 f" ACK {result.ack}" + (f" resume {resume}" if resume else ""))
+                 f" ACK {result.ack}" + (f" resume {resume}" if resume else ""),
+                 extra=logs.fields(link=link.port, node=msg.node, ack=result.ack,
+                                   resume=resume))
         link.send(p.encode_frame(p.Ack(result.ack, resume)))
 
     def _hello_in_queue(self, msg: p.Hello, now: float,
@@ -234,7 +261,8 @@ class SessionManager:
         if resume is not None:
             log.warning(f"{msg.node}: its counter is behind what is stored (next_seq"
                         f" {msg.next_seq}, unsure from {msg.unsure}, stored up to {high}):"
-                        f" told to continue at {resume}; its held records get new seqs")
+                        f" told to continue at {resume}; its held records get new seqs",
+                        extra=logs.fields(node=msg.node, resume=resume))
         return resume
 
     async def _records(self, link: Link, msg: p.Records) -> None:
@@ -250,7 +278,9 @@ class SessionManager:
                 # Numbered by a lost counter (PROTOCOL.md 2.2 rule 7): stored, these seqs would
                 # stand for other records. Not stored; the node renumbers them on this ACK.
                 log.info(f"{session.node}: RECORDS from {msg.from_seq} not stored (seqs of a"
-                         f" lost counter); told again to resume at {session.resume}")
+                         f" lost counter); told again to resume at {session.resume}",
+                         extra=logs.fields(link=link.port, node=session.node,
+                                           **_seq_range(msg)))
                 link.send(p.encode_frame(p.Ack(self.queue.ack_of(session.node),
                                                session.resume)))
                 return
@@ -268,11 +298,15 @@ class SessionManager:
             result = await self.queue.store_grouped(session.node, session.role, msg.records,
                                                     msg.from_seq, self.wall())
         except QueueFullError as exc:
-            self._busy_full.error(f"{session.node}: {exc}; answering busy")
+            self._busy_full.error(f"{session.node}: {exc}; answering busy",
+                                  extra=logs.fields(link=link.port, node=session.node,
+                                                    error=str(exc), **_seq_range(msg)))
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue full", p.RECORDS))
             return
         except QueueError as exc:
-            self._busy_error.error(f"{session.node}: {exc}; answering busy")
+            self._busy_error.error(f"{session.node}: {exc}; answering busy",
+                                   extra=logs.fields(link=link.port, node=session.node,
+                                                     error=str(exc), **_seq_range(msg)))
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.RECORDS))
             return
         if self._busy_full.failing or self._busy_error.failing:
@@ -294,7 +328,9 @@ class SessionManager:
             self._remember_alarms(session, msg.records)
         if result.gaps:
             log.warning(f"{session.node}: {result.gaps} records below seq {msg.from_seq}"
-                        f" are gone for good (from rule)")
+                        f" are gone for good (from rule)",
+                        extra=logs.fields(link=link.port, node=session.node, gaps=result.gaps,
+                                          seq_to=msg.from_seq - 1))
         self._update(state, result.ack)
         # Committed above: only now may the node forget these records.
         link.send(p.encode_frame(p.Ack(result.ack)))
@@ -363,8 +399,8 @@ class SessionManager:
                             f" HELLOs are counted only (/metrics"
                             f" roadside_gateway_hello_refused_total)")
             return
-        log.warning(text, extra={"fields": {"port": link.port, "node": node[:64],
-                                            "reason": reason}})
+        log.warning(text, extra=logs.fields(port=link.port, link=link.port, node=node[:64],
+                                            reason=reason))
         self.identity_alarms[key] = IdentityAlarm(link.port, node[:64], reason, text,
                                                   1, now, now)
 
@@ -385,7 +421,7 @@ class SessionManager:
         self.identity_alarms.pop((port, node), None)
         self._alarms_full_logged = False
         log.warning(f"operator accepted {node} on {port} (it served {previous})",
-                    extra={"fields": {"port": port, "node": node}})
+                    extra=logs.fields(port=port, link=port, node=node))
         return f"{node} accepted on {port} (it served {previous or 'no node yet'})"
 
     # -- time -------------------------------------------------------------------------------
@@ -416,11 +452,12 @@ class SessionManager:
                     quiet = self.mono() - (state.last_seen or 0.0)
                     log.warning(f"node {state.id} on {state.port} is silent: nothing heard for"
                                 f" {quiet:.0f} s (link open); check its power and sensor",
-                                extra={"fields": {"node": state.id, "port": state.port}})
+                                extra=logs.fields(node=state.id, port=state.port,
+                                                  link=state.port))
             elif state.id in self._silent and self.link_state(state) == "up":
                 self._silent.discard(state.id)
                 log.info(f"node {state.id} is heard again",
-                         extra={"fields": {"node": state.id, "port": state.port}})
+                         extra=logs.fields(node=state.id, port=state.port, link=state.port))
         return now_silent
 
     # -- state ------------------------------------------------------------------------------
@@ -463,3 +500,11 @@ class SessionManager:
     def forget_link(self, link: Link) -> None:
         """The link closed for good: its session ends."""
         self.sessions.pop(link.port, None)
+
+
+def _seq_range(msg: p.Records) -> dict[str, int]:
+    """Log fields for the seqs a RECORDS message carries (`seq_from`, `seq_to`)."""
+    if not msg.records:
+        return {"seq_from": msg.from_seq}
+    seqs = [r.seq for r in msg.records]
+    return {"seq_from": min(seqs), "seq_to": max(seqs)}

@@ -9,6 +9,7 @@ The wheel ships them as package data laid out as in the checkout, beside the too
     boards/       board files             roadside/boards/*.toml
     scenarios/    sim scenarios           roadside/scenarios/ROLE/*.json
     docs/protocol.cddl                    roadside/docs/protocol.cddl
+    deploy/systemd/*.service              roadside/deploy/systemd/   (the gateway's unit)
 
 so every path is ROOT / the same relative path, ROOT being the directory above the tools
 package. The one difference: the precompiled firmware (mpy-cross output) goes to build/mpy in
@@ -28,6 +29,7 @@ FIRMWARE = ROOT / "firmware"
 BOARDS = ROOT / "boards"
 SCENARIOS = ROOT / "scenarios"
 PROTOCOL_CDDL = ROOT / "docs" / "protocol.cddl"
+SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "roadside-gateway.service"
 
 
 def _cache_dir() -> Path:

@@ -34,7 +34,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from .. import ble_auth, roles
+from .. import ble_auth, logs, roles
 from .. import protocol as p
 from . import base
 
@@ -380,7 +380,8 @@ class BleLink(base.Link):
             self._last_rx = time.monotonic()
             since = time.monotonic()
             log.info(f"BLE link {self.node} open ({self.device}, mtu {self.mtu},"
-                     f" rssi {self.rssi}); authenticated")
+                     f" rssi {self.rssi}); authenticated",
+                     extra=logs.fields(link=self.port, node=self.node, rssi=self.rssi))
             while not lost.is_set() and client.is_connected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
@@ -389,14 +390,17 @@ class BleLink(base.Link):
                 if (self.central.waiting and now - since >= self.central.hold_s
                         and now - self._last_rx >= IDLE_S):
                     self.rotations += 1
-                    log.info(f"BLE link {self.node}: giving the slot to a waiting node")
+                    log.info(f"BLE link {self.node}: giving the slot to a waiting node",
+                             extra=logs.fields(link=self.port, node=self.node))
                     break
             if lost.is_set():
-                log.warning(f"BLE link {self.node} lost; reconnecting")
+                log.warning(f"BLE link {self.node} lost; reconnecting",
+                            extra=logs.fields(link=self.port, node=self.node, error="lost"))
             return True
         except (BleakError, OSError) as exc:
             self.last_error = str(exc)
-            log.warning(f"BLE link {self.node}: {exc}; reconnecting")
+            log.warning(f"BLE link {self.node}: {exc}; reconnecting",
+                        extra=logs.fields(link=self.port, node=self.node, error=str(exc)))
             return self._authed
         finally:
             self._authed = False
@@ -433,7 +437,9 @@ class BleLink(base.Link):
                 self._on_payload(payload)
             except Exception as exc:  # noqa: BLE001 - nothing a node sends may stop the link
                 self.malformed += 1
-                log.warning(f"BLE link {self.node}: frame refused ({type(exc).__name__})")
+                log.warning(f"BLE link {self.node}: frame refused ({type(exc).__name__})",
+                            extra=logs.fields(link=self.port, node=self.node,
+                                              error=type(exc).__name__))
 
     def _on_payload(self, payload: bytes) -> None:
         """One frame's payload from the node: AUTH during the handshake, SEALED after it."""
@@ -462,7 +468,8 @@ class BleLink(base.Link):
         try:
             inner = channel.open(msg)
         except ble_auth.ChannelError as exc:
-            log.warning(f"BLE link {self.node}: {exc.reason} frame refused")
+            log.warning(f"BLE link {self.node}: {exc.reason} frame refused",
+                        extra=logs.fields(link=self.port, node=self.node, error=exc.reason))
             return
         self._last_rx = time.monotonic()
         self.incoming.put_nowait(inner)

@@ -16,6 +16,7 @@ import os
 import serial
 import serial_asyncio_fast
 
+from .. import logs
 from . import base
 from .usb import UsbMatch
 
@@ -83,7 +84,7 @@ class SerialLink(base.Link):
     def _report(self, key: str, level: int, text: str) -> None:
         if self._reported != key:
             self._reported = key
-            log.log(level, text)
+            log.log(level, text, extra=logs.fields(link=self.port, error=self.last_error))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,7 +101,8 @@ class SerialLink(base.Link):
                     await asyncio.sleep(self.retry_s)
                     continue
                 if device != self.device:
-                    log.info(f"serial link {self.port} is {device}")
+                    log.info(f"serial link {self.port} is {device}",
+                             extra=logs.fields(link=self.port, device=device))
                 self.device = device
             path = self.device or self.port
             if not os.path.exists(path):
@@ -137,14 +139,16 @@ class SerialLink(base.Link):
             self._reported = None
             self.last_error = None
             log.info(f"serial port {self.port} open at {self.baudrate} baud"
-                     + (f" ({path})" if path != self.port else ""))
+                     + (f" ({path})" if path != self.port else ""),
+                     extra=logs.fields(link=self.port, device=path))
             try:
                 await protocol.lost.wait()
             finally:
                 self._close_transport()
             self.state = base.ERROR
             log.warning(f"serial port {self.port} lost ({self.last_error or 'closed'});"
-                        f" reopening")
+                        f" reopening",
+                        extra=logs.fields(link=self.port, error=self.last_error or "closed"))
             # A partial frame from before the loss must not be glued to new bytes.
             self.decoder.reset()
             await asyncio.sleep(min(self.retry_s, 0.5))

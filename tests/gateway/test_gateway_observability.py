@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def test_metrics_parse_and_count_everything(tmp_path, fake_node):
                     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
                     return await r.text()
 
+    started = time.time()
     text = asyncio.run(asyncio.wait_for(main(), 30))
     assert "# HELP roadside_link_frames_total" in text
     assert "# TYPE roadside_link_errors_total counter" in text
@@ -136,12 +138,19 @@ def test_metrics_parse_and_count_everything(tmp_path, fake_node):
     assert value(fams, "roadside_link_errors", link=link, reason="cobs") == 1
     assert value(fams, "roadside_link_errors", link=link, reason="oversize") == 0
     assert value(fams, "roadside_link_bytes", link=link, direction="in") > 50
-    assert value(fams, "roadside_link_up", link=link, state="open") == 1
+    assert value(fams, "roadside_link_up", link=link) == 1
+    # Prometheus naming: no state label on an _up gauge, base units, timestamps not ages.
+    for sample in (*fams["roadside_link_up"].samples, *fams["roadside_uplink_up"].samples):
+        assert "state" not in sample.labels, sample
+    assert not any(name.endswith("_cm") or name == "roadside_gateway_uptime_seconds"
+                   for name in fams), sorted(fams)
+    assert abs(value(fams, "roadside_gateway_start_time_seconds") - started) < 60
     assert value(fams, "roadside_node_records", node="wl-0009") == 4
     assert value(fams, "roadside_node_duplicates", node="wl-0009") == 2
     assert value(fams, "roadside_node_gaps", node="wl-0009") == 0
-    assert value(fams, "roadside_node_level_cm", node="wl-0009") == 14.0
-    assert 0 <= value(fams, "roadside_node_last_seen_seconds", node="wl-0009") < 10
+    assert value(fams, "roadside_node_level_metres", node="wl-0009") == 0.14
+    seen = value(fams, "roadside_node_last_seen_timestamp_seconds", node="wl-0009")
+    assert started - 1 <= seen <= time.time()
     assert value(fams, "roadside_node_link_state", node="wl-0009", state="up") == 1
     assert value(fams, "roadside_queue_duplicates") == 2
     assert value(fams, "roadside_queue_evictions") == 0
