@@ -119,7 +119,7 @@ def test_noisy_line_delivers_every_record_and_alarms_fast(tmp_path, ber):
             gw.mode = ANSWER
             clean["log_at"] = len(_log(node))
             await _wait_log(node, "line clean: frames of 1024 B again", 40, clean["log_at"])
-            target = watch.produced
+            target = clean["target"] = watch.produced
             await gw.wait_for(lambda: gw.acked >= target, 30, "records after the stall")
         finally:
             await watch.stop()
@@ -136,7 +136,9 @@ def test_noisy_line_delivers_every_record_and_alarms_fast(tmp_path, ber):
     # alarms once the session runs (the first record arrived 5 s before): the HELLO exchange
     # at boot goes through the same noise and is retried every 3 s (session.HELLO_RETRY_MS)
     steady = min(gw.arrived.values()) + 5
+    # the alarms the test waited for (the node journals on until it is stopped: a later one
+    # may still be on its way)
     late = {s: round(gw.arrived[s] - watch.journaled[s], 3) for s in watch.alarms
-            if watch.journaled.get(s, 0) > steady}
+            if s <= clean["target"] and watch.journaled.get(s, 0) > steady}
     assert late, "the flood raised no alarm: the test sees nothing"
     assert max(late.values()) < 2.0, late

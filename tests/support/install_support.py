@@ -24,12 +24,13 @@ def virtual_board(directory: Path, **kwargs: Any) -> Iterator[VirtualBoard]:
         board.close()
 
 
-def wait_repl(board: VirtualBoard, timeout: float = 20.0) -> None:
-    """Wait until a blank board shows its REPL prompt. The unix port dies of a Ctrl-C that
-    lands after its boot script ended and before its REPL took the terminal (the window a
-    connect right after start() can hit); tests that are not about booting wait this out."""
+def wait_repl(board: VirtualBoard, timeout: float = 20.0, since: int = 0) -> None:
+    """Wait until a blank board shows its REPL prompt (in its console log after byte `since`:
+    the log's size before a reset). The unix port dies of a Ctrl-C that lands after its boot
+    script ended and before its REPL took the terminal (the window a connect right after
+    start() or reset() can hit); tests that are not about booting wait this out."""
     deadline = time.monotonic() + timeout
-    while b">>> " not in (board.log.read_bytes() if board.log.exists() else b""):
+    while b">>> " not in (board.log.read_bytes()[since:] if board.log.exists() else b""):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the virtual board in {board.dir} showed no REPL prompt")
         time.sleep(0.02)

@@ -194,6 +194,7 @@ def test_a_blank_board_cut_mid_deploy_boots_blank_and_the_next_deploy_resumes(
         start = board.log.stat().st_size
         board.reset()
         # no entry point yet: the board boots to its REPL, as a blank board does
+        wait_repl(board, since=start)
         res = _deploy(board, monkeypatch, files)
         console = board.log.read_bytes()[start:]
         assert b"Traceback" not in console, console.decode(errors="replace")
