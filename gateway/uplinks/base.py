@@ -146,9 +146,11 @@ class Uplink(abc.ABC):
     async def run(self) -> None:
         """Until cancelled: connect, deliver pending batches in order, waiting for a cut when
         idle; reconnect with backoff after the connection ends."""
+        lost = 0      # 1 after a connection ended while idle: that was attempt 1
         try:
             while True:
-                await self._connect()
+                await self._connect(lost)
+                lost = 0
                 self._wake.clear()   # before looking, so a cut in between is not missed
                 batch = await self.queue.call(self.queue.next_pending, self.name)
                 if batch is None:
@@ -157,6 +159,7 @@ class Uplink(abc.ABC):
                         await self.wait_for_work(IDLE_WAIT_S)
                     except UplinkError as exc:      # the connection ended while idle
                         await self._connection_failed(exc, 0)
+                        lost = 1
                     continue
                 await self.deliver(batch)
                 if self.on_delivered is not None:
@@ -164,9 +167,8 @@ class Uplink(abc.ABC):
         finally:
             await self.close()
 
-    async def _connect(self) -> None:
+    async def _connect(self, attempt: int = 0) -> None:
         """Connect (nothing to do when connected), retrying with backoff until it works."""
-        attempt = 0
         while not self.connected:
             try:
                 await self.connect()

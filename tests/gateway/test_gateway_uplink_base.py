@@ -141,3 +141,46 @@ def test_make_uplink_is_typed_and_gives_the_commander_to_mqtt(tmp_path):
     finally:
         commander.close()
         queue.close()
+
+
+class DropsWhileIdle(Scripted):
+    """Connected and idle, the connection ends once; the first connect after that fails."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, refuse=0, **kwargs)
+        self.dropped = False
+
+    async def wait_for_work(self, timeout: float) -> None:
+        if not self.dropped:
+            self.dropped = True
+            self.refuse = 1
+            raise UplinkError("peer: connection lost", True) from OSError(104, "reset")
+        await super().wait_for_work(timeout)
+
+
+def test_a_connection_lost_while_idle_is_reconnected_and_logged_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="roadside.gateway.uplink")
+    queue = Queue(tmp_path / "q.sqlite", "gw-b", "site-b")
+    cfg = UplinkConfig("http", "http://127.0.0.1:9/x", name="s", backoff_initial_s=0.01,
+                       backoff_max_s=0.02)
+    up = DropsWhileIdle(cfg, queue, ["s"], rng=random.Random(1))
+
+    async def main() -> None:
+        task = asyncio.create_task(up.run())
+        try:
+            await until(lambda: up.opens == 2 and up.state == "idle", "the reconnect")
+            store(queue, range(1, 11))
+            await queue.call(queue.next_batch, 10, 1 << 20)
+            up.notify()
+            await until(lambda: queue.depth() == 0, "the delivery after the reconnect")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert up.failures == 2 and up.delivered == 10 and up.last_error == "peer: connection refused"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "uplink s: peer: connection lost; reconnecting (attempt 1, next in")   # not 1 again
+    queue.close()
