@@ -25,7 +25,7 @@ from typing import Any
 from . import api_token, logs, sdnotify
 from .batcher import Batcher
 from .commands import Commander
-from .config import ConfigError, GatewayConfig, LinkConfig, load
+from .config import ConfigError, GatewayConfig, LinkConfig, UplinkConfig, load
 from .errors import GatewayError
 from .health import Health
 from .links.base import Link
@@ -35,7 +35,7 @@ from .queue import Queue
 from .queue_recovery import open_queue
 from .session import SessionManager
 from .status import Status, serve
-from .uplinks import make_uplink
+from .uplinks import Uplink, make_uplink
 
 log = logging.getLogger("roadside.gateway")
 
@@ -84,9 +84,9 @@ class _Running:
         self.batcher = batcher
         self.commander = commander
         self.links: list[Link] = []          # shared with Health and Status (edited in place)
-        self.uplinks: list[Any] = []
+        self.uplinks: list[Uplink] = []
         self.link_tasks: dict[str, tuple[LinkConfig, Link, asyncio.Task[Any]]] = {}
-        self.uplink_tasks: dict[str, tuple[Any, asyncio.Task[Any]]] = {}
+        self.uplink_tasks: dict[str, tuple[Uplink, asyncio.Task[Any]]] = {}
         self.secrets: dict[str, tuple[str | None, ...]] = {}   # uplink name -> its secrets
         self.status: Status | None = None
 
@@ -110,12 +110,11 @@ class _Running:
         if link in self.links:
             self.links.remove(link)
 
-    def start_uplink(self, uc: Any) -> None:
+    def start_uplink(self, uc: UplinkConfig) -> None:
         g = self.config.gateway
         names = [u.name for u in self.config.uplinks]
-        u = make_uplink(uc, self.queue, names, self.batcher.wake, g.id, g.site)
-        if getattr(u.config, "command_topic", None):
-            u.commander = self.commander     # remote commands over MQTT (command_topic)
+        u = make_uplink(uc, self.queue, names, self.batcher.wake, g.id, g.site,
+                        commander=self.commander)   # remote commands over MQTT (command_topic)
         if self.status is not None:
             self.status.metrics.instrument(u)
         self.uplinks.append(u)

@@ -3,7 +3,7 @@
 prometheus_client does the format (HELP/TYPE lines, label escaping, `_total` suffixes); a
 custom collector reads the links, sessions, queue and uplinks when scraped, so nothing is
 counted twice and the hot path (frames, records) carries no extra bookkeeping. Only the uplink
-latency is observed as it happens, in a histogram, by wrapping each uplink's `post()`.
+latency is observed as it happens, in a histogram, by wrapping each uplink's `send()`.
 
 The registry is per gateway (never prometheus_client's global one), so several gateways in
 one test process do not collide.
@@ -270,12 +270,11 @@ class Metrics:
             ["uplink", "outcome"], registry=self.registry, buckets=LATENCY_BUCKETS)
 
     def instrument(self, uplink: Any) -> None:
-        """Time every delivery attempt of `uplink` (HTTP `post`, MQTT `publish`; outcome ok
-        or error) in the histogram."""
-        method = next((m for m in ("post", "publish") if hasattr(uplink, m)), None)
-        if method is None:
+        """Time every delivery attempt of `uplink` (Uplink.send: an HTTP POST, an MQTT
+        publish; outcome ok or error) in the histogram."""
+        send: Callable[..., Awaitable[Any]] | None = getattr(uplink, "send", None)
+        if send is None:
             return
-        post: Callable[..., Awaitable[Any]] = getattr(uplink, method)
         name = str(getattr(uplink, "name", "?"))
         hist = self.post_seconds
 
@@ -283,13 +282,13 @@ class Metrics:
             t0 = time.perf_counter()
             outcome = "error"
             try:
-                result = await post(*args, **kwargs)
+                result = await send(*args, **kwargs)
                 outcome = "ok"
                 return result
             finally:
                 hist.labels(name, outcome).observe(time.perf_counter() - t0)
 
-        setattr(uplink, method, timed)
+        uplink.send = timed
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -38,21 +38,18 @@ from .links.base import Link
 from .metrics import CONTENT_TYPE, Metrics, backpressure
 from .queue import Queue
 from .session import SessionManager
+from .uplinks.base import Uplink
 
 # The status page for installers and operators: one self-contained file (no external assets:
 # a roadside cabinet may have no internet), polling /status every second.
 STATUS_PAGE = (resources.files(__package__) / "status_page.html").read_text(encoding="utf-8")
 
 
-class _Uplink(Protocol):
-    def status(self) -> dict[str, object]: ...
-
-
 class Status:
     """Builds the /status document from the live objects (no I/O but one cheap SQL count)."""
 
     def __init__(self, gateway_id: str, site: str, queue: Queue, sessions: SessionManager,
-                 links: list[Link], uplinks: list[_Uplink], health: Health | None = None,
+                 links: list[Link], uplinks: list[Uplink], health: Health | None = None,
                  commander: Commander | None = None, api_token: str | None = None) -> None:
         self.gateway_id = gateway_id
         self.site = site

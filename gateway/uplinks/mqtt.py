@@ -19,7 +19,9 @@ replies without running the command again.
 
 Connection: one aiomqtt (paho-mqtt) client, MQTT 3.1.1 or 5, optional TLS with a CA file and a
 client certificate, username and password from a file or the environment. Any error drops the
-connection; it is re-established with exponential backoff and full jitter.
+connection; it is re-established with exponential backoff and full jitter. The run loop, the
+backoff and the bookkeeping are the Uplink base's (base.py); this module is the connection,
+the publishing and the commands. The Commander comes at construction (`commander`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import random
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -43,13 +45,17 @@ from paho.mqtt.properties import Properties
 from .. import ids, logs
 from ..commands import COMMANDS, CommandError
 from ..config import UplinkConfig
+from ..errors import UplinkError
 from ..queue import Batch, Queue
-from ..storage_health import keep_trying
-from .http import DOWN, IDLE, SENDING, backoff, ssl_context
+from .base import CONNECTING, Uplink
+
+if TYPE_CHECKING:
+    from ..commands import Commander
 
 log = logging.getLogger("roadside.gateway.uplink")
 
-CONNECTING = "connecting"
+# What ends a connection (or keeps one from opening): the uplink reconnects with backoff.
+CONNECTION_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError)
 RECENT_REPLIES = 256      # command ids remembered, so a QoS 1 redelivery is not run twice
 
 
@@ -65,49 +71,39 @@ def split_by_kind(batch: Batch) -> list[tuple[str, bytes]]:
             for kind, recs in groups.items()]
 
 
-class MqttUplink:
+class MqttUplink(Uplink):
     """Publishes the queue's batches to one MQTT broker, in cut order, from its own cursor."""
+
+    type = "mqtt"
+    initial_state = CONNECTING
 
     def __init__(self, config: UplinkConfig, queue: Queue, all_uplinks: Sequence[str],
                  on_delivered: Callable[[], None] | None = None, gateway_id: str = "gw",
-                 site: str = "site", rng: random.Random | None = None) -> None:
-        self.config = config
-        self.name = config.name
-        self.url = config.url
+                 site: str = "site", rng: random.Random | None = None,
+                 commander: Commander | None = None) -> None:
+        super().__init__(config, queue, all_uplinks, on_delivered, rng, commander)
         parsed = urlparse(config.url)
         self.host = parsed.hostname or "localhost"
         self.tls = parsed.scheme == "mqtts" or config.ca_file is not None \
             or config.cert_file is not None
         self.port = parsed.port or (8883 if self.tls else 1883)
-        self.queue = queue
-        self.all_uplinks = tuple(all_uplinks)
-        self.on_delivered = on_delivered
         self.gateway_id = gateway_id
         self.site = site
         self.client_id = config.client_id or f"roadside-{gateway_id}-{config.name}"
-        self.rng = rng or random.Random()
-        self.state = CONNECTING
-        self.delivered = 0            # records
-        self.delivered_batches = 0
-        self.failures = 0             # failed connections and publishes
-        self.dead_letters = 0         # a broker has no "malformed": always 0, kept for /status
         self.connects = 0
-        self.last_error: str | None = None
-        self._wake = asyncio.Event()
         self._password = config.password()   # read once at start (ConfigError if gone)
-        self._ssl: ssl.SSLContext | None = ssl_context(config) if self.tls else None
-        # Remote commands: the daemon sets `commander` (commands.Commander) when
-        # command_topic is configured.
-        self.commander: Any = None
+        self._ssl = self.tls_context(self.tls)
+        # The connection: the client (entered on `_stack`) and the task reading its messages
+        # (commands, and the disconnect of an idle connection).
+        self._conn: aiomqtt.Client | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.commands = 0                 # command messages received
         self._replies: OrderedDict[str, tuple[str, bytes] | None] = OrderedDict()
         self._command_tasks: set[asyncio.Task[None]] = set()
 
     def status(self) -> dict[str, object]:
-        return {"name": self.name, "url": self.url, "type": "mqtt", "state": self.state,
-                "delivered": self.delivered, "delivered_batches": self.delivered_batches,
-                "failures": self.failures, "dead_letters": self.dead_letters,
-                "connects": self.connects, "last_error": self.last_error,
+        return {**super().status(), "connects": self.connects,
                 "command_topic": self.command_topic, "commands": self.commands}
 
     def topic(self, kind: str) -> str:
@@ -124,15 +120,8 @@ class MqttUplink:
         assert self.config.reply_topic is not None
         return self.config.reply_topic.format(site=self.site, gateway=self.gateway_id)
 
-    def notify(self) -> None:
-        """A batch was cut: look for work now."""
-        self._wake.set()
-
-    async def close(self) -> None:
-        """Stop the commands still running (the connection itself lives inside run())."""
-        for task in list(self._command_tasks):
-            task.cancel()
-        await asyncio.gather(*self._command_tasks, return_exceptions=True)
+    def _where(self, exc: BaseException) -> str:
+        return f"{self.host}:{self.port}: {exc or type(exc).__name__}"
 
     def _client(self) -> aiomqtt.Client:
         v5 = self.config.protocol == "5"
@@ -151,50 +140,85 @@ class MqttUplink:
         props.ContentType = "application/cbor"
         return props
 
-    async def publish(self, client: aiomqtt.Client, batch: Batch) -> None:
-        """Publish every part of `batch` with QoS 1; returns once each has its PUBACK."""
-        props = self._properties()
-        for kind, payload in split_by_kind(batch):
-            await client.publish(self.topic(kind), payload, qos=1, properties=props,
-                                 timeout=self.config.timeout_s)
+    # -- the connection (Uplink's connect / disconnect / wait_for_work / send) ------------
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Deliver pending batches over one connection until it fails (raises)."""
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def connect(self) -> None:
+        """Connect, subscribe to the command topic, and start reading messages."""
+        stack = contextlib.AsyncExitStack()
+        self._stack = stack
+        try:
+            client = await stack.enter_async_context(self._client())
+            self.connects += 1
+            log.info(f"uplink {self.name}: connected to {self.host}:{self.port}"
+                     f" (MQTT {self.config.protocol}{', TLS' if self.tls else ''})",
+                     extra=logs.fields(uplink=self.name))
+            if self.command_topic is not None:
+                await client.subscribe(self.command_topic, qos=1,
+                                       timeout=self.config.timeout_s)
+        except CONNECTION_ERRORS as exc:
+            message = self._where(exc)
+            if self.tls and self.connects == 0:
+                # a broker that rejects our certificate often just closes the socket, which
+                # the client sees as a timeout: point at the likely cause
+                message += ("; if the broker requires TLS client certificates, check"
+                            " cert_file/key_file and that ca_file signs its certificate")
+            raise UplinkError(message, True) from exc
+        self._conn = client
         # Iterating the messages ends, with MqttError, only on a disconnect, which is how an
         # idle uplink notices that the broker went away; it also receives the commands.
-        if self.command_topic is not None:
-            await client.subscribe(self.command_topic, qos=1,
-                                   timeout=self.config.timeout_s)
-        watch = asyncio.create_task(self._read(client))
-        try:
-            while True:
-                self._wake.clear()   # before looking, so a cut in between is not missed
-                batch = await self.queue.call(self.queue.next_pending, self.name)
-                if batch is None:
-                    self.state = IDLE
-                    waiter = asyncio.create_task(self._wake.wait())
-                    try:
-                        await asyncio.wait({waiter, watch}, timeout=1.0,
-                                           return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
-                    if watch.done():
-                        watch.result()        # raises the disconnect
-                        raise aiomqtt.MqttError("disconnected")
-                    continue
-                self.state = SENDING
-                await self.publish(client, batch)
-                # Retried until it commits (a full disk must not stop the daemon).
-                await keep_trying(self.queue, "record the delivery", self.queue.batch_delivered,
-                                  batch.id, self.name, self.all_uplinks)
-                self.delivered += len(batch)
-                self.delivered_batches += 1
-                if self.on_delivered is not None:
-                    self.on_delivered()
-        finally:
+        self._watch = asyncio.create_task(self._read(client), name=f"mqtt read {self.name}")
+
+    async def disconnect(self) -> None:
+        watch, stack = self._watch, self._stack
+        self._conn = self._watch = self._stack = None
+        if watch is not None:
             watch.cancel()
             with contextlib.suppress(BaseException):
                 await watch
+        if stack is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await stack.aclose()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        watch = self._watch
+        if watch is None:
+            await super().wait_for_work(timeout)
+            return
+        waiter = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({waiter, watch}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if watch.done():
+            exc = watch.exception() if not watch.cancelled() else None
+            err = exc if exc is not None else aiomqtt.MqttError("disconnected")
+            raise UplinkError(self._where(err), True) from err
+
+    async def send(self, batch: Batch) -> None:
+        """Publish every part of `batch` with QoS 1; returns once each has its PUBACK."""
+        client = self._conn
+        if client is None:
+            raise UplinkError(f"{self.host}:{self.port}: not connected", True) \
+                from aiomqtt.MqttError("not connected")
+        props = self._properties()
+        try:
+            for kind, payload in split_by_kind(batch):
+                await client.publish(self.topic(kind), payload, qos=1, properties=props,
+                                     timeout=self.config.timeout_s)
+        except CONNECTION_ERRORS as exc:
+            raise UplinkError(self._where(exc), True) from exc
+
+    async def close(self) -> None:
+        """Stop the commands still running, then the connection."""
+        for task in list(self._command_tasks):
+            task.cancel()
+        await asyncio.gather(*self._command_tasks, return_exceptions=True)
+        await self.disconnect()
 
     # -- remote commands ------------------------------------------------------------------
 
@@ -266,6 +290,7 @@ class MqttUplink:
                     "error": f"command {shown} is not allowed on this command topic; allowed:"
                              f" {', '.join(self.config.command_allow) or 'none'} (the"
                              f" uplink's command_allow in gateway.toml)"}
+        assert self.commander is not None   # else command_topic is None: nothing is read
         try:
             result = await self.commander.run(
                 node, name, args, who=str(who)[:100] if who else "mqtt", origin="mqtt")
@@ -293,35 +318,3 @@ class MqttUplink:
             log.warning(f"uplink {self.name}: cannot publish a command reply on"
                         f" {self.reply_topic}: {exc}",
                         extra=logs.fields(uplink=self.name, error=str(exc)))
-
-    async def run(self) -> None:
-        """Until cancelled: connect, deliver, and reconnect with backoff after any error."""
-        attempt = 0
-        while True:
-            try:
-                async with self._client() as client:
-                    self.connects += 1
-                    log.info(f"uplink {self.name}: connected to {self.host}:{self.port}"
-                             f" (MQTT {self.config.protocol}{', TLS' if self.tls else ''})",
-                             extra=logs.fields(uplink=self.name))
-                    attempt = 0
-                    await self._serve(client)
-            except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
-                self.failures += 1
-                self.last_error = f"{self.host}:{self.port}: {exc or type(exc).__name__}"
-                if self.tls and self.connects == 0:
-                    # a broker that rejects our certificate often just closes the socket,
-                    # which the client sees as a timeout: point at the likely cause
-                    self.last_error += ("; if the broker requires TLS client certificates,"
-                                        " check cert_file/key_file and that ca_file signs its"
-                                        " certificate")
-                self.state = DOWN
-                delay = backoff(attempt, self.config.backoff_initial_s,
-                                self.config.backoff_max_s, self.rng)
-                if attempt == 0 or attempt % 10 == 0:
-                    log.warning(f"uplink {self.name}: {self.last_error}; reconnecting"
-                                f" (attempt {attempt + 1}, next in {delay:.2f} s)",
-                                extra=logs.fields(uplink=self.name, error=self.last_error,
-                                                  attempt=attempt + 1))
-                attempt += 1
-                await asyncio.sleep(delay)
