@@ -30,10 +30,12 @@ import json
 import math
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -208,6 +210,10 @@ class Result:
     cbor2_us_per_record: float
     ratio_cpu: float           # gateway CPU per record / cbor2.loads CPU per record
     sink_cpu_s: float | None = None
+    floor_record_rows_us: float = math.nan    # naive durable floor, one row per record
+    floor_message_rows_us: float = math.nan   # naive durable floor, one row per message
+    ratio_record_rows: float = math.nan       # gateway CPU per record / the floor's
+    ratio_message_rows: float = math.nan
 
 
 async def _node(link: SimLink, frames: list[bytes], lasts: list[int]) -> None:
@@ -299,6 +305,95 @@ def cbor2_baseline(payloads: list[bytes], records: int, min_s: float = 0.2) -> f
     return best
 
 
+# -- the naive floors (plain Python and SQLite, no gateway code) ---------------------------------
+
+
+def _by_node_round_robin(w: Workload) -> list[tuple[str, bytes]]:
+    """The workload's RECORDS payloads as the gateway sees them: one message per node in turn
+    (each node has one message in flight), so a group commit holds one message per link."""
+    per_node: list[list[bytes]] = []
+    i = 0
+    for frames in w.frames:
+        per_node.append(w.payloads[i:i + len(frames)])
+        i += len(frames)
+    out = []
+    for turn in range(max(len(x) for x in per_node)):
+        for node, payloads in zip(w.nodes, per_node, strict=True):
+            if turn < len(payloads):
+                out.append((node, payloads[turn]))
+    return out
+
+
+def floor_run(w: Workload, qdir: Path, per_message: bool, batch_records: int = 200,
+              group_max: int = 256) -> float:
+    """CPU seconds per record of the naive durable pipeline: cbor2-decode each RECORDS
+    message, store it in a group commit (one message per link, synchronous=FULL), cut batches
+    of `batch_records` oldest-first, DELETE them. `per_message` False: one row per record (its
+    record re-encoded once); True: one row per message (node, first seq, last seq, the records
+    encoded once), batches spliced from whole rows, deleted by range."""
+    path = qdir / ("floor-msg.sqlite" if per_message else "floor-rec.sqlite")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    if per_message:
+        db.execute("CREATE TABLE q (node TEXT, lo INTEGER, hi INTEGER, n INTEGER, recs BLOB,"
+                   " PRIMARY KEY (node, lo)) WITHOUT ROWID")
+    else:
+        db.execute("CREATE TABLE q (node TEXT, seq INTEGER, received REAL, rec BLOB,"
+                   " PRIMARY KEY (node, seq)) WITHOUT ROWID")
+        db.execute("CREATE INDEX q_received ON q (received)")
+    db.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, body BLOB)")
+    loads, dumps = cbor2.loads, cbor2.dumps
+    messages = _by_node_round_robin(w)
+    group = min(len(w.nodes), group_max)
+    waiting: deque[tuple[str, int, int, int]] = deque()   # per_message: (node, lo, hi, n)
+    waiting_n = 0
+    gc.collect()
+    c0 = time.process_time()
+    for g in range(0, len(messages), group):
+        db.execute("BEGIN IMMEDIATE")
+        now = time.time()
+        for node, payload in messages[g:g + group]:
+            records = loads(payload)[2]
+            if per_message:
+                lo, hi = records[0][0], records[-1][0]
+                db.execute("INSERT INTO q VALUES (?, ?, ?, ?, ?)",
+                           (node, lo, hi, len(records), dumps(records)))
+                waiting.append((node, lo, hi, len(records)))
+            else:
+                db.executemany("INSERT INTO q VALUES (?, ?, ?, ?)",
+                               [(node, r[0], now, dumps(r)) for r in records])
+            waiting_n += len(records)
+        db.execute("COMMIT")
+        while waiting_n >= batch_records:
+            db.execute("BEGIN IMMEDIATE")
+            if per_message:
+                taken = []
+                n = 0
+                while waiting and n < batch_records:
+                    taken.append(waiting.popleft())
+                    n += taken[-1][3]
+                parts = [db.execute("SELECT recs FROM q WHERE node = ? AND lo = ?",
+                                    (node, lo)).fetchone()[0] for node, lo, _hi, _n in taken]
+                db.execute("INSERT INTO b (body) VALUES (?)", (b"".join(parts),))
+                db.executemany("DELETE FROM q WHERE node = ? AND lo >= ? AND lo <= ?",
+                               [(node, lo, hi) for node, lo, hi, _n in taken])
+            else:
+                rows = db.execute("SELECT node, seq, rec FROM q ORDER BY received LIMIT ?",
+                                  (batch_records,)).fetchall()
+                n = len(rows)
+                db.execute("INSERT INTO b (body) VALUES (?)",
+                           (b"".join(r[2] for r in rows),))
+                db.executemany("DELETE FROM q WHERE node = ? AND seq = ?",
+                               [(r[0], r[1]) for r in rows])
+            db.execute("DELETE FROM b")      # delivered
+            db.execute("COMMIT")
+            waiting_n -= n
+    spent = time.process_time() - c0
+    db.close()
+    return spent / w.records
+
+
 def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | None = None,
         workdir: Path | None = None, timeout: float = 120.0, seed: int = 1,
         baseline_s: float = 0.2, batch: BatchConfig | None = None) -> Result:
@@ -311,6 +406,10 @@ def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | Non
         with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=workdir) as d:
             wall, cpu, delivered, batches = asyncio.run(
                 _pipeline(w, target, Path(d), timeout, batch or BatchConfig()))
+            floor_rec = floor_run(w, Path(d), per_message=False,
+                                  batch_records=(batch or BatchConfig()).max_records)
+            floor_msg = floor_run(w, Path(d), per_message=True,
+                                  batch_records=(batch or BatchConfig()).max_records)
         per_rec = cbor2_baseline(w.payloads, w.records, baseline_s)
         unique, sink_cpu_s = delivered, None
         if sink is not None:
@@ -321,18 +420,21 @@ def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | Non
             sink.close()
     return Result(links, w.records, w.messages, wall, w.records / wall, cpu / w.records * 1e6,
                   delivered, unique, batches, 1 / per_rec, per_rec * 1e6,
-                  (cpu / w.records) / per_rec, sink_cpu_s)
+                  (cpu / w.records) / per_rec, sink_cpu_s, floor_rec * 1e6, floor_msg * 1e6,
+                  (cpu / w.records) / floor_rec, (cpu / w.records) / floor_msg)
 
 
 def fmt(r: Result) -> str:
     return (f"{r.links:>5} {r.records:>8} {r.messages:>7} {r.wall_s:>7.2f}"
             f" {r.records_per_s:>10,.0f} {r.cpu_us_per_record:>9.1f}"
             f" {r.cbor2_records_per_s:>11,.0f} {r.cbor2_us_per_record:>8.2f}"
-            f" {r.ratio_cpu:>6.1f}x {r.sink_unique:>8}")
+            f" {r.ratio_cpu:>6.1f}x {r.floor_record_rows_us:>9.1f} {r.ratio_record_rows:>5.1f}x"
+            f" {r.floor_message_rows_us:>9.1f} {r.ratio_message_rows:>5.1f}x {r.sink_unique:>8}")
 
 
 HEADER = (f"{'links':>5} {'records':>8} {'msgs':>7} {'wall s':>7} {'records/s':>10}"
-          f" {'CPU us/rec':>9} {'cbor2 rec/s':>11} {'cbor2 us':>8} {'ratio':>7} {'at sink':>8}")
+          f" {'CPU us/rec':>9} {'cbor2 rec/s':>11} {'cbor2 us':>8} {'ratio':>7}"
+          f" {'rows/rec':>9} {'ratio':>6} {'rows/msg':>9} {'ratio':>6} {'at sink':>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
