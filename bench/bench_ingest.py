@@ -41,12 +41,12 @@ from pathlib import Path
 
 import cbor2
 from roadside.gateway import protocol as p
-from roadside.gateway import queue as queue_module
 from roadside.gateway.batcher import Batcher
 from roadside.gateway.config import BatchConfig, UplinkConfig
 from roadside.gateway.history import History
 from roadside.gateway.links.sim import SimLink
 from roadside.gateway.queue import Queue
+from roadside.gateway.queue import schema as queue_schema
 from roadside.gateway.session import SessionManager
 from roadside.gateway.uplinks import make_uplink
 
@@ -469,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpus[0]})
         sink_cpu = cpus[1]
     counts = [int(x) for x in args.links.split(",") if x.strip()]
-    if args.synchronous != queue_module.SYNCHRONOUS:
-        queue_module.SYNCHRONOUS = args.synchronous
+    if args.synchronous != queue_schema.SYNCHRONOUS:
+        queue_schema.SYNCHRONOUS = args.synchronous
         print(f"NOTE: queue with synchronous={args.synchronous}, for comparison only: the"
               f" gateway commits with FULL (an ACK promises the record survives power loss)")
     batch = BatchConfig(max_records=args.batch_records)
