@@ -424,6 +424,72 @@ def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | Non
                   (cpu / w.records) / floor_rec, (cpu / w.records) / floor_msg)
 
 
+# -- a backlog drain -----------------------------------------------------------------------------
+
+
+async def _drain(url: str, qdir: Path, records: int, nodes: int, timeout: float,
+                 batch: BatchConfig) -> tuple[float, float, float, int, int]:
+    """Fill a queue with `records` records of `nodes` nodes as a day-long outage leaves it
+    (stored and ACKed, nothing delivered), then start the batcher and the uplink and time
+    until the queue is empty. Returns (fill s, drain wall s, drain CPU s, delivered,
+    batches)."""
+    queue = Queue(qdir / "queue.sqlite", "gw-bench", "bench")
+    rng = random.Random(1)
+    per_node = records // nodes
+    t0 = time.perf_counter()
+    chunk = 1000
+    for i in range(nodes):
+        rows = node_records(i, per_node, rng)
+        for j in range(0, len(rows), chunk):
+            part = [p.Record(seq, t, kind, flags, body)
+                    for seq, t, kind, flags, body in rows[j:j + chunk]]
+            queue.store(f"wl-{i:04d}", "water", part, 0, T0 + j)
+    fill = time.perf_counter() - t0
+    total = queue.depth()
+    batcher = Batcher(queue, batch, uplinks=["http"])
+    uplink = make_uplink(UplinkConfig("http", url, name="http", backoff_initial_s=0.05,
+                                      backoff_max_s=0.5), queue, ["http"], batcher.wake,
+                         "gw-bench", "bench")
+    batcher.on_cut = [uplink.notify]
+    tasks: list[asyncio.Task] = []
+    try:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        tasks.append(asyncio.create_task(batcher.run()))
+        tasks.append(asyncio.create_task(uplink.run()))
+        deadline = time.monotonic() + timeout
+        while queue.depth():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the backlog was not delivered within {timeout} s: depth"
+                                   f" {queue.depth()} of {total}")
+            await asyncio.sleep(0.05)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return fill, wall, cpu, queue.counters["delivered_records"], uplink.delivered_batches
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await uplink.close()
+        queue.close()
+
+
+def backlog(records: int, nodes: int, sink_cpu: int | None, workdir: Path | None,
+            batch: BatchConfig, timeout: float = 1800.0) -> int:
+    """Print the backlog drain's figures; 1 when the sink did not get every record once."""
+    sink = Sink(sink_cpu)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-backlog-", dir=workdir) as d:
+            fill, wall, cpu, delivered, batches = asyncio.run(
+                _drain(sink.url, Path(d), records, nodes, timeout, batch))
+        unique = sink.count()["unique"]
+    finally:
+        sink.close()
+    want = records // nodes * nodes
+    print(f"backlog: {want} records of {nodes} nodes stored in {fill:.1f} s; drained in"
+          f" {wall:.1f} s ({want / wall:,.0f} records/s, {cpu / want * 1e6:.1f} CPU us per"
+          f" record, {batches} batches), {unique} distinct at the sink", flush=True)
+    return 0 if unique == delivered == want else 1
+
+
 def fmt(r: Result) -> str:
     return (f"{r.links:>5} {r.records:>8} {r.messages:>7} {r.wall_s:>7.2f}"
             f" {r.records_per_s:>10,.0f} {r.cpu_us_per_record:>9.1f}"
@@ -457,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=None,
                     help="where the queue's SQLite file goes (default: the system temp dir)")
     ap.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    ap.add_argument("--backlog", type=int, default=0, metavar="RECORDS",
+                    help="instead: a queue left with RECORDS records by an outage (stored,"
+                         " nothing delivered), uplink back: time to empty it")
+    ap.add_argument("--backlog-nodes", type=int, default=100,
+                    help="nodes the backlog's records come from (default 100)")
     ap.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sink-cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -481,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
           f" {'reference receiver' if args.receiver else 'counting sink'} on"
           f" {'CPU ' + str(sink_cpu) if sink_cpu is not None else 'any CPU'}"
           f" ({os.cpu_count()} CPUs), Python {sys.version.split()[0]}", flush=True)
+    if args.backlog:
+        return backlog(args.backlog, args.backlog_nodes, sink_cpu, args.dir, batch)
     if not args.json:
         print(HEADER, flush=True)
     failed = False
