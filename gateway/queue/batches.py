@@ -23,7 +23,7 @@ import cbor2
 from .. import uplink_wire
 from .core import QueueBase
 from .schema import ranges
-from .types import Batch
+from .types import Batch, Row
 
 
 def keys_of(blob: bytes) -> tuple[tuple[str, int], ...]:
@@ -65,19 +65,22 @@ class Batches(QueueBase):
         waiting records from its oldest up to its newest priority record (never beyond its
         ACK), so the priority record does not overtake its own node's older records. Other
         nodes' waiting records are left for the regular cut."""
-        rows: list[tuple] = []
+        rows: list[Row] = []
         for node, upto in list(self._urgent.items()):
             lo = self._cut_upto.get(node, 0)
             hi = min(upto, self.ack_of(node))
             if hi <= lo or len(rows) >= max_records:
                 continue
-            rows.extend(self._db.execute(
-                "SELECT node, seq, size, rec FROM records"
-                " WHERE node = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (node, lo, hi, max_records - len(rows))).fetchall())
+            rows.extend(self._read_rows(node, lo, hi, max_records - len(rows)))
         return self._cut(rows, max_bytes, now)
 
-    def _cut(self, rows: list[tuple], max_bytes: int, now: float | None) -> Batch | None:
+    def _read_rows(self, node: str, lo: int, hi: int, limit: int) -> list[Row]:
+        """Up to `limit` of `node`'s records in (lo, hi], in seq order."""
+        return list(map(Row._make, self._db.execute(
+            "SELECT node, seq, size, rec FROM records WHERE node = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq LIMIT ?", (node, lo, hi, limit))))
+
+    def _cut(self, rows: list[Row], max_bytes: int, now: float | None) -> Batch | None:
         """A batch of a prefix of `rows` (each node's in seq order) up to `max_bytes`: the
         records' stored encodings after the batch's head. Persisted (id, body, keys); nothing
         is written to the records: the node's cut point now covers them."""
@@ -90,7 +93,7 @@ class Batches(QueueBase):
         keys: list[tuple[str, int]] = []
         budget = 0
         taken: dict[str, list[tuple[int, int]]] = {}
-        for node, seq, rsize, rec in rows:
+        for node, seq, rsize, rec in rows:      # Row
             if encoded and size + len(rec) > max_bytes:
                 break
             size += len(rec)
@@ -115,7 +118,7 @@ class Batches(QueueBase):
             self._waiting.consume(node, per_node)
         return Batch(batch_id, created, tuple(keys), body)
 
-    def _candidates(self, limit: int) -> list[tuple]:
+    def _candidates(self, limit: int) -> list[Row]:
         """Up to `limit` waiting records, oldest first, each node's in seq order.
 
         The nodes' segments are merged in memory by their running max of receive times
@@ -126,11 +129,8 @@ class Batches(QueueBase):
         plan, take = self._waiting.plan(limit)
         parts = {}
         for node, (n, hi) in take.items():
-            parts[node] = iter(self._db.execute(
-                "SELECT node, seq, size, rec FROM records WHERE node = ? AND seq > ? AND"
-                " seq <= ? ORDER BY seq LIMIT ?",
-                (node, self._cut_upto.get(node, 0), hi, n)).fetchall())
-        rows: list[tuple] = []
+            parts[node] = iter(self._read_rows(node, self._cut_upto.get(node, 0), hi, n))
+        rows: list[Row] = []
         for node, n in plan:
             part = parts[node]
             rows.extend(itertools.islice(part, n))
