@@ -546,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
               f" gateway commits with FULL (an ACK promises the record survives power loss)")
     batch = BatchConfig(max_records=args.batch_records)
     where = args.dir or Path(tempfile.gettempdir())
-    print(f"ingest: {args.records} water-level records per run, [batch] max_records"
+    print(f"ingest: {args.backlog or args.records} water-level records"
+          f" {'in the backlog' if args.backlog else 'per run'}, [batch] max_records"
           f" {batch.max_records}, queue in {where},"
           f" gateway on {'CPU ' + str(cpus[0]) if sink_cpu is not None else 'any CPU'},"
           f" {'reference receiver' if args.receiver else 'counting sink'} on"
