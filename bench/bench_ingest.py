@@ -30,21 +30,23 @@ import json
 import math
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cbor2
 from roadside.gateway import protocol as p
-from roadside.gateway import queue as queue_module
 from roadside.gateway.batcher import Batcher
 from roadside.gateway.config import BatchConfig, UplinkConfig
 from roadside.gateway.history import History
 from roadside.gateway.links.sim import SimLink
 from roadside.gateway.queue import Queue
+from roadside.gateway.queue import schema as queue_schema
 from roadside.gateway.session import SessionManager
 from roadside.gateway.uplinks import make_uplink
 
@@ -208,6 +210,10 @@ class Result:
     cbor2_us_per_record: float
     ratio_cpu: float           # gateway CPU per record / cbor2.loads CPU per record
     sink_cpu_s: float | None = None
+    floor_record_rows_us: float = math.nan    # naive durable floor, one row per record
+    floor_message_rows_us: float = math.nan   # naive durable floor, one row per message
+    ratio_record_rows: float = math.nan       # gateway CPU per record / the floor's
+    ratio_message_rows: float = math.nan
 
 
 async def _node(link: SimLink, frames: list[bytes], lasts: list[int]) -> None:
@@ -299,6 +305,95 @@ def cbor2_baseline(payloads: list[bytes], records: int, min_s: float = 0.2) -> f
     return best
 
 
+# -- the naive floors (plain Python and SQLite, no gateway code) ---------------------------------
+
+
+def _by_node_round_robin(w: Workload) -> list[tuple[str, bytes]]:
+    """The workload's RECORDS payloads as the gateway sees them: one message per node in turn
+    (each node has one message in flight), so a group commit holds one message per link."""
+    per_node: list[list[bytes]] = []
+    i = 0
+    for frames in w.frames:
+        per_node.append(w.payloads[i:i + len(frames)])
+        i += len(frames)
+    out = []
+    for turn in range(max(len(x) for x in per_node)):
+        for node, payloads in zip(w.nodes, per_node, strict=True):
+            if turn < len(payloads):
+                out.append((node, payloads[turn]))
+    return out
+
+
+def floor_run(w: Workload, qdir: Path, per_message: bool, batch_records: int = 200,
+              group_max: int = 256) -> float:
+    """CPU seconds per record of the naive durable pipeline: cbor2-decode each RECORDS
+    message, store it in a group commit (one message per link, synchronous=FULL), cut batches
+    of `batch_records` oldest-first, DELETE them. `per_message` False: one row per record (its
+    record re-encoded once); True: one row per message (node, first seq, last seq, the records
+    encoded once), batches spliced from whole rows, deleted by range."""
+    path = qdir / ("floor-msg.sqlite" if per_message else "floor-rec.sqlite")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    if per_message:
+        db.execute("CREATE TABLE q (node TEXT, lo INTEGER, hi INTEGER, n INTEGER, recs BLOB,"
+                   " PRIMARY KEY (node, lo)) WITHOUT ROWID")
+    else:
+        db.execute("CREATE TABLE q (node TEXT, seq INTEGER, received REAL, rec BLOB,"
+                   " PRIMARY KEY (node, seq)) WITHOUT ROWID")
+        db.execute("CREATE INDEX q_received ON q (received)")
+    db.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, body BLOB)")
+    loads, dumps = cbor2.loads, cbor2.dumps
+    messages = _by_node_round_robin(w)
+    group = min(len(w.nodes), group_max)
+    waiting: deque[tuple[str, int, int, int]] = deque()   # per_message: (node, lo, hi, n)
+    waiting_n = 0
+    gc.collect()
+    c0 = time.process_time()
+    for g in range(0, len(messages), group):
+        db.execute("BEGIN IMMEDIATE")
+        now = time.time()
+        for node, payload in messages[g:g + group]:
+            records = loads(payload)[2]
+            if per_message:
+                lo, hi = records[0][0], records[-1][0]
+                db.execute("INSERT INTO q VALUES (?, ?, ?, ?, ?)",
+                           (node, lo, hi, len(records), dumps(records)))
+                waiting.append((node, lo, hi, len(records)))
+            else:
+                db.executemany("INSERT INTO q VALUES (?, ?, ?, ?)",
+                               [(node, r[0], now, dumps(r)) for r in records])
+            waiting_n += len(records)
+        db.execute("COMMIT")
+        while waiting_n >= batch_records:
+            db.execute("BEGIN IMMEDIATE")
+            if per_message:
+                taken = []
+                n = 0
+                while waiting and n < batch_records:
+                    taken.append(waiting.popleft())
+                    n += taken[-1][3]
+                parts = [db.execute("SELECT recs FROM q WHERE node = ? AND lo = ?",
+                                    (node, lo)).fetchone()[0] for node, lo, _hi, _n in taken]
+                db.execute("INSERT INTO b (body) VALUES (?)", (b"".join(parts),))
+                db.executemany("DELETE FROM q WHERE node = ? AND lo >= ? AND lo <= ?",
+                               [(node, lo, hi) for node, lo, hi, _n in taken])
+            else:
+                rows = db.execute("SELECT node, seq, rec FROM q ORDER BY received LIMIT ?",
+                                  (batch_records,)).fetchall()
+                n = len(rows)
+                db.execute("INSERT INTO b (body) VALUES (?)",
+                           (b"".join(r[2] for r in rows),))
+                db.executemany("DELETE FROM q WHERE node = ? AND seq = ?",
+                               [(r[0], r[1]) for r in rows])
+            db.execute("DELETE FROM b")      # delivered
+            db.execute("COMMIT")
+            waiting_n -= n
+    spent = time.process_time() - c0
+    db.close()
+    return spent / w.records
+
+
 def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | None = None,
         workdir: Path | None = None, timeout: float = 120.0, seed: int = 1,
         baseline_s: float = 0.2, batch: BatchConfig | None = None) -> Result:
@@ -311,6 +406,10 @@ def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | Non
         with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=workdir) as d:
             wall, cpu, delivered, batches = asyncio.run(
                 _pipeline(w, target, Path(d), timeout, batch or BatchConfig()))
+            floor_rec = floor_run(w, Path(d), per_message=False,
+                                  batch_records=(batch or BatchConfig()).max_records)
+            floor_msg = floor_run(w, Path(d), per_message=True,
+                                  batch_records=(batch or BatchConfig()).max_records)
         per_rec = cbor2_baseline(w.payloads, w.records, baseline_s)
         unique, sink_cpu_s = delivered, None
         if sink is not None:
@@ -321,18 +420,87 @@ def run(links: int, records: int, *, url: str | None = None, sink_cpu: int | Non
             sink.close()
     return Result(links, w.records, w.messages, wall, w.records / wall, cpu / w.records * 1e6,
                   delivered, unique, batches, 1 / per_rec, per_rec * 1e6,
-                  (cpu / w.records) / per_rec, sink_cpu_s)
+                  (cpu / w.records) / per_rec, sink_cpu_s, floor_rec * 1e6, floor_msg * 1e6,
+                  (cpu / w.records) / floor_rec, (cpu / w.records) / floor_msg)
+
+
+# -- a backlog drain -----------------------------------------------------------------------------
+
+
+async def _drain(url: str, qdir: Path, records: int, nodes: int, timeout: float,
+                 batch: BatchConfig) -> tuple[float, float, float, int, int]:
+    """Fill a queue with `records` records of `nodes` nodes as a day-long outage leaves it
+    (stored and ACKed, nothing delivered), then start the batcher and the uplink and time
+    until the queue is empty. Returns (fill s, drain wall s, drain CPU s, delivered,
+    batches)."""
+    queue = Queue(qdir / "queue.sqlite", "gw-bench", "bench")
+    rng = random.Random(1)
+    per_node = records // nodes
+    t0 = time.perf_counter()
+    chunk = 1000
+    for i in range(nodes):
+        rows = node_records(i, per_node, rng)
+        for j in range(0, len(rows), chunk):
+            part = [p.Record(seq, t, kind, flags, body)
+                    for seq, t, kind, flags, body in rows[j:j + chunk]]
+            queue.store(f"wl-{i:04d}", "water", part, 0, T0 + j)
+    fill = time.perf_counter() - t0
+    total = queue.depth()
+    batcher = Batcher(queue, batch, uplinks=["http"])
+    uplink = make_uplink(UplinkConfig("http", url, name="http", backoff_initial_s=0.05,
+                                      backoff_max_s=0.5), queue, ["http"], batcher.wake,
+                         "gw-bench", "bench")
+    batcher.on_cut = [uplink.notify]
+    tasks: list[asyncio.Task] = []
+    try:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        tasks.append(asyncio.create_task(batcher.run()))
+        tasks.append(asyncio.create_task(uplink.run()))
+        deadline = time.monotonic() + timeout
+        while queue.depth():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the backlog was not delivered within {timeout} s: depth"
+                                   f" {queue.depth()} of {total}")
+            await asyncio.sleep(0.05)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return fill, wall, cpu, queue.counters["delivered_records"], uplink.delivered_batches
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await uplink.close()
+        queue.close()
+
+
+def backlog(records: int, nodes: int, sink_cpu: int | None, workdir: Path | None,
+            batch: BatchConfig, timeout: float = 1800.0) -> int:
+    """Print the backlog drain's figures; 1 when the sink did not get every record once."""
+    sink = Sink(sink_cpu)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-backlog-", dir=workdir) as d:
+            fill, wall, cpu, delivered, batches = asyncio.run(
+                _drain(sink.url, Path(d), records, nodes, timeout, batch))
+        unique = sink.count()["unique"]
+    finally:
+        sink.close()
+    want = records // nodes * nodes
+    print(f"backlog: {want} records of {nodes} nodes stored in {fill:.1f} s; drained in"
+          f" {wall:.1f} s ({want / wall:,.0f} records/s, {cpu / want * 1e6:.1f} CPU us per"
+          f" record, {batches} batches), {unique} distinct at the sink", flush=True)
+    return 0 if unique == delivered == want else 1
 
 
 def fmt(r: Result) -> str:
     return (f"{r.links:>5} {r.records:>8} {r.messages:>7} {r.wall_s:>7.2f}"
             f" {r.records_per_s:>10,.0f} {r.cpu_us_per_record:>9.1f}"
             f" {r.cbor2_records_per_s:>11,.0f} {r.cbor2_us_per_record:>8.2f}"
-            f" {r.ratio_cpu:>6.1f}x {r.sink_unique:>8}")
+            f" {r.ratio_cpu:>6.1f}x {r.floor_record_rows_us:>9.1f} {r.ratio_record_rows:>5.1f}x"
+            f" {r.floor_message_rows_us:>9.1f} {r.ratio_message_rows:>5.1f}x {r.sink_unique:>8}")
 
 
 HEADER = (f"{'links':>5} {'records':>8} {'msgs':>7} {'wall s':>7} {'records/s':>10}"
-          f" {'CPU us/rec':>9} {'cbor2 rec/s':>11} {'cbor2 us':>8} {'ratio':>7} {'at sink':>8}")
+          f" {'CPU us/rec':>9} {'cbor2 rec/s':>11} {'cbor2 us':>8} {'ratio':>7}"
+          f" {'rows/rec':>9} {'ratio':>6} {'rows/msg':>9} {'ratio':>6} {'at sink':>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=None,
                     help="where the queue's SQLite file goes (default: the system temp dir)")
     ap.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    ap.add_argument("--backlog", type=int, default=0, metavar="RECORDS",
+                    help="instead: a queue left with RECORDS records by an outage (stored,"
+                         " nothing delivered), uplink back: time to empty it")
+    ap.add_argument("--backlog-nodes", type=int, default=100,
+                    help="nodes the backlog's records come from (default 100)")
     ap.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sink-cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -367,18 +540,21 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpus[0]})
         sink_cpu = cpus[1]
     counts = [int(x) for x in args.links.split(",") if x.strip()]
-    if args.synchronous != queue_module.SYNCHRONOUS:
-        queue_module.SYNCHRONOUS = args.synchronous
+    if args.synchronous != queue_schema.SYNCHRONOUS:
+        queue_schema.SYNCHRONOUS = args.synchronous
         print(f"NOTE: queue with synchronous={args.synchronous}, for comparison only: the"
               f" gateway commits with FULL (an ACK promises the record survives power loss)")
     batch = BatchConfig(max_records=args.batch_records)
     where = args.dir or Path(tempfile.gettempdir())
-    print(f"ingest: {args.records} water-level records per run, [batch] max_records"
+    print(f"ingest: {args.backlog or args.records} water-level records"
+          f" {'in the backlog' if args.backlog else 'per run'}, [batch] max_records"
           f" {batch.max_records}, queue in {where},"
           f" gateway on {'CPU ' + str(cpus[0]) if sink_cpu is not None else 'any CPU'},"
           f" {'reference receiver' if args.receiver else 'counting sink'} on"
           f" {'CPU ' + str(sink_cpu) if sink_cpu is not None else 'any CPU'}"
           f" ({os.cpu_count()} CPUs), Python {sys.version.split()[0]}", flush=True)
+    if args.backlog:
+        return backlog(args.backlog, args.backlog_nodes, sink_cpu, args.dir, batch)
     if not args.json:
         print(HEADER, flush=True)
     failed = False

@@ -122,10 +122,16 @@ def kind_name(kind: int) -> str:
     return KIND_NAMES.get(kind, f"kind-{kind}")
 
 
+def data_names(kind: int, body: dict[int, Any]) -> tuple[tuple[int, str], ...]:
+    """(key, uplink name) of a record body's keys in ascending key order (section 2.1; an
+    unknown key is named by its number): the one naming rule of the uplink `data` map."""
+    names = BODY_NAMES.get(kind, {})
+    return tuple((k, names.get(k, str(k))) for k in sorted(body))
+
+
 def body_to_data(kind: int, body: dict[int, Any]) -> dict[str, Any]:
     """A record body (uint keys) as the uplink `data` map (names of section 2.1)."""
-    names = BODY_NAMES.get(kind, {})
-    return {names.get(k, str(k)): v for k, v in sorted(body.items())}
+    return {name: body[k] for k, name in data_names(kind, body)}
 
 
 # -- framing ---------------------------------------------------------------------------------
