@@ -62,7 +62,7 @@ class BleSession:
         self.auth: ble_auth.GatewayAuth | None = None
         self.authed = False
         self.response: dict[int, Any] | None = None   # the node's answer to our challenge
-        self.lost = asyncio.Event()          # the node (or the stack) dropped the connection
+        self.lost = asyncio.Event()          # the node (or the stack) dropped this connection
         self.malformed = 0                   # frames with a good CRC that were not messages
         self.unsealed = 0                    # unsealed messages that were not the handshake
         self.refused = {"replayed": 0, "forged": 0, "malformed": 0}   # sealed frames
@@ -84,14 +84,15 @@ class BleSession:
         self.authed = False
         self.auth = None
         self.response = None
-        self.lost.clear()
         self.decoder.reset()
         self._out_decoder.reset()
         self._handshake = asyncio.Queue(4)
         kwargs: dict[str, Any] = {}
         if self.client_backend is not None:
             kwargs["backend"] = self.client_backend
-        client = BleakClient(device, disconnected_callback=lambda _c: self.lost.set(),
+        # an Event per connection: a late callback of the last one cannot end this one
+        lost = self.lost = asyncio.Event()
+        client = BleakClient(device, disconnected_callback=lambda _c: lost.set(),
                              timeout=timeout, **kwargs)
         await client.connect()
         self.client = client
