@@ -31,6 +31,7 @@ from .health import Health
 from .links.base import Link
 from .links.serial import SerialLink
 from .links.usb import UsbMatch
+from .queue import Queue
 from .queue_recovery import open_queue
 from .session import SessionManager
 from .status import Status, serve
