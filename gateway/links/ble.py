@@ -3,11 +3,12 @@
 The central scans all the time (restarting the scan if it goes quiet), keeps the newest
 advertisement of each node (PROTOCOL.md 5.1: node id, role, status, site tag, RSSI) and hands
 out at most `max_connections` connection slots. A link waits for its node's advertisement,
-takes a slot, connects, subscribes to TX, authenticates with the node's secret (PROTOCOL.md
-5.3) and then carries SEALED frames both ways: what comes in goes to `incoming` unsealed, so
-the SessionManager sees the same payloads as from a serial link. When the connection drops it
-reconnects with exponential backoff; when other nodes wait for a slot, a link connected for
-`hold_s` and idle gives its slot up (rotation, for battery nodes that wake, report, sleep).
+takes a slot, and runs a `BleSession` (ble_session.py, shared with the tools: connect,
+authenticate with the node's secret, PROTOCOL.md 5.3, SEALED frames both ways in MTU-sized
+writes): what comes in goes to `incoming` unsealed, so the SessionManager sees the same
+payloads as from a serial link. When the connection drops it reconnects with exponential
+backoff; when other nodes wait for a slot, a link connected for `hold_s` and idle gives its
+slot up (rotation, for battery nodes that wake, report, sleep).
 
 `scanner_backend` / `client_backend` are bleak's `backend=` injection points; only the tests
 set them (tests/support/bleak_bumble.py runs bleak on bumble's virtual controllers).
@@ -26,23 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cbor2
-from bleak import BleakClient, BleakScanner
-from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak import BleakScanner
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
 from .. import ble_auth, logs, roles
-from .. import protocol as p
 from . import base
+from .ble_session import AUTH_TIMEOUT_S, RX_UUID, SERVICE_UUID, TX_UUID, BleSession
+
+__all__ = ["RX_UUID", "SERVICE_UUID", "TX_UUID", "BleCentral", "BleLink", "NodeAdvert",
+           "make_ble_links", "parse_advert", "site_tag"]
 
 log = logging.getLogger("roadside.gateway.link")
 
-SERVICE_UUID = "7d2a0001-3c4e-4b8a-9f1d-52e0a1b2c3d4"
-RX_UUID = "7d2a0002-3c4e-4b8a-9f1d-52e0a1b2c3d4"   # we write the node's input here
-TX_UUID = "7d2a0003-3c4e-4b8a-9f1d-52e0a1b2c3d4"   # the node notifies its output here
 COMPANY_ID = 0xFFFF
 MAGIC = b"RS"
 ROLES = {r.ble_code: r.name for r in roles.ROLES}  # advertisement byte 3 (gateway/roles.py)
@@ -50,7 +49,6 @@ ADV_ALARM, ADV_SAFE_MODE, ADV_BATTERY, ADV_NO_SECRET = 1, 2, 4, 8
 
 OUT_FRAMES = 64          # frames waiting to be written to one node; more are dropped
 STALE_S = 5.0            # an advertisement older than this does not start a connection
-AUTH_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
 IDLE_S = 2.0             # nothing received for this long: the node may be rotated out
 
@@ -240,23 +238,24 @@ class BleLink(base.Link):
         self.retry_max_s = retry_max_s
         self.device: str | None = address
         self.rssi: int | None = None
-        self.mtu = 23
         self.connects = 0
         self.reconnects = 0
         self.rotations = 0
         self.auth_ok = 0
         self.auth_failures = 0
-        self.unsealed = 0            # unsealed messages refused after authentication
         self.dropped_out = 0
-        self._auth: ble_auth.GatewayAuth | None = None
-        self._authed = False
-        self._handshake: asyncio.Queue[dict[int, Any]] = asyncio.Queue(4)
+        # one session, connected again after each drop; its counters add up
+        self.session = BleSession(node, self.secret, self._on_inner,
+                                  client_backend=central.client_backend,
+                                  decoder=self.decoder, on_refused=self._on_refused)
         self._out: asyncio.Queue[bytes] = asyncio.Queue(OUT_FRAMES)
-        self._out_decoder = p.FrameDecoder()
         self._task: asyncio.Task[None] | None = None
         self._last_rx = 0.0
         self._reported: str | None = None
-        self._counts = {"replayed": 0, "forged": 0, "malformed": 0}
+
+    @property
+    def mtu(self) -> int:
+        return self.session.mtu
 
     # -- Link API -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -274,13 +273,12 @@ class BleLink(base.Link):
         self.state = base.CLOSED
 
     def send(self, frame: bytes) -> bool:
-        auth = self._auth
-        if not self._authed or auth is None or auth.channel is None:
+        if not self.session.authed:
             return False
         ok = True
-        for payload in self._out_decoder.feed(frame):
+        for sealed in self.session.seal(frame):
             try:
-                self._out.put_nowait(p.encode_frame(auth.channel.seal(payload)))
+                self._out.put_nowait(sealed)
             except asyncio.QueueFull:
                 self.dropped_out += 1
                 ok = False
@@ -288,17 +286,14 @@ class BleLink(base.Link):
 
     def counters(self) -> dict[str, int]:
         c = super().counters()
-        ch = self._auth.channel if self._auth is not None else None
-        counts = dict(self._counts)
-        if ch is not None:
-            for k, v in ch.counts.items():
-                counts[k] += v
-        c.update({"rssi": self.rssi if self.rssi is not None else 0, "mtu": self.mtu,
+        s = self.session
+        c.update({"malformed": self.malformed + s.malformed, "bytes_out": s.bytes_out,
+                  "rssi": self.rssi if self.rssi is not None else 0, "mtu": self.mtu,
                   "connects": self.connects, "reconnects": self.reconnects,
                   "rotations": self.rotations, "auth_ok": self.auth_ok,
-                  "auth_failures": self.auth_failures, "replayed": counts["replayed"],
-                  "forged": counts["forged"], "sealed_malformed": counts["malformed"],
-                  "unsealed": self.unsealed, "dropped_out": self.dropped_out})
+                  "auth_failures": self.auth_failures, "replayed": s.refused["replayed"],
+                  "forged": s.refused["forged"], "sealed_malformed": s.refused["malformed"],
+                  "unsealed": s.unsealed, "dropped_out": self.dropped_out})
         return c
 
     # -- the connection loop -------------------------------------------------------------------
@@ -331,14 +326,9 @@ class BleLink(base.Link):
     async def _session(self, device: BLEDevice) -> bool:
         """One connection: connect, authenticate, carry frames until it ends. True when the
         node authenticated (a later drop then reconnects without backoff)."""
-        lost = asyncio.Event()
-        kwargs: dict[str, Any] = {}
-        if self.central.client_backend is not None:
-            kwargs["backend"] = self.central.client_backend
-        client = BleakClient(device, disconnected_callback=lambda _c: lost.set(),
-                             timeout=CONNECT_TIMEOUT_S, **kwargs)
+        s = self.session
         try:
-            await client.connect()
+            await s.connect(device, CONNECT_TIMEOUT_S)
         except (BleakError, TimeoutError, OSError) as exc:
             self.last_error = str(exc)
             self._report(f"connect {exc}", logging.WARNING,
@@ -348,22 +338,10 @@ class BleLink(base.Link):
         self.connects += 1
         writer: asyncio.Task[None] | None = None
         try:
-            self.mtu = client.mtu_size
-            self.decoder.reset()
-            self._out_decoder.reset()
             while not self._out.empty():
                 self._out.get_nowait()
-            while not self._handshake.empty():
-                self._handshake.get_nowait()
-            self._auth = ble_auth.GatewayAuth(self.secret, self.node)
-            await client.start_notify(TX_UUID, self._on_notify)
-            writer = asyncio.create_task(self._writer(client), name=f"ble writer {self.node}")
-            # a leading 0x00 ends whatever partial frame the node's decoder holds
-            await self._write(client, b"\x00" + p.encode_frame(self._auth.challenge()))
             try:
-                async with asyncio.timeout(AUTH_TIMEOUT_S):
-                    response = await self._handshake.get()
-                proof = self._auth.on_response(response)
+                await s.authenticate(AUTH_TIMEOUT_S)
             except (ble_auth.AuthError, TimeoutError) as exc:
                 self.auth_failures += 1
                 text = str(exc) or "no AUTH response"
@@ -371,8 +349,7 @@ class BleLink(base.Link):
                 self._report(f"auth {text}", logging.WARNING,
                              f"BLE link {self.node}: authentication failed: {text}")
                 return False
-            await self._write(client, p.encode_frame(proof))
-            self._authed = True
+            writer = asyncio.create_task(self._writer(), name=f"ble writer {self.node}")
             self.auth_ok += 1
             self.state = base.OPEN
             self.last_error = None
@@ -382,10 +359,10 @@ class BleLink(base.Link):
             log.info(f"BLE link {self.node} open ({self.device}, mtu {self.mtu},"
                      f" rssi {self.rssi}); authenticated",
                      extra=logs.fields(link=self.port, node=self.node, rssi=self.rssi))
-            while not lost.is_set() and client.is_connected:
+            while s.connected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
-                        await lost.wait()
+                        await s.lost.wait()
                 now = time.monotonic()
                 if (self.central.waiting and now - since >= self.central.hold_s
                         and now - self._last_rx >= IDLE_S):
@@ -393,7 +370,7 @@ class BleLink(base.Link):
                     log.info(f"BLE link {self.node}: giving the slot to a waiting node",
                              extra=logs.fields(link=self.port, node=self.node))
                     break
-            if lost.is_set():
+            if s.lost.is_set():
                 log.warning(f"BLE link {self.node} lost; reconnecting",
                             extra=logs.fields(link=self.port, node=self.node, error="lost"))
             return True
@@ -401,78 +378,31 @@ class BleLink(base.Link):
             self.last_error = str(exc)
             log.warning(f"BLE link {self.node}: {exc}; reconnecting",
                         extra=logs.fields(link=self.port, node=self.node, error=str(exc)))
-            return self._authed
+            return s.authed
         finally:
-            self._authed = False
-            if self._auth is not None and self._auth.channel is not None:
-                for k, v in self._auth.channel.counts.items():
-                    self._counts[k] += v
-                self._auth.channel = None
             if writer is not None:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, BleakError, OSError):
                     await writer
-            with contextlib.suppress(BleakError, OSError, TimeoutError):
-                await client.disconnect()
+            await s.close()
 
-    async def _write(self, client: BleakClient, data: bytes) -> None:
-        n = max(20, self.mtu - 3)
-        for i in range(0, len(data), n):
-            await client.write_gatt_char(RX_UUID, data[i:i + n], response=False)
-        self.bytes_out += len(data)
-
-    async def _writer(self, client: BleakClient) -> None:
+    async def _writer(self) -> None:
         """Write the queued frames; frames queued together (the ACKs of one group commit, a
         TIME and an ACK) go in one write when they fit, not one write each."""
         while True:
             data = await self._out.get()
-            room = max(20, self.mtu - 3)
-            while not self._out.empty() and len(data) < room:
+            while not self._out.empty() and len(data) < self.session.room:
                 data += self._out.get_nowait()
-            await self._write(client, data)
+            await self.session.write(data)
 
-    def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        for payload in self.decoder.feed(bytes(data)):
-            try:
-                self._on_payload(payload)
-            except Exception as exc:  # noqa: BLE001 - nothing a node sends may stop the link
-                self.malformed += 1
-                log.warning(f"BLE link {self.node}: frame refused ({type(exc).__name__})",
-                            extra=logs.fields(link=self.port, node=self.node,
-                                              error=type(exc).__name__))
-
-    def _on_payload(self, payload: bytes) -> None:
-        """One frame's payload from the node: AUTH during the handshake, SEALED after it."""
-        try:
-            msg = cbor2.loads(payload)
-        except (cbor2.CBORDecodeError, ValueError, RecursionError):
-            self.malformed += 1
-            return
-        if not isinstance(msg, dict):
-            self.malformed += 1
-            return
-        kind = msg.get(0)
-        if not self._authed:
-            if kind in (ble_auth.AUTH, p.ERROR):
-                with contextlib.suppress(asyncio.QueueFull):
-                    self._handshake.put_nowait(msg)
-            else:
-                self.unsealed += 1
-            return
-        if kind != ble_auth.SEALED:
-            self.unsealed += 1      # nothing unsealed is believed after authentication
-            return
-        channel = self._auth.channel if self._auth is not None else None
-        if channel is None:
-            return
-        try:
-            inner = channel.open(msg)
-        except ble_auth.ChannelError as exc:
-            log.warning(f"BLE link {self.node}: {exc.reason} frame refused",
-                        extra=logs.fields(link=self.port, node=self.node, error=exc.reason))
-            return
+    def _on_inner(self, payload: bytes) -> None:
+        """An unsealed payload from the node: to the SessionManager."""
         self._last_rx = time.monotonic()
-        self.incoming.put_nowait(inner)
+        self.incoming.put_nowait(payload)
+
+    def _on_refused(self, reason: str, text: str) -> None:
+        log.warning(f"BLE link {self.node}: {text}",
+                    extra=logs.fields(link=self.port, node=self.node, error=reason))
 
 
 Backend = tuple[type[BaseBleakScanner], type[BaseBleakClient]]

@@ -186,13 +186,13 @@ def test_ble_link_authenticated_as_one_node_cannot_hello_as_another(tmp_path: Pa
     async def body(gw: Gateway) -> None:
         link = BleLink("wl-0001", b"\x01" * 32, BleCentral())
         gw.sessions.register(link)
-        link._auth = ble_auth.GatewayAuth(link.secret, "wl-0001")
-        link._auth.channel = ble_auth.Channel(b"k" * 32)
-        link._authed = True
+        link.session.auth = ble_auth.GatewayAuth(link.secret, "wl-0001")
+        link.session.auth.channel = ble_auth.Channel(b"k" * 32)
+        link.session.authed = True
         node_side = ble_auth.Channel(b"k" * 32, send_dir=ble_auth.DIR_NODE,
                                      recv_dir=ble_auth.DIR_GATEWAY)
         sealed = node_side.seal(p.encode_message(hello("wl-0002")))
-        link._on_notify(None, bytearray(p.encode_frame(sealed)))  # type: ignore[arg-type]
+        link.session.on_notify(None, bytearray(p.encode_frame(sealed)))
         await gw.sessions.handle(link, link.incoming.get_nowait())
         assert gw.sessions.refused["identity"] == 1
         assert "wl-0002" not in gw.queue.nodes and link.port not in gw.sessions.sessions
@@ -408,11 +408,11 @@ def test_sealed_counter_beyond_64_bits_is_counted_not_raised() -> None:
 
     async def main() -> None:
         link = BleLink("wl-0001", b"\x01" * 32, BleCentral())
-        link._auth = ble_auth.GatewayAuth(link.secret, "wl-0001")
-        link._auth.channel = ble_auth.Channel(b"k" * 32)
-        link._authed = True
+        link.session.auth = ble_auth.GatewayAuth(link.secret, "wl-0001")
+        link.session.auth.channel = ble_auth.Channel(b"k" * 32)
+        link.session.authed = True
         for payload in (cbor2.dumps(msg), b"\xd8\x1c\x81\xd8\x1d\x00", b"\x9f" * 600):
-            link._on_notify(None, bytearray(p.encode_frame(payload)))  # type: ignore[arg-type]
+            link.session.on_notify(None, bytearray(p.encode_frame(payload)))
         c = link.counters()
         assert c["sealed_malformed"] == 1 and c["malformed"] == 2
         assert link.incoming.empty()

@@ -9,7 +9,9 @@ over BLE unchanged.
         link.command("info")
 
 Frames read from `ser` are the node's messages, unsealed and re-framed (COBS + CRC, as on the
-cable); frames written to it are sealed before they go over the air. The BLE work runs on an
+cable); frames written to it are sealed before they go over the air. The session itself
+(connect, AUTH, sealing, MTU-sized writes) is the gateway's `BleSession`
+(gateway/links/ble_session.py), the one BleLink runs. The BLE work runs on an
 asyncio loop in a background thread (or on `loop=` when given: the tests' virtual radio).
 `backend=` is bleak's backend injection point, set only by the tests; the command line
 (`roadside config/monitor --ble`, `roadside scan`) takes both from `default_radio`, which the
@@ -28,13 +30,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import cbor2
-from bleak import BleakClient, BleakScanner
+from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from roadside.gateway import ble_auth
 from roadside.gateway import protocol as p
-from roadside.gateway.links.ble import RX_UUID, TX_UUID, NodeAdvert, parse_advert, site_tag
+from roadside.gateway.links.ble import NodeAdvert, parse_advert, site_tag
+from roadside.gateway.links.ble_session import AUTH_TIMEOUT_S, BleSession
 
 from ..errors import ToolError
 
@@ -146,13 +148,8 @@ class BleSerial:
         self._buf: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self.dropped = 0
-        self._client: BleakClient | None = None
-        self._auth: ble_auth.GatewayAuth | None = None
-        self._decoder = p.FrameDecoder()
-        self._out_decoder = p.FrameDecoder()
-        self._handshake: asyncio.Queue[dict[int, Any]] | None = None
-        self.lost = False
-        self.mtu = 23
+        self.session = BleSession(node, secret, self._on_inner,
+                                  client_backend=backend[1] if backend else None)
         self.secret_file: Path | None = None   # for the error messages
 
     @classmethod
@@ -202,32 +199,20 @@ class BleSerial:
         finally:
             with contextlib.suppress(BleakError, OSError):
                 await scanner.stop()
-        kw = {"backend": self.backend[1]} if self.backend else {}
-        client = BleakClient(device, disconnected_callback=self._on_lost, timeout=self.timeout,
-                             **kw)
         try:
-            await client.connect()
+            await self.session.connect(device, self.timeout)
         except (BleakError, TimeoutError, OSError) as exc:
             raise BleError(f"cannot connect to {self.node}: {exc}; move closer to it and"
                            f" retry") from None
-        self._client = client
-        self.mtu = client.mtu_size
-        self._handshake = asyncio.Queue(4)
-        await client.start_notify(TX_UUID, self._on_notify)
-        auth = ble_auth.GatewayAuth(self.secret, self.node)
-        await self._write(b"\x00" + p.encode_frame(auth.challenge()))
         key = f"the key file {self.secret_file}" if self.secret_file else "the key file"
         try:
-            response = await asyncio.wait_for(self._handshake.get(), 5.0)
-            proof = auth.on_response(response)
+            await self.session.authenticate(AUTH_TIMEOUT_S)
         except TimeoutError:
-            raise BleError(f"{self.node} did not answer the AUTH challenge within 5 s; move"
-                           f" closer to it and retry") from None
+            raise BleError(f"{self.node} did not answer the AUTH challenge within"
+                           f" {AUTH_TIMEOUT_S:g} s; move closer to it and retry") from None
         except ble_auth.AuthError as exc:
             raise BleError(f"authentication with {self.node} failed: "
-                           + self._auth_advice(response, key)) from exc
-        await self._write(p.encode_frame(proof))
-        self._auth = auth
+                           + self._auth_advice(self.session.response or {}, key)) from exc
 
     def _auth_advice(self, response: dict[int, Any], key: str) -> str:
         """Why the handshake failed and what to check, for one line of output."""
@@ -244,43 +229,25 @@ class BleSerial:
                     f" that no other node advertises as {self.node}")
         return f"the node does not know this secret; {check}"
 
-    def _on_lost(self, _client: BleakClient) -> None:
-        self.lost = True
+    @property
+    def mtu(self) -> int:
+        return self.session.mtu
 
-    def _on_notify(self, _char: Any, data: bytearray) -> None:
-        for payload in self._decoder.feed(bytes(data)):
-            try:
-                msg = cbor2.loads(payload)
-            except (cbor2.CBORDecodeError, ValueError):
-                continue
-            if not isinstance(msg, dict):
-                continue
-            auth = self._auth
-            if auth is None or auth.channel is None:
-                if self._handshake is not None and msg.get(0) in (ble_auth.AUTH, p.ERROR):
-                    with contextlib.suppress(asyncio.QueueFull):
-                        self._handshake.put_nowait(msg)
-                continue
-            if msg.get(0) != ble_auth.SEALED:
-                continue
-            try:
-                inner = auth.channel.open(msg)
-            except ble_auth.ChannelError:
-                continue
-            frame = p.encode_frame(inner)
-            with self._lock:
-                self._buf.append(frame)
-                self._buffered += len(frame)
-                while self._buffered > READ_BUFFER:
-                    self._buffered -= len(self._buf.popleft())
-                    self.dropped += 1
+    @property
+    def lost(self) -> bool:
+        """The node (or the Bluetooth stack) dropped the connection."""
+        return self.session.lost.is_set()
 
-    async def _write(self, data: bytes) -> None:
-        if self._client is None:
-            raise BleError(f"not connected to {self.node}")
-        n = max(20, self.mtu - 3)
-        for i in range(0, len(data), n):
-            await self._client.write_gatt_char(RX_UUID, data[i:i + n], response=False)
+    def _on_inner(self, inner: bytes) -> None:
+        """A payload from the node, re-framed for NodeLink's reader; the oldest output goes
+        when more than READ_BUFFER bytes wait."""
+        frame = p.encode_frame(inner)
+        with self._lock:
+            self._buf.append(frame)
+            self._buffered += len(frame)
+            while self._buffered > READ_BUFFER:
+                self._buffered -= len(self._buf.popleft())
+                self.dropped += 1
 
     # -- the pyserial subset NodeLink uses ----------------------------------------------------
     def read(self, n: int = 4096) -> bytes:
@@ -297,14 +264,12 @@ class BleSerial:
         return bytes(out)
 
     def write(self, data: bytes) -> int:
-        auth = self._auth
-        if auth is None or auth.channel is None:
+        if not self.session.authed:
             raise OSError(f"not authenticated with {self.node}")
-        sealed = b"".join(p.encode_frame(auth.channel.seal(payload))
-                          for payload in self._out_decoder.feed(bytes(data)))
+        sealed = b"".join(self.session.seal(bytes(data)))
         if sealed:
             try:
-                self._call(self._write(sealed))
+                self._call(self.session.write(sealed))
             except BleakError as exc:
                 raise OSError(f"BLE write to {self.node} failed: {exc}") from None
         return len(data)
@@ -313,11 +278,9 @@ class BleSerial:
         pass
 
     def close(self) -> None:
-        client = self._client
-        self._client = None
-        if client is not None:
+        if self.session.client is not None:
             with contextlib.suppress(Exception):
-                self._call(client.disconnect())
+                self._call(self.session.close())
         if self._own_loop:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
