@@ -106,6 +106,11 @@ class QueueBase:
                 node, self._cut_upto.get(node, 0), info.ack))
 
 
+    def stored(self, node: str | None = None, lo: int = 0,
+               hi: int | None = None) -> list[tuple[str, int, float, bytes]]:
+        """(node, seq, received, rec) of the records in the file (schema.read_records)."""
+        return schema.read_records(self._db, node, lo, hi)
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a queue method on the single writer thread (commits fsync; keep the loop free)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

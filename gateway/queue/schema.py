@@ -176,6 +176,23 @@ def migrate_v1(db: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def read_records(db: sqlite3.Connection, node: str | None = None, lo: int = 0,
+                 hi: int | None = None) -> list[tuple[str, int, float, bytes]]:
+    """(node, seq, received, rec) of the stored records (of `node`, seq in (lo, hi]), in
+    (node, seq) order: the one reader of the stored records outside the queue's own code
+    (tests, tools), so that they do not depend on how the layout keeps them."""
+    where: list[str] = ["seq > ?"]
+    args: list[object] = [lo]
+    if node is not None:
+        where.append("node = ?")
+        args.append(node)
+    if hi is not None:
+        where.append("seq <= ?")
+        args.append(hi)
+    return db.execute("SELECT node, seq, received, rec FROM records WHERE "
+                      + " AND ".join(where) + " ORDER BY node, seq", args).fetchall()
+
+
 def ranges(keys: list[tuple[str, int]] | list[list]) -> list[tuple[str, int, int]]:
     """(node, lowest seq, highest seq) per node of a batch's keys."""
     spans: dict[str, list[int]] = {}

@@ -20,8 +20,7 @@ def rec(seq: int, flags: int = 0) -> Record:
 
 
 def seqs(q: Queue, node: str) -> list[int]:
-    return [s for (s,) in q._db.execute("SELECT seq FROM records WHERE node = ? ORDER BY seq",
-                                        (node,))]
+    return [seq for _, seq, _, _ in q.stored(node)]
 
 
 def test_tiny_budget_evicts_telemetry_oldest_first_then_backpressure(tmp_path, caplog):

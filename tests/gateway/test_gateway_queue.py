@@ -159,7 +159,7 @@ def test_every_acked_record_survives_kill_9_mid_write(tmp_path):
         proc.stdout.close()
         q = Queue(path)
         assert q.ack_of("n") >= acked
-        held = {s for (s,) in q._db.execute("SELECT seq FROM records WHERE node = 'n'")}
+        held = {seq for _, seq, _, _ in q.stored("n")}
         assert set(range(1, acked + 1)) <= held
         # Batches cut before the kill still hold exactly their records, in order.
         for b in q.pending_batches():
@@ -183,9 +183,7 @@ def _reference(q: Queue) -> tuple[int, int, float | None, list[tuple[str, int]]]
     oldest = None
     for node in q.nodes:
         eff = None
-        for seq, received, rec in q._db.execute(
-                "SELECT seq, received, rec FROM records WHERE node = ? AND seq > ? AND seq <= ?"
-                " ORDER BY seq", (node, cut.get(node, 0), q.ack_of(node))):
+        for _, seq, received, rec in q.stored(node, cut.get(node, 0), q.ack_of(node)):
             eff = received if eff is None else max(eff, received)
             merged.append((eff, node, seq))
             count += 1

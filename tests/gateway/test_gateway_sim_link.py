@@ -12,6 +12,7 @@ from roadside.gateway import protocol as p
 from roadside.gateway.links import base
 from roadside.gateway.links.sim import SimLink
 from roadside.gateway.queue import Queue
+from roadside.gateway.queue.schema import read_records
 from roadside.gateway.session import SessionManager
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_ingest.py"
@@ -93,7 +94,7 @@ def test_group_commit_acks_every_link_after_the_shared_commit(tmp_path):
             # Durable before the ACK: a second connection sees every record.
             import sqlite3
             db = sqlite3.connect(tmp_path / "q.sqlite")
-            assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 20 * 32
+            assert len(read_records(db)) == 20 * 32
             db.close()
         finally:
             for t in tasks:
