@@ -39,11 +39,10 @@ from .queue import Queue
 
 log = logging.getLogger("roadside.gateway.queue")
 
-# Rowid tables copied as they are (layout 2), in this order; `records` is keyed by (node, seq).
-TABLES = ("nodes", "batches", "deliveries", "dead_letters", "counters", "ports")
+# The tables copied as they are (layout 3: all rowid tables), in this order.
+TABLES = ("nodes", "batches", "deliveries", "dead_letters", "counters", "ports", "runs")
 SKIP_MAX = 1 << 62
 POINT_MAX = 1 << 20     # keys looked up one by one across one damaged part
-UPPER_MARGIN = 1_000    # seqs beyond a node's ACK looked up one by one after the last part
 
 
 def integrity(path: Path) -> str | None:
@@ -139,18 +138,9 @@ def _copy(aside: Path, fresh: Queue, report: dict[str, Any]) -> None:
                            rows)
             if table in ("nodes", "batches"):
                 report[table] = len(rows)
-        nodes = {r[0] for r in db.execute("SELECT node FROM nodes")}
-        nodes |= set(_distinct_nodes(old, report))
-        cols = _columns(db, "records")
-        marks = ", ".join("?" * len(cols))
-        acks = dict(db.execute("SELECT node, ack FROM nodes").fetchall())
-        for node in sorted(nodes):
-            # Records are held up to the node's ACK, and beyond it past a gap: a margin.
-            rows = list(_scan_records(old, node, cols, report,
-                                      acks.get(node, 0) + UPPER_MARGIN))
-            db.executemany(f"INSERT OR IGNORE INTO records ({', '.join(cols)}) VALUES"
-                           f" ({marks})", rows)
-            report["records"] += len(rows)
+            elif table == "runs":
+                lo_at, hi_at = cols.index("lo"), cols.index("hi")
+                report["records"] = sum(r[hi_at] - r[lo_at] + 1 for r in rows)
         for name, by in (("recovered_files", 1), ("recovered_records", report["records"])):
             db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
                        " value = value + excluded.value", (name, by))
@@ -169,22 +159,18 @@ def _columns(db: sqlite3.Connection, table: str) -> list[str]:
 
 def _scan_rowid(old: sqlite3.Connection, table: str, cols: list[str],
                 report: dict[str, Any]) -> Iterator[tuple]:
-    """Every readable row of a rowid table, in rowid order, skipping damaged pages."""
+    """Every readable row of a rowid table, in rowid order, skipping damaged pages. For the
+    records (`runs`) each rowid skipped over is also looked up on its own: an interior page
+    may still lead to a leaf that a scan past the damaged one cannot reach."""
     sql = f"SELECT rowid, {', '.join(cols)} FROM {table} WHERE rowid > ? ORDER BY rowid"
-    for row in _skip_scan(old, sql, (), report):
-        yield row[1:]
-
-
-def _scan_records(old: sqlite3.Connection, node: str, cols: list[str],
-                  report: dict[str, Any], upper: int) -> Iterator[tuple]:
-    """Every readable record of `node`, in seq order, skipping damaged pages; `upper`: the
-    highest seq worth looking up one by one past the last readable part."""
-    sql = (f"SELECT seq, {', '.join(cols)} FROM records WHERE node = ? AND seq > ?"
-           f" ORDER BY seq")
-    # A WITHOUT ROWID table keeps whole rows in its interior pages too: a row there can be
-    # read by its key while a range scan past it runs into the damaged page below it.
-    point = f"SELECT seq, {', '.join(cols)} FROM records WHERE node = ? AND seq = ?"
-    for row in _skip_scan(old, sql, (node,), report, point, upper):
+    point = upper = None
+    if table == "runs":
+        point = f"SELECT rowid, {', '.join(cols)} FROM {table} WHERE rowid = ?"
+        try:
+            upper = old.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+        except sqlite3.DatabaseError:
+            upper = None
+    for row in _skip_scan(old, sql, (), report, point, upper or POINT_MAX):
         yield row[1:]
 
 
@@ -246,19 +232,3 @@ def _readable(old: sqlite3.Connection, sql: str, args: tuple, start: int) -> boo
     except sqlite3.DatabaseError:
         return False
     return True
-
-
-def _distinct_nodes(old: sqlite3.Connection, report: dict[str, Any]) -> Iterator[str]:
-    """Node ids of the records (a damaged nodes table must not hide a node's records)."""
-    node = ""
-    while True:
-        try:
-            row = old.execute("SELECT node FROM records WHERE node > ? ORDER BY node LIMIT 1",
-                              (node,)).fetchone()
-        except sqlite3.DatabaseError:
-            report["unreadable"] += 1
-            return
-        if row is None:
-            return
-        node = row[0]
-        yield node

@@ -3,7 +3,8 @@
 One concept per module: schema.py (the file's layout, its migration), types.py (the named
 values), tx.py (a transaction), core.py (state and the writer thread), intake.py (records in:
 store, dedup, ACK, eviction, backpressure), waiting.py (the waiting records in memory),
-batches.py (cut, delivery per uplink, dead letters). The uplink wire format (a record's map,
+runs.py (the records in the file: one row per run of a node's contiguous seqs), batches.py
+(cut, delivery per uplink, dead letters). The uplink wire format (a record's map,
 a batch's head) is gateway/uplink_wire.py.
 
 Records are committed before the session ACKs them, so an ACKed record survives a kill -9 and

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import cbor2
 
 from .. import uplink_wire
+from . import runs
 from .core import QueueBase
 from .schema import ranges
 from .types import Batch, Row
@@ -76,9 +77,13 @@ class Batches(QueueBase):
 
     def _read_rows(self, node: str, lo: int, hi: int, limit: int) -> list[Row]:
         """Up to `limit` of `node`'s records in (lo, hi], in seq order."""
-        return list(map(Row._make, self._db.execute(
-            "SELECT node, seq, size, rec FROM records WHERE node = ? AND seq > ? AND seq <= ?"
-            " ORDER BY seq LIMIT ?", (node, lo, hi, limit))))
+        out: list[Row] = []
+        for run in runs.overlapping(self._db, node, lo, hi):
+            for seq, size, _flags, rec in run.records(lo + 1, hi):
+                out.append(Row(node, seq, size, rec))
+                if len(out) >= limit:
+                    return out
+        return out
 
     def _cut(self, rows: list[Row], max_bytes: int, now: float | None) -> Batch | None:
         """A batch of a prefix of `rows` (each node's in seq order) up to `max_bytes`: the
@@ -253,9 +258,8 @@ class Batches(QueueBase):
                                (batch_id,)).fetchone()
         if row is None:
             return 0
-        deleted = self._db.executemany(
-            "DELETE FROM records WHERE node = ? AND seq >= ? AND seq <= ?",
-            ranges(cbor2.loads(row[0]))).rowcount
+        deleted = sum(runs.remove(self._db, node, lo, hi)[0]
+                      for node, lo, hi in ranges(cbor2.loads(row[0])))
         self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
         self._db.execute("DELETE FROM deliveries WHERE batch = ?", (batch_id,))
         self._pending -= 1

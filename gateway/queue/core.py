@@ -15,11 +15,10 @@ from typing import Any, TypeVar
 
 import cbor2
 
-from .. import protocol
 from ..errors import QueueError
 from ..storage_health import Storage
 from ..uplink_wire import RecordEncoder
-from . import schema
+from . import runs, schema
 from .tx import Transaction
 from .types import NodeInfo, StoreResult
 from .waiting import Segment, Waiting
@@ -80,10 +79,11 @@ class QueueBase:
         }
         self.counters: dict[str, int] = dict(
             self._db.execute("SELECT name, value FROM counters").fetchall())
-        self._depth = self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+        self._depth = self._db.execute(
+            "SELECT coalesce(sum(hi - lo + 1), 0) FROM runs").fetchone()[0]
         self._pending = self._db.execute("SELECT count(*) FROM batches").fetchone()[0]
         self._bytes = self._db.execute(
-            "SELECT coalesce(sum(size), 0) FROM records").fetchone()[0] \
+            "SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0] \
             + self._db.execute("SELECT coalesce(sum(length(body)), 0) FROM batches").fetchone()[0]
         # Per node, the highest seq already cut into a batch: every record of the node at or
         # below it is in a pending batch (or gone), every one above it waits. A node with no
@@ -96,8 +96,7 @@ class QueueBase:
         # Per node, the newest PRIORITY record not yet cut: the batcher cuts it at once.
         self._urgent: dict[str, int] = {
             node: seq for node, seq in self._db.execute(
-                "SELECT node, max(seq) FROM records WHERE flags & ? != 0 GROUP BY node",
-                (protocol.FLAG_PRIORITY,))
+                "SELECT node, max(pri) FROM runs WHERE pri > 0 GROUP BY node")
             if seq > self._cut_upto.get(node, 0)}
         # Per node, its waiting records (waiting.py): cutting and waiting() need no query.
         self._waiting = Waiting(self._query_segments, self._cut_upto)
@@ -160,8 +159,20 @@ class QueueBase:
         the running max starts at `lo`: add_segments continues it from the node's last)."""
         if hi <= lo:
             return []
-        return [Segment(*row) for row in self._db.execute(
-            "SELECT max(seq), eff, count(*), sum(length(rec)), min(received), max(received)"
-            " FROM (SELECT seq, rec, received, max(received) OVER (ORDER BY seq ROWS UNBOUNDED"
-            " PRECEDING) AS eff FROM records WHERE node = ? AND seq > ? AND seq <= ?)"
-            " GROUP BY eff ORDER BY eff", (node, lo, hi))]
+        segs: list[Segment] = []
+        eff = None
+        for run in runs.overlapping(self._db, node, lo, hi):
+            a, b = max(lo + 1, run.lo), min(hi, run.hi)
+            nbytes = run.end(b) - run.start(a)
+            got = run.received
+            eff = got if eff is None or got > eff else eff
+            if segs and segs[-1].eff == eff:
+                seg = segs[-1]
+                seg.hi = b
+                seg.count += b - a + 1
+                seg.nbytes += nbytes
+                seg.oldest = min(seg.oldest, got)
+                seg.newest = max(seg.newest, got)
+            else:
+                segs.append(Segment(b, eff, b - a + 1, nbytes, got, got))
+        return segs

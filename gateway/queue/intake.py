@@ -15,6 +15,7 @@ from typing import Any
 from .. import protocol
 from ..errors import QueueError, QueueFullError
 from ..storage_health import DISK_RESERVE, budget
+from . import runs
 from .core import QueueBase
 from .schema import RECORD_OVERHEAD
 from .types import NodeInfo, StoreResult
@@ -25,6 +26,7 @@ log = logging.getLogger("roadside.gateway.queue")
 EVICT_LOG_S = 10.0
 # At most this many RECORDS messages in one group commit (store_many).
 GROUP_MAX = 256
+INT64_MAX = (1 << 63) - 1
 
 
 class Intake(QueueBase):
@@ -102,8 +104,9 @@ class Intake(QueueBase):
     def highest_seq(self, node: str) -> int:
         """The highest seq of `node` this queue ever stored: its ACK, or a record held beyond
         a gap (a node whose counter is not above it would reuse seqs; PROTOCOL.md 2.2)."""
-        row = self._db.execute("SELECT max(seq) FROM records WHERE node = ?", (node,)).fetchone()
-        return max(self.ack_of(node), row[0] or 0)
+        row = self._db.execute("SELECT hi FROM runs WHERE node = ? ORDER BY lo DESC LIMIT 1",
+                               (node,)).fetchone()
+        return max(self.ack_of(node), row[0] if row else 0)
 
     def port_bindings(self) -> dict[str, str]:
         """port -> the node it served last, as kept across restarts (bind_port)."""
@@ -133,39 +136,54 @@ class Intake(QueueBase):
         fresh = info is None
         if info is None:
             info = NodeInfo(node, 0, role, 0, 0, 0, now)
-        ack = info.ack
-        rows = self._rows(node, role, records, ack, now)
-        dups = len(records) - len(rows)
-        if rows and self._depth + len(rows) > self.max_depth:
+        ack = old_ack = info.ack
+        items = self._items(node, role, records, ack, now)
+        # Records beyond a gap are held in runs above the ACK: those seqs are duplicates too.
+        held = runs.spans(self._db, node, ack)
+        seqs = [it[0] for it in items]
+        if held or seqs != list(range(seqs[0], seqs[0] + len(seqs)) if seqs else []):
+            seen: set[int] = set()
+            keep = []
+            for it in sorted(items, key=lambda it: it[0]):
+                seq = it[0]
+                if seq in seen or any(lo <= seq <= hi for lo, hi in held):
+                    continue
+                seen.add(seq)
+                keep.append(it)
+            items = keep
+        stored = len(items)
+        dups = len(records) - stored
+        if items and self._depth + stored > self.max_depth:
             raise QueueFullError(f"queue holds {self._depth} records (max {self.max_depth})")
-        incoming = sum(r[4] for r in rows)
+        incoming = sum(it[1] for it in items)
         evict, freed = self._eviction(node, ack, incoming)
         try:
             with self._transaction():
-                if evict:
-                    self._db.executemany("DELETE FROM records WHERE node = ? AND seq = ?",
-                                         [(n, seq) for n, seq, _ in evict])
-                    self._bump("evicted", len(evict))
-                stored = 0
-                if rows:
-                    cur = self._db.executemany(
-                        "INSERT OR IGNORE INTO records (node, seq, flags, received, size, rec)"
-                        " VALUES (?, ?, ?, ?, ?, ?)", rows)
-                    stored = cur.rowcount
-                    dups += len(rows) - stored
+                if from_seq > INT64_MAX:
+                    raise OverflowError(f"from {from_seq} is beyond SQLite's integers")
+                evicted = 0
+                for n, lo, hi in evict:
+                    evicted += runs.remove(self._db, n, lo, hi)[0]
+                self._bump("evicted", evicted)
+                if items:
+                    runs.insert(self._db, node, now, items)
+                spans = sorted(held + [(part[0][0], part[-1][0])
+                                       for part in runs.split(items)])
                 gaps = 0
                 if from_seq - 1 > ack:
-                    held = self._db.execute(
-                        "SELECT count(*) FROM records WHERE node = ? AND seq > ? AND seq < ?",
-                        (node, ack, from_seq)).fetchone()[0]
-                    gaps = from_seq - 1 - ack - held
+                    kept = sum(max(0, min(hi, from_seq - 1) - max(lo, ack + 1) + 1)
+                               for lo, hi in spans)
+                    gaps = from_seq - 1 - ack - kept
                     ack = from_seq - 1
-                ack = self._advance(node, ack, rows)
+                for lo, hi in spans:           # the ACK runs on along contiguous runs
+                    if lo > ack + 1:
+                        break
+                    ack = max(ack, hi)
                 segments = []
                 if ack > info.ack:     # newly waiting: the records in (old ACK, ACK]
-                    if stored == len(rows) == ack - info.ack and \
-                            [r[1] for r in rows] == list(range(info.ack + 1, ack + 1)):
-                        segments = [Segment(ack, now, stored, sum(len(r[5]) for r in rows),
+                    if not held and stored == ack - info.ack and \
+                            items and items[0][0] == info.ack + 1:
+                        segments = [Segment(ack, now, stored, sum(len(it[3]) for it in items),
                                             now, now)]
                     else:
                         segments = self._query_segments(node, info.ack, ack)
@@ -188,26 +206,27 @@ class Intake(QueueBase):
                 self._reload_node(node)
             raise QueueError(f"cannot store records of {node}: {exc}") from exc
         self.nodes[node] = info
-        for n, seq, _length in evict:
-            self._waiting.unwait(n, seq)
+        for n in {n for n, _lo, _hi in evict}:
+            n_ack = old_ack if n == node else self.ack_of(n)
+            self._waiting.replace(n, self._query_segments(n, self._cut_upto.get(n, 0), n_ack))
         self._waiting.add(node, segments)
-        self._depth += stored - len(evict)
+        self._depth += stored - evicted
         self._bytes += incoming - freed
-        if rows:
+        if items:
             self.backpressure = False
         if evict:
-            self._log_evicted(len(evict), now)
-        urgent = [r[1] for r in rows if r[2] & protocol.FLAG_PRIORITY]
-        if urgent and stored:
+            self._log_evicted(evicted, now)
+        urgent = [it[0] for it in items if it[2] & protocol.FLAG_PRIORITY]
+        if urgent:
             self._urgent[node] = max(self._urgent.get(node, 0), *urgent)
         return StoreResult(stored, dups, ack, gaps)
 
-    def _rows(self, node: str, role: str, records: list[protocol.Record], ack: int,
-              now: float) -> list[tuple]:
-        """The rows to insert for the records beyond `ack`: (node, seq, flags, received, size,
-        rec), `rec` being the record's uplink map encoded once, here (uplink_wire)."""
+    def _items(self, node: str, role: str, records: list[protocol.Record], ack: int,
+               now: float) -> list[tuple[int, int, int, bytes]]:
+        """(seq, size, flags, rec) of the records beyond `ack`, `rec` being the record's
+        uplink map encoded once, here (uplink_wire)."""
         base = len(node) + len(role) + RECORD_OVERHEAD
-        return [(node, seq, flags, now, length + base, rec) for seq, flags, length, rec in
+        return [(seq, length + base, flags, rec) for seq, flags, length, rec in
                 self._encoder.records(node, role, records, ack, now)]
 
     def _eviction(self, node: str, ack: int,
@@ -215,7 +234,9 @@ class Intake(QueueBase):
         """The records to evict so that `incoming` bytes fit the budget: plain telemetry not
         yet in a batch (a cut batch keeps its exact bytes), oldest first, only at or below its
         node's ACK (a record beyond a gap is needed to advance the ACK). Raises QueueFullError
-        (backpressure) when even evicting all of them would not make room."""
+        (backpressure) when even evicting all of them would not make room. A run stored
+        with a PRIORITY record is kept whole (its telemetry too); a run is evicted from its
+        oldest seq on, as far as needed."""
         disk = self.budget() if incoming else self.max_bytes
         if disk < self.max_bytes and self._bytes + incoming > disk:
             # The volume, not max_bytes, is short: evicting would not give disk space back
@@ -231,13 +252,20 @@ class Intake(QueueBase):
         evict: list[tuple[str, int, int]] = []
         freed = 0
         cut = self._cut_upto
-        for n, seq, size, length in self._db.execute(
-                "SELECT node, seq, size, length(rec) FROM records WHERE flags & 2 = 0"
-                " ORDER BY received"):
-            if seq > (ack if n == node else self.ack_of(n)) or seq <= cut.get(n, 0):
+        for n, lo, hi, meta in self._db.execute(
+                "SELECT node, lo, hi, meta FROM runs WHERE pri = 0 ORDER BY received"):
+            a = max(lo, cut.get(n, 0) + 1)
+            b = min(hi, ack if n == node else self.ack_of(n))
+            if a > b:
                 continue
-            evict.append((n, seq, length))
-            freed += size
+            sizes = runs.unpack_meta(meta)
+            last = a
+            for seq in range(a, b + 1):
+                freed += sizes[3 * (seq - lo) + 1]
+                last = seq
+                if freed >= need:
+                    break
+            evict.append((n, a, last))
             if freed >= need:
                 return evict, freed
         self.backpressure = True
@@ -265,19 +293,3 @@ class Intake(QueueBase):
                         f" ({self.counters['evicted']} in total)")
             self._evicted_unlogged = 0
             self._evict_logged = now
-
-    def _advance(self, node: str, ack: int, rows: list[tuple]) -> int:
-        # Fast path: the new records continue the contiguous run and nothing waits beyond it.
-        seqs = [r[1] for r in rows]
-        if seqs and seqs == list(range(ack + 1, ack + 1 + len(seqs))):
-            beyond = self._db.execute(
-                "SELECT 1 FROM records WHERE node = ? AND seq > ? LIMIT 1",
-                (node, seqs[-1])).fetchone()
-            if beyond is None:
-                return seqs[-1]
-        for (seq,) in self._db.execute(
-                "SELECT seq FROM records WHERE node = ? AND seq > ? ORDER BY seq", (node, ack)):
-            if seq != ack + 1:
-                break
-            ack = seq
-        return ack

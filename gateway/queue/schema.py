@@ -14,6 +14,8 @@ from .. import protocol
 from ..errors import QueueError
 from ..storage_health import disk_size
 from ..uplink_wire import RecordEncoder
+from . import runs
+from .runs import RUNS_SCHEMA
 
 log = logging.getLogger("roadside.gateway.queue")
 
@@ -23,10 +25,11 @@ log = logging.getLogger("roadside.gateway.queue")
 SYNCHRONOUS = "FULL"
 
 # The queue file's layout (PRAGMA user_version). 1: the first layout (records with a batch
-# column, updated when cut), migrated when opened; 2: this one.
-SCHEMA_VERSION = 2
+# column, updated when cut) and 2 (one row per record), migrated when opened; 3: this one
+# (one row per run of a node's contiguous seqs, runs.py).
+SCHEMA_VERSION = 3
 
-SCHEMA = """
+RECORDS_V2 = """
 CREATE TABLE IF NOT EXISTS records (
     node TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -39,6 +42,9 @@ CREATE TABLE IF NOT EXISTS records (
 -- Eviction candidates: plain telemetry (PRIORITY = 2 clear), oldest first (those already cut
 -- into a batch, at or below their node's cut point, are skipped).
 CREATE INDEX IF NOT EXISTS records_evict ON records (received) WHERE flags & 2 = 0;
+"""
+
+SCHEMA = RUNS_SCHEMA + """
 CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY,
     ack INTEGER NOT NULL,        -- highest seq held contiguously (or given up by `from`)
@@ -121,53 +127,23 @@ def open_schema(db: sqlite3.Connection, path: Path) -> None:
             f" {SCHEMA_VERSION}: run the newer gateway, or move the file away to start an"
             f" empty queue (its undelivered records are then not sent)")
     if "records" in tables and version < SCHEMA_VERSION:
-        migrate_v1(db, path)
+        migrate(db, path, version)
         return
     db.executescript(SCHEMA)
     if version < SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def migrate_v1(db: sqlite3.Connection, path: Path) -> None:
-    """Layout 1 -> 2: build each record's `rec` and `size` from its columns (the same
-    bytes layout 1 spliced when cutting) and each batch's keys from the records' batch
-    and bpos columns. Batches already cut keep their id and body."""
+def migrate(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """Layout 1 or 2 -> 3, in one transaction (a crash meanwhile leaves the old file)."""
     n = db.execute("SELECT count(*) FROM records").fetchone()[0]
     log.warning(f"queue {path}: converting {n} records to the queue layout"
                 f" {SCHEMA_VERSION} (once)")
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute("ALTER TABLE records RENAME TO records_v1")
-        db.execute("DROP INDEX IF EXISTS records_batch")
-        db.execute("DROP INDEX IF EXISTS records_evict")
-        db.execute("ALTER TABLE batches RENAME TO batches_v1")
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        enc = RecordEncoder()
-        old = db.execute("SELECT node, seq, t, kind, flags, role, synced, data, received"
-                         " FROM records_v1 ORDER BY node, seq")
-        while chunk := old.fetchmany(1000):
-            rows = []
-            for node, seq, t, kind, flags, role, synced, data, received in chunk:
-                rows.append((node, seq, flags, received,
-                             len(data) + len(node) + len(role) + RECORD_OVERHEAD,
-                             enc.record(node, seq, t, kind, role, synced,
-                                        bool(flags & protocol.FLAG_PRIORITY), data)))
-            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
-        for bid, created, count, body in db.execute(
-                "SELECT id, created, records, body FROM batches_v1 ORDER BY rowid"
-                ).fetchall():
-            keys = db.execute("SELECT node, seq FROM records_v1 WHERE batch = ?"
-                              " ORDER BY bpos", (bid,)).fetchall()
-            size = db.execute(
-                "SELECT coalesce(sum(length(data) + length(node) + length(role)), 0)"
-                " FROM records_v1 WHERE batch = ?", (bid,)).fetchone()[0]
-            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                       (bid, created, count, body, cbor2.dumps([list(k) for k in keys]),
-                        size + RECORD_OVERHEAD * len(keys)))
-        db.execute("DROP TABLE records_v1")
-        db.execute("DROP TABLE batches_v1")
+        if version < 2:
+            migrate_v1(db)
+        migrate_v2(db)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -176,21 +152,71 @@ def migrate_v1(db: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def migrate_v2(db: sqlite3.Connection) -> None:
+    """Layout 2 -> 3: each node's records, in seq order, as runs of contiguous seqs stored at
+    the same time (their maps and sizes as they are)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    old = db.execute("SELECT node, seq, flags, received, size, rec FROM records"
+                     " ORDER BY node, seq")
+    run: list[tuple[int, int, int, bytes]] = []
+    key: tuple[str, float] | None = None
+    while chunk := old.fetchmany(1000):
+        for node, seq, flags, received, size, rec in chunk:
+            if run and (key != (node, received) or seq != run[-1][0] + 1):
+                runs.insert(db, key[0], key[1], run)  # type: ignore[index]
+                run = []
+            key = (node, received)
+            run.append((seq, size, flags, rec))
+    if run and key is not None:
+        runs.insert(db, key[0], key[1], run)
+    db.execute("DROP TABLE records")
+
+
+def migrate_v1(db: sqlite3.Connection) -> None:
+    """Layout 1 -> 2: build each record's `rec` and `size` from its columns (the same
+    bytes layout 1 spliced when cutting) and each batch's keys from the records' batch
+    and bpos columns. Batches already cut keep their id and body."""
+    db.execute("ALTER TABLE records RENAME TO records_v1")
+    db.execute("DROP INDEX IF EXISTS records_batch")
+    db.execute("DROP INDEX IF EXISTS records_evict")
+    db.execute("ALTER TABLE batches RENAME TO batches_v1")
+    for statement in (RECORDS_V2 + SCHEMA).split(";"):
+        if statement.strip():
+            db.execute(statement)
+    enc = RecordEncoder()
+    old = db.execute("SELECT node, seq, t, kind, flags, role, synced, data, received"
+                     " FROM records_v1 ORDER BY node, seq")
+    while chunk := old.fetchmany(1000):
+        rows = []
+        for node, seq, t, kind, flags, role, synced, data, received in chunk:
+            rows.append((node, seq, flags, received,
+                         len(data) + len(node) + len(role) + RECORD_OVERHEAD,
+                         enc.record(node, seq, t, kind, role, synced,
+                                    bool(flags & protocol.FLAG_PRIORITY), data)))
+        db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+    for bid, created, count, body in db.execute(
+            "SELECT id, created, records, body FROM batches_v1 ORDER BY rowid"
+            ).fetchall():
+        keys = db.execute("SELECT node, seq FROM records_v1 WHERE batch = ?"
+                          " ORDER BY bpos", (bid,)).fetchall()
+        size = db.execute(
+            "SELECT coalesce(sum(length(data) + length(node) + length(role)), 0)"
+            " FROM records_v1 WHERE batch = ?", (bid,)).fetchone()[0]
+        db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                   (bid, created, count, body, cbor2.dumps([list(k) for k in keys]),
+                    size + RECORD_OVERHEAD * len(keys)))
+    db.execute("DROP TABLE records_v1")
+    db.execute("DROP TABLE batches_v1")
+
+
 def read_records(db: sqlite3.Connection, node: str | None = None, lo: int = 0,
                  hi: int | None = None) -> list[tuple[str, int, float, bytes]]:
     """(node, seq, received, rec) of the stored records (of `node`, seq in (lo, hi]), in
     (node, seq) order: the one reader of the stored records outside the queue's own code
     (tests, tools), so that they do not depend on how the layout keeps them."""
-    where: list[str] = ["seq > ?"]
-    args: list[object] = [lo]
-    if node is not None:
-        where.append("node = ?")
-        args.append(node)
-    if hi is not None:
-        where.append("seq <= ?")
-        args.append(hi)
-    return db.execute("SELECT node, seq, received, rec FROM records WHERE "
-                      + " AND ".join(where) + " ORDER BY node, seq", args).fetchall()
+    return runs.read(db, node, lo, hi)
 
 
 def ranges(keys: list[tuple[str, int]] | list[list]) -> list[tuple[str, int, int]]:

@@ -64,6 +64,13 @@ class Waiting:
             self.count += seg.count
             self.nbytes += seg.nbytes
 
+    def replace(self, node: str, segments: list[Segment]) -> None:
+        """All of `node`'s waiting segments, read again (after an eviction)."""
+        for seg in self.segs.pop(node, ()):
+            self.count -= seg.count
+            self.nbytes -= seg.nbytes
+        self.add(node, segments)
+
     def plan(self, limit: int) -> tuple[list[tuple[str, int]], dict[str, list[int]]]:
         """Up to `limit` waiting records, oldest first: (node, records) in merge order, and
         per node [records, highest seq] (what to read from the file)."""

@@ -119,10 +119,9 @@ def test_a_node_that_lost_its_state_continues_above_the_stored_seqs(tmp_path, ho
             early = [sent[s] for s in sorted(sent) if s <= high]
             moved = [sent.get(s) for s in range(high + 1, high + 1 + len(early))]
             assert early == moved, f"records sent under seqs <= {high} were not renumbered"
-            stored_again = queue._db.execute(
-                "SELECT count(*) FROM records WHERE node = ? AND seq <= ? AND received >= ?",
-                (NODE, high, second_life)).fetchone()[0]
-            assert stored_again == 0
+            stored_again = [seq for _, seq, received, _ in queue.stored(NODE, 0, high)
+                            if received >= second_life]
+            assert stored_again == []
             log = (tmp_path / "logs" / f"{NODE}.log").read_text()
             assert f"resume at {high + 1}" in log, log[-2000:]
 
@@ -134,8 +133,7 @@ def test_a_node_that_lost_its_state_continues_above_the_stored_seqs(tmp_path, ho
             await stop()
             log = (tmp_path / "logs" / f"{NODE}.log").read_text()
             assert log.count("resume at") == 1 and log.count("renumbering") <= 1, log[-2000:]
-            seqs = [row[0] for row in queue._db.execute(
-                "SELECT seq FROM records WHERE node = ? ORDER BY seq", (NODE,))]
+            seqs = [seq for _, seq, _, _ in queue.stored(NODE)]
             assert seqs == list(range(1, len(seqs) + 1)) and seqs[-1] >= last
             assert queue.nodes[NODE].gaps == 0
         finally:

@@ -243,12 +243,97 @@ def test_batches_follow_the_file_through_gaps_evictions_priority_and_reopening(t
             q = Queue(path, max_bytes=12_000)
         count, size, oldest, order = _reference(q)
         assert q.waiting() == (count, size, oldest), step
+        _check_runs(q, step)
         b = q._candidates(10_000)
         assert [(r[0], r[1]) for r in b] == order, step
     assert q.counters["evicted"] > 0 and q.counters["delivered_records"] > 0
     assert q.counters["gaps"] > 0 and q.counters["duplicates"] > 0
     assert full > 0     # the run did meet backpressure
     q.close()
+
+
+def _check_runs(q: Queue, step: int) -> None:
+    """Layout 3's rows against the queue's counts: runs of contiguous seqs that do not
+    overlap, each record's map where its offsets say, sizes and priority marks that add up."""
+    from roadside.gateway.queue import runs
+
+    total = size = 0
+    last: dict[str, int] = {}
+    for row in q._db.execute("SELECT node, lo, hi, pri, received, size, recs, meta FROM runs"
+                             " ORDER BY node, lo"):
+        run = runs.Run(*row[:7], runs.unpack_meta(row[7]))
+        assert run.lo <= run.hi and run.lo > last.get(run.node, 0), step
+        last[run.node] = run.hi
+        assert len(run.meta) == 3 * (run.hi - run.lo + 1) and run.end(run.hi) == len(run.recs)
+        recs = list(run.records(run.lo, run.hi))
+        assert [cbor2.loads(r[3])["seq"] for r in recs] == list(range(run.lo, run.hi + 1))
+        assert sum(r[1] for r in recs) == run.size, step
+        assert run.pri == max([r[0] for r in recs if r[2] & FLAG_PRIORITY], default=0), step
+        total += run.hi - run.lo + 1
+        size += run.size
+    bodies = sum(len(b.body) for b in q.pending_batches())
+    assert (q.depth(), q.bytes()) == (total, size + bodies), step
+
+
+V2_SCHEMA = """
+CREATE TABLE records (node TEXT NOT NULL, seq INTEGER NOT NULL, flags INTEGER NOT NULL,
+    received REAL NOT NULL, size INTEGER NOT NULL, rec BLOB NOT NULL,
+    PRIMARY KEY (node, seq)) WITHOUT ROWID;
+CREATE INDEX records_evict ON records (received) WHERE flags & 2 = 0;
+CREATE TABLE nodes (node TEXT PRIMARY KEY, ack INTEGER NOT NULL, role TEXT NOT NULL,
+    stored INTEGER NOT NULL, duplicates INTEGER NOT NULL, gaps INTEGER NOT NULL,
+    last_seen REAL NOT NULL);
+CREATE TABLE batches (id TEXT PRIMARY KEY, created INTEGER NOT NULL, records INTEGER NOT NULL,
+    body BLOB NOT NULL, keys BLOB NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE deliveries (batch TEXT NOT NULL, uplink TEXT NOT NULL, PRIMARY KEY (batch, uplink));
+CREATE TABLE dead_letters (id TEXT NOT NULL, created INTEGER NOT NULL, failed REAL NOT NULL,
+    uplink TEXT NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (id, uplink));
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_queue_file_of_layout_2_is_converted_to_runs(tmp_path):
+    """A queue written by the gateway before runs (layout 2, one row per record): its records
+    (a pending batch's, waiting ones, one beyond a gap) come out as the same maps."""
+    import sqlite3
+
+    from roadside.gateway.uplink_wire import RecordEncoder
+
+    path = tmp_path / "q.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V2_SCHEMA)
+    enc = RecordEncoder()
+    records = [rec(s, FLAG_PRIORITY if s == 3 else 0) for s in (1, 2, 3, 4, 5, 7)]
+    rows = [("a", seq, flags, 100.0 + (seq > 2), length + 50, m) for seq, flags, length, m in
+            enc.records("a", "water", records, 0, 100.0)]
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.execute("INSERT INTO nodes VALUES ('a', 5, 'water', 6, 0, 0, 101.0)")
+    old_body = b"\xa1" + cbor2.dumps("old batch bytes")
+    db.execute("INSERT INTO batches VALUES ('b-1', 1700, 2, ?, ?, ?)",
+               (old_body, cbor2.dumps([["a", 1], ["a", 2]]), rows[0][4] + rows[1][4]))
+    db.commit()
+    db.close()
+    q = Queue(path, "gw", "s")
+    assert [(n, s, r, m) for n, s, r, m in q.stored()] == [
+        ("a", s, 100.0 + (s > 2), m) for (_, s, _, _, _, m) in rows]
+    assert q.depth() == 6 and q.ack_of("a") == 5 and q.highest_seq("a") == 7
+    assert q.waiting()[0] == 3 and q.priority_waiting()
+    assert q.bytes() == sum(r[4] for r in rows) + len(old_body)
+    _check_runs(q, 0)
+    b2 = q.next_batch(10, 1 << 20, now=2000)
+    assert b2.keys == (("a", 3), ("a", 4), ("a", 5))
+    assert cbor2.loads(b2.body)["records"] == [cbor2.loads(r[5]) for r in rows[2:5]]
+    assert q.batch_delivered("b-1", "http", ["http"]) and q.depth() == 4
+    q.store("a", "water", [rec(6)], 6)
+    assert q.ack_of("a") == 7 and [s for _, s, _, _ in q.stored("a")] == [3, 4, 5, 6, 7]
+    _check_runs(q, 1)
+    q.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master")} >= {"runs"}
+    assert "records" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
 
 
 V1_SCHEMA = """

@@ -59,14 +59,14 @@ def point_readable(path: Path) -> set[tuple[str, int]]:
     except sqlite3.Error:
         return set()
     out = set()
-    for node in NODES:
-        for seq in range(1, 1001):
-            try:
-                if db.execute("SELECT 1 FROM records WHERE node = ? AND seq = ?",
-                              (node, seq)).fetchone():
-                    out.add((node, seq))
-            except sqlite3.DatabaseError:
-                pass
+    for rowid in range(1, 3001):
+        try:
+            row = db.execute("SELECT node, lo, hi FROM runs WHERE rowid = ?",
+                             (rowid,)).fetchone()
+            if row:
+                out.update((row[0], s) for s in range(row[1], row[2] + 1))
+        except sqlite3.DatabaseError:
+            pass
     db.close()
     return out
 
