@@ -11,7 +11,6 @@ one test process do not collide.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -20,6 +19,8 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from . import storage_health
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LINK_ERRORS = ("crc", "cobs", "oversize", "malformed")
@@ -240,13 +241,7 @@ def queue_bytes(q: Any) -> int:
 
 def file_bytes(q: Any) -> int:
     """The queue's size on disk: the SQLite file plus its WAL and shared-memory files."""
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += os.stat(f"{q.path}{suffix}").st_size
-        except OSError:
-            pass
-    return total
+    return storage_health.file_bytes(q.path)
 
 
 def backpressure(q: Any) -> bool:
