@@ -1,10 +1,11 @@
 # Node config: NODE_DIR/config.json merged over defaults, validated with messages that name
 # the key, the bad value and what is allowed. Unknown keys are kept as they are.
 # (CPython loads this module too: tools/node/schema.py checks values before they go out, so
-# it imports nothing but json and journal at the top.)
+# it imports nothing but json, journal and roles at the top; config_edit.py, imported on the
+# first config command, sets keys and fills defaults.)
 import json
 
-from .journal import write_atomic
+from .journal import write_atomic  # noqa: F401 - config_edit.py saves through it (tests swap it)
 from .roles import ROLES
 
 # The whole config with defaults (config.get without a key) as CBOR at most: its REPLY fits
@@ -250,37 +251,14 @@ class Config:
         return v
 
     def effective(self, data=None):
-        """The whole config with defaults filled in (config.get without a key): every node's
-        keys and the node's role's; another role's keys only as stored."""
-        # a copy: filling defaults must not touch data
-        out = json.loads(json.dumps(self.data if data is None else data))
-        for schema in (SCHEMA, {} if self.keys is None else self.keys.SCHEMA):
-            for key in schema:
-                if _get(out, key) is None and schema[key][0] is not None:
-                    _put(out, key, schema[key][0])
-        return out
+        """The whole config with defaults filled in (config.get without a key)."""
+        from .config_edit import effective
+        return effective(self, data)
 
     def set(self, key, value):
-        """Validate, apply and persist one key; returns the stored value. Another role's key
-        is checked by that role's keys (and its cross-key rules); a new role has the stored
-        config checked against its keys, so the next boot takes it."""
-        key = canonical(key)
-        value = check(key, value, self.keys)
-        trial = json.loads(json.dumps(self.data))  # deep copy to check cross-key rules
-        _put(trial, key, value)
-        m = role_keys(value) if key == "role" else find(key, self.keys)[1]
-        if m is not None:
-            self._check(trial, m)
-        if self.keys is not None and m is not self.keys:
-            self._check(trial, self.keys)
-        from .cbor import dumps
-        size = len(dumps(self.effective(trial)))
-        if size > MAX_CBOR:
-            raise ConfigError("%s: the config would be %d bytes, at most %d; remove what is "
-                              "not in use first" % (key, size, MAX_CBOR))
-        self.data = trial
-        write_atomic(self.path, json.dumps(self.data))
-        return value
+        """Validate, apply and persist one key; returns the stored value."""
+        from .config_edit import set_key
+        return set_key(self, key, value)
 
     @property
     def sim(self):

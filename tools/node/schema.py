@@ -33,12 +33,13 @@ class ConfigValueError(ToolError):
 
 @cache
 def firmware_config() -> types.ModuleType:
-    """firmware/roadside_node/config.py as a CPython module (its journal import stubbed,
-    roles/__init__.py loaded as it is; config.py imports roles/<role>_keys.py from there)."""
+    """firmware/roadside_node/config.py as a CPython module (the journal import of
+    config_edit.py stubbed, roles/__init__.py loaded as it is; config.py imports
+    config_edit.py and roles/<role>_keys.py from the firmware's directory)."""
     if not CONFIG_PY.is_file():
         raise ToolError(f"{CONFIG_PY} is missing: the firmware is not in this checkout")
     pkg = types.ModuleType(_PKG)
-    pkg.__path__ = []
+    pkg.__path__ = [str(CONFIG_PY.parent)]  # config.py imports config_edit.py and roles/*_keys.py
     journal = types.ModuleType(f"{_PKG}.journal")
 
     def write_atomic(path: str, text: str) -> None:  # never called by the tools
