@@ -1,16 +1,16 @@
 # Node config: NODE_DIR/config.json merged over defaults, validated with messages that name
 # the key, the bad value and what is allowed. Unknown keys are kept as they are.
 # (CPython loads this module too: tools/node/schema.py checks values before they go out, so
-# it imports nothing but json and journal at the top.)
+# it imports nothing but json, journal and roles at the top; config_edit.py, imported on the
+# first config command, sets keys and fills defaults.)
 import json
 
-from .journal import write_atomic
+from .journal import write_atomic  # noqa: F401 - config_edit.py saves through it (tests swap it)
 from .roles import ROLES
 
 # The whole config with defaults (config.get without a key) as CBOR at most: its REPLY fits
 # one sealed BLE frame (ble.BlePort.max_payload 992) with room for the REPLY's own head.
 MAX_CBOR = 900
-MAX_PAIRS = 64  # conflicts: a full 8-phase matrix is 28 pairs; field controllers ~20
 _CLIP = 24  # characters of untrusted input an error text may quote
 
 
@@ -29,55 +29,50 @@ def clip(v):
 
 PATH = "config.json"
 
-# key -> (default, kind, low, high); dotted keys live in a nested section
+# key -> (default, kind, low, high); dotted keys live in a nested section. These are the keys
+# of every node; each role's own keys are in roles/<role>_keys.py (its SCHEMA, with lists as
+# kind list, and ORDER, the values that must increase), imported for the node's own role only:
+# a water node holds no signal, toll or rain keys (docs/PERFORMANCE.md "Free heap at HELLO").
+# Another role's key on a node (config.set) is checked by that role's module, imported for
+# the call; at boot it is kept as it is, like any key the node does not use.
 SCHEMA: dict = {
     "journal_max_bytes": (32768, int, 1024, 1048576),
     "health_interval_s": (300, int, 10, 86400),
-    "datum_mm": (3000, int, 100, 20000),  # sensor face height above the datum (level 0)
-    "sample_interval_s": (2, int, 1, 3600),
-    "report_interval_s": (60, int, 1, 86400),  # level records when calm
-    "fast_interval_s": (10, int, 1, 3600),  # ...while rising or at/above alert
-    "rise_cm_per_min": (5.0, float, 0.0, 1000.0),  # "rising" for the fast interval
-    "outlier_mm": (300, int, 10, 10000),  # a sample this far from the median is rejected
-    "thresholds.alert_cm": (100.0, float, -1000.0, 10000.0),
-    "thresholds.alarm_cm": (150.0, float, -1000.0, 10000.0),
-    "thresholds.critical_cm": (200.0, float, -1000.0, 10000.0),
-    "thresholds.hysteresis_cm": (10.0, float, 0.0, 1000.0),
-    # signal monitor (roles/signal.py); "conflicts" (pairs of phases) is checked in check()
-    "phases": (4, int, 1, 16),
-    "debounce_ms": (100, int, 10, 2000),  # a head input must hold this long to count
-    "min_green_ms": (5000, int, 0, 120000),
-    "amber_ms": (3000, int, 0, 10000),  # shortest amber (clearance) allowed
-    "all_red_ms": (1000, int, 0, 10000),  # shortest red before a conflicting green
-    "count_interval_s": (60, int, 5, 3600),  # loop detector counts per approach
-    "plans": (8, int, 1, 32),  # timing plans 1..plans the controller knows
-    # toll beacon (roles/toll.py); "antenna_lanes" (lane of antenna 1, 2, ...) in check()
-    "window_ms": (1000, int, 50, 60000),  # a passage ends when its tag is unseen this long
-    "reader_silent_ms": (5000, int, 500, 600000),  # no heartbeat this long: reader silent
-    # water level: calm reporting, the level sensor (ultrasonic on a UART or trigger/echo
-    # pulse: distance down to the water; or a pressure transducer on an ADC: depth above the
-    # sensor, calibrated by zero/span), battery mode
-    "calm_interval_s": (300, int, 1, 86400),  # level records while calm (normal, |rate| low)
-    "calm_cm_per_min": (1.0, float, 0.0, 1000.0),  # |rate| below this (and normal) is calm
-    "sensor.type": ("ultrasonic_uart", str, ("ultrasonic_uart", "ultrasonic_pulse",
-                                             "pressure_adc"), None),
-    "sensor.zero_raw": (11900, int, 0, 65535),  # ADC read_u16 at depth 0 (4 mA: 0.6 V)
-    "sensor.span_raw": (59500, int, 1, 65535),  # ADC read_u16 at depth span_mm (20 mA)
-    "sensor.span_mm": (5000, int, 1, 100000),  # the transducer's range
-    "sensor.offset_mm": (0, int, -20000, 20000),  # pressure sensor height above the datum
     "battery": (False, bool, None, None),  # deep sleep between samples, state in RTC memory
     "awake_max_ms": (4000, int, 500, 60000),  # battery: longest wait for the gateway's ACK
-    # rain gauge (roles/rain.py); the tip contact's debounce is debounce_ms
-    "rain.tip_mm": (0.2, float, 0.01, 10.0),  # rain per tip of the bucket
-    "rain.interval_s": (60, int, 10, 86400),  # a rainfall record per interval
-    "rain.heavy_mm_h": (50, int, 1, 1000),  # intensity alarm at/above this
-    "rain.hyst_mm_h": (10, int, 0, 1000),  # ...cleared below heavy_mm_h - hyst_mm_h
-    # all roles
     "safe_mode_after": (3, int, 1, 100),  # boots dying before a healthy minute -> safe mode
     "watchdog_ms": (8000, int, 1000, 120000),
     "ble": (False, bool, None, None),  # GATT transport (ble.py); needs a secret (secret.set)
 }
-LISTS = ("conflicts", "antenna_lanes")
+
+
+def role_keys(role):
+    """roles/<role>_keys.py: the role's SCHEMA and ORDER (role one of ROLES)."""
+    return __import__(__name__[:-6] + "roles." + role + "_keys", None, None, ("SCHEMA",))
+
+
+def find(key, own=None):
+    """(spec, its role's keys module or None) for key: every node's SCHEMA, then the node's
+    own role's (own), then the other roles' (imported for the call); (None, None) if none."""
+    spec = SCHEMA.get(key)
+    if spec is not None:
+        return spec, None
+    if own is not None and key in own.SCHEMA:
+        return own.SCHEMA[key], own
+    for r in ROLES:
+        m = role_keys(r)
+        if key in m.SCHEMA:
+            return m.SCHEMA[key], m
+    return None, None
+
+
+def all_keys():
+    """Every key config.set takes, for any role: identity, numbers and choices, then lists."""
+    keys = set(SCHEMA)
+    for r in ROLES:
+        keys.update(role_keys(r).SCHEMA)
+    lists = [k for k in ("conflicts", "antenna_lanes") if k in keys]
+    return ["node_id", "role", "board"] + sorted([k for k in keys if k not in lists]) + lists
 
 
 class ConfigError(ValueError):
@@ -111,8 +106,9 @@ def canonical(key):
     return "thresholds." + key if key in ALIASES else key
 
 
-def check(key, value):
-    """The validated (and normalised) value for key, or ConfigError saying what is allowed."""
+def check(key, value, own=None):
+    """The validated (and normalised) value for key, or ConfigError saying what is allowed
+    (own: the node's role's keys module, looked up before the other roles')."""
     if key == "node_id":
         if isinstance(value, str) and 0 < len(value) <= 32:
             return value
@@ -132,14 +128,14 @@ def check(key, value):
             return value
         raise ConfigError("site: bad value %s; allowed: text of up to 64 characters"
                           % clip(value))
-    if key in LISTS:
-        return _check_list(key, value)
-    spec = SCHEMA.get(key)
+    spec = find(key, own)[0] if isinstance(key, str) else None
     if spec is None:
         raise ConfigError("%s: unknown key; allowed keys: %s" % (
             key if isinstance(key, str) and len(key) <= 32 else clip(key),
-            ", ".join(["node_id", "role", "board"] + sorted(SCHEMA) + list(LISTS))))
+            ", ".join(all_keys())))
     _, kind, lo, hi = spec
+    if kind is list:  # its role's own check (lo), in roles/<role>_keys.py
+        return lo(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -165,26 +161,7 @@ def check(key, value):
     return value
 
 
-def _uint(v, hi):
-    return type(v) is int and 1 <= v <= hi
-
-
-def _check_list(key, value):
-    if key == "conflicts":
-        if isinstance(value, list) and len(value) <= MAX_PAIRS and all(
-                isinstance(p, list) and len(p) == 2 and _uint(p[0], 16) and _uint(p[1], 16)
-                and p[0] != p[1] for p in value):
-            return value
-        raise ConfigError("conflicts: bad value %s; allowed: a list of at most %d pairs of "
-                          "different phases 1 to 16, e.g. [[1, 2], [2, 3]]"
-                          % (_show_list(value), MAX_PAIRS))
-    if isinstance(value, list) and 0 < len(value) <= 16 and all(_uint(v, 16) for v in value):
-        return value
-    raise ConfigError("antenna_lanes: bad value %s; allowed: a list of 1 to 16 lanes 1 to 16, "
-                      "one per antenna, e.g. [1, 2, 3]" % _show_list(value))
-
-
-def _show_list(value):
+def show_list(value):
     """A short list is shown as it is (its items are small numbers); a long one by length."""
     if isinstance(value, list) and len(value) <= 8:
         s = repr(value)
@@ -201,6 +178,10 @@ class Config:
     def __init__(self, data=None, path=PATH):
         self.path = path
         self.data = data if data is not None else {}
+        role = self.data.get("role", "water")
+        # the keys of the role this node runs (its role at boot: config.set role takes effect
+        # at the next one); None for a role the firmware does not know (validate refuses it)
+        self.keys = role_keys(role) if isinstance(role, str) and role in ROLES else None
 
     @classmethod
     def load(cls, path=PATH):
@@ -217,74 +198,67 @@ class Config:
         c.validate()
         return c
 
-    def validate(self):
+    def validate(self, every_role=False):
+        """Check (and normalise) every key of this node's role, and the cross-key rules; with
+        every_role (the host's tools) every role's keys and rules. Other keys are kept as
+        they are."""
         for key in ("node_id", "role", "board", "site"):
             if key in self.data:
                 check(key, self.data[key])
-        for key in SCHEMA:
-            v = _get(self.data, key)
-            if v is not None:
-                _put(self.data, key, check(key, v))
-        for key in LISTS:
-            if key in self.data:
-                check(key, self.data[key])
-        self._check_order(self.data)
+        self._check(self.data, None)
+        if every_role:
+            for r in ROLES:
+                self._check(self.data, role_keys(r))
+        elif self.keys is not None:
+            self._check(self.data, self.keys)
 
-    def _check_order(self, data):
-        t = [self.get(k, data) for k in ("thresholds.alert_cm", "thresholds.alarm_cm",
-                                          "thresholds.critical_cm")]
-        if not t[0] < t[1] < t[2]:
-            raise ConfigError("thresholds: bad values alert_cm=%s alarm_cm=%s critical_cm=%s; "
-                              "allowed: alert_cm < alarm_cm < critical_cm" % tuple(t))
-        h, y = self.get("rain.heavy_mm_h", data), self.get("rain.hyst_mm_h", data)
-        if not y < h:
-            raise ConfigError("rain: bad values heavy_mm_h=%s hyst_mm_h=%s; allowed: "
-                              "hyst_mm_h < heavy_mm_h" % (h, y))
-        z, s = self.get("sensor.zero_raw", data), self.get("sensor.span_raw", data)
-        if not z < s:
-            raise ConfigError("sensor: bad values zero_raw=%s span_raw=%s; allowed: "
-                              "zero_raw < span_raw" % (z, s))
+    def _check(self, data, m):
+        """Check data's keys of keys module m (None: every node's SCHEMA) and m's ORDER."""
+        schema = SCHEMA if m is None else m.SCHEMA
+        for key in schema:
+            v = _get(data, key)
+            if v is not None:
+                _put(data, key, check(key, v, m))
+        for sec, names in () if m is None else m.ORDER:
+            vs = [self._value(data, sec + "." + n, m) for n in names]
+            if any(not vs[i] < vs[i + 1] for i in range(len(vs) - 1)):
+                raise ConfigError("%s: bad values %s; allowed: %s" % (
+                    sec, " ".join(["%s=%s" % (n, v) for n, v in zip(names, vs)]),
+                    " < ".join(names)))
+
+    def _value(self, data, key, m):
+        v = _get(data, key)
+        return m.SCHEMA[key][0] if v is None else v
 
     def get(self, key, data=None):
         d = self.data if data is None else data
         key = canonical(key)
         v = _get(d, key)
         if v is None:
-            spec = SCHEMA.get(key)
-            if spec is not None:
-                return spec[0]
             if key == "node_id":
                 return "node"
             if key == "role":
                 return "water"
             if key == "board":
                 return "unknown"
+            if key == "site":
+                return None
+            # another role's key: its default (its keys imported for the call, ~1 to 4 KB
+            # until the next boot: a role's own code asks for its own keys only)
+            spec = find(key, self.keys)[0]
+            if spec is not None:
+                return spec[0]
         return v
 
     def effective(self, data=None):
         """The whole config with defaults filled in (config.get without a key)."""
-        # a copy: filling defaults must not touch data
-        out = json.loads(json.dumps(self.data if data is None else data))
-        for key in SCHEMA:
-            if _get(out, key) is None:
-                _put(out, key, SCHEMA[key][0])
-        return out
+        from .config_edit import effective
+        return effective(self, data)
 
     def set(self, key, value):
         """Validate, apply and persist one key; returns the stored value."""
-        key = canonical(key)
-        value = check(key, value)
-        trial = json.loads(json.dumps(self.data))  # deep copy to check cross-key rules
-        _put(trial, key, value)
-        self._check_order(trial)
-        from .cbor import dumps
-        size = len(dumps(self.effective(trial)))
-        if size > MAX_CBOR:
-            raise ConfigError("%s: the config would be %d bytes, at most %d; remove what is "
-                              "not in use first" % (key, size, MAX_CBOR))
-        self.data = trial
-        write_atomic(self.path, json.dumps(self.data))
-        return value
+        from .config_edit import set_key
+        return set_key(self, key, value)
 
     @property
     def sim(self):

@@ -1,7 +1,8 @@
 """The node config schema, from the firmware itself: firmware/roadside_node/config.py.
 
-There is one schema (the firmware's SCHEMA, check() and the cross-key rules); the tools load
-that very file under CPython, so `roadside deploy --set` and `roadside config set|apply`
+There is one schema (the firmware's SCHEMA, every role's roles/<role>_keys.py, check() and
+the cross-key rules); the tools load those very files under CPython (every role's keys: a
+node loads only its own role's), so `roadside deploy --set` and `roadside config set|apply`
 refuse exactly what the node would refuse, with the node's own message (key, bad value, what
 is allowed), before anything is sent.
 """
@@ -32,12 +33,13 @@ class ConfigValueError(ToolError):
 
 @cache
 def firmware_config() -> types.ModuleType:
-    """firmware/roadside_node/config.py as a CPython module (its journal import stubbed,
-    roles/__init__.py loaded as it is)."""
+    """firmware/roadside_node/config.py as a CPython module (the journal import of
+    config_edit.py stubbed, roles/__init__.py loaded as it is; config.py imports
+    config_edit.py and roles/<role>_keys.py from the firmware's directory)."""
     if not CONFIG_PY.is_file():
         raise ToolError(f"{CONFIG_PY} is missing: the firmware is not in this checkout")
     pkg = types.ModuleType(_PKG)
-    pkg.__path__ = []
+    pkg.__path__ = [str(CONFIG_PY.parent)]  # config.py imports config_edit.py and roles/*_keys.py
     journal = types.ModuleType(f"{_PKG}.journal")
 
     def write_atomic(path: str, text: str) -> None:  # never called by the tools
@@ -109,14 +111,15 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
     cfg = firmware_config()
     conf = cfg.Config(json.loads(json.dumps(data)), "config.json")
     try:
-        conf.validate()
+        conf.validate(every_role=True)
     except cfg.ConfigError as exc:
         raise ConfigValueError(str(exc)) from None
     return dict(conf.data)
 
 
 def effective(data: dict[str, Any]) -> dict[str, Any]:
-    """The config with the firmware's defaults filled in (what config.get returns)."""
+    """The config with the firmware's defaults filled in (what config.get returns): every
+    node's keys and its role's (data's role, water when none)."""
     return dict(firmware_config().Config(json.loads(json.dumps(data))).effective())
 
 
@@ -135,5 +138,4 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def settable_keys() -> list[str]:
     """Every key config.set accepts."""
-    cfg = firmware_config()
-    return ["node_id", "role", "board", *sorted(cfg.SCHEMA), *cfg.LISTS]
+    return list(firmware_config().all_keys())
