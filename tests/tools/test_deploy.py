@@ -118,6 +118,33 @@ def test_deploy_then_redeploy_copies_nothing(tmp_path: Path, capsys):
         assert cfg["sensor"]["type"] == "ultrasonic_uart"
 
 
+def test_survey_of_a_board_holding_many_firmware_files(tmp_path: Path):
+    # three firmware dirs of 60 files (a deploy cut mid-way leaves two; a package grows):
+    # the survey's answer grows with them, but is never held whole in the board's heap
+    dirs, per_dir = 3, 60
+    make = ("import os\nos.mkdir('/fw')\n"
+            f"for d in range({dirs}):\n"
+            " os.mkdir('/fw/%012d' % d)\n os.mkdir('/fw/%012d/roadside_node' % d)\n"
+            f" for i in range({per_dir}):\n"
+            "  with open('/fw/%012d/roadside_node/m%03d.mpy' % (d, i), 'wb') as f:\n"
+            "   f.write(b'x' * (300 + i))\n")
+    with virtual_board(tmp_path / "board") as board:
+        wait_repl(board)  # not about booting: see wait_repl
+        t = deploy._transport(board.port)
+        try:
+            deploy._exec(t, make, board.port)
+            info = deploy.survey(t, board.port)
+        finally:
+            t.close()
+    hashes = info["hashes"]
+    assert len(hashes) == dirs * per_dir + 2, len(hashes)
+    assert hashes["/main.py"] is None and hashes["/config.json"] is None
+    import hashlib
+    assert hashes[f"/fw/{2:012d}/roadside_node/m059.mpy"] == hashlib.sha256(
+        b"x" * 359).hexdigest()
+    assert info["version"] and info["uid"] == "240ac4000001" and info["config"] is None
+
+
 def _read(port: str, path: str) -> str:
     return mpremote(port, "fs", "cat", f":{path}")
 

@@ -267,14 +267,25 @@ def _exec(t: Any, code: str, port: str) -> bytes:
 
 
 def survey(t: Any, port: str) -> dict[str, Any]:
-    """Versions, unique id, current config and file hashes from the board (one exec)."""
+    """Versions, unique id, current config and file hashes from the board (one exec): its
+    last line a dict with the number of file lines ("HASH PATH", "-" unreadable) before it."""
     import ast
 
     out = _exec(t, board_code("survey"), port).decode(errors="replace").strip().splitlines()
     try:
-        return dict(ast.literal_eval(out[-1]))
-    except (ValueError, SyntaxError, IndexError):
+        info = dict(ast.literal_eval(out[-1]))
+        n = int(info.pop("files"))
+        lines = out[len(out) - 1 - n:-1] if 0 <= n < len(out) else []
+        if len(lines) != n:
+            raise ValueError(n)
+        hashes: dict[str, str | None] = {}
+        for line in lines:
+            digest, path = line.split(" ", 1)
+            hashes[path] = None if digest == "-" else digest
+    except (ValueError, SyntaxError, IndexError, KeyError, TypeError):
         raise DeployError(f"unexpected answer from the board on {port}: {out[-1:]}") from None
+    info["hashes"] = hashes
+    return info
 
 
 def write_file(t: Any, path: str, data: bytes, port: str, made: set[str], *,
