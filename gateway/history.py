@@ -40,8 +40,8 @@ MAX_EVENTS = 100            # alarm / fault / reader changes kept per node
 PHASE_EVENTS = 240          # signal phase changes: ~20 cycles of a 4-phase plan
 TOLL_MINUTES = WINDOW_S // 60
 
-# The firmware defaults (firmware/roadside_node/config.py SCHEMA), shown until the node's
-# own values are known.
+# The firmware defaults (firmware/roadside_node/roles/water_keys.py and rain_keys.py), shown
+# until the node's own values are known.
 DEFAULTS: dict[str, dict[str, float]] = {
     "water": {"alert_cm": 100.0, "alarm_cm": 150.0, "critical_cm": 200.0,
               "hysteresis_cm": 10.0},

@@ -29,50 +29,65 @@ def clip(v):
 
 PATH = "config.json"
 
-# key -> (default, kind, low, high); dotted keys live in a nested section. These are the keys
-# of every node; each role's own keys are in roles/<role>_keys.py (its SCHEMA, with lists as
-# kind list, and ORDER, the values that must increase), imported for the node's own role only:
-# a water node holds no signal, toll or rain keys (docs/PERFORMANCE.md "Free heap at HELLO").
+# key, default, kind, low, high: one flat tuple, a key a line (a dict of 4-tuples held ~40 B
+# more per key, docs/PERFORMANCE.md "Free heap at HELLO"); dotted keys live in a nested
+# section. A float key's whole default is written as an int (a float constant held ~40 B;
+# default() gives it as a float), a choice's choices (kind str) as one text split by spaces
+# (a tuple constant's texts are held as copies, ~100 B each). These are the keys of every
+# node; each role's own keys are in roles/<role>_keys.py (its TABLE, with lists as kind list,
+# and ORDER, the values that must increase: "section key key ..." groups, ";" between, one
+# text for the same reason), imported for the node's own role only: a water node holds no
+# signal, toll or rain keys.
 # Another role's key on a node (config.set) is checked by that role's module, imported for
 # the call; at boot it is kept as it is, like any key the node does not use.
-SCHEMA: dict = {
-    "journal_max_bytes": (32768, int, 1024, 1048576),
-    "health_interval_s": (300, int, 10, 86400),
-    "battery": (False, bool, None, None),  # deep sleep between samples, state in RTC memory
-    "awake_max_ms": (4000, int, 500, 60000),  # battery: longest wait for the gateway's ACK
-    "safe_mode_after": (3, int, 1, 100),  # boots dying before a healthy minute -> safe mode
-    "watchdog_ms": (8000, int, 1000, 120000),
-    "ble": (False, bool, None, None),  # GATT transport (ble.py); needs a secret (secret.set)
-}
+TABLE: tuple = (
+    "journal_max_bytes", 32768, int, 1024, 1048576,
+    "health_interval_s", 300, int, 10, 86400,
+    "battery", False, bool, None, None,  # deep sleep between samples, state in RTC memory
+    "awake_max_ms", 4000, int, 500, 60000,  # battery: longest wait for the gateway's ACK
+    "safe_mode_after", 3, int, 1, 100,  # boots dying before a healthy minute -> safe mode
+    "watchdog_ms", 8000, int, 1000, 120000,
+    "ble", False, bool, None, None,  # GATT transport (ble.py); needs a secret (secret.set)
+)
 
 
 def role_keys(role):
-    """roles/<role>_keys.py: the role's SCHEMA and ORDER (role one of ROLES)."""
-    return __import__(__name__[:-6] + "roles." + role + "_keys", None, None, ("SCHEMA",))
+    """roles/<role>_keys.py: the role's TABLE and ORDER (role one of ROLES)."""
+    return __import__(__name__[:-6] + "roles." + role + "_keys", None, None, ("TABLE",))
+
+
+def _at(t, key):
+    """Where key's name is in TABLE t (its default, kind, low and high follow), or -1."""
+    try:
+        i = t.index(key)
+    except ValueError:
+        return -1
+    return -1 if i % 5 else i  # a value that reads like a key is no key (no key is a value)
+
+
+def default(t, i):
+    """The default of the key at t[i] (TABLE t): a float key's as a float."""
+    d = t[i + 1]
+    return float(d) if t[i + 2] is float else d
 
 
 def find(key, own=None):
-    """(spec, its role's keys module or None) for key: every node's SCHEMA, then the node's
-    own role's (own), then the other roles' (imported for the call); (None, None) if none."""
-    spec = SCHEMA.get(key)
-    if spec is not None:
-        return spec, None
-    if own is not None and key in own.SCHEMA:
-        return own.SCHEMA[key], own
+    """(where key is in its TABLE, its role's keys module or None: every node's TABLE) for
+    key: every node's TABLE, then the node's own role's (own), then the other roles'
+    (imported for the call); (-1, None) if none."""
+    i = _at(TABLE, key)
+    if i >= 0:
+        return i, None
+    if own is not None:
+        i = _at(own.TABLE, key)
+        if i >= 0:
+            return i, own
     for r in ROLES:
         m = role_keys(r)
-        if key in m.SCHEMA:
-            return m.SCHEMA[key], m
-    return None, None
-
-
-def all_keys():
-    """Every key config.set takes, for any role: identity, numbers and choices, then lists."""
-    keys = set(SCHEMA)
-    for r in ROLES:
-        keys.update(role_keys(r).SCHEMA)
-    lists = [k for k in ("conflicts", "antenna_lanes") if k in keys]
-    return ["node_id", "role", "board"] + sorted([k for k in keys if k not in lists]) + lists
+        i = _at(m.TABLE, key)
+        if i >= 0:
+            return i, m
+    return -1, None
 
 
 class ConfigError(ValueError):
@@ -128,12 +143,13 @@ def check(key, value, own=None):
             return value
         raise ConfigError("site: bad value %s; allowed: text of up to 64 characters"
                           % clip(value))
-    spec = find(key, own)[0] if isinstance(key, str) else None
-    if spec is None:
+    i, m = find(key, own) if isinstance(key, str) else (-1, None)
+    if i < 0:
+        from .config_edit import all_keys  # an error's list of keys: not held at boot
         raise ConfigError("%s: unknown key; allowed keys: %s" % (
-            key if isinstance(key, str) and len(key) <= 32 else clip(key),
-            ", ".join(all_keys())))
-    _, kind, lo, hi = spec
+            key if isinstance(key, str) and len(key) <= 32 else clip(key), ", ".join(all_keys())))
+    t = TABLE if m is None else m.TABLE  # (m None: every node's)
+    kind, lo, hi = t[i + 2], t[i + 3], t[i + 4]
     if kind is list:  # its role's own check (lo), in roles/<role>_keys.py
         return lo(value)
     if kind is bool:
@@ -141,9 +157,10 @@ def check(key, value, own=None):
             return value
         raise ConfigError("%s: bad value %s; allowed: true or false" % (key, clip(value)))
     if kind is str:
-        if isinstance(value, str) and value in lo:
+        if isinstance(value, str) and value in lo.split():
             return value
-        raise ConfigError("%s: bad value %s; allowed: %s" % (key, clip(value), ", ".join(lo)))
+        raise ConfigError("%s: bad value %s; allowed: %s" % (key, clip(value),
+                                                           ", ".join(lo.split())))
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
     if ok and isinstance(value, float) and (value != value or value - value != 0):
         # NaN or +-inf (JSON from a command API can carry them): int() would raise
@@ -213,13 +230,16 @@ class Config:
             self._check(self.data, self.keys)
 
     def _check(self, data, m):
-        """Check data's keys of keys module m (None: every node's SCHEMA) and m's ORDER."""
-        schema = SCHEMA if m is None else m.SCHEMA
-        for key in schema:
+        """Check data's keys of keys module m (None: every node's TABLE) and m's ORDER."""
+        t = TABLE if m is None else m.TABLE  # (m None: every node's)
+        for i in range(0, len(t), 5):
+            key = t[i]
             v = _get(data, key)
             if v is not None:
                 _put(data, key, check(key, v, m))
-        for sec, names in () if m is None else m.ORDER:
+        for group in m.ORDER.split(";") if m is not None and m.ORDER else ():
+            names = group.split()
+            sec = names.pop(0)
             vs = [self._value(data, sec + "." + n, m) for n in names]
             if any(not vs[i] < vs[i + 1] for i in range(len(vs) - 1)):
                 raise ConfigError("%s: bad values %s; allowed: %s" % (
@@ -228,7 +248,7 @@ class Config:
 
     def _value(self, data, key, m):
         v = _get(data, key)
-        return m.SCHEMA[key][0] if v is None else v
+        return default(m.TABLE, _at(m.TABLE, key)) if v is None else v
 
     def get(self, key, data=None):
         d = self.data if data is None else data
@@ -245,9 +265,9 @@ class Config:
                 return None
             # another role's key: its default (its keys imported for the call, ~1 to 4 KB
             # until the next boot: a role's own code asks for its own keys only)
-            spec = find(key, self.keys)[0]
-            if spec is not None:
-                return spec[0]
+            i, m = find(key, self.keys)
+            if i >= 0:
+                return default(TABLE if m is None else m.TABLE, i)
         return v
 
     def effective(self, data=None):

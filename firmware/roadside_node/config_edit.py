@@ -1,11 +1,23 @@
 # The node config's editing half: config.set and the whole config with defaults (config.get
 # without a key). Imported on the first config command, not at boot: a node that is never
 # configured over the link does not hold this code (docs/PERFORMANCE.md "Free heap at HELLO").
-# (CPython loads it too, through config.py: tools/node/schema.py; so json and config only.)
+# (CPython loads it too, through config.py: tools/node/schema.py; so json, config and roles
+# only.) Also the list of every key (all_keys), which an unknown key's error names.
 import json
 
 from . import config
-from .config import MAX_CBOR, SCHEMA, ConfigError, _get, _put, canonical, check, find, role_keys
+from .config import (MAX_CBOR, TABLE, ConfigError, _get, _put, canonical, check, default, find,
+                     role_keys)
+from .roles import ROLES
+
+
+def all_keys():
+    """Every key config.set takes, for any role: identity, numbers and choices, then lists."""
+    keys = set()
+    for t in [TABLE] + [role_keys(r).TABLE for r in ROLES]:
+        keys.update([t[i] for i in range(0, len(t), 5)])
+    lists = [k for k in ("conflicts", "antenna_lanes") if k in keys]
+    return ["node_id", "role", "board"] + sorted([k for k in keys if k not in lists]) + lists
 
 
 def effective(c, data=None):
@@ -13,10 +25,10 @@ def effective(c, data=None):
     role's; another role's keys only as stored."""
     # a copy: filling defaults must not touch data
     out = json.loads(json.dumps(c.data if data is None else data))
-    for schema in (SCHEMA, {} if c.keys is None else c.keys.SCHEMA):
-        for key in schema:
-            if _get(out, key) is None and schema[key][0] is not None:
-                _put(out, key, schema[key][0])
+    for t in (TABLE, () if c.keys is None else c.keys.TABLE):
+        for i in range(0, len(t), 5):
+            if _get(out, t[i]) is None and t[i + 1] is not None:
+                _put(out, t[i], default(t, i))
     return out
 
 

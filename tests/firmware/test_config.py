@@ -57,3 +57,46 @@ def test_bad_file_is_refused_at_boot_naming_the_key(tmp_path, bad, message):
     proc = run("from roadside_node.config import Config\nConfig.load()", cwd=tmp_path,
                check=False)
     assert proc.returncode != 0 and message in proc.stdout.decode()
+
+
+TABLE_CODE = r"""
+import json
+from roadside_node.config import Config, ConfigError
+c = Config.load()
+out = {"alarm": c.get("thresholds.alarm_cm"), "tip": c.get("rain.tip_mm"),
+       "full": c.effective()["thresholds"], "lookalike": c.get("ultrasonic_uart")}
+out["types"] = [type(out["alarm"]).__name__, type(out["full"]["critical_cm"]).__name__]
+errors = []
+for key, value in %s:
+    try:
+        out[key] = c.set(key, value)
+    except ConfigError as e:
+        errors.append(str(e))
+out["errors"] = errors
+print(json.dumps(out))
+"""
+
+
+def test_the_key_tables_defaults_choices_and_rules(tmp_path):
+    # each role's keys are one flat tuple (config.py TABLE): a float key's default is a
+    # float, a choice's choices are named, the increasing rules hold, a value is no key
+    (tmp_path / "config.json").write_text(json.dumps({"node_id": "wl-0001", "role": "water"}))
+    sets = [["sensor.type", "radar"], ["sensor.type", "pressure_adc"],
+            ["sensor.zero_raw", 60000], ["rain.hyst_mm_h", 60], ["ultrasonic_uart", 1]]
+    out = json.loads(run_stdout(TABLE_CODE % json.dumps(sets), cwd=tmp_path))
+    assert out["alarm"] == 150 and out["types"] == ["float", "float"] and out["tip"] == 0.2
+    assert out["full"] == {"alert_cm": 100, "alarm_cm": 150, "critical_cm": 200,
+                           "hysteresis_cm": 10}
+    assert out["lookalike"] is None and out["sensor.type"] == "pressure_adc"
+    e = out["errors"]
+    assert e[0] == ("sensor.type: bad value 'radar'; allowed: ultrasonic_uart, "
+                    "ultrasonic_pulse, pressure_adc")
+    assert e[1] == ("sensor: bad values zero_raw=60000 span_raw=59500; allowed: "
+                    "zero_raw < span_raw")
+    assert e[2] == "rain: bad values hyst_mm_h=60 heavy_mm_h=50; allowed: hyst_mm_h < heavy_mm_h"
+    # the node's list of keys (config_edit.py, imported for the error) is the tools' list
+    from roadside.tools.node import schema
+    assert e[3] == "ultrasonic_uart: unknown key; allowed keys: " + ", ".join(
+        schema.settable_keys())
+    assert schema.settable_keys()[-2:] == ["conflicts", "antenna_lanes"]
+    assert "thresholds.alarm_cm" in schema.settable_keys()

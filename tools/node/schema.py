@@ -1,6 +1,6 @@
 """The node config schema, from the firmware itself: firmware/roadside_node/config.py.
 
-There is one schema (the firmware's SCHEMA, every role's roles/<role>_keys.py, check() and
+There is one schema (the firmware's TABLE, every role's roles/<role>_keys.py, check() and
 the cross-key rules); the tools load those very files under CPython (every role's keys: a
 node loads only its own role's), so `roadside deploy --set` and `roadside config set|apply`
 refuse exactly what the node would refuse, with the node's own message (key, bad value, what
@@ -137,5 +137,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def settable_keys() -> list[str]:
-    """Every key config.set accepts."""
-    return list(firmware_config().all_keys())
+    """Every key config.set accepts (config_edit.py's list, beside config.py)."""
+    firmware_config()
+    return list(importlib.import_module(f"{_PKG}.config_edit").all_keys())

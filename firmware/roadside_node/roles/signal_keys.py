@@ -19,14 +19,14 @@ def conflicts(value):
                       % (show_list(value), MAX_PAIRS))
 
 
-SCHEMA = {
-    "phases": (4, int, 1, 16),
-    "debounce_ms": (100, int, 10, 2000),  # a head input must hold this long to count
-    "min_green_ms": (5000, int, 0, 120000),
-    "amber_ms": (3000, int, 0, 10000),  # shortest amber (clearance) allowed
-    "all_red_ms": (1000, int, 0, 10000),  # shortest red before a conflicting green
-    "count_interval_s": (60, int, 5, 3600),  # loop detector counts per approach
-    "plans": (8, int, 1, 32),  # timing plans 1..plans the controller knows
-    "conflicts": (None, list, conflicts, None),
-}
-ORDER = ()
+TABLE = (
+    "phases", 4, int, 1, 16,
+    "debounce_ms", 100, int, 10, 2000,  # a head input must hold this long to count
+    "min_green_ms", 5000, int, 0, 120000,
+    "amber_ms", 3000, int, 0, 10000,  # shortest amber (clearance) allowed
+    "all_red_ms", 1000, int, 0, 10000,  # shortest red before a conflicting green
+    "count_interval_s", 60, int, 5, 3600,  # loop detector counts per approach
+    "plans", 8, int, 1, 32,  # timing plans 1..plans the controller knows
+    "conflicts", None, list, conflicts, None,
+)
+ORDER = ""

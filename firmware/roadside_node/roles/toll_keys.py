@@ -11,9 +11,9 @@ def antenna_lanes(value):
                       "one per antenna, e.g. [1, 2, 3]" % show_list(value))
 
 
-SCHEMA = {
-    "window_ms": (1000, int, 50, 60000),  # a passage ends when its tag is unseen this long
-    "reader_silent_ms": (5000, int, 500, 600000),  # no heartbeat this long: reader silent
-    "antenna_lanes": (None, list, antenna_lanes, None),
-}
-ORDER = ()
+TABLE = (
+    "window_ms", 1000, int, 50, 60000,  # a passage ends when its tag is unseen this long
+    "reader_silent_ms", 5000, int, 500, 600000,  # no heartbeat this long: reader silent
+    "antenna_lanes", None, list, antenna_lanes, None,
+)
+ORDER = ""
