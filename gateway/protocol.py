@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 from cobs import cobs
@@ -283,8 +283,9 @@ class Hello(Message):
         return {k: v for k, v in m.items() if v is not None}
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One record of a RECORDS message (a tuple: made for every record received, cheaply)."""
+
     seq: int
     t: int
     kind: int
@@ -464,6 +465,14 @@ def _record_checked(item: Any, index: int) -> Record:
         if not _is_uint(k) or not (_is_number(v) or isinstance(v, str | bool)):
             raise bad(f"body entry {k!r}: {v!r} is not uint => number / text / bool"[:160])
     return Record(seq, t, kind, flags, body)
+
+
+def is_records(payload: bytes) -> bool:
+    """Whether `payload` looks like a RECORDS message from its first bytes (a map whose first
+    key is 0 with the value RECORDS, as nodes encode it): such a payload is decoded where it is
+    stored (gateway/queue/intake.py). Only a hint: decode_message() decides what it is."""
+    return len(payload) > 2 and 0xa1 <= payload[0] <= 0xb7 and payload[1] == K_TYPE \
+        and payload[2] == RECORDS
 
 
 def decode_message(payload: bytes) -> Message:
