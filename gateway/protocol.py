@@ -440,10 +440,12 @@ def _record(item: Any, index: int) -> Record:
         seq, t, kind, flags, body = item
         if (type(seq) is int and type(t) is int and type(kind) is int and type(flags) is int
                 and 1 <= seq <= MAX_UINT and 0 <= t <= MAX_UINT and 0 <= kind <= MAX_UINT
-                and 0 <= flags <= MAX_UINT and type(body) is dict
-                and all(type(k) is int and k >= 0 and type(v) in _BODY_VALUE_TYPES
-                        for k, v in body.items())):
-            return Record(seq, t, kind, flags, body)
+                and 0 <= flags <= MAX_UINT and type(body) is dict):
+            for k, v in body.items():     # a loop, not all(...): this runs for every record
+                if type(k) is not int or k < 0 or type(v) not in _BODY_VALUE_TYPES:
+                    break
+            else:
+                return Record(seq, t, kind, flags, body)
     return _record_checked(item, index)
 
 
@@ -502,7 +504,7 @@ def decode_message(payload: bytes) -> Message:
     if t == RECORDS:
         items = f.get(2, "array")
         return Records(from_seq=f.get(1, "uint"),
-                       records=tuple(_record(r, i) for i, r in enumerate(items)), raw=m)
+                       records=tuple([_record(r, i) for i, r in enumerate(items)]), raw=m)
     if t == ACK:
         return Ack(seq=f.get(1, "uint"), resume=f.get(K_ACK_RESUME, "uint", False), raw=m)
     if t == COMMAND:
