@@ -45,13 +45,12 @@ from .types import (
     Incoming,
     NodeInfo,
     Outcome,
-    Row,
     StoreResult,
 )
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "GROUP_MAX", "RECORD_OVERHEAD",
            "REFUSED_JUMP", "REFUSED_RESUME", "SCHEMA_VERSION", "SYNCHRONOUS", "AsyncQueue",
-           "Batch", "Incoming", "NodeInfo", "Outcome", "Queue", "QueueBase", "Row",
+           "Batch", "Incoming", "NodeInfo", "Outcome", "Queue", "QueueBase",
            "StoreResult"]
 
 

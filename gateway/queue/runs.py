@@ -6,11 +6,13 @@ runs it cuts through (`remove`)."""
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import sys
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import protocol
 
@@ -79,6 +81,35 @@ class Run:
             end = meta[i]
             yield seq, meta[i + 1], meta[i + 2], recs[start:end]
             start = end
+
+
+class Piece(NamedTuple):
+    """Records lo..hi (contiguous) of one run, on their way into a batch: cutting takes them
+    by the piece (slices of the run's bytes and sizes), not record by record."""
+
+    node: str
+    lo: int
+    hi: int
+    run: Run
+
+    def nbytes(self) -> int:
+        """Bytes of the records' maps."""
+        return self.run.end(self.hi) - self.run.start(self.lo)
+
+    def budget(self) -> int:
+        """Their budget sizes added up (what max_bytes counts)."""
+        i = 3 * (self.lo - self.run.lo)
+        return sum(self.run.meta[i + 1:3 * (self.hi - self.run.lo) + 2:3])
+
+    def fitting(self, room: int) -> int:
+        """How many of the records, from `lo` on, have maps of at most `room` bytes in all."""
+        i, start = 3 * (self.lo - self.run.lo), self.run.start(self.lo)
+        ends = self.run.meta[i:3 * (self.hi - self.run.lo) + 1:3]
+        return bisect.bisect_right(ends, start + room)
+
+    def recs(self) -> bytes:
+        """The records' maps, concatenated."""
+        return self.run.recs[self.run.start(self.lo):self.run.end(self.hi)]
 
 
 _COLS = "node, lo, hi, pri, received, size, recs, meta"

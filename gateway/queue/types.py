@@ -40,15 +40,6 @@ class NodeInfo:
     last_seen: float
 
 
-class Row(NamedTuple):
-    """A record row on its way into a batch (node, seq, its budget `size`, its map `rec`)."""
-
-    node: str
-    seq: int
-    size: int
-    rec: bytes
-
-
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A RECORDS payload as a node's session received it, handed whole to the writer thread
