@@ -178,10 +178,10 @@ class Intake(QueueBase):
                 for n, lo, hi in evict:
                     evicted += runs.remove(self._db, n, lo, hi)[0]
                 self._bump("evicted", evicted)
+                parts = runs.split(items)
                 if items:
-                    runs.insert(self._db, node, now, items)
-                spans = sorted(held + [(part[0][0], part[-1][0])
-                                       for part in runs.split(items)])
+                    runs.insert(self._db, node, now, items, parts)
+                spans = sorted(held + [(part[0][0], part[-1][0]) for part in parts])
                 gaps = 0
                 if from_seq - 1 > ack:
                     kept = sum(max(0, min(hi, from_seq - 1) - max(lo, ack + 1) + 1)

@@ -137,23 +137,28 @@ def split(items: list[tuple[int, int, int, bytes]]) -> list[list[tuple[int, int,
     """`items` (seq ascending) cut where the seqs are not contiguous, and into rows of
     at most about RUN_BYTES."""
     out: list[list[tuple[int, int, int, bytes]]] = []
-    prev = None
+    part: list[tuple[int, int, int, bytes]] = []
+    prev = -2                   # seqs are >= 1: the first item starts a part
     nbytes = 0
     for item in items:
-        if prev is None or item[0] != prev + 1 or nbytes + len(item[3]) > RUN_BYTES:
-            out.append([])
+        n = len(item[3])
+        if item[0] != prev + 1 or nbytes + n > RUN_BYTES:
+            part = []
+            out.append(part)
             nbytes = 0
-        out[-1].append(item)
-        nbytes += len(item[3])
+        part.append(item)
+        nbytes += n
         prev = item[0]
     return out
 
 
 def insert(db: sqlite3.Connection, node: str, received: float,
-           items: list[tuple[int, int, int, bytes]]) -> None:
-    """Store (seq, size, flags, rec) of `node` (ascending seqs, none of them stored yet)."""
+           items: list[tuple[int, int, int, bytes]],
+           parts: list[list[tuple[int, int, int, bytes]]] | None = None) -> None:
+    """Store (seq, size, flags, rec) of `node` (ascending seqs, none of them stored yet);
+    `parts`: split(items), when the caller has it already."""
     db.executemany(f"INSERT INTO runs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [row_of(node, received, part) for part in split(items)])
+                   [row_of(node, received, part) for part in parts or split(items)])
 
 
 def overlapping(db: sqlite3.Connection, node: str, lo: int, hi: int) -> list[Run]:
