@@ -62,4 +62,4 @@ class Queue(Intake, Batches):
     @cached_property
     def aio(self) -> AsyncQueue:
         """The one async interface in front of the queue (aio.py)."""
-        return AsyncQueue(self, self._writer)
+        return AsyncQueue(self, self, self._writer)

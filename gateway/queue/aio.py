@@ -16,21 +16,21 @@ queue's in-memory mirror directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ..storage_health import keep_trying
+from .batches import Batches
+from .intake import Intake
 from .types import Batch, Incoming, Outcome, StoreResult
 from .writer import Writer
 
-if TYPE_CHECKING:
-    from . import Queue
-
 
 class AsyncQueue:
-    """Awaitable queue operations, each run on the writer thread (see the module)."""
+    """Awaitable queue operations, each run on the writer thread (see the module). Made by
+    Queue.aio with the queue as both of its halves, records in and batches out."""
 
-    def __init__(self, queue: Queue, writer: Writer) -> None:
-        self._queue = queue
+    def __init__(self, intake: Intake, batches: Batches, writer: Writer) -> None:
+        self._intake = intake
+        self._batches = batches
         self._writer = writer
 
     async def store_message(self, node: str, role: str, payload: bytes, resume: int | None,
@@ -46,31 +46,31 @@ class AsyncQueue:
                     bind_port: str | None) -> tuple[StoreResult, int]:
         """A HELLO: the ACK after its `from`, and the node's highest stored seq (Intake.greet);
         `bind_port` is remembered as the node's port."""
-        return await self._queue.call(self._queue.greet, node, role, first_unacked, received,
-                                      bind_port)
+        return await self._intake.call(self._intake.greet, node, role, first_unacked,
+                                       received, bind_port)
 
     async def cut(self, cut_due: Callable[[], int]) -> int:
         """The batcher's cut (Batcher.cut_due reads the queue and cuts on the writer thread),
         retried until it commits; returns the batches cut."""
-        return await keep_trying(self._queue, "cut a batch", cut_due)
+        return await keep_trying(self._batches, "cut a batch", cut_due)
 
     async def next_batch(self, uplink: str) -> Batch | None:
         """The oldest batch `uplink` has not delivered (its cursor), None when there is none."""
-        return await self._queue.call(self._queue.next_pending, uplink)
+        return await self._batches.call(self._batches.next_pending, uplink)
 
     async def delivered(self, batch_id: str, uplink: str, uplinks: Sequence[str]) -> bool:
         """`uplink` delivered the batch (retried until it commits); True when every uplink has
         it and it was deleted."""
-        return await keep_trying(self._queue, "record the delivery",
-                                 self._queue.batch_delivered, batch_id, uplink, uplinks)
+        return await keep_trying(self._batches, "record the delivery",
+                                 self._batches.batch_delivered, batch_id, uplink, uplinks)
 
     async def dead_letter(self, batch_id: str, uplink: str, reason: str,
                           uplinks: Sequence[str]) -> None:
         """`uplink`'s backend refused the batch as malformed: moved aside (retried until it
         commits)."""
-        await keep_trying(self._queue, "store the dead letter", self._queue.dead_letter,
+        await keep_trying(self._batches, "store the dead letter", self._batches.dead_letter,
                           batch_id, uplink, reason, uplinks)
 
     async def settle(self, uplinks: Sequence[str]) -> int:
         """Delete the batches every uplink in `uplinks` has (Batches.settle)."""
-        return await self._queue.call(self._queue.settle, uplinks)
+        return await self._batches.call(self._batches.settle, uplinks)
