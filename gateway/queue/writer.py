@@ -81,6 +81,8 @@ class Writer:
                     futures.append(nxt[2])
                 try:
                     results = fn(items)
+                    if len(results) != len(items):
+                        raise RuntimeError(f"{len(results)} results for {len(items)} items")
                 except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
                     results = [exc] * len(items)
                 done = list(zip(futures, results, strict=True))
