@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""The queue's writer-side CPU per record, by call: store_many (group commit, records encoded
-once), next_batch (cut) and batch_delivered (delete), in process, no links, no event loop.
+"""The queue's CPU per record, by call: store (RECORDS payloads decoded, validated and stored
+in a group commit, records encoded once), next_batch (cut) and batch_delivered (delete), in
+process, no links, no event loop.
 
     .venv/bin/python bench/bench_queue_calls.py                 # 10 nodes, 28 records/message
 
+`store` is Queue.store_messages (decoding on the writer thread, issue 13 item 2); on a queue
+without it (an older tree run with this script) it is protocol.decode_message of each payload
+plus Queue.store_many, the same work split between the loop and the writer.
 CPU time (time.process_time) per record stored; the fsync waits are not counted. Steadier than
 bench_ingest.py's wall-clock figures on a shared machine, so two versions of the queue can be
-compared on the same run (docs/PERFORMANCE.md, issue 13 item 1).
+compared on the same run (docs/PERFORMANCE.md, issue 13).
 """
 
 from __future__ import annotations
@@ -16,26 +20,38 @@ import tempfile
 import time
 from pathlib import Path
 
-from roadside.gateway.protocol import Record
+from roadside.gateway import protocol
 from roadside.gateway.queue import Queue
+
+try:
+    from roadside.gateway.queue import Incoming
+except ImportError:                  # an older queue: decoding is the session's
+    Incoming = None
 
 
 def run(nodes: int, per_msg: int, messages: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         q = Queue(Path(tmp) / "q.sqlite")
-        spent = {"store_many": 0.0, "next_batch": 0.0, "batch_delivered": 0.0}
+        spent = {"store": 0.0, "next_batch": 0.0, "batch_delivered": 0.0}
         seqs = {f"wl-{i:04d}": 0 for i in range(nodes)}
         total = 0
         for _ in range(messages):
             group = []
             for node, last in seqs.items():
-                records = [Record(s, 1_700_000_000 + s, 1, 0, {1: 10.5, 2: 0.5, 3: 900 + s})
+                records = [[s, 1_700_000_000 + s, 1, 0, {1: 10.5, 2: 0.5, 3: 900 + s}]
                            for s in range(last + 1, last + 1 + per_msg)]
                 seqs[node] = last + per_msg
-                group.append((node, "water", records, last + 1, None))
+                group.append((node, protocol.encode_message(
+                    {0: protocol.RECORDS, 1: last + 1, 2: records})))
             t = time.process_time()
-            q.store_many(group)
-            spent["store_many"] += time.process_time() - t
+            if Incoming is not None:
+                q.store_messages([Incoming(node, "water", payload, None, time.time())
+                                  for node, payload in group])
+            else:
+                decoded = [(node, protocol.decode_message(payload)) for node, payload in group]
+                q.store_many([(node, "water", msg.records, msg.from_seq, None)
+                              for node, msg in decoded])
+            spent["store"] += time.process_time() - t
             total += nodes * per_msg
             while True:
                 t = time.process_time()

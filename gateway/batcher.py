@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 
 from .config import BatchConfig
 from .queue import Queue
-from .storage_health import keep_trying
 
 log = logging.getLogger("roadside.gateway.batcher")
 
@@ -62,7 +61,8 @@ class Batcher:
         return min(self.queue.backlog(u) for u in self.uplinks)
 
     def cut_due(self, now: float | None = None) -> int:
-        """Cut as many batches as are due and allowed (synchronous, on the queue thread)."""
+        """Cut as many batches as are due and allowed (synchronous: on the queue's writer
+        thread, through Queue.aio.cut)."""
         now = time.time() if now is None else now
         n = 0
         # Priority lane: a PRIORITY record is cut at once, with its node's older waiting
@@ -86,7 +86,7 @@ class Batcher:
         while True:
             tick = max(0.05, min(self.config.max_age_s / 4, 0.5))   # [batch] may be reloaded
             # A cut that cannot commit (full disk) is tried again on the next tick.
-            n = await keep_trying(self.queue, "cut a batch", self.cut_due)
+            n = await self.queue.aio.cut(self.cut_due)
             if n:
                 self.batches_cut += n
                 for notify in self.on_cut:

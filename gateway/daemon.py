@@ -125,7 +125,7 @@ class _Running:
     async def settle(self) -> None:
         """Batches the configured uplinks all have, kept only for an uplink no longer there."""
         names = [u.name for u in self.config.uplinks]
-        n = await self.queue.call(self.queue.settle, names)
+        n = await self.queue.aio.settle(names)
         if n:
             log.info(f"{n} batches delivered by every configured uplink ({', '.join(names)})"
                      " were still waiting for an uplink no longer configured: deleted",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose; str() is one line."""
@@ -26,6 +28,10 @@ class ProtocolError(GatewayError):
 
 class QueueError(GatewayError):
     """The SQLite queue could not be opened or written."""
+
+    # The RECORDS message (protocol.Records) a refused store was for, decoded on the queue's
+    # writer thread: the session logs its seqs.
+    records: Any = None
 
 
 class QueueFullError(QueueError):

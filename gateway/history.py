@@ -88,17 +88,34 @@ class NodeHistory:
     def __post_init__(self) -> None:
         self.thresholds = dict(DEFAULTS.get(self.role, {}))
 
-    def add(self, r: p.Record, now: float) -> None:
-        self.cached = None
-        t = float(r.t) if r.synced else now
-        self.newest = max(self.newest, t)
-        self.oldest = min(self.oldest, t)
+    def extend(self, records: Iterable[p.Record], now: float) -> None:
+        """Records just stored (one message), in one pass: a resent one (seq not above the
+        last) is skipped; water levels, most of what nodes send, are taken inline."""
+        last, newest, oldest = self.last_seq, self.newest, self.oldest
+        series = self.series
+        for r in records:
+            if r.seq <= last:
+                continue
+            last = r.seq
+            t = now if r.flags & p.FLAG_CLOCK_UNSYNCED else float(r.t)
+            if t > newest:
+                newest = t
+            if t < oldest:
+                oldest = t
+            if r.kind == p.KIND_LEVEL:
+                level = _number(r.body.get(1))
+                if level is not None:
+                    series.append((t, level))
+            else:
+                self.add(r, t)
+        if last != self.last_seq:
+            self.cached = None
+            self.last_seq, self.newest, self.oldest = last, newest, oldest
+
+    def add(self, r: p.Record, t: float) -> None:
+        """One record other than a water level, at time `t` (extend)."""
         b = r.body
-        if r.kind == p.KIND_LEVEL:
-            level = _number(b.get(1))
-            if level is not None:
-                self.series.append((t, level))
-        elif r.kind == p.KIND_ALARM:
+        if r.kind == p.KIND_ALARM:
             self.events.append((t, _text(b.get(1)), _number(b.get(2))))
         elif r.kind == p.KIND_PHASE:
             at, phase, state = b.get(5), b.get(1), _text(b.get(2))
@@ -180,10 +197,7 @@ class History:
     def add(self, node: str, role: str, records: Iterable[p.Record], now: float) -> None:
         """Records just stored for `node` (a resent one, seq not above the last, is skipped)."""
         h = self._node(node, role)
-        for r in records:
-            if r.seq > h.last_seq:
-                h.last_seq = r.seq
-                h.add(r, now)
+        h.extend(records, now)
         h.prune()
 
     def learn_config(self, node: str, role: str, name: str, args: dict[str, Any] | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 from cobs import cobs
@@ -283,8 +283,9 @@ class Hello(Message):
         return {k: v for k, v in m.items() if v is not None}
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One record of a RECORDS message (a tuple: made for every record received, cheaply)."""
+
     seq: int
     t: int
     kind: int
@@ -439,10 +440,12 @@ def _record(item: Any, index: int) -> Record:
         seq, t, kind, flags, body = item
         if (type(seq) is int and type(t) is int and type(kind) is int and type(flags) is int
                 and 1 <= seq <= MAX_UINT and 0 <= t <= MAX_UINT and 0 <= kind <= MAX_UINT
-                and 0 <= flags <= MAX_UINT and type(body) is dict
-                and all(type(k) is int and k >= 0 and type(v) in _BODY_VALUE_TYPES
-                        for k, v in body.items())):
-            return Record(seq, t, kind, flags, body)
+                and 0 <= flags <= MAX_UINT and type(body) is dict):
+            for k, v in body.items():     # a loop, not all(...): this runs for every record
+                if type(k) is not int or k < 0 or type(v) not in _BODY_VALUE_TYPES:
+                    break
+            else:
+                return Record(seq, t, kind, flags, body)
     return _record_checked(item, index)
 
 
@@ -464,6 +467,14 @@ def _record_checked(item: Any, index: int) -> Record:
         if not _is_uint(k) or not (_is_number(v) or isinstance(v, str | bool)):
             raise bad(f"body entry {k!r}: {v!r} is not uint => number / text / bool"[:160])
     return Record(seq, t, kind, flags, body)
+
+
+def is_records(payload: bytes) -> bool:
+    """Whether `payload` looks like a RECORDS message from its first bytes (a map whose first
+    key is 0 with the value RECORDS, as nodes encode it): such a payload is decoded where it is
+    stored (gateway/queue/intake.py). Only a hint: decode_message() decides what it is."""
+    return len(payload) > 2 and 0xa1 <= payload[0] <= 0xb7 and payload[1] == K_TYPE \
+        and payload[2] == RECORDS
 
 
 def decode_message(payload: bytes) -> Message:
@@ -493,7 +504,7 @@ def decode_message(payload: bytes) -> Message:
     if t == RECORDS:
         items = f.get(2, "array")
         return Records(from_seq=f.get(1, "uint"),
-                       records=tuple(_record(r, i) for i, r in enumerate(items)), raw=m)
+                       records=tuple([_record(r, i) for i, r in enumerate(items)]), raw=m)
     if t == ACK:
         return Ack(seq=f.get(1, "uint"), resume=f.get(K_ACK_RESUME, "uint", False), raw=m)
     if t == COMMAND:

@@ -19,7 +19,7 @@ from . import protocol as p
 from .errors import ProtocolError, QueueError, QueueFullError
 from .links.base import Link
 from .logs import Throttle
-from .queue import Queue, StoreResult
+from .queue import REFUSED_JUMP, REFUSED_RESUME, Queue
 
 log = logging.getLogger("roadside.gateway.session")
 
@@ -150,19 +150,31 @@ class SessionManager:
                               extra=logs.fields(link=link.port))
 
     async def handle(self, link: Link, payload: bytes) -> None:
+        session = self.sessions.get(link.port)
+        if session is not None and p.is_records(payload):
+            # Decoded, validated and stored on the queue's writer thread, handed over whole.
+            await self._records(link, session, payload)
+            return
         try:
             msg = p.decode_message(payload)
         except ProtocolError as exc:
-            link.malformed += 1
-            log.info(f"{link.port}: bad message ({exc}); answering ERROR {exc.code}",
-                     extra=logs.fields(link=link.port, node=self._node_on(link),
-                                       error=str(exc)))
-            link.send(p.error_frame(exc.code, str(exc), exc.msg_type))
+            self._malformed(link, exc)
             return
+        await self._dispatch(link, msg)
+
+    def _malformed(self, link: Link, exc: ProtocolError) -> None:
+        link.malformed += 1
+        log.info(f"{link.port}: bad message ({exc}); answering ERROR {exc.code}",
+                 extra=logs.fields(link=link.port, node=self._node_on(link), error=str(exc)))
+        link.send(p.error_frame(exc.code, str(exc), exc.msg_type))
+
+    async def _dispatch(self, link: Link, msg: p.Message) -> None:
         if isinstance(msg, p.Hello):
             await self._hello(link, msg)
         elif isinstance(msg, p.Records):
-            await self._records(link, msg)
+            # Without a session (RECORDS on a session go to the queue as they came).
+            link.send(p.error_frame(p.ERR_NO_SESSION, "no session: send HELLO first",
+                                    p.RECORDS))
         elif isinstance(msg, p.Reply):
             log.info(f"{link.port}: REPLY {msg.request_id} ok={msg.ok}",
                      extra=logs.fields(link=link.port, node=self._node_on(link),
@@ -216,8 +228,9 @@ class SessionManager:
         state.last_seen = self.mono()
         self.send_time(session)
         try:
-            result, high = await self.queue.call(self._hello_in_queue, msg, self.wall(),
-                                                 link.port if learned else None)
+            result, high = await self.queue.aio.hello(msg.node, msg.role, msg.first_unacked,
+                                                      self.wall(),
+                                                      link.port if learned else None)
         except QueueError as exc:
             self._busy_error.error(f"{link.port}: cannot record HELLO of {msg.node}: {exc}",
                                    extra=logs.fields(link=link.port, node=msg.node, error=str(exc)))
@@ -239,15 +252,6 @@ class SessionManager:
                                    resume=resume))
         link.send(p.encode_frame(p.Ack(result.ack, resume)))
 
-    def _hello_in_queue(self, msg: p.Hello, now: float,
-                        learned_port: str | None) -> tuple[StoreResult, int]:
-        """On the queue's thread: remember the port's node (new or accepted), apply HELLO's
-        `from`, and the node's highest stored seq."""
-        if learned_port is not None:
-            self.queue.bind_port(learned_port, msg.node)
-        return (self.queue.hello(msg.node, msg.role, msg.first_unacked, now),
-                self.queue.highest_seq(msg.node))
-
     @staticmethod
     def _resume(msg: p.Hello, high: int) -> int | None:
         """ACK key 2 (PROTOCOL.md 2.2): where a node must continue so that no seq it gives is
@@ -265,50 +269,53 @@ class SessionManager:
                         extra=logs.fields(node=msg.node, resume=resume))
         return resume
 
-    async def _records(self, link: Link, msg: p.Records) -> None:
-        session = self.sessions.get(link.port)
-        if session is None:
-            link.send(p.error_frame(p.ERR_NO_SESSION, "no session: send HELLO first",
-                                    p.RECORDS))
-            return
-        state = self._state(session.node, session.role)
-        state.last_seen = self.mono()
-        if session.resume is not None:
-            if msg.from_seq < session.resume:
-                # Numbered by a lost counter (PROTOCOL.md 2.2 rule 7): stored, these seqs would
-                # stand for other records. Not stored; the node renumbers them on this ACK.
-                log.info(f"{session.node}: RECORDS from {msg.from_seq} not stored (seqs of a"
-                         f" lost counter); told again to resume at {session.resume}",
-                         extra=logs.fields(link=link.port, node=session.node,
-                                           **_seq_range(msg)))
-                link.send(p.encode_frame(p.Ack(self.queue.ack_of(session.node),
-                                               session.resume)))
-                return
-            session.resume = None                   # the node has moved above what is stored
-        if msg.from_seq - 1 > self.queue.ack_of(session.node) + p.MAX_SEQ_JUMP:
-            self._identity_alarm(link, session.node, "jump",
-                                 f"RECORDS of {session.node} refused: from {msg.from_seq} is"
-                                 f" more than {p.MAX_SEQ_JUMP} beyond the ACK"
-                                 f" {self.queue.ack_of(session.node)} the gateway holds")
-            link.send(p.error_frame(p.ERR_BUSY, "from jumps beyond what a journal holds",
-                                    p.RECORDS))
-            return
+    async def _records(self, link: Link, session: Session, payload: bytes) -> None:
+        """A RECORDS payload on `link`'s session: the queue decodes, checks and stores it on
+        its writer thread (Queue.aio.store_message); answered here, ACK only after COMMIT."""
         try:
             # Group commit: RECORDS of other links arriving meanwhile share the fsync.
-            result = await self.queue.store_grouped(session.node, session.role, msg.records,
-                                                    msg.from_seq, self.wall())
+            out = await self.queue.aio.store_message(session.node, session.role, payload,
+                                                     session.resume, self.wall())
+        except ProtocolError as exc:
+            self._malformed(link, exc)
+            return
         except QueueFullError as exc:
             self._busy_full.error(f"{session.node}: {exc}; answering busy",
                                   extra=logs.fields(link=link.port, node=session.node,
-                                                    error=str(exc), **_seq_range(msg)))
+                                                    error=str(exc), **_seq_range(exc.records)))
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue full", p.RECORDS))
             return
         except QueueError as exc:
             self._busy_error.error(f"{session.node}: {exc}; answering busy",
                                    extra=logs.fields(link=link.port, node=session.node,
-                                                     error=str(exc), **_seq_range(msg)))
+                                                     error=str(exc), **_seq_range(exc.records)))
             link.send(p.error_frame(p.ERR_BUSY, "gateway queue unavailable", p.RECORDS))
             return
+        msg = out.message
+        if not isinstance(msg, p.Records):
+            await self._dispatch(link, msg)     # it only looked like RECORDS
+            return
+        state = self._state(session.node, session.role)
+        state.last_seen = self.mono()
+        if out.refused == REFUSED_RESUME:
+            # Numbered by a lost counter (PROTOCOL.md 2.2 rule 7): stored, these seqs would
+            # stand for other records. Not stored; the node renumbers them on this ACK.
+            log.info(f"{session.node}: RECORDS from {msg.from_seq} not stored (seqs of a"
+                     f" lost counter); told again to resume at {session.resume}",
+                     extra=logs.fields(link=link.port, node=session.node, **_seq_range(msg)))
+            link.send(p.encode_frame(p.Ack(out.ack, session.resume)))
+            return
+        session.resume = None                   # the node has moved above what is stored
+        if out.refused == REFUSED_JUMP:
+            self._identity_alarm(link, session.node, "jump",
+                                 f"RECORDS of {session.node} refused: from {msg.from_seq} is"
+                                 f" more than {p.MAX_SEQ_JUMP} beyond the ACK"
+                                 f" {out.ack} the gateway holds")
+            link.send(p.error_frame(p.ERR_BUSY, "from jumps beyond what a journal holds",
+                                    p.RECORDS))
+            return
+        result = out.result
+        assert result is not None
         if self._busy_full.failing or self._busy_error.failing:
             log.warning("queue takes records again: no longer answering busy")
             self._busy_full.reset()
@@ -502,8 +509,10 @@ class SessionManager:
         self.sessions.pop(link.port, None)
 
 
-def _seq_range(msg: p.Records) -> dict[str, int]:
+def _seq_range(msg: p.Records | None) -> dict[str, int]:
     """Log fields for the seqs a RECORDS message carries (`seq_from`, `seq_to`)."""
+    if msg is None:
+        return {}
     if not msg.records:
         return {"seq_from": msg.from_seq}
     seqs = [r.seq for r in msg.records]

@@ -123,9 +123,11 @@ def batch_head(batch_id: str, gateway: str, site: str, created: int) -> bytes:
         ("created", created))) + cbor2.dumps("records")
 
 
-def batch_body(head: bytes, records: list[bytes]) -> bytes:
-    """The whole batch: its head (batch_head) and the encoded record maps."""
-    return b"\xa5" + head + uint_head(4, len(records)) + b"".join(records)
+def batch_body(head: bytes, records: list[bytes], count: int | None = None) -> bytes:
+    """The whole batch: its head (batch_head) and the encoded record maps; `count` says how
+    many records `records` holds when an item is several maps concatenated."""
+    n = len(records) if count is None else count
+    return b"\xa5" + head + uint_head(4, n) + b"".join(records)
 
 
 def batch_size(head: bytes) -> int:

@@ -1,11 +1,13 @@
 """The gateway's durable queue: one SQLite file in WAL mode, one writer.
 
 One concept per module: schema.py (the file's layout, its migration), types.py (the named
-values), tx.py (a transaction), core.py (state and the writer thread), intake.py (records in:
-store, dedup, ACK, eviction, backpressure), waiting.py (the waiting records in memory),
-runs.py (the records in the file: one row per run of a node's contiguous seqs), batches.py
-(cut, delivery per uplink, dead letters). The uplink wire format (a record's map,
-a batch's head) is gateway/uplink_wire.py.
+values), tx.py (a transaction), core.py (state and the mirror), writer.py (the writer thread
+and the one hand-off to it), aio.py (the one async interface the event loop uses,
+`Queue.aio`), intake.py (records in: a RECORDS payload decoded and validated, store, dedup,
+ACK, eviction, backpressure), waiting.py (the waiting records in memory), runs.py (the records
+in the file: one row per run of a node's contiguous seqs), batches.py (cut, delivery per
+uplink, dead letters). The uplink wire format (a record's map, a batch's head) is
+gateway/uplink_wire.py.
 
 Records are committed before the session ACKs them, so an ACKed record survives a kill -9 and
 a power cut. Per node we keep the contiguity point (the ACK value): every seq at or below it
@@ -29,17 +31,35 @@ The batch row keeps its (node, seq) list for the uplinks and after a restart.
 
 from __future__ import annotations
 
+from functools import cached_property
+
+from .aio import AsyncQueue
 from .batches import Batches
-from .core import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, QueueBase
-from .intake import GROUP_MAX, Intake
+from .core import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, GROUP_MAX, QueueBase
+from .intake import Intake
 from .schema import RECORD_OVERHEAD, SCHEMA_VERSION, SYNCHRONOUS
-from .types import Batch, NodeInfo, Row, StoreResult
+from .types import (
+    REFUSED_JUMP,
+    REFUSED_RESUME,
+    Batch,
+    Incoming,
+    NodeInfo,
+    Outcome,
+    StoreResult,
+)
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "GROUP_MAX", "RECORD_OVERHEAD",
-           "SCHEMA_VERSION", "SYNCHRONOUS", "Batch", "NodeInfo", "Queue", "QueueBase", "Row",
+           "REFUSED_JUMP", "REFUSED_RESUME", "SCHEMA_VERSION", "SYNCHRONOUS", "AsyncQueue",
+           "Batch", "Incoming", "NodeInfo", "Outcome", "Queue", "QueueBase",
            "StoreResult"]
 
 
 class Queue(Intake, Batches):
     """The gateway's durable queue (the package's docstring): records in (Intake), batches
-    out (Batches), on one SQLite file with one writer thread (QueueBase.call)."""
+    out (Batches), on one SQLite file with one writer thread (writer.py); the event loop uses
+    it through `aio`."""
+
+    @cached_property
+    def aio(self) -> AsyncQueue:
+        """The one async interface in front of the queue (aio.py)."""
+        return AsyncQueue(self, self, self._writer)

@@ -23,8 +23,9 @@ import cbor2
 from .. import uplink_wire
 from . import runs
 from .core import QueueBase
+from .runs import Piece
 from .schema import ranges
-from .types import Batch, Row
+from .types import Batch
 
 
 def keys_of(blob: bytes) -> tuple[tuple[str, int], ...]:
@@ -66,80 +67,107 @@ class Batches(QueueBase):
         waiting records from its oldest up to its newest priority record (never beyond its
         ACK), so the priority record does not overtake its own node's older records. Other
         nodes' waiting records are left for the regular cut."""
-        rows: list[Row] = []
+        pieces: list[Piece] = []
+        count = 0
         for node, upto in list(self._urgent.items()):
             lo = self._cut_upto.get(node, 0)
             hi = min(upto, self.ack_of(node))
-            if hi <= lo or len(rows) >= max_records:
+            if hi <= lo or count >= max_records:
                 continue
-            rows.extend(self._read_rows(node, lo, hi, max_records - len(rows)))
-        return self._cut(rows, max_bytes, now)
+            for piece in self._read_pieces(node, lo, hi, max_records - count):
+                pieces.append(piece)
+                count += piece.hi - piece.lo + 1
+        return self._cut(pieces, max_bytes, now)
 
-    def _read_rows(self, node: str, lo: int, hi: int, limit: int) -> list[Row]:
-        """Up to `limit` of `node`'s records in (lo, hi], in seq order."""
-        out: list[Row] = []
+    def _read_pieces(self, node: str, lo: int, hi: int, limit: int) -> list[Piece]:
+        """Up to `limit` of `node`'s records in (lo, hi], in seq order, a piece per run."""
+        out: list[Piece] = []
         for run in runs.overlapping(self._db, node, lo, hi):
-            for seq, size, _flags, rec in run.records(lo + 1, hi):
-                out.append(Row(node, seq, size, rec))
-                if len(out) >= limit:
-                    return out
+            a = max(lo + 1, run.lo)
+            b = min(hi, run.hi, a + limit - 1)
+            if a > b:
+                continue
+            out.append(Piece(node, a, b, run))
+            limit -= b - a + 1
+            if limit <= 0:
+                break
         return out
 
-    def _cut(self, rows: list[Row], max_bytes: int, now: float | None) -> Batch | None:
-        """A batch of a prefix of `rows` (each node's in seq order) up to `max_bytes`: the
-        records' stored encodings after the batch's head. Persisted (id, body, keys); nothing
-        is written to the records: the node's cut point now covers them."""
+    def _cut(self, pieces: list[Piece], max_bytes: int, now: float | None) -> Batch | None:
+        """A batch of a prefix of `pieces` (each node's in seq order) up to `max_bytes` (at
+        least one record): the records' stored encodings after the batch's head, sliced from
+        their runs a piece at a time. Persisted (id, body, keys); nothing is written to the
+        records: the node's cut point now covers them."""
         now = time.time() if now is None else now
         created = int(now)
         batch_id = str(uuid.uuid4())
         head = uplink_wire.batch_head(batch_id, self.gateway_id, self.site, created)
         size = uplink_wire.batch_size(head)
-        encoded: list[bytes] = []
+        parts: list[bytes] = []
         keys: list[tuple[str, int]] = []
         budget = 0
-        taken: dict[str, list[tuple[int, int]]] = {}
-        for node, seq, rsize, rec in rows:      # Row
-            if encoded and size + len(rec) > max_bytes:
-                break
-            size += len(rec)
-            budget += rsize
-            encoded.append(rec)
-            keys.append((node, seq))
+        taken: dict[str, list[Piece]] = {}
+        for piece in pieces:
+            nbytes = piece.nbytes()
+            full = size + nbytes <= max_bytes
+            if not full:
+                fit = piece.fitting(max_bytes - size)
+                if fit == 0 and not keys:
+                    fit = 1                     # a batch holds at least one record
+                if fit == 0:
+                    break
+                piece = piece._replace(hi=piece.lo + fit - 1)
+                nbytes = piece.nbytes()
+            node = piece.node
+            size += nbytes
+            budget += piece.budget()
+            parts.append(piece.recs())
+            keys.extend(zip(itertools.repeat(node), range(piece.lo, piece.hi + 1)))
             per_node = taken.get(node)
             if per_node is None:
                 per_node = taken[node] = []
-            per_node.append((seq, len(rec)))
+            per_node.append(piece)
+            if not full:
+                break
         if not keys:
             return None
-        body = uplink_wire.batch_body(head, encoded)
+        body = uplink_wire.batch_body(head, parts, len(keys))
         with self._transaction():
             self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                             (batch_id, created, len(keys), body,
-                              cbor2.dumps([list(k) for k in keys]), budget))
+                             (batch_id, created, len(keys), body, cbor2.dumps(keys), budget))
         self._pending += 1
         self._bytes += len(body)
         for node, per_node in taken.items():   # in seq order per node
-            self._cut_upto[node] = per_node[-1][0]
-            self._waiting.consume(node, per_node)
+            self._cut_upto[node] = per_node[-1].hi
+            self._waiting.consume(node, [(pc.lo, pc.hi, pc.run) for pc in per_node])
         return Batch(batch_id, created, tuple(keys), body)
 
-    def _candidates(self, limit: int) -> list[Row]:
-        """Up to `limit` waiting records, oldest first, each node's in seq order.
+    def _candidates(self, limit: int) -> list[Piece]:
+        """Up to `limit` waiting records, oldest first, each node's in seq order, as pieces.
 
         The nodes' segments are merged in memory by their running max of receive times
         (which never decreases along a node's seqs, so taking a prefix of the merge keeps
         every node's records in order; ties go by node id); then each node's part is read in
-        one range query, and the parts are interleaved in merge order.
+        one range query, and the parts are interleaved in merge order (a piece split where
+        the merge moves to another node).
         """
         plan, take = self._waiting.plan(limit)
-        parts = {}
+        parts: dict[str, list[Piece]] = {}
         for node, (n, hi) in take.items():
-            parts[node] = iter(self._read_rows(node, self._cut_upto.get(node, 0), hi, n))
-        rows: list[Row] = []
+            parts[node] = self._read_pieces(node, self._cut_upto.get(node, 0), hi, n)[::-1]
+        out: list[Piece] = []
         for node, n in plan:
-            part = parts[node]
-            rows.extend(itertools.islice(part, n))
-        return rows
+            stack = parts[node]            # the node's pieces, next one last
+            while n > 0 and stack:
+                piece = stack.pop()
+                k = piece.hi - piece.lo + 1
+                if k > n:                  # the rest of it comes later in the merge
+                    stack.append(piece._replace(lo=piece.lo + n))
+                    piece = piece._replace(hi=piece.lo + n - 1)
+                    k = n
+                out.append(piece)
+                n -= k
+        return out
 
     def pending_batches(self) -> list[Batch]:
         """Batches cut and not yet delivered everywhere, oldest first (after a restart too)."""

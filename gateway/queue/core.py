@@ -1,15 +1,13 @@
-"""The queue's state and plumbing: the file, its in-memory mirror, the writer thread,
-transactions. Intake (intake.py) and Batches (batches.py) build on it; Queue
-(gateway/queue/__init__.py) is both."""
+"""The queue's state and plumbing: the file, its in-memory mirror, the writer thread
+(writer.py), transactions. Intake (intake.py) and Batches (batches.py) build on it; Queue
+(gateway/queue/__init__.py) is both; the event loop uses it through aio.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,8 +18,9 @@ from ..storage_health import Storage
 from ..uplink_wire import RecordEncoder
 from . import runs, schema
 from .tx import Transaction
-from .types import NodeInfo, StoreResult
+from .types import Incoming, NodeInfo, Outcome
 from .waiting import Segment, Waiting
+from .writer import Writer
 
 T = TypeVar("T")
 log = logging.getLogger("roadside.gateway.queue")
@@ -35,11 +34,13 @@ DEFAULT_MAX_DEPTH = 5_000_000
 # evicted oldest-first; PRIORITY records never are: when only they remain, store() refuses
 # (QueueFullError: the session answers ERROR 6 busy and the nodes keep them: backpressure).
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+# At most this many RECORDS messages in one group commit (Intake.store_messages).
+GROUP_MAX = 256
 
 
 class QueueBase:
-    """The SQLite queue's state. Methods are synchronous; `call()` runs one on the writer
-    thread."""
+    """The SQLite queue's state. Methods are synchronous and run on the writer thread; the
+    event loop awaits them through `aio` (aio.AsyncQueue)."""
 
     def __init__(self, path: str | Path, gateway_id: str = "gw", site: str = "site",
                  max_depth: int = DEFAULT_MAX_DEPTH,
@@ -66,10 +67,8 @@ class QueueBase:
                 "; the file is damaged: `roadside gateway run` moves it aside and re-queues"
                 " every readable record (docs/GATEWAY.md, damaged queue file)")
             raise QueueError(f"cannot open the queue {self.path}: {exc}{damaged}") from exc
-        self._in_group = False         # store_many(): stores use savepoints in one commit
-        self._group: list[tuple[tuple, asyncio.Future[StoreResult]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
+        self._in_group = False         # in one commit (store_many): stores use savepoints
+        self._writer = Writer(self.store_messages, GROUP_MAX)
 
     def _load_state(self) -> None:
         """The in-memory mirror of the file (at open, and after a failed group commit)."""
@@ -111,11 +110,17 @@ class QueueBase:
         return schema.read_records(self._db, node, lo, hi)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a queue method on the single writer thread (commits fsync; keep the loop free)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a queue method on the writer thread (tests, keep_trying; the daemon's parts use
+        `aio`)."""
+        result: T = await self._writer.submit(fn, *args)
+        return result
+
+    def store_messages(self, items: list[Incoming]) -> list[Outcome | Exception]:
+        """Intake.store_messages (the writer thread's group method)."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._writer.close()
         self._db.close()
 
     def _bump(self, name: str, by: int) -> None:

@@ -1,78 +1,82 @@
-"""Records in: store (dedup by (node, seq), gaps and the `from` rule, the ACK), group
-commit, eviction and backpressure, the port bindings. Every store commits
-(synchronous=FULL) before its result, the ACK to send, is returned."""
+"""Records in: a RECORDS payload decoded and validated on the writer thread (store_message),
+store (dedup by (node, seq), gaps and the `from` rule, the ACK), group commit, eviction and
+backpressure, the port bindings. Every store commits (synchronous=FULL) before its result, the
+ACK to send, is returned."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from .. import protocol
-from ..errors import QueueError, QueueFullError
+from ..errors import ProtocolError, QueueError, QueueFullError
 from ..storage_health import DISK_RESERVE, budget
 from . import runs
 from .core import QueueBase
 from .schema import RECORD_OVERHEAD
-from .types import NodeInfo, StoreResult
+from .types import REFUSED_JUMP, REFUSED_RESUME, Incoming, NodeInfo, Outcome, StoreResult
 from .waiting import Segment
 
 log = logging.getLogger("roadside.gateway.queue")
 
+R = TypeVar("R")
 EVICT_LOG_S = 10.0
-# At most this many RECORDS messages in one group commit (store_many).
-GROUP_MAX = 256
 INT64_MAX = (1 << 63) - 1
 
 
 class Intake(QueueBase):
     """Storing records (see the module's docstring)."""
 
-    async def store_grouped(self, node: str, role: str, records: Iterable[protocol.Record],
-                            from_seq: int = 0, now: float | None = None) -> StoreResult:
-        """store() with group commit: the RECORDS of every link that arrive while a commit is
-        on the disk are stored together and committed (one fsync) by the next store_many();
-        each caller gets its own result, or its own exception, only after that commit. With
-        one link this is store() on the writer thread."""
-        future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
-        self._group.append(((node, role, tuple(records), from_seq, now), future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_groups(), name="queue commit")
-        return await future
-
-    async def _flush_groups(self) -> None:
-        while self._group:
-            items, self._group = self._group[:GROUP_MAX], self._group[GROUP_MAX:]
-            try:
-                results: list[Any] = await self.call(self.store_many, [a for a, _ in items])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
-                results = [exc] * len(items)
-            for (_, future), result in zip(items, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
     def store_many(self, items: list[tuple]) -> list[StoreResult | Exception]:
-        """Several store() calls in one transaction: each in its own savepoint (a refused one,
+        """Several store() calls (their argument tuples) in one transaction (_one_commit)."""
+        return self._one_commit(items, lambda args: self.store(*args))
+
+    def store_messages(self, items: list[Incoming]) -> list[Outcome | Exception]:
+        """The group method of the writer thread: RECORDS payloads of several sessions decoded,
+        validated and stored in one transaction (_one_commit), each with its Outcome; a
+        malformed one gets its ProtocolError (the session answers ERROR), alone."""
+        return self._one_commit(items, self.store_message)
+
+    def store_message(self, item: Incoming) -> Outcome:
+        """One RECORDS payload of a node's session: decode and validate it (a ProtocolError
+        says what to answer), refuse seqs of a lost counter and a `from` beyond any journal
+        (PROTOCOL.md 2.2, 2.5), store the records. Anything else decoded is handed back."""
+        msg = protocol.decode_message(item.payload)
+        if not isinstance(msg, protocol.Records):
+            return Outcome(msg)
+        ack = self.ack_of(item.node)
+        if item.resume is not None and msg.from_seq < item.resume:
+            return Outcome(msg, refused=REFUSED_RESUME, ack=ack)
+        if msg.from_seq - 1 > ack + protocol.MAX_SEQ_JUMP:
+            return Outcome(msg, refused=REFUSED_JUMP, ack=ack)
+        try:
+            result = self.store(item.node, item.role, msg.records, msg.from_seq,
+                                item.received)
+        except QueueError as exc:
+            exc.records = msg             # the session logs its seqs
+            raise
+        return Outcome(msg, result, ack=result.ack)
+
+    def _one_commit(self, items: list[Any], store: Callable[[Any], R]) -> list[R | Exception]:
+        """`store` of each item in one transaction: each in its own savepoint (a refused one,
         e.g. QueueFullError, leaves the others stored), one COMMIT for all. Nothing is
         returned before that COMMIT, so an ACK still follows a durable commit."""
-        results: list[StoreResult | Exception] = []
+        results: list[R | Exception] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise QueueError(f"cannot store records: {exc}") from exc
         self._in_group = True
         try:
-            for args in items:
+            for item in items:
                 try:
-                    results.append(self.store(*args))
+                    results.append(store(item))
+                except ProtocolError as exc:
+                    results.append(exc)        # decoded before anything was written
                 except QueueError as exc:
                     if not self._db.in_transaction and isinstance(exc.__cause__,
                                                                   sqlite3.Error):
@@ -85,8 +89,9 @@ class Intake(QueueBase):
                 except Exception as exc:  # noqa: BLE001 - one message fails alone
                     # store() changes nothing before its savepoint and rolls it back on
                     # any exception, so the other messages of the group still commit.
-                    log.error(f"cannot store records of {args[0]}: {exc!r}")
-                    results.append(QueueError(f"cannot store records of {args[0]}: {exc}"))
+                    node = _node_of(item)
+                    log.error(f"cannot store records of {node}: {exc!r}")
+                    results.append(QueueError(f"cannot store records of {node}: {exc}"))
             self._in_group = False
             self._db.execute("COMMIT")
         except BaseException as exc:
@@ -100,6 +105,14 @@ class Intake(QueueBase):
             raise
         self.storage.committed()
         return results
+
+    def greet(self, node: str, role: str, first_unacked: int, now: float,
+              bind_port: str | None = None) -> tuple[StoreResult, int]:
+        """A node said HELLO: remember the port's node (`bind_port`, new or accepted), apply
+        its `from` (hello()); returns the ACK and the node's highest stored seq."""
+        if bind_port is not None:
+            self.bind_port(bind_port, node)
+        return self.hello(node, role, first_unacked, now), self.highest_seq(node)
 
     def highest_seq(self, node: str) -> int:
         """The highest seq of `node` this queue ever stored: its ACK, or a record held beyond
@@ -165,10 +178,10 @@ class Intake(QueueBase):
                 for n, lo, hi in evict:
                     evicted += runs.remove(self._db, n, lo, hi)[0]
                 self._bump("evicted", evicted)
+                parts = runs.split(items)
                 if items:
-                    runs.insert(self._db, node, now, items)
-                spans = sorted(held + [(part[0][0], part[-1][0])
-                                       for part in runs.split(items)])
+                    runs.insert(self._db, node, now, items, parts)
+                spans = sorted(held + [(part[0][0], part[-1][0]) for part in parts])
                 gaps = 0
                 if from_seq - 1 > ack:
                     kept = sum(max(0, min(hi, from_seq - 1) - max(lo, ack + 1) + 1)
@@ -293,3 +306,8 @@ class Intake(QueueBase):
                         f" ({self.counters['evicted']} in total)")
             self._evicted_unlogged = 0
             self._evict_logged = now
+
+
+def _node_of(item: Any) -> str:
+    """The node an item of _one_commit is for (an Incoming, or store()'s argument tuple)."""
+    return item.node if isinstance(item, Incoming) else str(item[0])

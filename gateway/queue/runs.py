@@ -6,11 +6,13 @@ runs it cuts through (`remove`)."""
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import sys
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import protocol
 
@@ -81,6 +83,35 @@ class Run:
             start = end
 
 
+class Piece(NamedTuple):
+    """Records lo..hi (contiguous) of one run, on their way into a batch: cutting takes them
+    by the piece (slices of the run's bytes and sizes), not record by record."""
+
+    node: str
+    lo: int
+    hi: int
+    run: Run
+
+    def nbytes(self) -> int:
+        """Bytes of the records' maps."""
+        return self.run.end(self.hi) - self.run.start(self.lo)
+
+    def budget(self) -> int:
+        """Their budget sizes added up (what max_bytes counts)."""
+        i = 3 * (self.lo - self.run.lo)
+        return sum(self.run.meta[i + 1:3 * (self.hi - self.run.lo) + 2:3])
+
+    def fitting(self, room: int) -> int:
+        """How many of the records, from `lo` on, have maps of at most `room` bytes in all."""
+        i, start = 3 * (self.lo - self.run.lo), self.run.start(self.lo)
+        ends = self.run.meta[i:3 * (self.hi - self.run.lo) + 1:3]
+        return bisect.bisect_right(ends, start + room)
+
+    def recs(self) -> bytes:
+        """The records' maps, concatenated."""
+        return self.run.recs[self.run.start(self.lo):self.run.end(self.hi)]
+
+
 _COLS = "node, lo, hi, pri, received, size, recs, meta"
 
 
@@ -106,23 +137,28 @@ def split(items: list[tuple[int, int, int, bytes]]) -> list[list[tuple[int, int,
     """`items` (seq ascending) cut where the seqs are not contiguous, and into rows of
     at most about RUN_BYTES."""
     out: list[list[tuple[int, int, int, bytes]]] = []
-    prev = None
+    part: list[tuple[int, int, int, bytes]] = []
+    prev = -2                   # seqs are >= 1: the first item starts a part
     nbytes = 0
     for item in items:
-        if prev is None or item[0] != prev + 1 or nbytes + len(item[3]) > RUN_BYTES:
-            out.append([])
+        n = len(item[3])
+        if item[0] != prev + 1 or nbytes + n > RUN_BYTES:
+            part = []
+            out.append(part)
             nbytes = 0
-        out[-1].append(item)
-        nbytes += len(item[3])
+        part.append(item)
+        nbytes += n
         prev = item[0]
     return out
 
 
 def insert(db: sqlite3.Connection, node: str, received: float,
-           items: list[tuple[int, int, int, bytes]]) -> None:
-    """Store (seq, size, flags, rec) of `node` (ascending seqs, none of them stored yet)."""
+           items: list[tuple[int, int, int, bytes]],
+           parts: list[list[tuple[int, int, int, bytes]]] | None = None) -> None:
+    """Store (seq, size, flags, rec) of `node` (ascending seqs, none of them stored yet);
+    `parts`: split(items), when the caller has it already."""
     db.executemany(f"INSERT INTO runs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [row_of(node, received, part) for part in split(items)])
+                   [row_of(node, received, part) for part in parts or split(items)])
 
 
 def overlapping(db: sqlite3.Connection, node: str, lo: int, hi: int) -> list[Run]:

@@ -15,6 +15,10 @@ import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runs import Run
 
 
 @dataclass(slots=True)
@@ -130,21 +134,26 @@ class Waiting:
                 break
             seg.eff = run
 
-    def consume(self, node: str, taken: list[tuple[int, int]]) -> None:
-        """Records of `node` (seq, length of its map), a prefix of its waiting ones in seq
-        order, were cut: take them out of its segments."""
+    def consume(self, node: str, taken: list[tuple[int, int, Run]]) -> None:
+        """Records of `node`, a prefix of its waiting ones, were cut: (lo, hi, the run they
+        are in) in seq order; take them out of its segments."""
         segs = self.segs.get(node)
         if not segs:
             return
-        for seq, length in taken:
-            while len(segs) > 1 and segs[0].hi < seq:
-                self._pop(segs)                  # exhausted (its count is 0 now)
-            seg = segs[0]
-            seg.count -= 1
-            seg.nbytes -= length
-            self.count -= 1
-            self.nbytes -= length
-        last = taken[-1][0]
+        for lo, hi, run in taken:
+            a = lo
+            while a <= hi:
+                while len(segs) > 1 and segs[0].hi < a:
+                    self._pop(segs)              # exhausted (its count is 0 now)
+                seg = segs[0]
+                b = min(hi, seg.hi) if seg.hi >= a else hi
+                n, nbytes = b - a + 1, run.end(b) - run.start(a)
+                seg.count -= n
+                seg.nbytes -= nbytes
+                self.count -= n
+                self.nbytes -= nbytes
+                a = b + 1
+        last = taken[-1][1]
         while segs and (segs[0].hi <= last or segs[0].count <= 0):
             self._pop(segs)
         if not segs:

@@ -5,7 +5,7 @@ and delivers each until the backend has it. Shared here: the states shown in /st
 counters, backoff with full jitter, the TLS context, the run loop (wait for a cut, deliver
 with retries, record the delivery), dead-lettering of a batch the backend refuses as
 malformed, and reconnecting with backoff for uplinks that hold a connection. Bookkeeping
-(a delivery, a dead letter) is retried until it commits (`keep_trying`): a full disk must not
+(a delivery, a dead letter) is retried until it commits (Queue.aio): a full disk must not
 stop the daemon, which would post the same batch again after every restart.
 
 A subclass implements `send` (one delivery attempt: returns when the backend has the batch,
@@ -29,7 +29,6 @@ from .. import logs
 from ..config import UplinkConfig
 from ..errors import ConfigError, UplinkError
 from ..queue import Batch, Queue
-from ..storage_health import keep_trying
 
 if TYPE_CHECKING:
     from ..commands import Commander
@@ -152,7 +151,7 @@ class Uplink(abc.ABC):
                 await self._connect(lost)
                 lost = 0
                 self._wake.clear()   # before looking, so a cut in between is not missed
-                batch = await self.queue.call(self.queue.next_pending, self.name)
+                batch = await self.queue.aio.next_batch(self.name)
                 if batch is None:
                     self.state = IDLE
                     try:
@@ -231,8 +230,7 @@ class Uplink(abc.ABC):
     async def _delivered(self, batch: Batch) -> None:
         # Retried until it commits: a full disk must not stop the daemon (it would post the
         # same batch again after every restart and never get further).
-        await keep_trying(self.queue, "record the delivery", self.queue.batch_delivered,
-                          batch.id, self.name, self.all_uplinks)
+        await self.queue.aio.delivered(batch.id, self.name, self.all_uplinks)
         self.delivered += len(batch)
         self.delivered_batches += 1
         self.state = IDLE
@@ -241,7 +239,6 @@ class Uplink(abc.ABC):
         log.error(f"uplink {self.name}: batch {batch.id} ({len(batch)} records)"
                   f" refused: {exc}; moved to the dead-letter table",
                   extra=logs.batch_fields(batch, uplink=self.name, error=str(exc)))
-        await keep_trying(self.queue, "store the dead letter", self.queue.dead_letter,
-                          batch.id, self.name, str(exc), self.all_uplinks)
+        await self.queue.aio.dead_letter(batch.id, self.name, str(exc), self.all_uplinks)
         self.dead_letters += 1
         self.state = IDLE
