@@ -39,13 +39,14 @@ def lose_state(node_dir: Path, how: str) -> None:
     or damaged."""
     flash = VFlash(node_dir / "flash.img")
     names = flash.ls("/")
-    for name in ("journal.bin", "state.bak", "state.json.tmp"):
+    # The node was stopped at any point, also between _save's two renames: its newest state
+    # may then be state.json.tmp (state.json already moved to state.bak).
+    newest = next(n for n in ("state.json", "state.json.tmp", "state.bak") if n in names)
+    st = flash.get_json(newest)
+    for name in ("journal.bin", "state.json", "state.bak", "state.json.tmp"):
         if name in names:
             flash.rm(name)
-    if how == "deleted":
-        flash.rm("state.json")
-    else:   # one digit changed: still JSON, a counter far below the truth; the CRC says no
-        st = flash.get_json("state.json")
+    if how == "damaged":   # one digit changed: still JSON, a counter far below the truth
         st["next_seq"] = 1
         st["acked"] = 0
         flash.put("state.json", json.dumps(st))
