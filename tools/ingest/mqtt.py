@@ -93,7 +93,13 @@ class MqttIngest:
             loop.call_soon_threadsafe(self.connected.set)
             c.subscribe(self.filter, qos=1)
 
-        def on_subscribe(_c: Any, _u: Any, _mid: Any, _codes: Any, _p: Any) -> None:
+        def on_subscribe(_c: Any, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+            if any(getattr(c, "is_failure", False) for c in codes):
+                print(f"ingest mqtt: the broker refused the subscription {self.filter}:"
+                      f" {codes}; does it support shared subscriptions (MQTT 5 brokers and"
+                      " mosquitto do)?", flush=True)
+                return
+            print(f"ingest mqtt: subscribed {self.filter}", flush=True)
             loop.call_soon_threadsafe(self.subscribed.set)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:

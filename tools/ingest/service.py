@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,6 +27,9 @@ class IngestOptions:
 
 async def serve(options: IngestOptions, ready: asyncio.Event | None = None) -> None:
     """Run until cancelled; prints `ingest listening on http://HOST:PORT`."""
+    # The pool's reconnect attempts while PostgreSQL restarts are multi-line warnings; the
+    # batches refused meanwhile are answered 503 and counted (/stats "unavailable").
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     store = await Store.open(options.db, size=options.pool)
     subscriber = MqttIngest(options.mqtt, store) if options.mqtt else None
     ingest = IngestHttp(store, subscriber.counters if subscriber else None)

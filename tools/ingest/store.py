@@ -84,17 +84,21 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, *, size: int = 4, init: bool = True,
-                   timeout: float = 10.0) -> Store:
+                   timeout: float = 10.0, wait: float = 2.0) -> Store:
+        """`timeout` bounds the first connection; `wait` how long a batch waits for a
+        connection before it is answered 503 (shorter than the gateway's uplink timeout_s,
+        so the gateway hears why)."""
+        try:   # one plain connection first: a wrong URL fails at once, in one line
+            conn = await psycopg.AsyncConnection.connect(url, connect_timeout=int(timeout))
+            await conn.close()
+        except psycopg.Error as exc:
+            raise ToolError(f"cannot connect to {redact(url)}: {first_line(exc)}; is PostgreSQL"
+                            " running, and the URL's host, port, user, password and database"
+                            " right?") from exc
         pool = AsyncConnectionPool(url, min_size=1, max_size=size, open=False,
                                    check=AsyncConnectionPool.check_connection,
-                                   kwargs={"autocommit": True}, timeout=timeout)
-        try:
-            await pool.open(wait=True, timeout=timeout)
-        except Exception as exc:
-            await pool.close()
-            raise ToolError(f"cannot connect to {redact(url)} within {timeout:.0f} s: {exc};"
-                            " is PostgreSQL running, and the URL's user, password and"
-                            " database right?") from exc
+                                   kwargs={"autocommit": True}, timeout=wait)
+        await pool.open(wait=True, timeout=timeout)
         store = cls(pool)
         if init:
             async with pool.connection() as conn:
