@@ -14,26 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import cbor2
+import paho.mqtt.publish as publish
 import pytest
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import GatewaySettings, link_sections
 from roadside.tools.sim.light_node import LightNode
 from support import system
+from support.batches import post
 from support.mosquitto import MOSQUITTO, SKIP_REASON, Broker, free_port
 from support.postgres import PgCluster
-
-
-def post(url: str, body: bytes, ctype: str = "application/cbor",
-         key: str | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url + "/batches", data=body, method="POST",
-                                 headers={"Content-Type": ctype})
-    if key:
-        req.add_header("Idempotency-Key", key)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def get(url: str) -> tuple[int, str]:
@@ -254,6 +243,9 @@ def test_gateway_over_mqtt_to_a_subscriber_group_exactly_once(tmp_path, pg):
     cfg = gateway_toml(tmp_path, nodes, uplink, "127.0.0.1:0")
     gw, _status = procs.start_gateway(cfg, tmp_path / "gw.log")
 
+    def mqtt_stat(ing: procs.IngestProcess, key: str) -> int:
+        return json.loads(get(ing.url + "/stats")[1])["mqtt"][key]
+
     async def body() -> None:
         nonlocal ing_a
         await wait_for(lambda: rows(pg) >= 60, 30, "the first rows")
@@ -261,13 +253,25 @@ def test_gateway_over_mqtt_to_a_subscriber_group_exactly_once(tmp_path, pg):
         n = rows(pg)
         await wait_for(lambda: rows(pg) >= n + 60, 30, "rows through member B alone")
         ing_a = member("a", "a1.log")
+        # PostgreSQL away: the members hold the messages unacknowledged and retry
+        await asyncio.to_thread(pg.stop)
+        await wait_for(lambda: mqtt_stat(ing_a, "retries") + mqtt_stat(ing_b, "retries") > 0,
+                       20, "a member retrying a batch")
+        await asyncio.to_thread(pg.start)
+        # not a batch: acknowledged, counted, one line in the log, nothing stored
+        await asyncio.to_thread(publish.single, "roadside/site-i/gw-i/level", b"junk", qos=1,
+                                hostname="127.0.0.1", port=broker.port)
+        await wait_for(lambda: mqtt_stat(ing_a, "refused") + mqtt_stat(ing_b, "refused") == 1,
+                       20, "the junk message refused")
         await drain(pg, nodes, 40)
 
     try:
         asyncio.run(asyncio.wait_for(run_fleet(nodes, body), 120))
         assert_exactly_once(pg, nodes)
         stats = [json.loads(get(i.url + "/stats")[1])["mqtt"] for i in (ing_a, ing_b)]
-        assert stats[1]["stored_batches"] > 0 and stats[0]["refused"] == 0
+        assert stats[1]["stored_batches"] > 0
+        logs = ing_a.log.read_text() + (tmp_path / "b.log").read_text()
+        assert "roadside/site-i/gw-i/level: not a batch, dropped (acknowledged)" in logs
         kinds = {k for (k,) in pg.query("SELECT DISTINCT kind FROM records")}
         assert kinds == {"level", "alarm"}
         # mixed batches were split by kind: their parts are the keys
