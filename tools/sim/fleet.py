@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 
 from ..addresses import free_port
+from ..sim.gateway_toml import link_sections
 from . import procs
-from .gateway_toml import link_sections
 from .light_node import LightNode
 
 
