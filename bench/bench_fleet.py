@@ -10,14 +10,16 @@ Phases:
   steady      every node makes a record per --period; reported: rows/s into PostgreSQL in
               total and per ingest process (its /stats), node -> row latency p50/p99 of the
               records made in this window (made: the light node's clock; row: PostgreSQL's
-              clock_timestamp() at insert; one machine, one clock)
+              clock_timestamp() at insert; one machine, one clock); each ingest process's
+              CPU (user + system, /proc) per record it stored
   faults      an ingest process killed -9 (back after 2 s), a gateway killed -9 (back after
               2 s), PostgreSQL restarted (pg_ctl stop -m fast, start), one gateway partitioned
               from the backend for --partition s then healed: its backlog and drain time
   count       nodes stop; every queue drains; every made (node, seq) is one row: lost and
               duplicated must both be 0 (exit 1 otherwise)
   blast       --blast s: pre-built 200-record batches POSTed as fast as the K processes take
-              them (4 at a time each): the ingest side's own ceiling, records/s per process
+              them (4 at a time each): the ingest side's own ceiling, records/s and CPU per
+              record per process
   size        bytes per row of the records table, its indexes included
 
 PostgreSQL is a throwaway cluster (tests/support/postgres.py: initdb in a temp dir, fsync
@@ -53,6 +55,18 @@ def query(url: str, sql: str) -> list[tuple]:
         return conn.execute(sql.encode()).fetchall()
 
 
+def cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process so far (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ingest_cpu(fleet: Fleet) -> list[float]:
+    return [cpu_s(i.proc.proc.pid) if i.proc else 0.0 for i in fleet.ingests]
+
+
 def count_rows(url: str) -> int:
     try:
         return query(url, "SELECT count(*) FROM records")[0][0]
@@ -61,17 +75,22 @@ def count_rows(url: str) -> int:
 
 
 async def steady(fleet: Fleet, url: str, seconds: float) -> dict:
-    s0, r0, t0 = await fleet.ingest_stats(), count_rows(url), time.time()
+    s0, r0, t0, c0 = await fleet.ingest_stats(), count_rows(url), time.time(), ingest_cpu(fleet)
     await asyncio.sleep(seconds)
-    s1, r1, t1 = await fleet.ingest_stats(), count_rows(url), time.time()
-    per = [((b or {}).get("records", 0) - (a or {}).get("records", 0)) / (t1 - t0)
-           for a, b in zip(s0, s1, strict=True)]
-    return {"t0": t0, "t1": t1, "rows_per_s": (r1 - r0) / (t1 - t0), "per_ingest": per}
+    s1, r1, t1, c1 = await fleet.ingest_stats(), count_rows(url), time.time(), ingest_cpu(fleet)
+    recs = [(b or {}).get("records", 0) - (a or {}).get("records", 0)
+            for a, b in zip(s0, s1, strict=True)]
+    us = [(y - x) * 1e6 / max(n, 1) for x, y, n in zip(c0, c1, recs, strict=True)]
+    return {"t0": t0, "t1": t1, "rows_per_s": (r1 - r0) / (t1 - t0),
+            "per_ingest": [n / (t1 - t0) for n in recs], "us_per_record": us}
 
 
-async def blast(fleet: Fleet, seconds: float, per_batch: int = 200) -> list[float]:
-    """POST pre-built batches of new records to every ingest process, 4 in flight each."""
+async def blast(fleet: Fleet, seconds: float,
+                per_batch: int = 200) -> tuple[list[float], list[float]]:
+    """POST pre-built batches of new records to every ingest process, 4 in flight each:
+    (records/s, CPU us per record) per process."""
     stored = [0] * len(fleet.ingests)
+    c0 = ingest_cpu(fleet)
     deadline = time.monotonic() + seconds
     t = int(time.time())
 
@@ -99,7 +118,9 @@ async def blast(fleet: Fleet, seconds: float, per_batch: int = 200) -> list[floa
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session, k, w) for k in range(len(fleet.ingests))
                                for w in range(4)))
-    return [s / (time.monotonic() - t0) for s in stored]
+    c1 = ingest_cpu(fleet)
+    return ([s / (time.monotonic() - t0) for s in stored],
+            [(y - x) * 1e6 / max(n, 1) for x, y, n in zip(c0, c1, stored, strict=True)])
 
 
 async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir: Path) -> int:
@@ -135,12 +156,13 @@ async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir:
         def q(p: float) -> float:
             return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
-        blast_rates = await blast(fleet, args.blast) if args.blast else []
+        blast_rates, blast_us = await blast(fleet, args.blast) if args.blast else ([], [])
         print()
         print(f"fleet: {args.gateways} gateways x {args.nodes} nodes, {args.ingests} ingest"
               f" processes, a record per {args.period:g} s per node, one PostgreSQL")
         print(f"steady {args.steady:.0f} s: {st['rows_per_s']:.0f} rows/s into PostgreSQL;"
-              " per ingest process " + ", ".join(f"{r:.0f}" for r in st["per_ingest"]))
+              " per ingest process " + ", ".join(f"{r:.0f}" for r in st["per_ingest"])
+              + "; CPU per record " + ", ".join(f"{u:.0f} us" for u in st["us_per_record"]))
         print(f"node -> row (records made in the steady window, {len(lat)}): p50"
               f" {q(0.5):.2f} s, p99 {q(0.99):.2f} s, max {lat[-1] if lat else 0:.2f} s")
         if not args.no_faults:
@@ -150,7 +172,8 @@ async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir:
               f" stored by batch answers {c.stored_by_batches}")
         if blast_rates:
             print(f"blast {args.blast:.0f} s: {sum(blast_rates):.0f} records/s in total; per"
-                  " ingest process " + ", ".join(f"{r:.0f}" for r in blast_rates))
+                  " ingest process " + ", ".join(f"{r:.0f}" for r in blast_rates)
+                  + "; CPU per record " + ", ".join(f"{u:.1f} us" for u in blast_us))
         total, size, idx = (await asyncio.to_thread(query, url, (
             "SELECT count(*), pg_total_relation_size('records'), pg_indexes_size('records')"
             " FROM records")))[0]
