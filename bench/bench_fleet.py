@@ -11,7 +11,8 @@ Phases:
               total and per ingest process (its /stats), node -> row latency p50/p99 of the
               records made in this window (made: the light node's clock; row: PostgreSQL's
               clock_timestamp() at insert; one machine, one clock); each ingest process's
-              CPU (user + system, /proc) per record it stored
+              CPU (user + system, /proc) per record it stored, and PostgreSQL's (the
+              postmaster and its backends) per row
   faults      an ingest process killed -9 (back after 2 s), a gateway killed -9 (back after
               2 s), PostgreSQL restarted (pg_ctl stop -m fast, start), one gateway partitioned
               from the backend for --partition s then healed: its backlog and drain time
@@ -63,6 +64,26 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pg_cpu(pg: PgCluster | None) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster and its live children (the pooled
+    backends live through a run; a backend that exited takes its CPU with it)."""
+    if pg is None:
+        return 0.0
+    import os
+
+    pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+    total = cpu_s(pid)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                total += cpu_s(int(d))
+    return total
+
+
 def ingest_cpu(fleet: Fleet) -> list[float]:
     return [cpu_s(i.proc.proc.pid) if i.proc else 0.0 for i in fleet.ingests]
 
@@ -74,23 +95,26 @@ def count_rows(url: str) -> int:
         return -1
 
 
-async def steady(fleet: Fleet, url: str, seconds: float) -> dict:
+async def steady(fleet: Fleet, url: str, seconds: float, pg: PgCluster | None) -> dict:
     s0, r0, t0, c0 = await fleet.ingest_stats(), count_rows(url), time.time(), ingest_cpu(fleet)
+    p0 = pg_cpu(pg)
     await asyncio.sleep(seconds)
     s1, r1, t1, c1 = await fleet.ingest_stats(), count_rows(url), time.time(), ingest_cpu(fleet)
+    p1 = pg_cpu(pg)
     recs = [(b or {}).get("records", 0) - (a or {}).get("records", 0)
             for a, b in zip(s0, s1, strict=True)]
     us = [(y - x) * 1e6 / max(n, 1) for x, y, n in zip(c0, c1, recs, strict=True)]
     return {"t0": t0, "t1": t1, "rows_per_s": (r1 - r0) / (t1 - t0),
-            "per_ingest": [n / (t1 - t0) for n in recs], "us_per_record": us}
+            "per_ingest": [n / (t1 - t0) for n in recs], "us_per_record": us,
+            "pg_us": (p1 - p0) * 1e6 / max(r1 - r0, 1)}
 
 
-async def blast(fleet: Fleet, seconds: float,
-                per_batch: int = 200) -> tuple[list[float], list[float]]:
+async def blast(fleet: Fleet, seconds: float, pg: PgCluster | None,
+                per_batch: int = 200) -> tuple[list[float], list[float], float]:
     """POST pre-built batches of new records to every ingest process, 4 in flight each:
-    (records/s, CPU us per record) per process."""
+    (records/s, CPU us per record) per process, and PostgreSQL's CPU us per record."""
     stored = [0] * len(fleet.ingests)
-    c0 = ingest_cpu(fleet)
+    c0, p0 = ingest_cpu(fleet), pg_cpu(pg)
     deadline = time.monotonic() + seconds
     t = int(time.time())
 
@@ -118,9 +142,10 @@ async def blast(fleet: Fleet, seconds: float,
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session, k, w) for k in range(len(fleet.ingests))
                                for w in range(4)))
-    c1 = ingest_cpu(fleet)
+    c1, p1 = ingest_cpu(fleet), pg_cpu(pg)
     return ([s / (time.monotonic() - t0) for s in stored],
-            [(y - x) * 1e6 / max(n, 1) for x, y, n in zip(c0, c1, stored, strict=True)])
+            [(y - x) * 1e6 / max(n, 1) for x, y, n in zip(c0, c1, stored, strict=True)],
+            (p1 - p0) * 1e6 / max(sum(stored), 1))
 
 
 async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir: Path) -> int:
@@ -131,7 +156,7 @@ async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir:
         await fleet.start(partitionable=0)
         await asyncio.sleep(args.warmup)
         fleet.log(f"steady {args.steady:.0f} s")
-        st = await steady(fleet, url, args.steady)
+        st = await steady(fleet, url, args.steady, pg)
         held = took = 0.0
         if not args.no_faults:
             await fleet.kill_ingest(down_s=2.0)
@@ -156,13 +181,15 @@ async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir:
         def q(p: float) -> float:
             return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
-        blast_rates, blast_us = await blast(fleet, args.blast) if args.blast else ([], [])
+        blast_rates, blast_us, blast_pg = (await blast(fleet, args.blast, pg) if args.blast
+                                           else ([], [], 0.0))
         print()
         print(f"fleet: {args.gateways} gateways x {args.nodes} nodes, {args.ingests} ingest"
               f" processes, a record per {args.period:g} s per node, one PostgreSQL")
         print(f"steady {args.steady:.0f} s: {st['rows_per_s']:.0f} rows/s into PostgreSQL;"
               " per ingest process " + ", ".join(f"{r:.0f}" for r in st["per_ingest"])
-              + "; CPU per record " + ", ".join(f"{u:.0f} us" for u in st["us_per_record"]))
+              + "; CPU per record " + ", ".join(f"{u:.0f} us" for u in st["us_per_record"])
+              + (f"; PostgreSQL {st['pg_us']:.0f} us" if pg else ""))
         print(f"node -> row (records made in the steady window, {len(lat)}): p50"
               f" {q(0.5):.2f} s, p99 {q(0.99):.2f} s, max {lat[-1] if lat else 0:.2f} s")
         if not args.no_faults:
@@ -173,7 +200,8 @@ async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir:
         if blast_rates:
             print(f"blast {args.blast:.0f} s: {sum(blast_rates):.0f} records/s in total; per"
                   " ingest process " + ", ".join(f"{r:.0f}" for r in blast_rates)
-                  + "; CPU per record " + ", ".join(f"{u:.1f} us" for u in blast_us))
+                  + "; CPU per record " + ", ".join(f"{u:.1f} us" for u in blast_us)
+                  + (f"; PostgreSQL {blast_pg:.1f} us" if pg else ""))
         total, size, idx = (await asyncio.to_thread(query, url, (
             "SELECT count(*), pg_total_relation_size('records'), pg_indexes_size('records')"
             " FROM records")))[0]
