@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from roadside.tools.sim import procs  # noqa: E402
-from roadside.tools.sim.fleet import Fleet, FleetOptions  # noqa: E402
+from roadside.tools.sim.fleet import Fleet, FleetOptions, fleet_rows  # noqa: E402
 from support.postgres import PgCluster  # noqa: E402
 
 
@@ -166,12 +166,7 @@ async def run(args: argparse.Namespace, url: str, pg: PgCluster | None, run_dir:
                 fleet.log("PostgreSQL restarted")
             held, took = await fleet.partition(0, args.partition, drain_timeout=600)
         await fleet.drain(timeout=600)
-        rows = await asyncio.to_thread(query, url, "SELECT node, seq, extract(epoch FROM"
-                                       " received)::float8 FROM records WHERE node NOT LIKE"
-                                       " 'blast-%'")
-        stored = (await asyncio.to_thread(query, url, "SELECT coalesce(sum((answer->>'stored')"
-                                          "::int), 0) FROM batches WHERE gateway <> 'blast'")
-                  )[0][0]
+        rows, stored = await asyncio.to_thread(fleet_rows, url)
         c = fleet.count(rows, stored)
         made_in = {(n.id, s): m for n in fleet.nodes for s, m in n.made.items()
                    if st["t0"] <= m <= st["t1"]}

@@ -20,6 +20,7 @@ from .commands import (
     deploy,
     flash,
     fleet,
+    fleet_sim,
     gateway,
     ingest,
     monitor,
@@ -31,8 +32,8 @@ from .commands import (
 from .errors import ToolError
 
 # in the order `roadside --help` lists them
-COMMANDS = (demo, receiver, ingest, sim, gateway, flash, fleet, nodes, deploy, config, monitor,
-            completion, scan)
+COMMANDS = (demo, receiver, ingest, fleet_sim, sim, gateway, flash, fleet, nodes, deploy, config,
+            monitor, completion, scan)
 
 EPILOG = """examples:
   roadside demo                          3 simulated nodes -> gateway -> receiver, live view

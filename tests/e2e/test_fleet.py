@@ -10,16 +10,10 @@ import asyncio
 
 import pytest
 from roadside.tools.sim import procs
-from roadside.tools.sim.fleet import Fleet, FleetOptions
+from roadside.tools.sim.fleet import Fleet, FleetOptions, fleet_rows
 from support.postgres import PgCluster, require_postgres
 
 pytestmark = pytest.mark.slow
-
-
-def fleet_rows(pg: PgCluster) -> tuple[list[tuple[str, int, float]], int]:
-    rows = pg.query("SELECT node, seq, extract(epoch FROM received)::float8 FROM records")
-    stored = pg.query("SELECT coalesce(sum((answer->>'stored')::int), 0) FROM batches")[0][0]
-    return rows, stored
 
 
 def test_fleet_with_one_fault_of_each_kind_loses_and_duplicates_nothing(tmp_path):
@@ -40,7 +34,7 @@ def test_fleet_with_one_fault_of_each_kind_loses_and_duplicates_nothing(tmp_path
             held, took = await fleet.partition(0, seconds=3.0, drain_timeout=30)
             assert held > 0
             await fleet.drain(timeout=40)
-            got, stored = await asyncio.to_thread(fleet_rows, pg)
+            got, stored = await asyncio.to_thread(fleet_rows, pg.url)
             c = fleet.count(got, stored)
             fleet.log(f"made {c.made}, rows {c.rows}, lost {c.lost}, extra {c.extra},"
                       f" p99 node->row {c.quantile(0.99):.2f} s")

@@ -31,6 +31,22 @@ from ..sim.gateway_toml import link_sections
 from . import procs
 from .light_node import LightNode
 
+ROWS_SQL = ("SELECT node, seq, extract(epoch FROM received)::float8 FROM records"
+            " WHERE gateway <> 'blast'")
+STORED_SQL = ("SELECT coalesce(sum((answer->>'stored')::int), 0) FROM batches"
+              " WHERE gateway <> 'blast'")
+
+
+def fleet_rows(db_url: str) -> tuple[list[tuple[str, int, float]], int]:
+    """Every (node, seq, received epoch s) row the fleet wrote, and the sum of its batches'
+    `stored` answers (bench/bench_fleet.py's blast batches left out)."""
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(ROWS_SQL).fetchall()
+        stored = conn.execute(STORED_SQL).fetchone()
+    return rows, int(stored[0]) if stored else 0
+
 
 class TcpProxy:
     """127.0.0.1:port -> target; `cut()` holds new and open connections without forwarding a
