@@ -112,10 +112,18 @@ class Store:
         """Write a validated batch in one transaction; return its answer."""
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                return await self._store(conn, batch)
+                result = await self._store(conn, batch)
         except RETRYABLE as exc:
             self.unavailable += 1
             raise StoreUnavailable(f"PostgreSQL unavailable: {first_line(exc)}") from exc
+        # counted once committed
+        if result["duplicate_batch"]:
+            self.duplicate_batches += 1
+        else:
+            self.batches += 1
+            self.records += result["stored"]
+            self.duplicate_records += result["duplicate_records"]
+        return result
 
     async def _store(self, conn: psycopg.AsyncConnection[Any],
                      batch: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +132,6 @@ class Store:
         cur = await conn.execute(INSERT_BATCH, (bid, batch["gateway"], batch["site"],
                                                 batch["created"], len(records), pending))
         if await cur.fetchone() is None:
-            self.duplicate_batches += 1
             return answer(bid, True, 0, 0)
         stored = 0
         if records:
@@ -139,9 +146,6 @@ class Store:
         result = answer(bid, False, stored, len(records) - stored)
         if result != json.loads(pending):
             await conn.execute(SET_ANSWER, (json.dumps(result), bid))
-        self.batches += 1
-        self.records += stored
-        self.duplicate_records += len(records) - stored
         return result
 
     def counters(self) -> dict[str, int]:
