@@ -102,6 +102,12 @@ def test_init_db_is_idempotent_and_bad_urls_say_what_to_do(tmp_path, pg):
                              text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.startswith("schema ready in"), out.stderr
     assert pg.query("SELECT value FROM ingest_meta") == [("1",)]
+    pg.query("UPDATE ingest_meta SET value = '2' RETURNING value")      # a newer roadside's
+    newer = subprocess.run([*cli, "--db", pg.url, "--init-db"], capture_output=True,
+                           text=True, timeout=60)
+    assert newer.returncode == 2 and newer.stderr.strip().splitlines() == [
+        "roadside ingest: error: the database's schema is version 2, newer than this roadside"
+        " ingest's (1): run the roadside version that created it, or a newer one"]
     bad = subprocess.run([*cli, "--db", f"postgresql://roadside@127.0.0.1:{free_port()}/x",
                           "--init-db"], capture_output=True, text=True, timeout=60)
     lines = bad.stderr.strip().splitlines()

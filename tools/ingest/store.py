@@ -68,6 +68,12 @@ async def init_db(conn: psycopg.AsyncConnection[Any]) -> bool:
         timescale = bool(await (await conn.execute(schema.HAS_TIMESCALE)).fetchone())
         for stmt in schema.statements(timescale):
             await conn.execute(stmt.encode())   # our own constant DDL (not a literal: bytes)
+        row = await (await conn.execute(
+            "SELECT value FROM ingest_meta WHERE name = 'schema_version'")).fetchone()
+    if row is not None and int(row[0]) > schema.SCHEMA_VERSION:
+        raise ToolError(f"the database's schema is version {row[0]}, newer than this roadside"
+                        f" ingest's ({schema.SCHEMA_VERSION}): run the roadside version that"
+                        " created it, or a newer one")
     return timescale
 
 
