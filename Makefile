@@ -6,9 +6,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests run for real: a broker for the MQTT uplink, a browser for the
 # gateway's status page, openssl for the TLS tests' certificates, fish for the completion
-# script's test. Installed only when missing (root, or sudo without a password). A test whose
-# program is missing is skipped, and fails under CI=true (tests/support/system.py).
-APT_PACKAGES := mosquitto chromium chromium-driver openssl fish
+# script's test, PostgreSQL for `roadside ingest` (the tests initdb a throwaway cluster of
+# their own; Debian keeps initdb in /usr/lib/postgresql/VERSION/bin, off PATH). Installed only
+# when missing (root, or sudo without a password). A test whose program is missing is skipped,
+# and fails under CI=true (tests/support/system.py); the ingest tests fail without initdb
+# anywhere (tests/support/postgres.py).
+APT_PACKAGES := mosquitto chromium chromium-driver openssl fish postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 .PHONY: demo test lint test-only system-deps bench reliability wheel clean
@@ -29,6 +32,8 @@ system-deps:
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v fish >/dev/null || missing="$$missing fish"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \

@@ -20,7 +20,9 @@ from .commands import (
     deploy,
     flash,
     fleet,
+    fleet_sim,
     gateway,
+    ingest,
     monitor,
     nodes,
     receiver,
@@ -30,13 +32,14 @@ from .commands import (
 from .errors import ToolError
 
 # in the order `roadside --help` lists them
-COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, monitor,
-            completion, scan)
+COMMANDS = (demo, receiver, ingest, fleet_sim, sim, gateway, flash, fleet, nodes, deploy, config,
+            monitor, completion, scan)
 
 EPILOG = """examples:
   roadside demo                          3 simulated nodes -> gateway -> receiver, live view
   roadside demo --nodes 2 --duration 10  run 10 s, then check every record arrived once
   roadside receiver --listen 127.0.0.1:8080 --db receiver.sqlite
+  roadside ingest --db postgresql://ingest@localhost/roadside --listen 0.0.0.0:8080
   roadside sim --role water --count 3 --scenario flood
   roadside gateway check --config gateway.toml
   roadside gateway run --config gateway.toml

@@ -12,6 +12,7 @@ import urllib.request
 import cbor2
 from roadside.tools.sim import procs
 from roadside.tools.sim.receiver_store import read_seqs
+from support.batches import post
 
 
 def record(node: str, seq: int, **over) -> dict:
@@ -25,18 +26,6 @@ def record(node: str, seq: int, **over) -> dict:
 def batch(bid: str, records: list[dict]) -> dict:
     return {"batch": bid, "gateway": "gw-1", "site": "test", "created": 1_700_000_000,
             "records": records}
-
-
-def post(url: str, body: bytes, ctype: str = "application/cbor", key: str | None = None):
-    req = urllib.request.Request(url + "/batches", data=body, method="POST",
-                                 headers={"Content-Type": ctype})
-    if key:
-        req.add_header("Idempotency-Key", key)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def stats(url: str) -> dict:

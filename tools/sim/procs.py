@@ -130,3 +130,28 @@ def start_receiver(db: Path, log: Path, *, fail_rate: float = 0.0, fail_seed: in
         stop(proc)
         raise
     return ReceiverProcess(proc, m.group(1), db, log)
+
+
+@dataclass
+class IngestProcess:
+    proc: subprocess.Popen
+    url: str          # base URL, e.g. http://127.0.0.1:43121
+    log: Path
+
+    @property
+    def batches_url(self) -> str:
+        return self.url + "/batches"
+
+
+def start_ingest(db_url: str, log: Path, *, listen: str = "127.0.0.1:0",
+                 extra: list[str] | None = None, timeout: float = 30) -> IngestProcess:
+    """Run `roadside ingest` (port 0: a free one) and return once it listens."""
+    cmd = [sys.executable, "-m", "roadside.tools.cli", "ingest", "--db", db_url,
+           "--listen", listen, *(extra or [])]
+    proc = spawn(cmd, log)
+    try:
+        m = wait_for_line(log, r"ingest listening on (http://\S+)", proc, timeout)
+    except BaseException:
+        stop(proc)
+        raise
+    return IngestProcess(proc, m.group(1), log)

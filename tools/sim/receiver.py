@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cbor2
 from aiohttp import web
 
 from ..errors import SchemaError, ToolError
+from ..ingest.validate import BadBatch, check_key, check_seq_order, decode
 from .cddl import PROTOCOL_CDDL, Schema
 from .receiver_store import ReceiverStore
 
@@ -36,10 +36,6 @@ class ReceiverOptions:
     fail_rate: float = 0.0
     fail_seed: int | None = None
     cddl: Path = PROTOCOL_CDDL
-
-
-class BadBatch(ToolError):
-    """A POST body that is not a valid batch; answered 400 with this one line."""
 
 
 class Receiver:
@@ -91,28 +87,14 @@ class Receiver:
         )
 
     def _check(self, body: bytes, key: str | None) -> dict[str, Any]:
-        try:
-            obj = cbor2.loads(body)
-        except Exception as exc:  # cbor2 raises several types on garbage
-            raise BadBatch(f"body is not one CBOR item: {exc}") from exc
+        obj = decode(body)
         with self._schema_lock:
             try:
                 batch = self.schema.validate(obj, BATCH_RULE)
             except SchemaError as exc:
                 raise BadBatch(str(exc)) from exc
-        if key is not None and key != batch["batch"]:
-            raise BadBatch(
-                f"Idempotency-Key header {key!r} differs from the batch id {batch['batch']!r}"
-            )
-        last: dict[str, int] = {}
-        for i, record in enumerate(batch["records"]):
-            node, seq = record["node"], record["seq"]
-            if seq <= last.get(node, 0):
-                raise BadBatch(
-                    f"records[{i}]: node {node!r} seq {seq} is not after seq {last[node]}"
-                    " in the same batch; a node's records must be in seq order"
-                )
-            last[node] = seq
+        check_key(batch, key)
+        check_seq_order(batch)
         return batch
 
     async def get_stats(self, _request: web.Request) -> web.Response:
