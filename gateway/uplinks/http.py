@@ -123,7 +123,7 @@ class HttpUplink(Uplink):
                                   retry_after(resp.headers.get("Retry-After"))
                                   if retryable else None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UplinkError(f"cannot reach {self.url}: {exc or type(exc).__name__}",
+            raise UplinkError(f"cannot reach {self.url}: {str(exc) or type(exc).__name__}",
                               True) from exc
 
     post = send   # one POST, by the name `roadside admin dead-letters retry` uses

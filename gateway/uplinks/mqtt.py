@@ -121,7 +121,7 @@ class MqttUplink(Uplink):
         return self.config.reply_topic.format(site=self.site, gateway=self.gateway_id)
 
     def _where(self, exc: BaseException) -> str:
-        return f"{self.host}:{self.port}: {exc or type(exc).__name__}"
+        return f"{self.host}:{self.port}: {str(exc) or type(exc).__name__}"
 
     def _client(self) -> aiomqtt.Client:
         v5 = self.config.protocol == "5"
