@@ -32,6 +32,9 @@ from .base import Uplink
 from .base import backoff as backoff  # its old home, still imported from here
 
 RETRYABLE = {408, 429}
+# Answers about the gateway's setup, not the batch (a wrong token or URL): every batch would
+# get them, so they are retried with backoff and logged, never dead-lettered.
+SETUP_PROBLEM = {401: "token", 403: "token", 404: "url", 405: "url", 407: "proxy"}
 RETRY_AFTER_MAX_S = 3600.0
 # A backend's answer is read only this far (a 500 with a 48 MiB body cost 186 MiB of RSS and
 # became a 50 MB last_error); beyond it the connection is closed unread.
@@ -118,6 +121,10 @@ class HttpUplink(Uplink):
                     await read_head(resp)   # a short body keeps the connection for reuse
                     return
                 reason = reason_line(await read_head(resp), resp.reason or "")
+                setup = SETUP_PROBLEM.get(resp.status)
+                if setup is not None:
+                    raise UplinkError(f"HTTP {resp.status}: {reason}; check the uplink's {setup}"
+                                      f" in gateway.toml (batches are kept and retried)", True)
                 retryable = resp.status in RETRYABLE or resp.status >= 500
                 raise UplinkError(f"HTTP {resp.status}: {reason}", retryable,
                                   retry_after(resp.headers.get("Retry-After"))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 
+import pytest
 from aiohttp import web
 from roadside.gateway.config import BatchConfig, UplinkConfig
 from roadside.gateway.protocol import Record
@@ -125,6 +126,32 @@ def test_a_refused_batch_goes_to_the_dead_letter_table_and_the_queue_moves_on(tm
 
     asyncio.run(asyncio.wait_for(main(), 20))
     assert len(calls) == 2 and calls[0] != calls[1]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_wrong_token_or_url_is_retried_not_dead_lettered(tmp_path, status):
+    """Every batch would get these answers: a misconfigured gateway keeps its batches."""
+    calls = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(request.headers["Idempotency-Key"])
+        return web.Response(status=status if len(calls) < 3 else 200, text="no")
+
+    async def main():
+        runner, url = await _serve(handler)
+        try:
+            queue = Queue(tmp_path / "q.sqlite")
+            fill(queue, 1, 5)
+            batch = queue.next_batch(100, 1 << 20)
+            uplink = HttpUplink(uplink_config(url), queue, ["http"])
+            assert await uplink.deliver(batch)
+            assert uplink.dead_letters == 0 and uplink.failures == 2 and queue.depth() == 0
+            assert f"HTTP {status}: " in uplink.last_error and "gateway.toml" in uplink.last_error
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert len(calls) == 3 and len(set(calls)) == 1
 
 
 def test_unreachable_backend_is_down_and_retried(tmp_path):
