@@ -131,9 +131,11 @@ def gateway_toml(tmp_path: Path, nodes: list[LightNode], uplinks: str, status: s
     return path
 
 
-def http_uplink(url: str, name: str) -> str:
+def http_uplink(url: str, name: str, token_file: Path | None = None) -> str:
     return (f'[[uplink]]\ntype = "http"\nname = "{name}"\nurl = "{url}"\ntimeout_s = 3\n'
-            "backoff_initial_s = 0.1\nbackoff_max_s = 0.5\n\n")
+            "backoff_initial_s = 0.1\nbackoff_max_s = 0.5\n"
+            + (f'token_file = "{token_file}"\ninsecure_credentials = true\n'  # loopback
+               if token_file else "") + "\n")
 
 
 async def wait_for(cond, timeout: float, what: str) -> None:
@@ -192,9 +194,16 @@ def test_gateway_over_http_exactly_once_across_ingest_kill_and_postgres_restart(
     nodes = [LightNode(f"wl-{i:02d}", period=0.05, alarm_every=40) for i in range(3)]
     port_a = free_port()
     ing_a = procs.start_ingest(pg.url, tmp_path / "a0.log", listen=f"127.0.0.1:{port_a}")
-    ing_b = procs.start_ingest(pg.url, tmp_path / "b.log")
+    token = tmp_path / "site.token"              # B takes batches only with this token
+    token.write_text("s3cr3t-site-token\n")
+    token.chmod(0o600)
+    tokens = tmp_path / "ingest.tokens"
+    tokens.write_text("# site tokens\nanother-site\ns3cr3t-site-token\n")
+    ing_b = procs.start_ingest(pg.url, tmp_path / "b.log", extra=["--tokens", str(tokens)])
+    assert post(ing_b.url, cbor2.dumps(batch("b-x", [record("wl-9", 1)])),
+                "application/cbor", "b-x")[0] == 401        # no token: refused, nothing stored
     cfg = gateway_toml(tmp_path, nodes, http_uplink(ing_a.batches_url, "a")
-                       + http_uplink(ing_b.batches_url, "b"), "127.0.0.1:0")
+                       + http_uplink(ing_b.batches_url, "b", token), "127.0.0.1:0")
     gw, _status = procs.start_gateway(cfg, tmp_path / "gw.log")
 
     async def body() -> None:
@@ -216,7 +225,8 @@ def test_gateway_over_http_exactly_once_across_ingest_kill_and_postgres_restart(
         assert_exactly_once(pg, nodes)
         stats = [json.loads(get(i.url + "/stats")[1]) for i in (ing_a, ing_b)]
         assert sum(s["duplicate_batches"] for s in stats) > 0   # the other uplink's copies
-        assert stats[1]["unavailable"] > 0
+        assert stats[1]["unavailable"] > 0 and stats[1]["unauthorized"] == 1
+        assert stats[1]["batches"] > 0              # the gateway's token let its batches in
         assert "503" in (tmp_path / "gw.log").read_text()    # the gateway was told to retry
         assert pg.query("SELECT count(*) FROM recent_alarms")[0][0] > 0
     finally:

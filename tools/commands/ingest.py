@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from pathlib import Path
 
 from ..addresses import parse_listen
 from ..errors import ToolError
+from ..ingest.http import read_tokens
 from ..ingest.mqtt import DEFAULT_TOPIC, MqttOptions
 from ..ingest.service import IngestOptions, run
 
@@ -16,6 +18,9 @@ EXAMPLES = """examples:
   roadside ingest --db postgresql:///roadside --init-db      (create the schema and exit)
   roadside ingest --db postgresql:///roadside --mqtt mqtt://broker:1883 --group city
   ROADSIDE_INGEST_DB=postgresql://... roadside ingest        (keep the password off argv)
+  roadside ingest --db postgresql:///roadside --tokens /etc/roadside/ingest.tokens
+                                        (POST /batches only with one of these bearer tokens:
+                                         the gateways' uplink token_file)
 
 POST /batches (application/cbor) stores a batch, as `roadside receiver` does; GET /healthz
 answers "ok" while the database answers; GET /stats this process's counters. Run any number
@@ -43,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="create the tables, indexes and views, then exit")
     p.add_argument("--pool", type=int, default=4, metavar="N",
                    help="connections to PostgreSQL, i.e. batches written at once (default 4)")
+    p.add_argument("--tokens", type=Path, metavar="FILE",
+                   help="accept POST /batches only with a bearer token listed in FILE (one a"
+                        " line; the gateways' uplink token_file); default: any sender")
     p.add_argument("--mqtt", metavar="URL",
                    help="also take batches from this broker (mqtt://HOST:PORT) as a member of"
                         " --group")
@@ -65,6 +73,12 @@ def handle(args: argparse.Namespace) -> int:
     if args.pool < 1:
         raise ToolError(f"--pool must be at least 1, got {args.pool}")
     host, port = parse_listen(args.listen)
+    tokens = None
+    if args.tokens is not None:
+        try:
+            tokens = read_tokens(args.tokens)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
     mqtt = None
     if args.mqtt or args.group:
         if not (args.mqtt and args.group):
@@ -74,4 +88,4 @@ def handle(args: argparse.Namespace) -> int:
                            client_id=args.client_id
                            or f"roadside-ingest-{args.group}-{socket.gethostname()}-{port}")
     return run(IngestOptions(db=args.db, host=host, port=port, mqtt=mqtt, pool=args.pool,
-                             init_only=args.init_db))
+                             init_only=args.init_db, tokens=tokens))

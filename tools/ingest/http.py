@@ -7,6 +7,8 @@ answers "ok" while the database answers; GET /stats this process's counters.
 
 from __future__ import annotations
 
+import hmac
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -18,9 +20,12 @@ MAX_BODY = 16 * 1024 * 1024
 
 
 class IngestHttp:
-    def __init__(self, store: Store, extra_stats: Any = None) -> None:
+    def __init__(self, store: Store, extra_stats: Any = None,
+                 tokens: list[bytes] | None = None) -> None:
         self.store = store
         self.refused = 0              # 400: malformed batches (never stored)
+        self.unauthorized = 0         # 401: no or an unknown bearer token (the gateway retries)
+        self.tokens = tokens          # None: any sender (auth left to the load balancer)
         self.extra_stats = extra_stats   # () -> dict, e.g. the MQTT subscriber's counters
 
     def app(self) -> web.Application:
@@ -31,6 +36,10 @@ class IngestHttp:
         return app
 
     async def post_batch(self, request: web.Request) -> web.Response:
+        if self.tokens is not None and not self._authorized(request):
+            self.unauthorized += 1
+            return text(401, "missing or unknown bearer token: set the uplink's token_file"
+                             " (or token_env) in gateway.toml to a token in ingest's --tokens")
         if request.content_type != "application/cbor":
             return text(415, "Content-Type must be application/cbor, got"
                              f" {request.content_type!r}")
@@ -46,8 +55,16 @@ class IngestHttp:
             return text(503, f"{exc}; nothing stored, retry later")
         return web.json_response(result)
 
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return False
+        # every token compared, in constant time each: which one matched leaks nothing
+        return sum(hmac.compare_digest(given.strip().encode(), t) for t in self.tokens or []) > 0
+
     async def get_stats(self, _request: web.Request) -> web.Response:
-        stats: dict[str, Any] = {**self.store.counters(), "refused": self.refused}
+        stats: dict[str, Any] = {**self.store.counters(), "refused": self.refused,
+                                 "unauthorized": self.unauthorized}
         if self.extra_stats is not None:
             stats["mqtt"] = self.extra_stats()
         return web.json_response(stats)
@@ -63,3 +80,17 @@ class IngestHttp:
 
 def text(status: int, line: str) -> web.Response:
     return web.Response(status=status, text=line + "\n", content_type="text/plain")
+
+
+def read_tokens(path: Path) -> list[bytes]:
+    """--tokens FILE: the accepted bearer tokens, one a line (a site's gateways share one, or
+    each has its own so one can be revoked); blank lines and # comments ignored."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--tokens {path}: cannot read it ({exc})") from None
+    tokens = [ln.strip().encode() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not tokens:
+        raise ValueError(f"--tokens {path}: no token in it; write one a line (e.g. the gateway's"
+                         " token_file contents)")
+    return tokens

@@ -23,6 +23,7 @@ class IngestOptions:
     mqtt: MqttOptions | None = None
     pool: int = 4                     # connections to PostgreSQL (concurrent batches)
     init_only: bool = False           # --init-db: create the schema and exit
+    tokens: list[bytes] | None = None  # --tokens: accepted bearer tokens (None: any sender)
 
 
 async def serve(options: IngestOptions, ready: asyncio.Event | None = None) -> None:
@@ -32,7 +33,7 @@ async def serve(options: IngestOptions, ready: asyncio.Event | None = None) -> N
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     store = await Store.open(options.db, size=options.pool)
     subscriber = MqttIngest(options.mqtt, store) if options.mqtt else None
-    ingest = IngestHttp(store, subscriber.counters if subscriber else None)
+    ingest = IngestHttp(store, subscriber.counters if subscriber else None, options.tokens)
     runner = web.AppRunner(ingest.app(), access_log=None)
     tasks: list[asyncio.Task[None]] = []
     try:
