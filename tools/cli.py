@@ -23,6 +23,7 @@ from .commands import (
     gateway,
     monitor,
     nodes,
+    ota,
     receiver,
     scan,
     sim,
@@ -30,7 +31,7 @@ from .commands import (
 from .errors import ToolError
 
 # in the order `roadside --help` lists them
-COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, monitor,
+COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, ota, monitor,
             completion, scan)
 
 EPILOG = """examples:
