@@ -22,8 +22,10 @@ KINDS = ("app", "firmware")
 PROTOCOL = 1
 KEY_LEN = 32
 TAG_LEN = 8
-FIRMWARE_PIECE = 64 * 1024  # a firmware image is cut in blocks of this size (the last shorter)
+PIECE = {"app": 8 * 1024, "firmware": 128 * 1024}  # the payload's blocks (the last shorter)
 CHUNK = 512  # OTA_CHUNK data at most
+# the OFFER carries the whole manifest in one frame: 1024 bytes at most, 992 sealed (BLE)
+OFFER_MAX = 992
 
 # manifest keys
 M_VERSION, M_BOARDS, M_ROLES, M_PROTOCOL, M_PIECES, M_FILES, M_SIZE, M_DIGEST, M_CREATED, \
@@ -54,9 +56,9 @@ class Bundle:
     def pieces(self) -> list[tuple[int, bytes]]:
         return [(int(s), bytes(d)) for s, d in self.manifest[M_PIECES]]
 
-    @property
-    def files(self) -> list[str]:
-        return list(self.manifest.get(M_FILES) or [])
+    def files(self) -> dict[str, bytes]:
+        """An app bundle's files (path in the app slot -> bytes), from its payload archive."""
+        return unpack(self.payload)
 
     def encode(self) -> bytes:
         return cbor2.dumps({1: self.kind, 2: self.manifest_bytes, 3: self.mac, 4: self.payload})
@@ -92,33 +94,66 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return parts
 
 
-def make(kind: str, version: str, payload_pieces: list[bytes], *, key: bytes,
-         boards: list[str], roles: list[str], files: list[str] | None, created: str,
+def archive(files: dict[str, bytes]) -> bytes:
+    """An app payload: per file (in path order) 1 byte name length, the name (UTF-8), 4 bytes
+    size (little-endian), the bytes. The node unpacks it into its app slot at the switch."""
+    out = bytearray()
+    for name in sorted(files):
+        raw = name.encode()
+        if not 0 < len(raw) < 256 or name.startswith("/") or ".." in name.split("/"):
+            raise BundleError(f"file name {name!r}: a relative path of 1 to 255 bytes")
+        out += bytes([len(raw)]) + raw + len(files[name]).to_bytes(4, "little") + files[name]
+    return bytes(out)
+
+
+def unpack(payload: bytes) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    at = 0
+    while at < len(payload):
+        n = payload[at]
+        name = payload[at + 1:at + 1 + n].decode()
+        size = int.from_bytes(payload[at + 1 + n:at + 5 + n], "little")
+        at += 5 + n
+        if n == 0 or at + size > len(payload):
+            raise BundleError("the app archive is cut short; build the bundle again")
+        files[name] = payload[at:at + size]
+        at += size
+    return files
+
+
+def make(kind: str, version: str, payload: bytes, *, key: bytes, boards: list[str],
+         roles: list[str], created: str, files: int | None = None,
          min_free: int | None = None) -> Bundle:
-    """A bundle of `payload_pieces` (app: one per file in `files` order; firmware: the image
-    in FIRMWARE_PIECE blocks), authenticated with `key`."""
+    """A bundle of `payload` (app: an `archive` of `files` files; firmware: the image) cut in
+    PIECE[kind] blocks, authenticated with `key`."""
     if kind not in KINDS:
         raise BundleError(f"kind {kind!r}: allowed {', '.join(KINDS)}")
     version_tuple(version)
     if len(key) != KEY_LEN:
         raise BundleError(f"the ota key must be {KEY_LEN} bytes")
-    if kind == "app" and (files is None or len(files) != len(payload_pieces)):
-        raise BundleError("an app bundle needs one file name per piece")
-    payload = b"".join(payload_pieces)
+    if not payload:
+        raise BundleError("nothing to bundle: the payload is empty")
+    step = PIECE[kind]
+    pieces = [payload[i:i + step] for i in range(0, len(payload), step)]
     manifest: dict[int, Any] = {
         M_VERSION: version, M_BOARDS: list(boards), M_ROLES: list(roles),
         M_PROTOCOL: PROTOCOL,
-        M_PIECES: [[len(p), hashlib.sha256(p).digest()] for p in payload_pieces],
+        M_PIECES: [[len(p), hashlib.sha256(p).digest()] for p in pieces],
         M_SIZE: len(payload), M_DIGEST: hashlib.sha256(payload).digest(),
         M_CREATED: created,
-        # staged payload + (app) the unpacked slot, + a margin for the files' metadata blocks
+        # app: the staged payload + the unpacked slot + a block per file and directory
         M_MIN_FREE: min_free if min_free is not None else
-        len(payload) * (2 if kind == "app" else 0) + 4096 * (len(payload_pieces) + 2),
+        (2 * len(payload) + 4096 * ((files or 0) + 8) if kind == "app" else 0),
     }
     if kind == "app":
-        manifest[M_FILES] = list(files or [])
+        manifest[M_FILES] = files or 0
     manifest_bytes = cbor2.dumps(manifest)
-    return Bundle(kind, manifest_bytes, mac_of(key, manifest_bytes), payload, manifest)
+    b = Bundle(kind, manifest_bytes, mac_of(key, manifest_bytes), payload, manifest)
+    if len(cbor2.dumps(b.offer(True))) > OFFER_MAX:
+        raise BundleError(f"the manifest is too big for one OTA_OFFER frame ("
+                          f"{len(manifest_bytes)} bytes; {len(pieces)} pieces, "
+                          f"{len(boards)} boards): name fewer boards with --board")
+    return b
 
 
 def parse(data: bytes, where: str = "bundle") -> Bundle:
@@ -173,8 +208,13 @@ def _inconsistent(b: Bundle) -> str | None:
         return f"payload is {len(b.payload)} bytes, the manifest says {m.get(M_SIZE)}"
     if m.get(M_DIGEST) != hashlib.sha256(b.payload).digest():
         return "payload does not match its sha256"
-    if b.kind == "app" and len(m.get(M_FILES) or []) != len(pieces):
-        return "not one file name per piece"
+    if b.kind == "app":
+        try:
+            files = unpack(b.payload)
+        except (BundleError, UnicodeDecodeError):
+            return "its app archive is cut short"
+        if len(files) != m.get(M_FILES):
+            return f"its archive holds {len(files)} files, the manifest says {m.get(M_FILES)}"
     return None
 
 

@@ -84,9 +84,9 @@ def build_app(key: bytes, *, version: str | None = None, source: Path = PACKAGE,
     ota_bundle.version_tuple(version)
     names = board_names or all_boards()
     files = compile_package(source, version, "sim" in names)
-    order = sorted(files)
-    return ota_bundle.make("app", version, [files[f] for f in order], key=key, boards=names,
-                           roles=list(roles or ALL_ROLES), files=order, created=now_iso())
+    return ota_bundle.make("app", version, ota_bundle.archive(files), key=key, boards=names,
+                           roles=list(roles or ALL_ROLES), files=len(files),
+                           created=now_iso())
 
 
 def build_firmware(key: bytes, image: Path, version: str, board_names: list[str]) -> Bundle:
@@ -102,12 +102,8 @@ def build_firmware(key: bytes, image: Path, version: str, board_names: list[str]
         raise BundleError(f"{image} is a merged image (bootloader + partition table + app): "
                           f"an OTA partition takes the app image alone, micropython.bin of "
                           f"the same build")
-    ota_bundle.version_tuple(version)
-    step = ota_bundle.FIRMWARE_PIECE
-    pieces = [data[i:i + step] for i in range(0, len(data), step)]
-    return ota_bundle.make("firmware", version, pieces, key=key, boards=board_names,
-                           roles=list(ALL_ROLES), files=None, created=now_iso(),
-                           min_free=0)
+    return ota_bundle.make("firmware", version, data, key=key, boards=board_names,
+                           roles=list(ALL_ROLES), created=now_iso())
 
 
 def write(bundle: Bundle, path: Path) -> None:
