@@ -19,7 +19,7 @@ BOOT = "ota/boot.json"
 SLOTS = "/ota/"
 TRIAL_BOOTS = 2
 
-state = {}  # boot.json as this boot found it (bootguard.py reads it, no second open)
+state = {}  # type: dict  # boot.json as this boot found it (bootguard.py reads it, no second open)
 
 
 def read():
@@ -68,6 +68,7 @@ def rollback(reason):
         if t.get("kind") == "firmware":  # the bootloader's rule does the rest at the reset
             try:
                 import esp32
-                esp32.Partition(esp32.Partition.RUNNING).get_next_update().set_boot()
+                p = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+                p.get_next_update().set_boot()
             except Exception:  # noqa: BLE001 - no OTA partitions: nothing to undo
                 pass

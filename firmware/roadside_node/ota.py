@@ -71,7 +71,7 @@ def _partition():
     """The OTA partition a firmware image goes to; None when the board has none."""
     try:
         import esp32
-        return esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        return esp32.Partition(esp32.Partition.RUNNING).get_next_update()  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - no esp32 module, no OTA partitions
         return None
 
@@ -79,13 +79,13 @@ def _partition():
 class Ota:
     def __init__(self, session):
         self.s = session
-        self.st = None  # stage.json of the transfer held
-        self.m = None  # its manifest (a map)
+        self.st = {}  # stage.json of the transfer held ({}: none)
+        self.m = {}  # its manifest (a map)
         self.tag = None
         self.have = 0  # payload bytes held contiguous from 0
         self.piece = 0  # the piece `have` is in, and where it starts
         self.start = 0
-        self.h = None  # sha256 of the current piece's bytes so far
+        self.h = hashlib.sha256()  # of the current piece's bytes so far
         self.n = 0  # chunks since the last OTA_STATE
         self.f = None  # the open payload file (app)
         self.part = None  # the partition (firmware)
@@ -138,7 +138,9 @@ class Ota:
             self.f = None
         for p in (STAGE, MANIFEST, PAYLOAD):
             _rm(p)
-        self.st = self.m = self.tag = None
+        self.st = {}
+        self.m = {}
+        self.tag = None
         self.have = self.start = self.piece = 0
         self.part = None
 
@@ -164,7 +166,7 @@ class Ota:
         if not same(hmac_sha256(key, mb), mac):
             return self.refuse(tag, "signature", "mac does not match the ota key")
         del key
-        if self.st is not None and tag == self.tag:  # the same bundle: resume
+        if self.st and tag == self.tag:  # the same bundle: resume
             self.refused = None
             return self.state()
         guard = self.s.guard
@@ -212,7 +214,7 @@ class Ota:
 
     def chunk(self, tag, offset, data):
         st = self.st
-        if st is None or tag != self.tag or st["staged"]:
+        if not st or tag != self.tag or st["staged"]:
             return self.state()
         if offset != self.have:
             return self.state()  # the gateway rewinds to have
@@ -254,13 +256,14 @@ class Ota:
             self.state()
 
     def _write(self, at, data):
-        if self.part is not None:
+        part = self.part
+        if part is not None:
             while len(data):
                 block, off = at // BLOCK, at % BLOCK
                 if off == 0:
-                    self.part.ioctl(6, block)  # erase the block before its first write
+                    part.ioctl(6, block)  # erase the block before its first write
                 k = min(len(data), BLOCK - off)
-                self.part.writeblocks(block, data[:k], off)
+                part.writeblocks(block, data[:k], off)
                 at += k
                 data = data[k:]
             return
@@ -285,15 +288,16 @@ class Ota:
         buf = bytearray(_BUF)
         size = self.m[7]
         at = 0
-        if self.part is None:
-            self.f.seek(0)
+        part, f = self.part, self.f
+        if f is not None:
+            f.seek(0)
         while at < size:
             k = min(_BUF, size - at)
             mv = memoryview(buf)[:k]
-            if self.part is not None:
-                self.part.readblocks(at // BLOCK, mv, at % BLOCK)
-            else:
-                self.f.readinto(mv)
+            if part is not None:
+                part.readblocks(at // BLOCK, mv, at % BLOCK)
+            elif f is not None:
+                f.readinto(mv)
             h.update(mv)
             at += k
         if h.digest() != self.m[8]:
@@ -337,7 +341,7 @@ class Ota:
             return self.send("trial", bytes.fromhex(trial["tag"]), trial.get("size", 0),
                              None, trial["version"])
         st = self.st
-        if st is not None:
+        if st:
             return self.send("staged" if st["staged"] else "receiving", self.tag, self.have,
                              None, self.s.fw)
         if self.refused is not None:
@@ -369,7 +373,7 @@ class Ota:
 
     def switch(self, tag):
         st = self.st
-        if st is None or not st["staged"] or tag != self.tag:
+        if not st or not st["staged"] or tag != self.tag:
             raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
                                      "says what is held)")
         import otaboot
@@ -380,7 +384,7 @@ class Ota:
             slot = "b" if b.get("app") == "a" else "a"
             self._unpack(otaboot.SLOTS[1:] + slot)
             trial["slot"] = slot
-        else:
+        elif self.part is not None:
             self.part.set_boot()  # the bootloader boots it at the reset, once
             trial["slot"] = b.get("app")
         b["trial"] = trial

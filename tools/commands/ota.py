@@ -86,8 +86,7 @@ def handle_build(args: argparse.Namespace) -> int:
             if not args.image or not args.version:
                 raise ToolError("a firmware bundle needs --image micropython.bin and "
                                 "--version (MicroPython's, e.g. 1.24.1)")
-            b = bundle.build_firmware(args.image, version=args.version,
-                                      board_names=args.board or [], key=key)
+            b = bundle.build_firmware(key, args.image, args.version, args.board or [])
         bundle.write(b, args.output)
     except BundleError as exc:
         raise ToolError(str(exc)) from None
