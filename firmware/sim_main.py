@@ -49,17 +49,11 @@ def main():
 
     import otaboot  # the app slot an update switched to, ahead of the ROM (main.py does too)
 
-    trial = otaboot.select()
-    try:
-        from roadside_node.app import App
-        from roadside_node.config import Config, ConfigError
-        from roadside_node.hw.sim import SimHW
-    except Exception as e:
-        if not trial:
-            raise
-        sys.print_exception(e)
-        otaboot.rollback("import")
-        _reset(node_dir, "panic")
+    trial = otaboot.select(("roadside_node.app", "roadside_node.hw.sim"),
+                           lambda: _reset(node_dir, "panic"))
+    from roadside_node.app import App
+    from roadside_node.config import Config, ConfigError
+    from roadside_node.hw.sim import SimHW
 
     class WiredConfig(Config):
         """The node's config.json from its flash; `sim` is the wiring, never stored."""
