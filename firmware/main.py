@@ -4,12 +4,15 @@
 # that does not import (PROTOCOL.md 2.6). An exception that escapes the app resets the board (a
 # crash counts towards safe mode, see roadside_node/bootguard.py; in a trial it rolls the update
 # back); the watchdog covers a hang.
+import os
 import sys
 
 import machine
 
-trial = __import__("otaboot").select(("roadside_node.app", "roadside_node.hw.esp32"),
-                                     machine.reset)
+trial = None
+if "ota" in os.listdir():  # else no update ever came: the loader is not even loaded
+    trial = __import__("otaboot").select(("roadside_node.app", "roadside_node.hw.esp32"),
+                                         machine.reset)
 from roadside_node.app import App  # noqa: E402
 from roadside_node.config import Config  # noqa: E402
 from roadside_node.hw.esp32 import Esp32HW  # noqa: E402
