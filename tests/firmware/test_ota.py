@@ -11,6 +11,7 @@ import shutil
 import pytest
 from roadside.gateway import ota_bundle
 from roadside.tools.ota import bundle as builder
+from roadside.tools.sim.launcher import write_node
 from roadside.tools.sim.cddl import protocol_schema
 from support.ota_driver import OtaDriver
 from test_session import Gateway
@@ -35,7 +36,7 @@ def make(files: dict[str, bytes], version: str = "0.2.0", boards=("sim",),
 def gw(tmp_path):
     g = Gateway(tmp_path / "node", role="water")
     g.set_sim(scenario=str(builder.launcher.SCENARIOS / "water" / "calm.json"))
-    g.flash.put("ota.key", KEY)
+    write_node(g.dir, g.flash.get_json("config.json"), g.wiring(), g.flash, ota_key=KEY)
     g.heapsize = os.environ.get("OTA_HEAP", g.heapsize)
     g.other = []
     try:
