@@ -11,8 +11,8 @@ import shutil
 import pytest
 from roadside.gateway import ota_bundle
 from roadside.tools.ota import bundle as builder
-from roadside.tools.sim.launcher import write_node
 from roadside.tools.sim.cddl import protocol_schema
+from roadside.tools.sim.launcher import write_node
 from support.ota_driver import OtaDriver
 from test_session import Gateway
 
