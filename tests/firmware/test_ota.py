@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from roadside.gateway import ota_bundle
@@ -278,3 +279,67 @@ def test_power_cut_at_every_write_of_the_switch_boots_old_or_new(gw, app_files, 
     assert len(lines) > 20 and set(outcomes) == {"old", "new"}, out[-2000:]
     flip = outcomes.index("new")                               # old until the pointer lands
     assert outcomes[flip:] == ["new"] * (len(outcomes) - flip), out[-2000:]
+
+
+VECTORS = r"""
+import json
+from roadside_node import cbor
+from roadside_node.ota import Ota
+
+with open(ARGS) as f:
+    v = {x["name"]: x for x in json.load(f)["valid"]}
+with open("ota.key", "wb") as f:
+    f.write(bytes(range(32)))
+
+
+class Cfg:
+    def get(self, k):
+        return {"board": "sim", "role": "water"}[k]
+
+
+class J:
+    first_unacked = 1
+
+
+class S:
+    guard = None
+    fw = "0.1.0"
+    prio_seq = 0
+    errors_in = 0
+    config = Cfg()
+    journal = J()
+    sent = []
+
+    def log(self, text):
+        pass
+
+    def send(self, payload):
+        self.sent.append(payload.hex())
+
+
+def msg(name):
+    return cbor.loads(bytes.fromhex(v[name]["payload"]))
+
+
+s = S()
+o = Ota(s)
+o.state()
+print("idle", s.sent[-1] == v["ota-state-idle"]["payload"])
+m = msg("ota-offer")
+o.on_message(10, m)
+print("receiving-0", cbor.loads(bytes.fromhex(s.sent[-1])) == {0: 12, 1: o.tag,
+                                                                  2: "receiving", 3: 0,
+                                                                  5: "0.1.0"})
+o.on_message(11, msg("ota-chunk"))
+o.state()
+print("receiving", s.sent[-1] == v["ota-state-receiving"]["payload"])
+"""
+
+
+def test_the_node_answers_the_ota_vectors_byte_for_byte(tmp_path):
+    from support.micropython import run
+
+    vectors = Path(__file__).resolve().parents[1] / "vectors" / "ota.json"
+    out = run(f"ARGS = {str(vectors)!r}\n" + VECTORS, cwd=tmp_path, heapsize="2m").stdout
+    assert out.decode().split() == ["idle", "True", "receiving-0", "True", "receiving",
+                                    "True"], out
