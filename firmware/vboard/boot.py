@@ -23,8 +23,19 @@ def _boot(image, blocks, cause, run):
     if delay:  # a slow boot (tests): e.g. a board formatting its filesystem
         import time
         time.sleep_ms(delay)
+    root = _host(image)
     mount_image(image, blocks)
+    vesp32.Partition.root = root  # the OTA app partitions: files beside the image
+    vesp32.bootloader()  # which one boots (the rollback rule)
     sys.path[:] = ["", ".frozen", "/lib"]  # the board's path: nothing from the host
+
+
+def _host(path):
+    """`path` (given on the host) as the board sees it once / is its flash (vboard/flash.py)."""
+    from vboard.flash import host_path
+    if not path.startswith("/"):
+        path = os.getcwd().rstrip("/") + "/" + path
+    return host_path(path)
 
 
 def _run(path):

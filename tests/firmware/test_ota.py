@@ -343,3 +343,103 @@ def test_the_node_answers_the_ota_vectors_byte_for_byte(tmp_path):
     out = run(f"ARGS = {str(vectors)!r}\n" + VECTORS, cwd=tmp_path, heapsize="2m").stdout
     assert out.decode().split() == ["idle", "True", "receiving-0", "True", "receiving",
                                     "True"], out
+
+
+PARTITION = r"""
+import sys
+from vboard import vesp32
+sys.modules["esp32"] = vesp32
+vesp32.Partition.root = ROOT
+from roadside_node import cbor
+from roadside_node.ota import Ota
+
+
+class Cfg:
+    def get(self, k):
+        return {"board": "esp32-devkitc-v4", "role": "water"}[k]
+
+
+class J:
+    first_unacked = 1
+
+
+class G:
+    trial = None
+
+
+class S:
+    guard = G()
+    fw = "0.1.0"
+    prio_seq = 0
+    errors_in = 0
+    reboot_pending = False
+    config = Cfg()
+    journal = J()
+    last = None
+
+    def log(self, text):
+        pass
+
+    def send(self, payload):
+        self.last = cbor.loads(payload)
+
+
+def transfer():
+    s = S()
+    o = Ota(s)
+    with open(MSGS, "rb") as f:
+        while True:
+            head = f.read(4)
+            if not head:
+                break
+            m = cbor.loads(f.read(int.from_bytes(head, "little")))
+            o.on_message(m[0], m)
+    return o, s
+
+
+print("boot", vesp32.bootloader())
+o, s = transfer()
+print("state", s.last[2], s.last[3])
+o.switch(s.last[1])
+p = vesp32.Partition("ota_1")
+buf = bytearray(SIZE)
+p.readblocks(0, buf)
+with open(IMAGE, "rb") as f:
+    print("written", bytes(buf) == f.read())
+print("boot", vesp32.bootloader(), vesp32._load()["states"]["ota_1"])  # the trial
+print("boot", vesp32.bootloader(), vesp32._load()["states"]["ota_1"])  # never marked valid
+o, s = transfer()
+o.switch(s.last[1])
+print("boot", vesp32.bootloader())
+o.confirm()  # a healthy session: esp32.Partition.mark_app_valid_cancel_rollback()
+print("confirmed", s.last[2], vesp32._load()["states"]["ota_1"])
+print("boot", vesp32.bootloader())
+print("running", vesp32.Partition(vesp32.Partition.RUNNING).info()[4],
+      vesp32.Partition(vesp32.Partition.RUNNING).get_next_update().info()[4])
+"""
+
+
+def test_firmware_bundle_through_the_partition_twin_and_the_rollback_rule(tmp_path):
+    import struct
+
+    import cbor2
+    from roadside.tools.sim import virtual_rom
+    from support.micropython import run
+
+    image = virtual_rom.build_test_image("esp32", tmp_path / "micropython.bin", 200 * 1024)
+    b = builder.build_firmware(KEY, image, "99.0.0", ["esp32-devkitc-v4"])
+    msgs = [b.offer()] + [b.chunk(at) for at in range(0, len(b.payload), 512)]
+    with open(tmp_path / "msgs.bin", "wb") as f:
+        for m in msgs:
+            raw = cbor2.dumps(m)
+            f.write(struct.pack("<I", len(raw)) + raw)
+    (tmp_path / "ota.key").write_bytes(KEY)
+    code = (f"ROOT = {str(tmp_path / 'flash')!r}\nMSGS = {str(tmp_path / 'msgs.bin')!r}\n"
+            f"IMAGE = {str(image)!r}\nSIZE = {len(b.payload)}\n" + PARTITION)
+    out = run(code, cwd=tmp_path, heapsize="4m", timeout=120).stdout.decode().splitlines()
+    assert out == ["boot ota_0", f"state staged {len(b.payload)}", "written True",
+                   "boot ota_1 pending_verify",            # the trial boot
+                   "boot ota_0 aborted",                   # reset unconfirmed: rolled back
+                   "boot ota_1", "confirmed done valid",
+                   "boot ota_1",                           # marked valid: it stays
+                   "running ota_1 ota_0"], out
