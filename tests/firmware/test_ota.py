@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -443,3 +444,72 @@ def test_firmware_bundle_through_the_partition_twin_and_the_rollback_rule(tmp_pa
                    "boot ota_1", "confirmed done valid",
                    "boot ota_1",                           # marked valid: it stays
                    "running ota_1 ota_0"], out
+
+
+def test_a_node_in_an_alarm_burst_answers_busy(gw, app_files):
+    gw.set_sim(scenario=str(builder.launcher.SCENARIOS / "water" / "flood.json"), speed=60)
+    boot(gw)                                                   # nothing acked from here
+    deadline = time.monotonic() + 20
+    alarm = None
+    while alarm is None:
+        assert time.monotonic() < deadline, "no alarm record from the flood scenario"
+        m = gw.expect(2, timeout=10)
+        alarm = next((r for r in m[2] if r[3] & 2), None)      # a PRIORITY record, unacked
+    d = OtaDriver(gw, make(app_files))
+    st = d.offer()
+    assert (st[2], st[4]) == ("refused", "busy"), st
+    gw.send({0: 3, 1: 10_000})                                 # all acked: a gateway caught up
+    deadline = time.monotonic() + 10
+    while True:
+        st = d.offer()
+        if st[2] == "receiving" or time.monotonic() > deadline:
+            break
+    assert st[2] == "receiving", st
+
+
+NO_SESSION = r"""
+import os
+import otaboot
+from roadside_node.ota import Ota
+os.mkdir("ota")
+otaboot.write({"app": None, "trial": {"slot": "a", "tag": "00" * 8, "version": "0.2.0",
+                                      "kind": "app", "size": 1, "boots": 1}})
+
+
+class G:
+    trial = otaboot.read()["trial"]
+    acked = False
+    ota_due = True
+
+
+class J:
+    first_unacked = 5
+    next_seq = 9
+
+
+class S:
+    guard = G()
+    up = False  # the gateway never answers
+    journal = J()
+    fw = "0.2.0"
+
+    def log(self, text):
+        print(text)
+
+    def send(self, payload):
+        pass
+
+
+o = Ota(S())
+print("at 119 s", o.boot_step(119))
+print("at 120 s", o.boot_step(120))
+print(otaboot.read()["report"])
+"""
+
+
+def test_a_trial_without_a_healthy_session_in_120_s_is_rolled_back(tmp_path):
+    from support.micropython import run
+
+    out = run(NO_SESSION, cwd=tmp_path, heapsize="1m").stdout.decode()
+    assert "at 119 s False" in out and "at 120 s True" in out, out
+    assert "'reason': 'no_session'" in out and "'state': 'rolled_back'" in out, out
