@@ -128,7 +128,7 @@ def test_bundle_that_raises_at_import_rolls_back(gw, app_files, tmp_path):
     boot(gw)
     d = OtaDriver(gw, b)
     assert d.transfer()[2] == "staged"
-    assert d.switch()[2] is True
+    assert d.command("ota.switch", {"tag": b.tag.hex()})[2] is True  # hex: as JSON APIs do
     assert reset_exit(gw) == 3
     gw.start()                                                 # the trial: dies at import
     assert reset_exit(gw) == 3
