@@ -39,7 +39,6 @@ def gw(tmp_path):
     g = Gateway(tmp_path / "node", role="water")
     g.set_sim(scenario=str(builder.launcher.SCENARIOS / "water" / "calm.json"))
     write_node(g.dir, g.flash.get_json("config.json"), g.wiring(), g.flash, ota_key=KEY)
-    g.heapsize = os.environ.get("OTA_HEAP", g.heapsize)
     g.other = []
     try:
         yield g
