@@ -95,7 +95,6 @@ class Ota:
         self.bad_total = 0  # bad pieces seen (counted for info)
         self.told = False  # boot_step: the trial / outcome was told after HELLO
         self.up_at = -1  # boot_step: seconds since boot when the session was first up
-        _mkdirs(DIR)
         self._load()
 
     # -- staging ---------------------------------------------------------------------------
@@ -218,6 +217,7 @@ class Ota:
         if m.get(10, 0) > free:
             return self.refuse(tag, "space", "needs %d bytes of flash, %d free"
                                % (m.get(10, 0), free))
+        _mkdirs(DIR)  # from now on the loader (otaboot.py) runs at every boot
         with open(MANIFEST, "wb") as f:
             f.write(mb)
         self.m = m

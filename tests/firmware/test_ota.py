@@ -164,6 +164,7 @@ def test_refusals(gw, app_files):
     st = offer(bad_mac)
     assert (st[2], st[3], st[4]) == ("refused", 0, "signature")
     protocol_schema().validate(st, "ota-state")
+    assert "ota/" not in gw.flash.ls("/")                      # no loader at boot for that
     st = offer(make(app_files, boards=("esp32-devkitc-v4",)))
     assert (st[2], st[4]) == ("refused", "board")
     st = offer(make(app_files, roles=("toll",)))
