@@ -47,6 +47,11 @@ def main():
     mount_image(node_dir + "/flash.img", int(wiring["blocks"]))
     sys.path[:] = [host_path(d) for d in _ROM + [_FIRMWARE]] + [".frozen"]
 
+    # the app slot an update switched to, ahead of the ROM (main.py does the same)
+    trial = None
+    if "ota" in os.listdir():  # else no update ever came: the loader is not even loaded
+        trial = __import__("otaboot").select(("roadside_node.app", "roadside_node.hw.sim"),
+                                             lambda: _reset(node_dir, "panic"))
     from roadside_node.app import App
     from roadside_node.config import Config, ConfigError
     from roadside_node.hw.sim import SimHW
@@ -71,7 +76,17 @@ def main():
         App(hw, config).run()
     except Exception as e:  # a crash: like a board's main.py, print it and reset
         sys.print_exception(e)
+        if trial:
+            import otaboot
+            otaboot.rollback("crash")
         hw.reset("panic")
+
+
+def _reset(node_dir, cause):
+    """A reset before the app's hw layer could load (hw/sim.py SimHW.reset's file, status)."""
+    with open(host_path(node_dir) + "/reset_cause", "w") as f:
+        f.write(cause)
+    sys.exit(3)
 
 
 main()

@@ -25,6 +25,7 @@ from .commands import (
     ingest,
     monitor,
     nodes,
+    ota,
     receiver,
     scan,
     sim,
@@ -33,7 +34,7 @@ from .errors import ToolError
 
 # in the order `roadside --help` lists them
 COMMANDS = (demo, receiver, ingest, fleet_sim, sim, gateway, flash, fleet, nodes, deploy, config,
-            monitor, completion, scan)
+            ota, monitor, completion, scan)
 
 EPILOG = """examples:
   roadside demo                          3 simulated nodes -> gateway -> receiver, live view

@@ -118,9 +118,12 @@ def secret_command(session, args):
         secret = parse_secret(args.get("secret"))
     except ValueError as e:
         raise proto.CommandError(str(e))
-    store_secret(secret)
-    if session.ble is not None:
-        session.ble.set_secret(secret)
+    if args.get("for") == "ota":  # the over-the-air update key (ota.py), not the BLE secret
+        store_secret(secret, "ota.key")
+    else:
+        store_secret(secret)
+        if session.ble is not None:
+            session.ble.set_secret(secret)
     return {"fingerprint": fingerprint(secret)}
 
 

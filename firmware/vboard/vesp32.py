@@ -10,3 +10,15 @@ def wake_on_ext0(pin, level):
 
 def wake_on_ext1(pins, level):
     pass
+
+
+# esp32.Partition and the bootloader's rollback rule: vboard/vpartition.py, loaded only when
+# asked for (this module is compiled from source in the board's heap at every boot)
+ROOT = "ota"  # host path prefix of the OTA partition files (vboard/boot.py sets it)
+
+
+def __getattr__(name):
+    if name in ("Partition", "bootloader"):
+        from vboard import vpartition
+        return getattr(vpartition, name)
+    raise AttributeError(name)

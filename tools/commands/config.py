@@ -129,6 +129,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     # not offered (help hides it), only refused with the reason
     k.add_argument("--ble", metavar="NODE", help=argparse.SUPPRESS)
     k.set_defaults(handler=handle_secret, ble_timeout=None)
+    o = verbs.add_parser(
+        "ota-key", parents=[serial_only], help="give the node the over-the-air update key",
+        usage="%(prog)s [-p] PORT [--key-file FILE] [--json]",
+        description="Send the ota key (`roadside ota key` makes it; the same for every node "
+                    "that takes the bundles built with it) with the secret.set command, over "
+                    "the serial cable only. The node answers its fingerprint, checked here.")
+    options.complete(o.add_argument(
+        "--key-file", type=Path, default=Path.home() / ".config" / "roadside" / "ota.key",
+        metavar="FILE", help="the ota key (default %(default)s)"), options.FILE)
+    o.add_argument("--ble", metavar="NODE", help=argparse.SUPPRESS)
+    o.set_defaults(handler=handle_ota_key, ble_timeout=None, secret_file=None)
 
 
 def _target(args: argparse.Namespace) -> None:
@@ -331,7 +342,7 @@ def handle_secret(args: argparse.Namespace) -> int:
         secret = os.urandom(ble_auth.SECRET_LEN) if made else ble_transport.load_secret(
             node, args.secret_file)[1]
         if made:
-            _write_key(path, secret)
+            write_key(path, secret)
         try:
             with interrupted.doing(
                     f"sending {node}'s secret on {link.port}",
@@ -361,14 +372,46 @@ def handle_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def handle_ota_key(args: argparse.Namespace) -> int:
+    from roadside.gateway.ota_bundle import BundleError, load_key
+
+    if args.ble:
+        raise ToolError("the ota key is written over the serial cable only (the node refuses "
+                        "secret.set over BLE): give the node's data PORT")
+    _target(args)
+    try:
+        key = load_key(args.key_file)
+    except BundleError as exc:
+        raise ToolError(str(exc)) from None
+    _warn_shared(args.key_file)
+    with _open(args) as link, interrupted.doing(
+            f"sending the ota key on {link.port}",
+            "the node may or may not have it: run the same command again"):
+        reply = link.command("secret.set", {"secret": key.hex(), "for": "ota"},
+                             attempt_timeout=args.timeout)
+    expected = ble_auth.fingerprint(key)
+    got = reply.get("fingerprint") if isinstance(reply, dict) else None
+    if got != expected:
+        raise ToolError(f"the node answered fingerprint {got!r}, expected {expected} for "
+                        f"{args.key_file}: run the command again")
+    if args.json:
+        print(json.dumps({"port": link.port, "key_file": str(args.key_file),
+                          "fingerprint": expected}, indent=2))
+    else:
+        print(f"{link.port}: ota key set (fingerprint {expected}) from {args.key_file}; the "
+              f"node takes bundles built with `roadside ota build --key-file {args.key_file}`")
+    return 0
+
+
 def _warn_shared(path: Path) -> None:
     warning = secret_files.readable_by_others(path)
     if warning:
         sys.stderr.write(f"roadside: warning: {warning}\n")
 
 
-def _write_key(path: Path, secret: bytes) -> None:
-    """The key as 64 hex digits, mode 0600 from the start (directories 0700), atomically."""
+def write_key(path: Path, secret: bytes, option: str = "--secret-file") -> None:
+    """The key as 64 hex digits, mode 0600 from the start (directories 0700), atomically
+    (`option` names the flag that picks another path, for the error)."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -378,7 +421,7 @@ def _write_key(path: Path, secret: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ToolError(f"cannot write the key file {path}: {exc.strerror}; pass "
-                        "--secret-file with a writable path") from None
+                        f"{option} with a writable path") from None
 
 
 def _report(args: argparse.Namespace, port: str, changes: dict[str, tuple[Any, Any]],
