@@ -49,13 +49,15 @@ def firmware_config() -> types.ModuleType:
     sys.modules.setdefault(_PKG, pkg)
     sys.modules.setdefault(f"{_PKG}.journal", journal)
     # the firmware's list of roles (config.py validates `role` against it): plain data
-    roles_py = CONFIG_PY.parent / "roles" / "__init__.py"
-    spec = importlib.util.spec_from_file_location(f"{_PKG}.roles", roles_py)
-    assert spec is not None and spec.loader is not None
-    roles = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = roles
-    spec.loader.exec_module(roles)
-    spec = importlib.util.spec_from_file_location(f"{_PKG}.config", CONFIG_PY)
+    _load("roles", CONFIG_PY.parent / "roles" / "__init__.py")
+    return _load("config", CONFIG_PY)
+
+
+def _load(name: str, path: Path) -> types.ModuleType:
+    """A firmware module as `_PKG.name` (once: the modules of the private package stay)."""
+    if f"{_PKG}.{name}" in sys.modules:
+        return sys.modules[f"{_PKG}.{name}"]
+    spec = importlib.util.spec_from_file_location(f"{_PKG}.{name}", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -139,4 +141,4 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def settable_keys() -> list[str]:
     """Every key config.set accepts (config_edit.py's list, beside config.py)."""
     firmware_config()
-    return list(importlib.import_module(f"{_PKG}.config_edit").all_keys())
+    return list(_load("config_edit", CONFIG_PY.parent / "config_edit.py").all_keys())
