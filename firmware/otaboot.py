@@ -36,14 +36,17 @@ def write(b):
 
 
 def select(modules, reset):
-    """Put this boot's app slot first on sys.path; returns the trial (a dict) when this is a
-    trial boot, else None (and this module leaves sys.modules: it is not needed again). A
-    trial whose `modules` do not import is rolled back (reason "import") and reset()."""
+    """Put this boot's app slot first on sys.path. Returns ota/boot.json (a dict) when the app
+    has work to do this boot (a trial to confirm, or an outcome not yet told: main.py passes
+    it to App, for bootguard), else None. Unless this is a trial boot, this module leaves
+    sys.modules: it is not needed again. A trial whose `modules` do not import is rolled back
+    (reason "import") and reset()."""
     b = read()
     t = b.get("trial")
     if t:
         if t.get("boots", 0) >= TRIAL_BOOTS:
             rollback("boot")
+            b = read()  # the report of it, not yet told
             t = None
         else:
             t["boots"] = t.get("boots", 0) + 1
@@ -61,7 +64,8 @@ def select(modules, reset):
             reset()
     else:  # the loader's work is done: its heap is the app's
         del sys.modules[__name__]
-    return t
+    r = b.get("report")
+    return b if t or r and not r.get("told") else None
 
 
 def rollback(reason):

@@ -48,10 +48,10 @@ def main():
     sys.path[:] = [host_path(d) for d in _ROM + [_FIRMWARE]] + [".frozen"]
 
     # the app slot an update switched to, ahead of the ROM (main.py does the same)
-    trial = None
+    ota = None
     if "ota" in os.listdir():  # else no update ever came: the loader is not even loaded
-        trial = __import__("otaboot").select(("roadside_node.app", "roadside_node.hw.sim"),
-                                             lambda: _reset(node_dir, "panic"))
+        ota = __import__("otaboot").select(("roadside_node.app", "roadside_node.hw.sim"),
+                                           lambda: _reset(node_dir, "panic"))
     from roadside_node.app import App
     from roadside_node.config import Config, ConfigError
     from roadside_node.hw.sim import SimHW
@@ -73,12 +73,11 @@ def main():
     config.wiring = sim
     hw = SimHW(config)
     try:
-        App(hw, config).run()
+        App(hw, config, print, ota).run()
     except Exception as e:  # a crash: like a board's main.py, print it and reset
         sys.print_exception(e)
-        if trial:
-            import otaboot
-            otaboot.rollback("crash")
+        if ota:  # a trial's crash rolls it back (nothing to do without one)
+            __import__("otaboot").rollback("crash")
         hw.reset("panic")
 
 

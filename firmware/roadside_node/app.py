@@ -26,7 +26,7 @@ def make_role(config, emit, io=None, journal=None):
 
 
 class App:
-    def __init__(self, hw, config, log=print):
+    def __init__(self, hw, config, log=print, ota=None):
         self.hw = hw
         self.config = config
         self.log = log
@@ -34,12 +34,11 @@ class App:
         self.journal.load()
         self.session = Session(hw, self.journal, config, VERSION, log)
         self.deframer = Deframer()
-        self.guard = BootGuard(config.get("safe_mode_after"))
+        self.guard = BootGuard(config.get("safe_mode_after"), ota)  # ota: otaboot.select's
         self.safe = self.guard.safe  # crash loop: link, session and config only, no role
         self.session.safe_mode = self.safe
         self.session.guard = self.guard
         self.t_boot = hw.sim_s()  # role time need not start at 0 (RTC clock, deep sleep)
-        self.boot_ms = hw.ticks_ms()  # real time: an update's trial is bounded in seconds
         self.role = None
         if not self.safe:
             self.role = make_role(config, self.emit, hw.role_io(config), self.journal)
@@ -100,8 +99,7 @@ class App:
             self.role.step(t)
         if self.guard.check(t - self.t_boot):
             self.log("healthy minute: boot counter cleared")
-        if self.guard.ota_due and self.session.ota().boot_step(  # an update's trial / outcome
-                hw.ticks_diff(hw.ticks_ms(), self.boot_ms) // 1000):
+        if self.guard.ota and self.session.ota().boot_step():  # an update's trial/outcome
             self.journal.close()
             hw.reset("soft")
         if t >= self.next_health:

@@ -6,7 +6,8 @@
 # next boot tries the role again. NODE_DIR/bootguard.json: {"unhealthy": n}.
 #
 # A trial boot of an over-the-air update (PROTOCOL.md 2.6, the loader's otaboot.py chose it) is
-# guarded too: `trial` and `acked` here, confirmed or rolled back by ota.py's boot_step.
+# guarded too: `ota` here (main.py passes otaboot.select's ota/boot.json only once an update
+# came), its trial confirmed or rolled back by ota.py's boot_step.
 import json
 
 from micropython import const
@@ -18,12 +19,11 @@ HEALTHY_S = const(60)
 
 
 class BootGuard:
-    # class defaults, set on the instance only when an update needs them
-    trial = None  # an update on trial this boot
-    ota_due = False  # a trial, or an outcome not yet told: ota.py's boot_step runs
-    acked = False  # the session's records were acked this boot (a trial is healthy)
+    # otaboot.select's ota/boot.json when this boot has an update's trial to confirm or an
+    # outcome to tell (ota.py's boot_step runs while set; it sets None when done), else None
+    ota = None
 
-    def __init__(self, after, path=PATH):
+    def __init__(self, after, ota=None, path=PATH):
         self.path = path
         n = 0
         try:
@@ -35,15 +35,8 @@ class BootGuard:
         self.safe = n >= after
         self.healthy = False
         self._write(n + 1)  # this boot counts until it proves itself
-        try:  # an update's trial or outcome (the loader, otaboot.py, wrote it)
-            with open("ota/boot.json") as f:
-                b = json.load(f)
-            r = b.get("report")
-            if b.get("trial") or r and not r.get("told"):
-                self.trial = b.get("trial")
-                self.ota_due = True
-        except (OSError, ValueError, AttributeError):
-            pass
+        if ota:
+            self.ota = ota
 
     def _write(self, n):
         write_atomic(self.path, json.dumps({"unhealthy": n}))

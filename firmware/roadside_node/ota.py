@@ -27,6 +27,8 @@ BLOCK = const(4096)  # a firmware partition's erase block
 _BAD_MAX = const(3)  # bad pieces in one transfer before it is refused as tampered
 _EVERY = const(4)  # OTA_STATE at least every this many chunks
 _BUF = const(512)
+_T_OFFER = const(10)  # message types (proto.py leaves them unnamed, PROTOCOL.md 2.6)
+_T_STATE = const(12)
 _TRIAL_S = const(120)  # a trial boot without a healthy session for this long is rolled back
 _TRIAL_IDLE_S = const(30)  # a session up this long with nothing to send is healthy too
 
@@ -108,6 +110,10 @@ class Ota:
         self.bad_total = 0  # bad pieces seen (counted for info)
         self.told = False  # boot_step: the trial / outcome was told after HELLO
         self.up_at = -1  # boot_step: seconds since boot when the session was first up
+        # boot_step (from App's first step on, while bootguard says ota_due): real time (a
+        # trial is bounded in seconds), and records acked since (the trial is healthy)
+        self.boot_ms = None
+        self.unacked0 = 0
         self._load()
 
     # -- staging ---------------------------------------------------------------------------
@@ -164,7 +170,7 @@ class Ota:
     def on_message(self, mtype, msg):
         need = proto._need
         try:
-            if mtype == proto.T_OTA_OFFER:
+            if mtype == _T_OFFER:
                 need(msg, 1, lambda v: v in ("app", "firmware"), "app or firmware", mtype)
                 need(msg, 2, lambda v: isinstance(v, bytes), "the manifest bytes", mtype)
                 need(msg, 3, lambda v: isinstance(v, bytes) and len(v) == 32, "a 32-byte mac",
@@ -179,7 +185,7 @@ class Ota:
             self.s.errors_in += 1
             self.s.log("bad message: %s" % e.text)
             return self.s.send(proto.error(e.code, e.text, e.ref))
-        if mtype == proto.T_OTA_OFFER:
+        if mtype == _T_OFFER:
             self.offer(msg[1], msg[2], msg[3], msg.get(4) is True)
         else:
             self.chunk(msg[1], msg[2], msg[3])
@@ -201,8 +207,7 @@ class Ota:
         if self.st and tag == self.tag:  # the same bundle: resume
             self.refused = None
             return self.state()
-        guard = self.s.guard
-        if guard is not None and guard.trial is not None:
+        if self._trial() is not None:
             return self.refuse(tag, "busy", "an update is on trial")
         m = cbor.loads(mb)
         c = self.s.config
@@ -349,7 +354,7 @@ class Ota:
         w = cbor.Writer()
         w.map(3 + (tag is not None) + (reason is not None) + (version is not None))
         w.int(0)
-        w.int(proto.T_OTA_STATE)
+        w.int(_T_STATE)
         if tag is not None:
             w.int(1)
             w.bytes(tag)
@@ -368,8 +373,7 @@ class Ota:
 
     def state(self):
         """Send this node's OTA_STATE; returns the state's name."""
-        g = self.s.guard
-        trial = g.trial if g is not None else None
+        trial = self._trial()
         if trial is not None:
             return self.send("trial", bytes.fromhex(trial["tag"]), trial.get("size", 0),
                              None, trial["version"])
@@ -465,27 +469,38 @@ class Ota:
                     out.write(mv)
                     left -= len(mv)
 
+    def _trial(self):
+        """The update on trial this boot (bootguard's `ota`, ota/boot.json at boot), or None."""
+        g = self.s.guard
+        return g.ota.get("trial") if g is not None and g.ota else None
+
     # -- a trial boot / an outcome to tell (App.step while bootguard says ota_due) ----------
-    def boot_step(self, secs):
+    def boot_step(self, secs=None):
         """Tell the gateway the trial or the last outcome once the session is up; confirm a
         trial once the session is healthy (HELLO answered and records acked, or TRIAL_IDLE_S
         up with nothing to send). True: the trial failed (no healthy session in TRIAL_S
         seconds since boot) and was rolled back: reset now."""
         s = self.s
         g = s.guard
+        if self.boot_ms is None:  # the first step of this boot
+            self.unacked0 = s.journal.first_unacked
+            self.boot_ms = s.hw.ticks_ms() if secs is None else 0
+        if secs is None:  # seconds since then
+            secs = s.hw.ticks_diff(s.hw.ticks_ms(), self.boot_ms) // 1000
         if s.up and not self.told:
             self.told = True
             self.state()
-        if g.trial is None:
-            g.ota_due = not self.told
+        if self._trial() is None:
+            if self.told:
+                g.ota = None
             return False
         if s.up and self.up_at < 0:
             self.up_at = secs
         idle = s.journal.first_unacked == s.journal.next_seq
-        if s.up and (g.acked or idle and secs - self.up_at >= _TRIAL_IDLE_S):
+        acked = s.journal.first_unacked > self.unacked0
+        if s.up and (acked or idle and secs - self.up_at >= _TRIAL_IDLE_S):
             self.confirm()
-            g.trial = None
-            g.ota_due = False
+            g.ota = None
             return False
         if secs < _TRIAL_S:
             return False

@@ -17,9 +17,8 @@ T_TIME = const(6)
 T_ERROR = const(7)
 T_AUTH = const(8)  # BLE handshake (auth.py, PROTOCOL.md section 5)
 T_SEALED = const(9)  # BLE: counter + truncated MAC around a message
-T_OTA_OFFER = const(10)  # over-the-air updates (ota.py, PROTOCOL.md 2.6)
-T_OTA_CHUNK = const(11)
-T_OTA_STATE = const(12)
+# 10 OTA_OFFER, 11 OTA_CHUNK, 12 OTA_STATE: over-the-air updates, ota.py's own constants
+# (PROTOCOL.md 2.6): no names here, every node holds this module from boot
 
 # error codes
 E_UNKNOWN_TYPE = const(1)
@@ -265,7 +264,7 @@ def parse(payload):
         _need(msg, 1, _uint, "a uint code", mtype)
         if 2 in msg and not isinstance(msg[2], str):
             raise ProtoError(E_MALFORMED, "key 2 must be text", mtype)
-    elif mtype == T_OTA_OFFER or mtype == T_OTA_CHUNK:
+    elif mtype == 10 or mtype == 11:  # OTA_OFFER, OTA_CHUNK
         pass  # checked by ota.py (imported on demand): no boot-time code for them here
     else:
         raise ProtoError(E_UNKNOWN_TYPE, "unknown message type " + str(mtype), mtype)

@@ -20,8 +20,7 @@ _RTO_MIN_MS = const(300)  # the ACK timer never fires sooner than this
 # a reply longer than this is not kept (a retry runs the command again: the big answers are
 # reads, config.get and info): 8 kept replies of 1 KB each would hold 8 KB of a small heap
 _CACHE_REPLY = const(160)
-COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set", "ota.switch",
-            "ota.state")
+COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set")
 
 
 class Session:
@@ -143,7 +142,7 @@ class Session:
                 self.on_command(msg[1], msg[2], msg.get(3) or {})
             elif mtype == proto.T_ERROR:
                 self.on_error(msg[1], msg.get(2, ""))
-            elif mtype == proto.T_OTA_OFFER or mtype == proto.T_OTA_CHUNK:
+            elif mtype > proto.T_SEALED:  # OTA_OFFER, OTA_CHUNK (proto.parse lets no other by)
                 self.ota().on_message(mtype, msg)
         except Exception as e:  # noqa: BLE001 - the guard itself
             self.failure(e)
@@ -172,8 +171,6 @@ class Session:
             upto = min(upto, j.unsure - 1)
             j.confirm()
         n = j.ack(upto)
-        if n and self.guard is not None and self.guard.trial is not None:
-            self.guard.acked = True  # records acked in a trial boot: the update is healthy
         self.line_ack(upto, n)
         if n:
             self.progress_at = self.hw.ticks_ms()
@@ -269,7 +266,7 @@ class Session:
             if self.guard is not None:
                 self.guard.clear()
             return True
-        if name == "ota.switch" or name == "ota.state":
+        if name[:4] == "ota.":  # ota.switch, ota.state
             return self.ota().command(name, args)
         extra = getattr(self.role, "commands", ())
         if name in extra:

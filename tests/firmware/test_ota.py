@@ -368,7 +368,7 @@ class J:
 
 
 class G:
-    trial = None
+    ota = None  # bootguard.BootGuard: no update on trial
 
 
 class S:
@@ -482,9 +482,7 @@ otaboot.write({"app": None, "trial": {"slot": "a", "tag": "00" * 8, "version": "
 
 
 class G:
-    trial = otaboot.read()["trial"]
-    acked = False
-    ota_due = True
+    ota = otaboot.read()
 
 
 class J:
