@@ -20,7 +20,6 @@ _RTO_MIN_MS = const(300)  # the ACK timer never fires sooner than this
 # a reply longer than this is not kept (a retry runs the command again: the big answers are
 # reads, config.get and info): 8 kept replies of 1 KB each would hold 8 KB of a small heap
 _CACHE_REPLY = const(160)
-COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set")
 
 
 class Session:
@@ -203,6 +202,7 @@ class Session:
         except CommandError as e:
             ok, res = False, str(e)
         except Exception as e:  # noqa: BLE001 - a command's bug answers ERROR, no reset
+            from .commands import COMMANDS  # ping and reboot never raise: it is loaded
             self.failed += 1
             ok, res = False, "%s failed (%s)" % (name if name in COMMANDS else "command",
                                                  type(e).__name__)
@@ -221,58 +221,15 @@ class Session:
         self.send(payload)
 
     def run(self, name, args):
-        j = self.journal
         if name == "ping":
             return "pong"
-        if name == "info":
-            c = self.config
-            out = {"node": c.get("node_id"), "role": c.get("role"), "fw": self.fw,
-                   "board": c.get("board"), "boot_count": j.boot_count,
-                   "next_seq": j.next_seq, "journal_records": j.count,
-                   "dropped_full": j.dropped_full, "safe_mode": self.safe_mode,
-                   "journal_rereads": j.rereads, "journal_unreadable": j.unreadable,
-                   "reset_cause": self.hw.reset_cause(), "free_heap": self.hw.free_heap(),
-                   "errors_in": self.errors_in, "failed": self.failed}
-            if self.ble is not None:
-                out["ble"] = self.ble.stats()
-            return out
-        if name == "config.get":
-            full = self.config.effective()
-            key = args.get("key")
-            if key is None:
-                return full
-            if not isinstance(key, str):
-                raise CommandError("config.get: key must be text")
-            v = full.get(key)
-            if v is None:
-                v = self.config.get(key)
-            if v is None:
-                raise CommandError("config.get: unknown key %s" % clip(key))
-            return v
-        if name == "config.set":
-            if not isinstance(args.get("key"), str) or "value" not in args:
-                raise CommandError("config.set: needs args key (text) and value")
-            v = self.config.set(args["key"], args["value"])
-            if args["key"] == "journal_max_bytes":
-                j.max_bytes = v
-            if self.guard is not None:
-                self.guard.clear()
-            return v
-        if name == "secret.set":
-            from . import auth
-            return auth.secret_command(self, args)
         if name == "reboot":
             self.reboot_pending = True
             if self.guard is not None:
                 self.guard.clear()
             return True
-        if name[:4] == "ota.":  # ota.switch, ota.state
-            return self.ota().command(name, args)
-        extra = getattr(self.role, "commands", ())
-        if name in extra:
-            return self.role.command(name, args)  # type: ignore[union-attr]
-        known = COMMANDS + extra
-        raise CommandError("unknown command %s; known: %s" % (clip(name), ", ".join(known)))
+        from .commands import run  # the other commands: not held until the first one
+        return run(self, name, args)
 
     def ota(self):
         """The over-the-air update handler (ota.py), imported on first use."""
