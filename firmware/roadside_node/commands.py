@@ -52,6 +52,6 @@ def run(s, name, args):
         return s.ota().command(name, args)
     extra = getattr(s.role, "commands", ())
     if name in extra:
-        return s.role.command(name, args)  # type: ignore[union-attr]
+        return s.role.command(name, args)
     known = COMMANDS + extra
     raise CommandError("unknown command %s; known: %s" % (clip(name), ", ".join(known)))
