@@ -10,6 +10,7 @@
 # it the trial (the loader, otaboot.py, boots it); a power cut before that write boots the old
 # app, after it the trial.
 import hashlib
+import json
 import os
 import sys
 
@@ -22,6 +23,7 @@ DIR = "ota"
 STAGE = "ota/stage.json"
 MANIFEST = "ota/manifest.cbor"
 PAYLOAD = "ota/stage.bin"
+BOOT = "ota/boot.json"  # the loader's pointer (otaboot.py)
 KEY = "ota.key"  # 32 bytes, provisioned over serial (secret.set with "for": "ota")
 BLOCK = const(4096)  # a firmware partition's erase block
 _BAD_MAX = const(3)  # bad pieces in one transfer before it is refused as tampered
@@ -84,6 +86,24 @@ def _read(path, binary=False):
         return None
 
 
+def _boot():
+    """ota/boot.json (otaboot.py's read, without importing the loader: ~1.4 KB held)."""
+    try:
+        b = json.loads(_read(BOOT))
+        return b if isinstance(b, dict) else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def _set_boot(b):
+    write_atomic(BOOT, json.dumps(b))  # otaboot.write's steps: tmp + rename
+
+
+def _kept(m):
+    """Of a manifest, what the transfer and the switch use (version, pieces, size, digest)."""
+    return {1: m[1], 5: m[5], 7: m[7], 8: m[8]}
+
+
 def _partition():
     """The OTA partition a firmware image goes to; None when the board has none."""
     try:
@@ -110,7 +130,7 @@ class Ota:
         self.bad_total = 0  # bad pieces seen (counted for info)
         self.told = False  # boot_step: the trial / outcome was told after HELLO
         self.up_at = -1  # boot_step: seconds since boot when the session was first up
-        # boot_step (from App's first step on, while bootguard says ota_due): real time (a
+        # boot_step (from App's first step on, while bootguard's `ota` is set): real time (a
         # trial is bounded in seconds), and records acked since (the trial is healthy)
         self.boot_ms = None
         self.unacked0 = 0
@@ -123,9 +143,8 @@ class Ota:
         if st is None or mb is None:
             return
         try:
-            import json
             st = json.loads(st)
-            self.m = cbor.loads(mb)
+            self.m = _kept(cbor.loads(mb))
             self.tag = bytes.fromhex(st["tag"])
             self.st = st
             self._at(int(st["have"]))
@@ -149,7 +168,6 @@ class Ota:
         self.h = hashlib.sha256()
 
     def _save(self):
-        import json
         self.st["have"] = self.start
         write_atomic(STAGE, json.dumps(self.st))
 
@@ -237,7 +255,7 @@ class Ota:
         _mkdirs(DIR)  # from now on the loader (otaboot.py) runs at every boot
         with open(MANIFEST, "wb") as f:
             f.write(mb)
-        self.m = m
+        self.m = _kept(m)
         self.tag = tag
         self.st = {"tag": tag.hex(), "kind": kind, "have": 0, "bad": 0, "staged": False,
                    "version": m[1], "size": m[7]}
@@ -383,23 +401,21 @@ class Ota:
                              None, self.s.fw)
         if self.refused is not None:
             return self.send("refused", self.refused[0], 0, self.refused[1], self.s.fw)
-        import otaboot
-        b = otaboot.read()
+        b = _boot()
         r = b.get("report")
         if r:
             if not r.get("told"):  # once told, later boots need not load this module
                 r["told"] = True
-                otaboot.write(b)
+                _set_boot(b)
             return self.send(r["state"], bytes.fromhex(r["tag"]), 0, r.get("reason"),
                              r["version"] if r["state"] == "done" else self.s.fw)
         return self.send("idle", None, 0, None, self.s.fw)
 
     def _forget_outcome(self):
         """Forget the last outcome (a new transfer began): ota/boot.json without report."""
-        import otaboot
-        b = otaboot.read()
+        b = _boot()
         if b.pop("report", None) is not None:
-            otaboot.write(b)
+            _set_boot(b)
 
     # -- switch and confirm -----------------------------------------------------------------
     def command(self, name, args):
@@ -419,20 +435,19 @@ class Ota:
         if not st or not st["staged"] or tag != self.tag:
             raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
                                      "says what is held)")
-        import otaboot
-        b = otaboot.read()
+        b = _boot()
         trial = {"tag": st["tag"], "version": st["version"], "kind": st["kind"],
                  "size": st["size"], "boots": 0}
         if st["kind"] == "app":
             slot = "b" if b.get("app") == "a" else "a"
-            self._unpack(otaboot.SLOTS[1:] + slot)
+            self._unpack(DIR + "/" + slot)
             trial["slot"] = slot
         elif self.part is not None:
             self.part.set_boot()  # the bootloader boots it at the reset, once
             trial["slot"] = b.get("app")
         b["trial"] = trial
         b.pop("report", None)
-        otaboot.write(b)  # the switch: one atomic write
+        _set_boot(b)  # the switch: one atomic write
         self.drop()
         self.s.reboot_pending = True
         self.s.log("ota: switched to %s %s: reboot into the trial" % (st["kind"],
@@ -511,8 +526,7 @@ class Ota:
 
     def confirm(self):
         """The trial boot reached a healthy session: it becomes the app."""
-        import otaboot
-        b = otaboot.read()
+        b = _boot()
         t = b.pop("trial", None)
         if t is None:
             return
@@ -522,6 +536,6 @@ class Ota:
         else:
             b["app"] = t["slot"]
         b["report"] = {"state": "done", "tag": t["tag"], "version": t["version"], "told": True}
-        otaboot.write(b)
+        _set_boot(b)
         self.s.log("ota: trial of %s confirmed" % t["version"])
         self.send("done", bytes.fromhex(t["tag"]), t.get("size", 0), None, t["version"])

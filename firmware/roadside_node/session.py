@@ -234,6 +234,8 @@ class Session:
     def ota(self):
         """The over-the-air update handler (ota.py), imported on first use."""
         if self._ota is None:
+            import gc
+            gc.collect()  # ~12 KB of code and state: in one piece if it can
             from .ota import Ota
             self._ota = Ota(self)
         return self._ota

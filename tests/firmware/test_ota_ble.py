@@ -1,0 +1,121 @@
+"""An over-the-air app update over BLE (PROTOCOL.md 2.6 over section 5): a real simulated node
+(sim_main.py under MicroPython with `ble` on, its BLE code driving a bumble peripheral through
+tools/sim/ble_bridge.py) authenticated and sealed, auth.py and ble.py loaded, receives a whole
+app bundle from tests/support/ota_driver.py, switches, and confirms its trial after the
+reconnect.
+
+It does not fit a board's heap yet: the node runs with MISSING bytes more than a BLE node has
+(launcher.BLE_HEAPSIZE). With 1.5 KiB more every chunk raises MemoryError (the 513-byte copy of
+its data in cbor.loads, the BLE pump's 1 KiB buffer); with 2 KiB more the whole update runs
+(docs/PERFORMANCE.md "OTA over BLE: the heap it needs"). MISSING may only go down:
+OTA_BLE_EXTRA_HEAP=n runs it with another figure (0: the board's heap, which fails today)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from roadside.gateway import ota_bundle
+from roadside.tools.ota import bundle as builder
+from roadside.tools.sim.ble_bridge import NodeBridge
+from roadside.tools.sim.launcher import NodeSpec, SimNode, build_mpy, resolve_scenario
+from support.ble_central import Central
+from support.ble_rig import BleRig, secret_for
+from support.bleak_bumble import BumbleBackend
+from support.ota_driver import OtaDriver
+
+KEY = bytes(range(32))
+NODE = "wl-0001"
+TIMEOUT_S = 240.0
+MISSING = 4096  # bytes of heap given beyond a BLE node's (the docstring): the gap, with margin
+EXTRA_HEAP = int(os.environ.get("OTA_BLE_EXTRA_HEAP", str(MISSING)))
+
+
+class SealedLink:
+    """OtaDriver's link (send(msg), recv(timeout) -> msg) over a Central's sealed channel; the
+    driver runs in a thread, the radio in the event loop."""
+
+    def __init__(self, central: Central, channel: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.central = central
+        self.channel = channel
+        self.loop = loop
+
+    def send(self, msg: dict) -> None:
+        payload = self.channel.seal(cbor2.dumps(msg))
+        asyncio.run_coroutine_threadsafe(self.central.send(payload), self.loop).result(20)
+
+    def recv(self, timeout: float) -> dict:
+        fut = asyncio.run_coroutine_threadsafe(self.central.recv(timeout), self.loop)
+        try:
+            m = fut.result(timeout + 5)
+        except TimeoutError:
+            raise AssertionError("nothing within the time") from None
+        return cbor2.loads(self.channel.open(m))
+
+
+async def connect(rig: BleRig) -> tuple[Central, Any, dict]:
+    """Connect, authenticate: the central, its sealed channel and the node's HELLO."""
+    c = Central(rig)
+    await c.connect(NODE, timeout=40)
+    auth = await c.handshake(secret_for(1), NODE)
+    assert auth.channel is not None
+    hello = cbor2.loads(auth.channel.open(await c.recv(10.0)))
+    assert hello[0] == 1, hello
+    for msg in ({0: 6, 1: 1795420800000}, {0: 3, 1: hello[9] - 1}):  # TIME, ACK: session up
+        await c.send(auth.channel.seal(cbor2.dumps(msg)))
+    return c, auth.channel, hello
+
+
+def test_an_app_bundle_over_ble_is_received_switched_and_confirmed(tmp_path: Path) -> None:
+    files = builder.compile_package(builder.PACKAGE, "0.2.0", with_sim=True)
+    b = ota_bundle.make("app", "0.2.0", ota_bundle.archive(files), key=KEY, boards=["sim"],
+                        roles=["water"], files=len(files), created="2026-12-03T06:00:00Z")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        rig = BleRig(tmp_path, nodes=1, speed=5.0)
+        rig.backend = await BumbleBackend.create(rig.air)
+        bridge = NodeBridge(rig.air, "F0:00:00:00:00:01", NODE)
+        await bridge.start()
+        rig.bridges.append(bridge)
+        scenario = resolve_scenario("water", "calm")
+        cfg = {"ble": True, "site": rig.site,
+               "sim": {"ble": bridge.node_path, "battery_pct": 80, "scenario": str(scenario),
+                       "speed": 5.0, "seed": 1}}
+        sim = SimNode(NodeSpec(NODE, "water", scenario, 5.0, seed=1, config=cfg, ota_key=KEY),
+                      tmp_path / "run", mpy=build_mpy())
+        await asyncio.to_thread(sim.flash.put, "secret.bin", secret_for(1))
+        sim.heapsize = str(int(sim.heapsize) + EXTRA_HEAP)  # the gap still to close
+        rig.nodes.append(sim)
+        try:
+            await sim.start()
+            c, channel, hello = await connect(rig)
+            assert hello[3] == "0.1.0"
+            d = OtaDriver(SealedLink(c, channel, loop), b)
+            t0 = time.monotonic()
+            st = await asyncio.to_thread(d.transfer)
+            took = time.monotonic() - t0
+            assert st[2] == "staged" and st[3] == len(b.payload), (st, rig.logs())
+            r = await asyncio.to_thread(d.switch)
+            assert r[2] is True and r[3]["version"] == "0.2.0", r
+            await asyncio.wait_for(c.disconnected.wait(), 30)    # the reset into the trial
+            await c.close()
+            c, channel, hello = await connect(rig)
+            assert hello[3] == "0.2.0", hello                    # the new app runs
+            d2 = OtaDriver(SealedLink(c, channel, loop), b)
+            states = [(await asyncio.to_thread(d2.state, 60))[2]]
+            if states[0] != "done":
+                states.append((await asyncio.to_thread(d2.state, 90))[2])
+            assert states[-1] == "done", (states, rig.logs())
+            print(f"bundle {len(b.payload)} B over BLE in {took:.1f} s, "
+                  f"{d.chunks_sent} chunks sent")
+            await c.close()
+        finally:
+            print(rig.logs())
+            await rig.stop()
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
