@@ -9,7 +9,8 @@
 # board was deployed (or the twin built) with. "trial" is a switched-to app not yet confirmed:
 # each boot into it counts, and after TRIAL_BOOTS of them the next boot goes back to "app"
 # (reason "boot"). main.py / sim_main.py roll back on an import error or a crash of a trial;
-# roadside_node/bootguard.py confirms it (healthy session) or rolls back (no session in time).
+# roadside_node/ota.py's boot_step (while bootguard's `ota`, select's return, is set) confirms
+# it (healthy session) or rolls it back (no session in time).
 # "report" is what the node tells the gateway after its next HELLO.
 import json
 import os

@@ -1,6 +1,7 @@
 # Over-the-air updates, the node's side (PROTOCOL.md 2.6): OTA_OFFER and OTA_CHUNK in, OTA_STATE
 # out, the ota.switch and ota.state commands. Imported on demand (Session.ota) at the first OTA
-# message or command, never at boot.
+# message or command, or at the first step of a boot with a trial or an outcome to tell
+# (bootguard's `ota`); never on a node's ordinary boot.
 #
 # Staging on flash: ota/manifest.cbor (the offered manifest), ota/stage.json ({"tag", "kind",
 # "have", "bad", "staged"}, written atomically at every piece boundary: after a reboot the
@@ -489,7 +490,7 @@ class Ota:
         g = self.s.guard
         return g.ota.get("trial") if g is not None and g.ota else None
 
-    # -- a trial boot / an outcome to tell (App.step while bootguard says ota_due) ----------
+    # -- a trial boot / an outcome to tell (App.step while bootguard's `ota` is set) ---------
     def boot_step(self, secs=None):
         """Tell the gateway the trial or the last outcome once the session is up; confirm a
         trial once the session is healthy (HELLO answered and records acked, or TRIAL_IDLE_S

@@ -1,6 +1,6 @@
-"""A host-side OTA sender for tests (PROTOCOL.md 2.6): OTA_OFFER, OTA_CHUNK with a window of 4
-and go-back on a repeated `have`, the ota.switch and ota.state commands, over any link with
-`send(msg)` and `recv(timeout) -> msg` (the test gateway of tests/firmware/test_session.py).
+"""A host-side OTA sender for tests (PROTOCOL.md 2.6): OTA_OFFER, OTA_CHUNK with a window (4
+unless told) and go-back on a repeated `have`, the ota.switch and ota.state commands, over any
+link with `send(msg)` and `recv(timeout) -> msg` (the test gateway of tests/firmware/test_session.py).
 RECORDS met on the way are ACKed, as a gateway does, so the node's session stays healthy.
 The gateway's own sender is roadside.gateway's; this one is small and strict on purpose."""
 
@@ -16,9 +16,10 @@ WINDOW = 4
 
 
 class OtaDriver:
-    def __init__(self, link: Any, bundle: Bundle) -> None:
+    def __init__(self, link: Any, bundle: Bundle, window: int = WINDOW) -> None:
         self.link = link
         self.bundle = bundle
+        self.window = window  # chunks in flight
         self.states: list[dict] = []  # every OTA_STATE seen, in order
         self.replies: list[dict] = []
         self.req = 1000
@@ -83,7 +84,7 @@ class OtaDriver:
         last_have = -1
         deadline = time.monotonic() + timeout
         while True:
-            while nxt < size and nxt - have < WINDOW * CHUNK:
+            while nxt < size and nxt - have < self.window * CHUNK:
                 self.link.send(self.bundle.chunk(nxt))
                 self.chunks_sent += 1
                 nxt = min(size, nxt + CHUNK)
