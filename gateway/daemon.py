@@ -31,6 +31,7 @@ from .health import Health
 from .links.base import Link
 from .links.serial import SerialLink
 from .links.usb import UsbMatch
+from .ota.manager import OtaManager
 from .queue import Queue
 from .queue_recovery import open_queue
 from .session import SessionManager
@@ -233,12 +234,14 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
     batcher = Batcher(queue, config.batch, uplinks=[u.name for u in config.uplinks])
     sessions.on_stored = batcher.wake
     commander = Commander(sessions, g.data_dir / "commands.sqlite")
+    # Updates over the air: rollouts running when the gateway stopped go on (gateway/ota/).
+    ota = OtaManager(config.ota, g.data_dir, sessions, commander)
     run = _Running(config, queue, sessions, batcher, commander)
     links, uplinks = run.links, run.uplinks
     health = Health(links, uplinks, queue, config.status.link_down_s,
                     config.status.uplink_down_s)
     status = Status(g.id, g.site, queue, sessions, links, uplinks, health, commander,
-                    api_token.ensure(api_token.path_in(g.data_dir)))
+                    api_token.ensure(api_token.path_in(g.data_dir)), ota)
     run.status = status
     tasks: list[asyncio.Task[Any]] = []
     runner = None
@@ -265,6 +268,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
             tasks.append(asyncio.create_task(coro, name=name))
 
         spawn(sessions.resend_time(), "time")
+        ota.resume()
         if uplinks:
             # Without an uplink records stay unbatched in the queue until one is configured.
             spawn(batcher.run(), "batcher")
@@ -309,6 +313,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
             await run.stop_uplink(name)
         if runner is not None:
             await runner.cleanup()
+        await ota.close()
         commander.close()
         # Waits for a commit in progress on the writer thread, then closes the file.
         queue.close()
