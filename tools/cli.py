@@ -23,6 +23,7 @@ from .commands import (
     gateway,
     monitor,
     nodes,
+    ota,
     receiver,
     scan,
     sim,
@@ -31,7 +32,7 @@ from .errors import ToolError
 
 # in the order `roadside --help` lists them
 COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, monitor,
-            completion, scan)
+            completion, scan, ota)
 
 EPILOG = """examples:
   roadside demo                          3 simulated nodes -> gateway -> receiver, live view

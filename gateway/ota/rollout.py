@@ -46,7 +46,9 @@ class Rollout:
                 "nodes": [t.doc() for t in self.transfers.values()]}
 
     async def run(self) -> None:
-        groups = [("canary", self.nodes[:self.canary]), ("rest", self.nodes[self.canary:])]
+        # The canaries: the first `canary` nodes the bundle is for (skipped ones do not count).
+        eligible = [n for n in self.nodes if self.transfers[n].state != "skipped"]
+        groups = [("canary", eligible[:self.canary]), ("rest", eligible[self.canary:])]
         try:
             for phase, group in groups:
                 if not group:

@@ -17,6 +17,7 @@ from typing import Any
 from roadside.gateway import api_token
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import write
+from support.cli import roadside
 from support.gateway_status import link_open, status
 from support.ota_node import OtaNode, make_bundle, tag_of
 
@@ -223,6 +224,54 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
             metrics = resp.read().decode()
         assert 'roadside_ota_failures_total{reason="refused:version"} 1.0' in metrics
         assert 'roadside_ota_failures_total{reason="rolled_back:import"} 1.0' in metrics
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        procs.stop(proc)
+        for n in nodes:
+            n.close()
+
+
+def test_cli_push_site_with_canary_and_progress_then_status(tmp_path):
+    nodes = [OtaNode("wl-0001"), OtaNode("wl-0002"), OtaNode("tl-0001", role="toll")]
+    cfg, base = _config(tmp_path, [n.path for n in nodes])
+    rsb = tmp_path / "app-1.1.0.rsb"
+    rsb.write_bytes(make_bundle({"main.py": b"y" * 4000}, "1.1.0"))
+    proc = _start(cfg, tmp_path / "gw.log")
+
+    async def main() -> None:
+        for n in nodes:
+            n.start()
+            await link_open(base + "/status", n.path)
+            n.hello()
+            await n.until(n.session.is_set, "HELLO acked")
+        code, out, err = await roadside(
+            "ota", "push", str(rsb), "--gateway", base, "--token-file",
+            str(tmp_path / "data" / "api.token"), "--site", "--canary", "1", timeout=60)
+        assert code == 0, err
+        lines = err.splitlines()
+        assert lines[0] == "rollout 1: app 1.1.0 to 3 nodes (canary 1)"
+        # Without a terminal: a line per stage and per quarter of the transfer, per node.
+        assert any(line.split() == ["wl-0001", "receiving", "50%"] for line in lines), err
+        assert any(line.split() == ["wl-0002", "ok", "1.1.0"] for line in lines), err
+        # The site rollout skips the node the bundle is not for (the gateway's check).
+        assert any(line.startswith("tl-0001") and "skipped: role" in line for line in lines)
+        assert lines[-1] == "rollout 1 done: 3 nodes run 1.1.0"
+        assert [n.version for n in nodes] == ["1.1.0", "1.1.0", "1.0.0"]
+        # The canary (the first node the bundle is for) ran the new version before the rest
+        # was offered anything: its HELLO after the switch came before wl-0002's OFFER.
+        offer_2 = min(t for t, what, _ in nodes[1].events if what == "OtaOffer")
+        switched = min(t for t, what, _ in nodes[0].events if what == "Command")
+        assert offer_2 > switched
+        code, out, err = await roadside("ota", "status", "--config", str(cfg))
+        assert code == 0, err
+        assert out.splitlines()[0] == "rollout 1: app 1.1.0 done"
+        assert "wl-0002      done       100.0%" in out
+        # Bad input: one line, exit 2.
+        code, _, err = await roadside("ota", "push", str(tmp_path / "missing.rsb"), "--config",
+                                      str(cfg), "--site")
+        assert code != 0 and "missing.rsb: No such file or directory" in err
 
     try:
         asyncio.run(asyncio.wait_for(main(), 90))
