@@ -6,20 +6,16 @@ after the daemon is killed, busy retry, refusals surfaced with their reason, can
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from roadside.gateway import api_token
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import write
 from support.cli import roadside
 from support.gateway_status import link_open, status
-from support.ota_node import OtaNode, make_bundle, tag_of
+from support.ota_node import OtaNode, api, make_bundle, tag_of
 
 # 14 KB in three pieces: ~2.5 s at half of 115,200 baud.
 FILES = {"roadside_node/a.mpy": bytes(range(256)) * 24, "roadside_node/b.mpy": b"b" * 5000,
@@ -36,20 +32,6 @@ def _config(tmp_path: Path, ports: list[str]) -> tuple[Path, str]:
 def _start(cfg: Path, log: Path) -> Any:
     proc, _ = procs.start_gateway(cfg, log)
     return proc
-
-
-def api(base: str, data_dir: Path, path: str, body: bytes | None = None,
-        query: dict[str, Any] | None = None) -> tuple[int, Any]:
-    url = base + path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": "application/octet-stream",
-                                          "Authorization": "Bearer "
-                                          + api_token.read(api_token.path_in(data_dir))})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _chunks_after(node: OtaNode, t0: float) -> list[tuple[float, int]]:

@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import os
 import time
 import tty
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import cbor2
+from roadside.gateway import api_token
 from roadside.gateway import protocol as p
 
 KEY = bytes(range(32))
@@ -36,6 +42,21 @@ def make_bundle(files: dict[str, bytes], version: str = "1.1.0", boards: tuple[s
                             10: len(payload)})
     return cbor2.dumps({1: kind, 2: manifest, 3: hmac.new(key, manifest, "sha256").digest(),
                         4: payload})
+
+
+def api(base: str, data_dir: Path, path: str, body: bytes | None = None,
+        query: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """GET, or POST a bundle to, the gateway's local API with its token (blocking)."""
+    url = base + path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Authorization": "Bearer "
+                                          + api_token.read(api_token.path_in(data_dir))})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def tag_of(bundle: bytes) -> bytes:
