@@ -325,10 +325,11 @@ def _command_allow(t: dict[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}.command_allow: must be a list of command names, e.g."
                           f" [\"ping\", \"info\"], got {value!r}")
+    known = (*COMMANDS, "ota.push")     # ota.push: a rollout (gateway/ota/), never default
     for name in value:
-        if name not in COMMANDS:
+        if name not in known:
             raise ConfigError(f"{where}.command_allow: unknown command {name!r}; known:"
-                              f" {', '.join(COMMANDS)}")
+                              f" {', '.join(known)}")
     return tuple(dict.fromkeys(value))
 
 

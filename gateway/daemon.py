@@ -90,6 +90,7 @@ class _Running:
         self.uplink_tasks: dict[str, tuple[Uplink, asyncio.Task[Any]]] = {}
         self.secrets: dict[str, tuple[str | None, ...]] = {}   # uplink name -> its secrets
         self.status: Status | None = None
+        self.ota: OtaManager | None = None
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         return ([t for _, _, t in self.link_tasks.values()]
@@ -118,6 +119,8 @@ class _Running:
                         commander=self.commander)   # remote commands over MQTT (command_topic)
         if self.status is not None:
             self.status.metrics.instrument(u)
+        if hasattr(u, "ota"):           # MQTT: `ota.push` on the command topic
+            u.ota = self.ota
         self.uplinks.append(u)
         self.uplink_tasks[uc.name] = (u, asyncio.create_task(u.run(), name=f"uplink {uc.name}"))
         self.secrets[uc.name] = _secrets(uc)
@@ -237,6 +240,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
     # Updates over the air: rollouts running when the gateway stopped go on (gateway/ota/).
     ota = OtaManager(config.ota, g.data_dir, sessions, commander)
     run = _Running(config, queue, sessions, batcher, commander)
+    run.ota = ota
     links, uplinks = run.links, run.uplinks
     health = Health(links, uplinks, queue, config.status.link_down_s,
                     config.status.uplink_down_s)
