@@ -1,0 +1,47 @@
+"""What the gateway checks of a bundle before offering it (gateway/ota/bundle.py), and the OTA
+messages of protocol.py (types 10-12)."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from roadside.gateway import protocol as p
+from roadside.gateway.errors import ProtocolError
+from roadside.gateway.ota.bundle import BundleError, read
+from support.ota_node import make_bundle, tag_of
+
+
+def test_a_good_bundle_reads_and_fits_by_board_and_role():
+    data = make_bundle({"a.mpy": b"a" * 700, "main.py": b"m" * 10}, "1.4.0",
+                       boards=("sim", "esp32-devkitc-v4"), roles=("water", "rain"))
+    b = read(data)
+    assert (b.kind, b.version, b.manifest.size, b.tag) == ("app", "1.4.0", 710, tag_of(data))
+    assert b.fits("sim", "water") is None and b.fits("esp32-devkitc-v4", "rain") is None
+    assert b.fits("esp32-c3", "water") == "board" and b.fits("sim", "toll") == "role"
+
+
+@pytest.mark.parametrize("mutate, text", [
+    (lambda m: b"not cbor", "not a bundle"),
+    (lambda m: cbor2.dumps({**m, 1: "kernel"}), "bundle kind 'kernel' is not one of app,"),
+    (lambda m: cbor2.dumps({**m, 4: m[4][:-1]}), "payload is 709 bytes; the manifest says 710"),
+    (lambda m: cbor2.dumps({**m, 4: b"x" + m[4][1:]}), "does not match the manifest's sha256"),
+    (lambda m: cbor2.dumps({**m, 3: b"short"}), "mac must be 32 bytes"),
+    (lambda m: cbor2.dumps({k: v for k, v in m.items() if k != 2}), "need a CBOR map"),
+])
+def test_bad_bundles_are_refused_with_one_line(mutate, text):
+    good = cbor2.loads(make_bundle({"a.mpy": b"a" * 700, "main.py": b"m" * 10}))
+    with pytest.raises(BundleError, match=text.replace("(", r"\(").replace(")", r"\)")):
+        read(mutate(good))
+
+
+def test_ota_messages_round_trip_and_bad_ones_are_named():
+    st = p.OtaState("receiving", 2048, b"\x01" * 8, None, "1.0.0")
+    assert p.decode_message(p.encode_message(st)) == st
+    offer = p.OtaOffer("app", b"m", b"\x00" * 32, True)
+    assert p.decode_message(p.encode_message(offer)) == offer
+    chunk = p.OtaChunk(b"\x02" * 8, 512, b"d" * 512)
+    assert p.decode_message(p.encode_message(chunk)) == chunk
+    with pytest.raises(ProtocolError, match="OTA_STATE: key 2: unknown state 'asleep'"):
+        p.decode_message(cbor2.dumps({0: p.OTA_STATE, 2: "asleep", 3: 0}))
+    with pytest.raises(ProtocolError, match="OTA_STATE: key 1 must be bytes"):
+        p.decode_message(cbor2.dumps({0: p.OTA_STATE, 1: "tag", 2: "idle", 3: 0}))
