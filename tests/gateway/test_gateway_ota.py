@@ -47,10 +47,7 @@ def test_transfer_paced_resumes_after_link_drop_and_gateway_kill(tmp_path):
 
     async def main() -> None:
         nonlocal proc
-        node.start()
-        await link_open(base + "/status", node.path)
-        node.hello()
-        await node.until(node.session.is_set, "HELLO acked")
+        await node.join(base + "/status")
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", bundle,
                                             {"node": "wl-0001", "who": "test"})
         assert code == 202, doc
@@ -151,10 +148,7 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
 
     async def main() -> None:
         for n in nodes:
-            n.start()
-            await link_open(base + "/status", n.path)
-            n.hello()
-            await n.until(n.session.is_set, "HELLO acked")
+            await n.join(base + "/status")
 
         # The gateway's own check: a named node of another board fails before any OFFER.
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts",
@@ -224,10 +218,7 @@ def test_cli_push_site_with_canary_and_progress_then_status(tmp_path):
 
     async def main() -> None:
         for n in nodes:
-            n.start()
-            await link_open(base + "/status", n.path)
-            n.hello()
-            await n.until(n.session.is_set, "HELLO acked")
+            await n.join(base + "/status")
         code, out, err = await roadside(
             "ota", "push", str(rsb), "--gateway", base, "--token-file",
             str(tmp_path / "data" / "api.token"), "--site", "--canary", "1", timeout=60)

@@ -136,10 +136,7 @@ def test_status_page_shows_ota_progress_and_outcome(tmp_path):
     try:
         async def roll() -> None:
             for n in (a, b):
-                n.start()
-                await link_open(url, n.path)
-                n.hello()
-                await n.until(n.session.is_set, "HELLO acked")
+                await n.join(url)
             code, doc = await asyncio.to_thread(
                 api, base, tmp_path / "data", "/ota/rollouts",
                 make_bundle({"main.py": b"z" * 3000}, "1.1.0"),

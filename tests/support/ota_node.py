@@ -99,6 +99,16 @@ class OtaNode:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.master, self._readable)
 
+    async def join(self, status_url: str) -> None:
+        """Start reading, wait for the gateway's link to be open (pyserial flushes what was
+        written before), say HELLO and wait for its ACK."""
+        from support.gateway_status import link_open
+
+        self.start()
+        await link_open(status_url, self.path)
+        self.hello()
+        await self.until(self.session.is_set, "HELLO acked")
+
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.master)
