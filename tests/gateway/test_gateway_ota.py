@@ -66,8 +66,8 @@ def test_transfer_paced_resumes_after_link_drop_and_gateway_kill(tmp_path):
             await asyncio.sleep(0.05)
         await node.until(lambda: node.acked >= max(sent + priority), "records acked")
         lat = [node.ack_times[s] - node.sent_times[s] for s in sent + priority]
-        assert max(lat) < 1.0, lat
-        assert node.ack_times[priority[0]] - node.sent_times[priority[0]] < 0.5
+        assert max(lat) < 1.5, lat
+        assert node.ack_times[priority[0]] - node.sent_times[priority[0]] < 1.0
         # Pacing: chunks use at most half of 115,200 baud (5,760 B/s). Slack for the time
         # stamps (taken when this process reads the pty: a stall here bunches them) of 0.3 s
         # and two frames; unpaced, the whole bundle would go in a few milliseconds.
