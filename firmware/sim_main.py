@@ -47,9 +47,19 @@ def main():
     mount_image(node_dir + "/flash.img", int(wiring["blocks"]))
     sys.path[:] = [host_path(d) for d in _ROM + [_FIRMWARE]] + [".frozen"]
 
-    from roadside_node.app import App
-    from roadside_node.config import Config, ConfigError
-    from roadside_node.hw.sim import SimHW
+    import otaboot  # the app slot an update switched to, ahead of the ROM (main.py does too)
+
+    trial = otaboot.select()
+    try:
+        from roadside_node.app import App
+        from roadside_node.config import Config, ConfigError
+        from roadside_node.hw.sim import SimHW
+    except Exception as e:
+        if not trial:
+            raise
+        sys.print_exception(e)
+        otaboot.rollback("import")
+        _reset(node_dir, "panic")
 
     class WiredConfig(Config):
         """The node's config.json from its flash; `sim` is the wiring, never stored."""
@@ -71,7 +81,16 @@ def main():
         App(hw, config).run()
     except Exception as e:  # a crash: like a board's main.py, print it and reset
         sys.print_exception(e)
+        if trial:
+            otaboot.rollback("crash")
         hw.reset("panic")
+
+
+def _reset(node_dir, cause):
+    """A reset before the app's hw layer could load (hw/sim.py SimHW.reset's file, status)."""
+    with open(host_path(node_dir) + "/reset_cause", "w") as f:
+        f.write(cause)
+    sys.exit(3)
 
 
 main()

@@ -31,8 +31,8 @@ from .commands import (
 from .errors import ToolError
 
 # in the order `roadside --help` lists them
-COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, monitor,
-            completion, scan, ota)
+COMMANDS = (demo, receiver, sim, gateway, flash, fleet, nodes, deploy, config, ota, monitor,
+            completion, scan)
 
 EPILOG = """examples:
   roadside demo                          3 simulated nodes -> gateway -> receiver, live view

@@ -39,6 +39,7 @@ class App:
         self.session.safe_mode = self.safe
         self.session.guard = self.guard
         self.t_boot = hw.sim_s()  # role time need not start at 0 (RTC clock, deep sleep)
+        self.boot_ms = hw.ticks_ms()  # real time: an update's trial is bounded in seconds
         self.role = None
         if not self.safe:
             self.role = make_role(config, self.emit, hw.role_io(config), self.journal)
@@ -61,6 +62,8 @@ class App:
                 self._full_logged = j.dropped_full
                 self.log("journal full: dropped %d" % j.dropped_full)
             return 0
+        if flags & proto.F_PRIORITY:
+            self.session.prio_seq = seq  # an alarm burst: an OTA offer is answered busy
         describe = getattr(self.role, "describe", None)  # the role's own log line, if any
         text = describe(kind, body) if describe is not None else None
         self.log("seq %d %s" % (seq, text or "kind %d" % kind))
@@ -95,8 +98,17 @@ class App:
         t = hw.sim_s()
         if self.role is not None:
             self.role.step(t)
-        if self.guard.check(t - self.t_boot):
+        g = self.guard
+        if g.check(t - self.t_boot):
             self.log("healthy minute: boot counter cleared")
+        if g.report and self.session.up:  # an update's trial or outcome, after HELLO
+            g.report = False
+            self.session.ota().state()
+        if g.trial is not None and g.trial_step(
+                self.session, hw.ticks_diff(hw.ticks_ms(), self.boot_ms) // 1000):
+            self.log("ota: trial without a healthy session: rolled back")
+            self.journal.close()
+            hw.reset("soft")
         if t >= self.next_health:
             self.next_health = t + self.config.get("health_interval_s")
             self.health()

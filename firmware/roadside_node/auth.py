@@ -9,6 +9,7 @@ import struct
 from micropython import const
 
 from . import cbor, proto
+from .hmac256 import _pads, hmac_sha256, same  # noqa: F401 - auth.hmac_sha256, auth.same
 
 SECRET_FILE = "secret.bin"  # in the node's filesystem; never in config.json, logs or replies
 SECRET_LEN = const(32)
@@ -36,35 +37,6 @@ DIR_GATEWAY = b"G"
 _NONE = const(0)
 _WAIT_PROOF = const(1)
 _AUTHED = const(2)
-
-
-def _pads(key):
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    ipad = bytearray(64)
-    opad = bytearray(64)
-    for i in range(64):
-        b = key[i] if i < len(key) else 0
-        ipad[i] = b ^ 0x36
-        opad[i] = b ^ 0x5C
-    return bytes(ipad), bytes(opad)
-
-
-def hmac_sha256(key, msg):
-    """HMAC-SHA256 (RFC 2104) from hashlib.sha256: MicroPython has no hmac module."""
-    ipad, opad = _pads(key)
-    inner = hashlib.sha256(ipad + msg).digest()
-    return hashlib.sha256(opad + inner).digest()
-
-
-def same(a, b):
-    """Constant-time comparison of two byte strings."""
-    if len(a) != len(b):
-        return False
-    r = 0
-    for i in range(len(a)):
-        r |= a[i] ^ b[i]
-    return r == 0
 
 
 class FrameMac:
@@ -118,9 +90,12 @@ def secret_command(session, args):
         secret = parse_secret(args.get("secret"))
     except ValueError as e:
         raise proto.CommandError(str(e))
-    store_secret(secret)
-    if session.ble is not None:
-        session.ble.set_secret(secret)
+    if args.get("for") == "ota":  # the over-the-air update key (ota.py), not the BLE secret
+        store_secret(secret, "ota.key")
+    else:
+        store_secret(secret)
+        if session.ble is not None:
+            session.ble.set_secret(secret)
     return {"fingerprint": fingerprint(secret)}
 
 

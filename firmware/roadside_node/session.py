@@ -20,7 +20,8 @@ _RTO_MIN_MS = const(300)  # the ACK timer never fires sooner than this
 # a reply longer than this is not kept (a retry runs the command again: the big answers are
 # reads, config.get and info): 8 kept replies of 1 KB each would hold 8 KB of a small heap
 _CACHE_REPLY = const(160)
-COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set")
+COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set", "ota.switch",
+            "ota.state")
 
 
 class Session:
@@ -65,6 +66,8 @@ class Session:
         self.loss_at = None  # ticks of the last go-back-N
         self.losses = 0
         self.timeouts = 0  # ACK timer expiries in a row
+        self.prio_seq = 0  # the last PRIORITY record's seq (App.emit): unacked -> OTA busy
+        self._ota = None  # ota.Ota, imported at the first OTA message or command
 
     # -- clock --------------------------------------------------------------------------
     def stamp(self):
@@ -138,6 +141,8 @@ class Session:
                 self.on_command(msg[1], msg[2], msg.get(3) or {})
             elif mtype == proto.T_ERROR:
                 self.on_error(msg[1], msg.get(2, ""))
+            elif mtype == proto.T_OTA_OFFER or mtype == proto.T_OTA_CHUNK:
+                self.ota().on_message(mtype, msg)
         except Exception as e:  # noqa: BLE001 - the guard itself
             self.failure(e)
             self.send(proto.error(proto.E_MALFORMED, "could not handle it (%s)"
@@ -165,6 +170,8 @@ class Session:
             upto = min(upto, j.unsure - 1)
             j.confirm()
         n = j.ack(upto)
+        if n and self.guard is not None:
+            self.guard.acked = True  # records acked this boot: an update's trial is healthy
         self.line_ack(upto, n)
         if n:
             self.progress_at = self.hw.ticks_ms()
@@ -260,11 +267,20 @@ class Session:
             if self.guard is not None:
                 self.guard.clear()
             return True
+        if name == "ota.switch" or name == "ota.state":
+            return self.ota().command(name, args)
         extra = getattr(self.role, "commands", ())
         if name in extra:
             return self.role.command(name, args)  # type: ignore[union-attr]
         known = COMMANDS + extra
         raise CommandError("unknown command %s; known: %s" % (clip(name), ", ".join(known)))
+
+    def ota(self):
+        """The over-the-air update handler (ota.py), imported on first use."""
+        if self._ota is None:
+            from .ota import Ota
+            self._ota = Ota(self)
+        return self._ota
 
     # -- time passing -------------------------------------------------------------------
     def tick(self):

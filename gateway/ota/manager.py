@@ -93,7 +93,7 @@ class OtaManager:
         try:
             bundle = read(data)
         except BundleError as exc:
-            raise OtaError(f"bundle: {exc}", 400) from None
+            raise OtaError(str(exc), 400) from None
         if not 0 <= canary <= 1000:
             raise OtaError(f"canary: must be 0..1000, got {canary}", 400)
         known = self.sessions.nodes
@@ -129,8 +129,8 @@ class OtaManager:
             why = bundle.fits(state.board, state.role)
             if why is None:
                 continue
-            text = (f"{why}: the bundle is for {'boards' if why == 'board' else 'roles'}"
-                    f" {', '.join(getattr(bundle.manifest, why + 's'))}, {n} is"
+            allowed = bundle.manifest.boards if why == "board" else bundle.manifest.roles
+            text = (f"{why}: the bundle is for {why}s {', '.join(allowed)}, {n} is"
                     f" {state.board if why == 'board' else state.role} (gateway check)")
             if nodes is None:
                 t.stop("skipped", text)

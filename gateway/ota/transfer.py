@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import logs
+from .. import ota_bundle as ob
 from .. import protocol as p
 from ..commands import CommandError
 from .bundle import Bundle
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roadside.gateway.ota")
 
-CHUNK = 512                 # payload bytes a chunk carries (the contract's maximum)
+CHUNK = ob.CHUNK             # payload bytes a chunk carries (the contract's maximum, 512)
 WINDOW = 4                  # chunks beyond the node's `have`
 DEFAULT_BYTE_RATE = 11_520  # a link that does not know its rate: as 115,200 baud serial
 

@@ -243,7 +243,7 @@ def test_ota_push_over_the_command_topic(tmp_path):
                 async with asyncio.timeout(10):
                     r = cbor2.loads((await anext(replies)).payload)
                 assert r["ok"] is False and r["status"] == 400
-                assert r["error"].startswith("bundle: not a bundle")
+                assert r["error"].startswith("bundle is not a roadside OTA bundle (not CBOR")
         finally:
             stop.set()
             assert await asyncio.wait_for(gw, 15) == 0

@@ -11,13 +11,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from roadside.gateway import ota_bundle as ob
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import write
 from support.cli import roadside
 from support.gateway_status import link_open, status
 from support.ota_node import OtaNode, api, make_bundle, tag_of
 
-# 14 KB in three pieces: ~2.5 s at half of 115,200 baud.
+# 14 KB (two 8 KiB pieces): ~2.5 s at half of 115,200 baud.
 FILES = {"roadside_node/a.mpy": bytes(range(256)) * 24, "roadside_node/b.mpy": b"b" * 5000,
          "main.py": b"import roadside_node\n" * 150}
 
@@ -93,14 +94,14 @@ def test_transfer_paced_resumes_after_link_drop_and_gateway_kill(tmp_path):
         await node.until(lambda: node.have >= 10240, "10 KB received")
         await asyncio.to_thread(procs.kill, proc)
         held = node.have
-        assert held < len(b"".join(FILES.values()))
+        assert held < len(ob.archive(FILES))
         proc = await asyncio.to_thread(_start, cfg, tmp_path / "gw2.log")
         await link_open(base + "/status", node.path)
         t_restart = time.monotonic()
         node.hello()
         await node.until(lambda: node.state == "done", "update done", timeout=30)
         assert _chunks_after(node, t_restart)[0][1] == held
-        assert node.version == "1.1.0" and bytes(node.buf) == b"".join(FILES.values())
+        assert node.version == "1.1.0" and ob.unpack(bytes(node.buf)) == FILES
 
         async def rollout_done() -> dict[str, Any]:
             for _ in range(500):
@@ -194,7 +195,7 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
         # Bad input: one clear line.
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", b"not cbor",
                                             {"node": "wl-0001"})
-        assert code == 400 and doc["error"].startswith("bundle: not a bundle")
+        assert code == 400 and doc["error"].startswith("bundle is not a roadside OTA bundle (not CBOR")
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts",
                                             make_bundle(small, "1.3.0"), {"node": "wl-0099"})
         assert code == 404 and "unknown to this gateway" in doc["error"]

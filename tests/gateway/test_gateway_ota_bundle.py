@@ -1,10 +1,11 @@
-"""What the gateway checks of a bundle before offering it (gateway/ota/bundle.py), and the OTA
-messages of protocol.py (types 10-12)."""
+"""What the gateway checks of a bundle before offering it (gateway/ota/bundle.py, on
+gateway/ota_bundle.py), and the OTA messages of protocol.py (types 10-12)."""
 
 from __future__ import annotations
 
 import cbor2
 import pytest
+from roadside.gateway import ota_bundle as ob
 from roadside.gateway import protocol as p
 from roadside.gateway.errors import ProtocolError
 from roadside.gateway.ota.bundle import BundleError, read
@@ -15,18 +16,20 @@ def test_a_good_bundle_reads_and_fits_by_board_and_role():
     data = make_bundle({"a.mpy": b"a" * 700, "main.py": b"m" * 10}, "1.4.0",
                        boards=("sim", "esp32-devkitc-v4"), roles=("water", "rain"))
     b = read(data)
-    assert (b.kind, b.version, b.manifest.size, b.tag) == ("app", "1.4.0", 710, tag_of(data))
+    size = len(ob.archive({"a.mpy": b"a" * 700, "main.py": b"m" * 10}))
+    assert (b.kind, b.version, b.manifest.size, b.tag) == ("app", "1.4.0", size, tag_of(data))
     assert b.fits("sim", "water") is None and b.fits("esp32-devkitc-v4", "rain") is None
     assert b.fits("esp32-c3", "water") == "board" and b.fits("sim", "toll") == "role"
 
 
 @pytest.mark.parametrize("mutate, text", [
-    (lambda m: b"not cbor", "not a bundle"),
-    (lambda m: cbor2.dumps({**m, 1: "kernel"}), "bundle kind 'kernel' is not one of app,"),
-    (lambda m: cbor2.dumps({**m, 4: m[4][:-1]}), "payload is 709 bytes; the manifest says 710"),
-    (lambda m: cbor2.dumps({**m, 4: b"x" + m[4][1:]}), "does not match the manifest's sha256"),
-    (lambda m: cbor2.dumps({**m, 3: b"short"}), "mac must be 32 bytes"),
-    (lambda m: cbor2.dumps({k: v for k, v in m.items() if k != 2}), "need a CBOR map"),
+    (lambda m: b"not cbor", "bundle is not a roadside OTA bundle (not CBOR"),
+    (lambda m: cbor2.dumps({**m, 1: "kernel"}), "bundle: bad kind, manifest, mac or payload"),
+    (lambda m: cbor2.dumps({**m, 4: m[4][:-1]}), "bundle is damaged: piece 0 does not match"),
+    (lambda m: cbor2.dumps({**m, 4: b"x" + m[4][1:]}), "bundle is damaged: piece 0 does not"),
+    (lambda m: cbor2.dumps({**m, 3: b"short"}), "bundle: bad kind, manifest, mac or payload"),
+    (lambda m: cbor2.dumps({k: v for k, v in m.items() if k != 2}),
+     "bundle is not a roadside OTA bundle (expected the map"),
 ])
 def test_bad_bundles_are_refused_with_one_line(mutate, text):
     good = cbor2.loads(make_bundle({"a.mpy": b"a" * 700, "main.py": b"m" * 10}))
@@ -45,3 +48,16 @@ def test_ota_messages_round_trip_and_bad_ones_are_named():
         p.decode_message(cbor2.dumps({0: p.OTA_STATE, 2: "asleep", 3: 0}))
     with pytest.raises(ProtocolError, match="OTA_STATE: key 1 must be bytes"):
         p.decode_message(cbor2.dumps({0: p.OTA_STATE, 1: "tag", 2: "idle", 3: 0}))
+
+
+def test_a_bundle_for_another_protocol_or_with_bad_boards_is_refused():
+    def remade(key: int, value: object) -> bytes:
+        b = ob.parse(make_bundle({"main.py": b"m" * 10}))
+        m = {**b.manifest, key: value}
+        mb = cbor2.dumps(m)
+        return ob.Bundle(b.kind, mb, ob.mac_of(b"k" * 32, mb), b.payload, m).encode()
+
+    with pytest.raises(BundleError, match="bundle is for protocol 2; this gateway speaks 1"):
+        read(remade(ob.M_PROTOCOL, 2))
+    with pytest.raises(BundleError, match="boards must be a list of text"):
+        read(remade(ob.M_BOARDS, "sim"))

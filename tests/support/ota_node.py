@@ -25,23 +25,18 @@ from typing import Any
 
 import cbor2
 from roadside.gateway import api_token
+from roadside.gateway import ota_bundle as ob
 from roadside.gateway import protocol as p
 
 KEY = bytes(range(32))
 
 
 def make_bundle(files: dict[str, bytes], version: str = "1.1.0", boards: tuple[str, ...] = ("sim",),
-                roles: tuple[str, ...] = ("water",), kind: str = "app", key: bytes = KEY,
-                protocol: int = 1) -> bytes:
-    pieces = list(files.values())
-    payload = b"".join(pieces)
-    manifest = cbor2.dumps({1: version, 2: list(boards), 3: list(roles), 4: protocol,
-                            5: [[len(x), hashlib.sha256(x).digest()] for x in pieces],
-                            6: list(files) if kind == "app" else [], 7: len(payload),
-                            8: hashlib.sha256(payload).digest(), 9: "2026-12-03T06:00:00Z",
-                            10: len(payload)})
-    return cbor2.dumps({1: kind, 2: manifest, 3: hmac.new(key, manifest, "sha256").digest(),
-                        4: payload})
+                roles: tuple[str, ...] = ("water",), kind: str = "app", key: bytes = KEY) -> bytes:
+    """A bundle as `roadside ota build` writes it (gateway/ota_bundle.py), of these files."""
+    payload = ob.archive(files) if kind == "app" else b"".join(files.values())
+    return ob.make(kind, version, payload, key=key, boards=list(boards), roles=list(roles),
+                   created="2026-12-03T06:00:00Z", files=len(files)).encode()
 
 
 def api(base: str, data_dir: Path, path: str, body: bytes | None = None,

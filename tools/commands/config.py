@@ -331,7 +331,7 @@ def handle_secret(args: argparse.Namespace) -> int:
         secret = os.urandom(ble_auth.SECRET_LEN) if made else ble_transport.load_secret(
             node, args.secret_file)[1]
         if made:
-            _write_key(path, secret)
+            write_key(path, secret)
         try:
             with interrupted.doing(
                     f"sending {node}'s secret on {link.port}",
@@ -367,8 +367,9 @@ def _warn_shared(path: Path) -> None:
         sys.stderr.write(f"roadside: warning: {warning}\n")
 
 
-def _write_key(path: Path, secret: bytes) -> None:
-    """The key as 64 hex digits, mode 0600 from the start (directories 0700), atomically."""
+def write_key(path: Path, secret: bytes, option: str = "--secret-file") -> None:
+    """The key as 64 hex digits, mode 0600 from the start (directories 0700), atomically
+    (`option` names the flag that picks another path, for the error)."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -378,7 +379,7 @@ def _write_key(path: Path, secret: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ToolError(f"cannot write the key file {path}: {exc.strerror}; pass "
-                        "--secret-file with a writable path") from None
+                        f"{option} with a writable path") from None
 
 
 def _report(args: argparse.Namespace, port: str, changes: dict[str, tuple[Any, Any]],

@@ -52,6 +52,8 @@ NOT_DEPLOYED = ("hw/sim",)
 FW_ROOT = "/fw"  # /fw/<tag>/roadside_node: one directory per firmware build (staged deploy)
 LEGACY_PKG = "/lib/roadside_node"  # where deploys before the staged layout put the package
 ENTRY = "/main.py"
+OTA_BOOT = "/ota/boot.json"  # otaboot's pointer to an app slot: a deploy drops it
+LOADER = "otaboot.mpy"  # main.py's boot select of an over-the-air app slot (firmware/otaboot.py)
 CONFIG = "/config.json"
 # the first line of a deployed /main.py; the next two put the firmware directory on sys.path
 ENTRY_HEAD = "# roadside deploy: firmware in "
@@ -133,6 +135,7 @@ def build_files() -> dict[str, bytes]:
         rel = f.relative_to(mpy_dir).as_posix()
         if not rel.startswith(tuple("roadside_node/" + d for d in NOT_DEPLOYED)):
             package[rel] = f.read_bytes()
+    package[LOADER] = (mpy_dir / LOADER).read_bytes()  # app bundles never replace it (OTA)
     return layout(package, (FIRMWARE / "main.py").read_bytes())
 
 
@@ -412,6 +415,8 @@ def deploy(board: Board, role: str, port: str, *, link_port: str | None = None,
             res.bytes_copied += len(files[path])
             done(path)
         res.removed = remove_stale(t, files, hashes, port)
+        # the deployed firmware runs, not an app slot an over-the-air update switched to
+        _exec(t, f"try:\n import os\n os.remove({OTA_BOOT!r})\nexcept OSError:\n pass\n", port)
         if res.removed:
             say(f"removed {len(res.removed)} files of the old firmware")
             done("removed")

@@ -72,7 +72,8 @@ def build_mpy(out: Path = MPY_DIR) -> Path | None:
     if not tool:
         return None
     wanted = set()
-    sources = [*(FIRMWARE / "roadside_node").rglob("*.py"), *(FIRMWARE / "vboard").glob("*.py")]
+    sources = [*(FIRMWARE / "roadside_node").rglob("*.py"), *(FIRMWARE / "vboard").glob("*.py"),
+               FIRMWARE / "otaboot.py"]
     for src in sorted(sources):
         rel = src.relative_to(FIRMWARE)
         dst = out / rel.with_suffix(".mpy")

@@ -1,0 +1,74 @@
+# Boot select for over-the-air app updates (PROTOCOL.md 2.6): the loader's part, which app
+# bundles never replace (it sits beside the roadside_node package, not in an app slot, and
+# imports nothing of the app: a bundle that does not import must still be rolled back).
+#
+# ota/boot.json, written atomically (tmp + rename: a power cut leaves the old or the new):
+#   {"app": slot or null, "trial": {"slot", "tag", "version", "kind", "boots"},
+#    "report": {"state": "done" | "rolled_back", "tag", "version", "reason"}}
+# "app" is the confirmed app slot (/ota/<slot>, put first on sys.path); null: the app the
+# board was deployed (or the twin built) with. "trial" is a switched-to app not yet confirmed:
+# each boot into it counts, and after TRIAL_BOOTS of them the next boot goes back to "app"
+# (reason "boot"). main.py / sim_main.py roll back on an import error or a crash of a trial;
+# roadside_node/bootguard.py confirms it (healthy session) or rolls back (no session in time).
+# "report" is what the node tells the gateway after its next HELLO.
+import json
+import os
+import sys
+
+BOOT = "ota/boot.json"
+SLOTS = "/ota/"
+TRIAL_BOOTS = 2
+
+state = {}  # type: dict  # boot.json as this boot found it (bootguard.py reads it, no second open)
+
+
+def read():
+    try:
+        with open(BOOT) as f:
+            b = json.load(f)
+        return b if isinstance(b, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write(b):
+    # journal.write_atomic's steps; the loader cannot import the app to reach it
+    with open(BOOT + ".tmp", "w") as f:
+        f.write(json.dumps(b))
+    os.rename(BOOT + ".tmp", BOOT)
+
+
+def select():
+    """Put this boot's app slot first on sys.path; returns the trial (a dict) when this is a
+    trial boot, else None."""
+    global state
+    b = state = read()
+    t = b.get("trial")
+    if t:
+        if t.get("boots", 0) >= TRIAL_BOOTS:
+            rollback("boot")
+            t = None
+        else:
+            t["boots"] = t.get("boots", 0) + 1
+            write(b)
+    slot = t["slot"] if t else b.get("app")
+    if slot:
+        sys.path.insert(0, SLOTS + slot)
+    return t
+
+
+def rollback(reason):
+    """Back to the confirmed app at the next boot; the report says why."""
+    b = state
+    t = b.pop("trial", None)
+    if t:
+        b["report"] = {"state": "rolled_back", "tag": t["tag"], "version": t["version"],
+                       "reason": reason}
+        write(b)
+        if t.get("kind") == "firmware":  # the bootloader's rule does the rest at the reset
+            try:
+                import esp32
+                p = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+                p.get_next_update().set_boot()
+            except Exception:  # noqa: BLE001 - no OTA partitions: nothing to undo
+                pass

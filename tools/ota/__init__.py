@@ -1,0 +1,1 @@
+"""OTA bundles on the host side: `roadside ota build` (bundle.py)."""
