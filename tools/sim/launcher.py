@@ -131,6 +131,7 @@ class NodeSpec:
     speed: float = 1.0
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    ota_key: bytes | None = None      # put in its flash as ota.key: it accepts bundles made with it
 
 
 class SimNode:
@@ -179,6 +180,8 @@ class SimNode:
         """Wire the node (NODE_DIR/wiring.json) and provision its config into its flash;
         returns the image."""
         write_node(self.dir, self.config(), self.wiring(), self.flash)
+        if self.spec.ota_key is not None:
+            self.flash.put("ota.key", self.spec.ota_key)
         return self.flash.image
 
     async def start(self) -> None:
