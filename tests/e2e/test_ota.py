@@ -96,3 +96,67 @@ def test_app_update_of_a_real_node_over_serial_with_the_cli(tmp_path: Path) -> N
         if proc is not None:
             procs.stop(proc)
         print((tmp_path / "run" / "logs" / "wl-0001.log").read_text()[-3000:])
+
+
+def test_app_update_of_a_real_node_over_ble(tmp_path: Path, monkeypatch) -> None:
+    """The same update over Bluetooth LE: the node's BLE code on bumble's virtual radio, the
+    gateway's BleLink (sealed frames), the rollout started on the local API."""
+    import dataclasses
+    import os
+
+    from roadside.gateway.config import OtaConfig
+    from roadside.tools.sim import launcher
+    from support.ble_rig import BleRig
+    from support.ota_node import api
+
+    # KNOWN NODE-SIDE GAP (otanode, 05:50 UTC): with BLE on, the twin at its BLE heap runs
+    # out of memory at the first OTA_OFFER (`message failed: MemoryError` on every message
+    # after it; 4 KiB more is not enough, 8 KiB is). This test is of the gateway's side over
+    # BLE, so the node gets 8 KiB more until the node side fits (OTA_BLE_EXTRA=0 shows it).
+    extra = int(os.environ.get("OTA_BLE_EXTRA", "8192"))
+    monkeypatch.setattr(launcher, "BLE_HEAPSIZE", str(int(launcher.BLE_HEAPSIZE) + extra))
+    data = builder.build_app(KEY, version="0.2.0", board_names=["sim"],
+                             roles=["water"]).encode()
+    rig = BleRig(tmp_path, nodes=1)
+
+    async def main() -> None:
+        await rig.start(ota_key=KEY)
+        config = rig.gateway_config(None)
+        # a link of unknown rate is paced as 115,200 baud: take all of it here
+        config = dataclasses.replace(config, ota=OtaConfig(link_share=1.0))
+        await rig.start_gateway(config)
+        base = rig.status_url.removesuffix("/status")
+
+        async def fw() -> str | None:
+            try:
+                nodes = (await asyncio.to_thread(status, rig.status_url))["nodes"]
+            except OSError:
+                return None
+            return nodes[0]["fw"] if nodes else None
+
+        await _until(lambda: _eq(fw(), "0.1.0"), 60, "the node's HELLO over BLE")
+        code, doc = await asyncio.to_thread(api, base, config.gateway.data_dir,
+                                            "/ota/rollouts", data, {"node": "wl-0001"})
+        assert code == 202, doc
+
+        async def done() -> bool:
+            code, doc = await asyncio.to_thread(api, base, config.gateway.data_dir,
+                                                "/ota/rollouts/1")
+            assert doc["state"] in ("running", "done"), doc
+            return bool(doc["state"] == "done")
+
+        await _until(done, 90, "the rollout over BLE")
+        await _until(lambda: _eq(fw(), "0.2.0"), 30, "the node's HELLO with fw 0.2.0")
+
+    async def run() -> None:
+        try:
+            await main()
+        finally:
+            await rig.stop()
+            print(rig.logs())
+
+    asyncio.run(asyncio.wait_for(run(), TEST_TIMEOUT_S))
+
+
+async def _eq(value, want) -> bool:
+    return await value == want

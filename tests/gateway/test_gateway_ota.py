@@ -195,7 +195,8 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
         # Bad input: one clear line.
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", b"not cbor",
                                             {"node": "wl-0001"})
-        assert code == 400 and doc["error"].startswith("bundle is not a roadside OTA bundle (not CBOR")
+        assert code == 400
+        assert doc["error"].startswith("bundle is not a roadside OTA bundle (not CBOR")
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts",
                                             make_bundle(small, "1.3.0"), {"node": "wl-0099"})
         assert code == 404 and "unknown to this gateway" in doc["error"]
