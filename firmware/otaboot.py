@@ -19,9 +19,6 @@ BOOT = "ota/boot.json"
 SLOTS = "/ota/"
 TRIAL_BOOTS = 2
 
-state = {}  # type: dict  # boot.json as this boot found it (bootguard.py reads it, no second open)
-
-
 def read():
     try:
         with open(BOOT) as f:
@@ -38,11 +35,11 @@ def write(b):
     os.rename(BOOT + ".tmp", BOOT)
 
 
-def select():
+def select(modules, reset):
     """Put this boot's app slot first on sys.path; returns the trial (a dict) when this is a
-    trial boot, else None."""
-    global state
-    b = state = read()
+    trial boot, else None (and this module leaves sys.modules: it is not needed again). A
+    trial whose `modules` do not import is rolled back (reason "import") and reset()."""
+    b = read()
     t = b.get("trial")
     if t:
         if t.get("boots", 0) >= TRIAL_BOOTS:
@@ -54,12 +51,22 @@ def select():
     slot = t["slot"] if t else b.get("app")
     if slot:
         sys.path.insert(0, SLOTS + slot)
+    if t:
+        try:
+            for name in modules:
+                __import__(name)
+        except Exception as e:  # noqa: BLE001 - whatever the new app raised
+            sys.print_exception(e)
+            rollback("import")
+            reset()
+    else:  # the loader's work is done: its heap is the app's
+        del sys.modules[__name__]
     return t
 
 
 def rollback(reason):
     """Back to the confirmed app at the next boot; the report says why."""
-    b = state
+    b = read()
     t = b.pop("trial", None)
     if t:
         b["report"] = {"state": "rolled_back", "tag": t["tag"], "version": t["version"],

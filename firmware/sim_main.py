@@ -47,19 +47,14 @@ def main():
     mount_image(node_dir + "/flash.img", int(wiring["blocks"]))
     sys.path[:] = [host_path(d) for d in _ROM + [_FIRMWARE]] + [".frozen"]
 
-    import otaboot  # the app slot an update switched to, ahead of the ROM (main.py does too)
-
-    trial = otaboot.select()
-    try:
-        from roadside_node.app import App
-        from roadside_node.config import Config, ConfigError
-        from roadside_node.hw.sim import SimHW
-    except Exception as e:
-        if not trial:
-            raise
-        sys.print_exception(e)
-        otaboot.rollback("import")
-        _reset(node_dir, "panic")
+    # the app slot an update switched to, ahead of the ROM (main.py does the same)
+    trial = None
+    if "ota" in os.listdir():  # else no update ever came: the loader is not even loaded
+        trial = __import__("otaboot").select(("roadside_node.app", "roadside_node.hw.sim"),
+                                             lambda: _reset(node_dir, "panic"))
+    from roadside_node.app import App
+    from roadside_node.config import Config, ConfigError
+    from roadside_node.hw.sim import SimHW
 
     class WiredConfig(Config):
         """The node's config.json from its flash; `sim` is the wiring, never stored."""
@@ -82,6 +77,7 @@ def main():
     except Exception as e:  # a crash: like a board's main.py, print it and reset
         sys.print_exception(e)
         if trial:
+            import otaboot
             otaboot.rollback("crash")
         hw.reset("panic")
 

@@ -98,15 +98,10 @@ class App:
         t = hw.sim_s()
         if self.role is not None:
             self.role.step(t)
-        g = self.guard
-        if g.check(t - self.t_boot):
+        if self.guard.check(t - self.t_boot):
             self.log("healthy minute: boot counter cleared")
-        if g.report and self.session.up:  # an update's trial or outcome, after HELLO
-            g.report = False
-            self.session.ota().state()
-        if g.trial is not None and g.trial_step(
-                self.session, hw.ticks_diff(hw.ticks_ms(), self.boot_ms) // 1000):
-            self.log("ota: trial without a healthy session: rolled back")
+        if self.guard.ota_due and self.session.ota().boot_step(  # an update's trial / outcome
+                hw.ticks_diff(hw.ticks_ms(), self.boot_ms) // 1000):
             self.journal.close()
             hw.reset("soft")
         if t >= self.next_health:

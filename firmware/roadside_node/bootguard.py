@@ -6,8 +6,7 @@
 # next boot tries the role again. NODE_DIR/bootguard.json: {"unhealthy": n}.
 #
 # A trial boot of an over-the-air update (PROTOCOL.md 2.6, the loader's otaboot.py chose it) is
-# guarded here too: confirmed once the session is healthy (HELLO answered and records acked,
-# or TRIAL_IDLE_S of session with nothing to send), rolled back when it is not within TRIAL_S.
+# guarded too: `trial` and `acked` here, confirmed or rolled back by ota.py's boot_step.
 import json
 
 from micropython import const
@@ -16,11 +15,14 @@ from .journal import write_atomic
 
 PATH = "bootguard.json"
 HEALTHY_S = const(60)
-TRIAL_S = const(120)  # a trial boot without a healthy session for this long is rolled back
-TRIAL_IDLE_S = const(30)  # a session up this long with nothing to send is healthy too
 
 
 class BootGuard:
+    # class defaults, set on the instance only when an update needs them
+    trial = None  # an update on trial this boot
+    ota_due = False  # a trial, or an outcome not yet told: ota.py's boot_step runs
+    acked = False  # the session's records were acked this boot (a trial is healthy)
+
     def __init__(self, after, path=PATH):
         self.path = path
         n = 0
@@ -33,16 +35,15 @@ class BootGuard:
         self.safe = n >= after
         self.healthy = False
         self._write(n + 1)  # this boot counts until it proves itself
-        try:
-            import otaboot  # the loader beside the package (absent where no loader ran)
-            ota = otaboot.state
-        except ImportError:
-            ota = {}
-        self.trial = ota.get("trial")  # this boot runs an update on trial
-        r = ota.get("report")  # the outcome of the last update, told once after a HELLO
-        self.report = bool(self.trial or r and not r.get("told"))
-        self.acked = False  # the session's records were acked this boot (trial: healthy)
-        self.up_at = None
+        try:  # an update's trial or outcome (the loader, otaboot.py, wrote it)
+            with open("ota/boot.json") as f:
+                b = json.load(f)
+            r = b.get("report")
+            if b.get("trial") or r and not r.get("told"):
+                self.trial = b.get("trial")
+                self.ota_due = True
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def _write(self, n):
         write_atomic(self.path, json.dumps({"unhealthy": n}))
@@ -59,19 +60,3 @@ class BootGuard:
     def clear(self):
         """A deliberate end of this boot, or the installer fixed something: start afresh."""
         self._write(0)
-
-    def trial_step(self, session, t):
-        """A trial boot, from the main loop with seconds since boot: confirm it once the
-        session is healthy; True when it failed (rolled back: reset now)."""
-        if session.up and self.up_at is None:
-            self.up_at = t
-        idle = session.journal.first_unacked == session.journal.next_seq
-        if session.up and (self.acked or idle and t - self.up_at >= TRIAL_IDLE_S):
-            session.ota().confirm()
-            self.trial = None
-            return False
-        if t < TRIAL_S:
-            return False
-        import otaboot
-        otaboot.rollback("no_session")
-        return True

@@ -27,6 +27,8 @@ BLOCK = const(4096)  # a firmware partition's erase block
 _BAD_MAX = const(3)  # bad pieces in one transfer before it is refused as tampered
 _EVERY = const(4)  # OTA_STATE at least every this many chunks
 _BUF = const(512)
+_TRIAL_S = const(120)  # a trial boot without a healthy session for this long is rolled back
+_TRIAL_IDLE_S = const(30)  # a session up this long with nothing to send is healthy too
 
 
 def _rm(path):
@@ -91,6 +93,8 @@ class Ota:
         self.part = None  # the partition (firmware)
         self.refused = None  # (tag, reason) of the last refusal
         self.bad_total = 0  # bad pieces seen (counted for info)
+        self.told = False  # boot_step: the trial / outcome was told after HELLO
+        self.up_at = -1  # boot_step: seconds since boot when the session was first up
         _mkdirs(DIR)
         self._load()
 
@@ -146,6 +150,23 @@ class Ota:
 
     # -- messages ---------------------------------------------------------------------------
     def on_message(self, mtype, msg):
+        need = proto._need
+        try:
+            if mtype == proto.T_OTA_OFFER:
+                need(msg, 1, lambda v: v in ("app", "firmware"), "app or firmware", mtype)
+                need(msg, 2, lambda v: isinstance(v, bytes), "the manifest bytes", mtype)
+                need(msg, 3, lambda v: isinstance(v, bytes) and len(v) == 32, "a 32-byte mac",
+                     mtype)
+            else:
+                need(msg, 1, lambda v: isinstance(v, bytes) and len(v) == 8, "an 8-byte tag",
+                     mtype)
+                need(msg, 2, proto._uint, "a uint offset", mtype)
+                need(msg, 3, lambda v: isinstance(v, bytes) and 0 < len(v) <= 512,
+                     "1 to 512 bytes of data", mtype)
+        except proto.ProtoError as e:
+            self.s.errors_in += 1
+            self.s.log("bad message: %s" % e.text)
+            return self.s.send(proto.error(e.code, e.text, e.ref))
         if mtype == proto.T_OTA_OFFER:
             self.offer(msg[1], msg[2], msg[3], msg.get(4) is True)
         else:
@@ -347,11 +368,12 @@ class Ota:
         if self.refused is not None:
             return self.send("refused", self.refused[0], 0, self.refused[1], self.s.fw)
         import otaboot
-        r = otaboot.state.get("report")
+        b = otaboot.read()
+        r = b.get("report")
         if r:
             if not r.get("told"):  # once told, later boots need not load this module
                 r["told"] = True
-                otaboot.write(otaboot.state)
+                otaboot.write(b)
             return self.send(r["state"], bytes.fromhex(r["tag"]), 0, r.get("reason"),
                              r["version"] if r["state"] == "done" else self.s.fw)
         return self.send("idle", None, 0, None, self.s.fw)
@@ -359,7 +381,7 @@ class Ota:
     def _forget_outcome(self):
         """Forget the last outcome (a new transfer began): ota/boot.json without report."""
         import otaboot
-        b = otaboot.state
+        b = otaboot.read()
         if b.pop("report", None) is not None:
             otaboot.write(b)
 
@@ -377,7 +399,7 @@ class Ota:
             raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
                                      "says what is held)")
         import otaboot
-        b = otaboot.state
+        b = otaboot.read()
         trial = {"tag": st["tag"], "version": st["version"], "kind": st["kind"],
                  "size": st["size"], "boots": 0}
         if st["kind"] == "app":
@@ -426,10 +448,39 @@ class Ota:
                     out.write(mv)
                     left -= len(mv)
 
+    # -- a trial boot / an outcome to tell (App.step while bootguard says ota_due) ----------
+    def boot_step(self, secs):
+        """Tell the gateway the trial or the last outcome once the session is up; confirm a
+        trial once the session is healthy (HELLO answered and records acked, or TRIAL_IDLE_S
+        up with nothing to send). True: the trial failed (no healthy session in TRIAL_S
+        seconds since boot) and was rolled back: reset now."""
+        s = self.s
+        g = s.guard
+        if s.up and not self.told:
+            self.told = True
+            self.state()
+        if g.trial is None:
+            g.ota_due = not self.told
+            return False
+        if s.up and self.up_at < 0:
+            self.up_at = secs
+        idle = s.journal.first_unacked == s.journal.next_seq
+        if s.up and (g.acked or idle and secs - self.up_at >= _TRIAL_IDLE_S):
+            self.confirm()
+            g.trial = None
+            g.ota_due = False
+            return False
+        if secs < _TRIAL_S:
+            return False
+        import otaboot
+        otaboot.rollback("no_session")
+        s.log("ota: trial without a healthy session in %d s: rolled back" % _TRIAL_S)
+        return True
+
     def confirm(self):
         """The trial boot reached a healthy session: it becomes the app."""
         import otaboot
-        b = otaboot.state
+        b = otaboot.read()
         t = b.pop("trial", None)
         if t is None:
             return

@@ -25,6 +25,10 @@ COMMANDS = ("ping", "info", "config.get", "config.set", "reboot", "secret.set", 
 
 
 class Session:
+    # class defaults, set on the instance only when used (no bigger instance dict at boot)
+    prio_seq = 0  # the last PRIORITY record's seq (App.emit): unacked -> an OTA offer is busy
+    _ota = None  # ota.Ota, imported at the first OTA message or command
+
     def __init__(self, hw, journal, config, fw, log=print):
         self.hw = hw
         self.journal = journal
@@ -66,8 +70,6 @@ class Session:
         self.loss_at = None  # ticks of the last go-back-N
         self.losses = 0
         self.timeouts = 0  # ACK timer expiries in a row
-        self.prio_seq = 0  # the last PRIORITY record's seq (App.emit): unacked -> OTA busy
-        self._ota = None  # ota.Ota, imported at the first OTA message or command
 
     # -- clock --------------------------------------------------------------------------
     def stamp(self):
@@ -170,8 +172,8 @@ class Session:
             upto = min(upto, j.unsure - 1)
             j.confirm()
         n = j.ack(upto)
-        if n and self.guard is not None:
-            self.guard.acked = True  # records acked this boot: an update's trial is healthy
+        if n and self.guard is not None and self.guard.trial is not None:
+            self.guard.acked = True  # records acked in a trial boot: the update is healthy
         self.line_ack(upto, n)
         if n:
             self.progress_at = self.hw.ticks_ms()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from roadside.gateway import ota_bundle
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim.cddl import protocol_schema
+from roadside.tools.sim.launcher import write_node
 from support.ota_driver import OtaDriver
 from test_session import Gateway
 
@@ -35,7 +37,7 @@ def make(files: dict[str, bytes], version: str = "0.2.0", boards=("sim",),
 def gw(tmp_path):
     g = Gateway(tmp_path / "node", role="water")
     g.set_sim(scenario=str(builder.launcher.SCENARIOS / "water" / "calm.json"))
-    g.flash.put("ota.key", KEY)
+    write_node(g.dir, g.flash.get_json("config.json"), g.wiring(), g.flash, ota_key=KEY)
     g.heapsize = os.environ.get("OTA_HEAP", g.heapsize)
     g.other = []
     try:
@@ -181,3 +183,163 @@ def test_refusals(gw, app_files):
     assert "piece 0 bad (3 in this transfer)" in gw.log.read_text()
     st = offer(good)                                           # a good one starts afresh
     assert st[2] == "receiving" and st[3] == 0
+
+
+SWEEP = r"""
+import json
+import os
+import sys
+sys.path.insert(0, "/")
+import otaboot
+from vboard.power_cut import _Cut, _Dev, mount, unmount
+from roadside_node.ota import Ota
+
+with open(ARGS) as f:
+    a = json.load(f)
+with open(a["image"], "rb") as f:
+    image = f.read()
+tag = bytes.fromhex(a["tag"])
+
+
+class S:  # the little of a Session the switch uses
+    guard = None
+    fw = "0.1.0"
+    reboot_pending = False
+
+    def log(self, text):
+        pass
+
+    def send(self, payload):
+        pass
+
+
+def slot_whole(slot):
+    import hashlib
+    for name, digest in a["files"].items():
+        try:
+            with open("ota/" + slot + "/" + name, "rb") as f:
+                if hashlib.sha256(f.read()).digest().hex() != digest:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+n = 1
+while True:
+    dev = _Dev(image)
+    pc = _Cut(dev, None)
+    mount(pc)
+    pc.cut_at = n
+    try:
+        Ota(S()).switch(tag)
+    except Exception:
+        if not pc.dead:
+            raise
+    unmount()
+    cut = pc.dead
+    mount(_Dev(dev.image()))  # the power is back: what does the loader boot?
+    b = otaboot.read()
+    t = b.get("trial")
+    if t is None and b.get("app") is None:
+        boots = "old"
+    elif t is not None and t["slot"] == "a" and slot_whole("a"):
+        boots = "new"
+    else:
+        boots = "BROKEN %r" % (b,)
+    unmount()
+    print("cut", n if cut else 0, boots)
+    if not cut:
+        break
+    n += 1
+"""
+
+
+def test_power_cut_at_every_write_of_the_switch_boots_old_or_new(gw, app_files, tmp_path):
+    import hashlib
+    import json
+
+    from support.micropython import run
+
+    # a few files (the switch writes the same way for 4 or 40: slot emptied, files, pointer)
+    files = {n: d for n, d in sorted(app_files.items())[:4]}
+    files["roadside_node/roles/water.mpy"] = app_files["roadside_node/roles/water.mpy"]
+    b = make(files)
+    boot(gw)
+    assert OtaDriver(gw, b).transfer()[2] == "staged"
+    gw.kill()                                                  # staged, on flash
+    args = {"image": str(gw.dir / "flash.img"), "tag": b.tag.hex(),
+            "files": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    out = run(f"ARGS = {str(tmp_path / 'args.json')!r}\n" + SWEEP, heapsize="16m",
+              timeout=240).stdout.decode()
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("cut")]
+    outcomes = [ln[2] for ln in lines]
+    assert lines[-1][:2] == ["cut", "0"] and outcomes[-1] == "new"  # uncut: the trial
+    assert len(lines) > 20 and set(outcomes) == {"old", "new"}, out[-2000:]
+    flip = outcomes.index("new")                               # old until the pointer lands
+    assert outcomes[flip:] == ["new"] * (len(outcomes) - flip), out[-2000:]
+
+
+VECTORS = r"""
+import json
+from roadside_node import cbor
+from roadside_node.ota import Ota
+
+with open(ARGS) as f:
+    v = {x["name"]: x for x in json.load(f)["valid"]}
+with open("ota.key", "wb") as f:
+    f.write(bytes(range(32)))
+
+
+class Cfg:
+    def get(self, k):
+        return {"board": "sim", "role": "water"}[k]
+
+
+class J:
+    first_unacked = 1
+
+
+class S:
+    guard = None
+    fw = "0.1.0"
+    prio_seq = 0
+    errors_in = 0
+    config = Cfg()
+    journal = J()
+    sent = []
+
+    def log(self, text):
+        pass
+
+    def send(self, payload):
+        self.sent.append(payload.hex())
+
+
+def msg(name):
+    return cbor.loads(bytes.fromhex(v[name]["payload"]))
+
+
+s = S()
+o = Ota(s)
+o.state()
+print("idle", s.sent[-1] == v["ota-state-idle"]["payload"])
+m = msg("ota-offer")
+o.on_message(10, m)
+print("receiving-0", cbor.loads(bytes.fromhex(s.sent[-1])) == {0: 12, 1: o.tag,
+                                                                  2: "receiving", 3: 0,
+                                                                  5: "0.1.0"})
+o.on_message(11, msg("ota-chunk"))
+o.state()
+print("receiving", s.sent[-1] == v["ota-state-receiving"]["payload"])
+"""
+
+
+def test_the_node_answers_the_ota_vectors_byte_for_byte(tmp_path):
+    from support.micropython import run
+
+    vectors = Path(__file__).resolve().parents[1] / "vectors" / "ota.json"
+    out = run(f"ARGS = {str(vectors)!r}\n" + VECTORS, cwd=tmp_path, heapsize="2m").stdout
+    assert out.decode().split() == ["idle", "True", "receiving-0", "True", "receiving",
+                                    "True"], out

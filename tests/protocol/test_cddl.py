@@ -11,7 +11,8 @@ from roadside.tools.sim.cddl import Schema, SchemaError, protocol_schema
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "frames.json").read_text())
 RULE_OF_TYPE = {1: "hello", 2: "records", 3: "ack", 4: "command", 5: "reply", 6: "time-sync",
-                7: "error"}
+                7: "error", 10: "ota-offer", 11: "ota-chunk", 12: "ota-state"}
+OTA = json.loads((Path(__file__).parents[1] / "vectors" / "ota.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,18 @@ def test_every_vector_message_matches_its_cddl_rule(schema, vector):
     schema.validate(message, "message")
 
 
+@pytest.mark.parametrize("vector", OTA["valid"], ids=lambda v: v["name"])
+def test_every_ota_vector_matches_its_cddl_rule(schema, vector):
+    message = cbor2.loads(bytes.fromhex(vector["payload"]))
+    schema.validate(message, RULE_OF_TYPE[vector["type"]])
+    schema.validate(message, "message")
+    if vector["type"] == 10:
+        schema.validate(cbor2.loads(message[2]), "ota-manifest")
+
+
 @pytest.mark.parametrize("bad, rule, why", [
+    ({0: 12, 2: "lost", 3: 0}, "ota-state", "No matches for union"),
+    ({0: 11, 1: b"12345678", 2: 0, 3: b"x" * 513}, "ota-chunk", "Maximum length: 512"),
     ({0: 3, 1: -1}, "ack", "unsigned"),
     ({0: 1, 1: "wl-0001"}, "hello", "missing the key 2"),
     ({0: 2, 1: 1, 2: [[1, 2, 3]]}, "records", "records"),

@@ -107,3 +107,21 @@ def test_secret_provisioned_over_serial(water_sim: Simulation, node_port: str, c
 def _config(port: str, capsys) -> dict:
     assert cli.main(["config", "get", port, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def test_ota_key_made_and_provisioned_over_serial(water_sim: Simulation, node_port: str,
+                                                  capsys, tmp_path: Path) -> None:
+    key = tmp_path / "ota" / "ota.key"
+    assert cli.main(["ota", "key", "--key-file", str(key)]) == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert cli.main(["ota", "key", "--key-file", str(key)]) == 2          # never overwritten
+    assert "pass --new" in capsys.readouterr().err
+    raw = bytes.fromhex(key.read_text())
+    assert cli.main(["config", "ota-key", node_port, "--key-file", str(key), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["fingerprint"] == ble_auth.fingerprint(raw)
+    assert water_sim.nodes[0].flash.get("ota.key") == raw                 # on the node's flash
+    assert cli.main(["config", "ota-key", node_port, "--key-file",
+                     str(tmp_path / "none.key")]) == 2
+    err = capsys.readouterr().err
+    assert "no ota key file" in err and len(err.strip().splitlines()) == 1

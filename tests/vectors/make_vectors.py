@@ -151,6 +151,53 @@ def build() -> dict:
             "valid": valid, "invalid": invalid_frames(), "streams": [stream_vector()]}
 
 
+# -- updates over the air (PROTOCOL.md 2.6): tests/vectors/ota.json -------------------------
+OTA_OUT = Path(__file__).with_name("ota.json")
+OTA_KEY = bytes(range(32))
+
+
+def ota_messages() -> list[tuple[str, dict]]:
+    """A small app bundle (two files, one 8 KiB piece) and the messages that carry it."""
+    import hashlib
+    import hmac
+
+    files = {"roadside_node/__init__.mpy": b"M\x06" + b"i" * 30,
+             "roadside_node/app.mpy": b"M\x06" + b"a" * 90}
+    payload = b"".join(bytes([len(n)]) + n.encode() + len(d).to_bytes(4, "little") + d
+                       for n, d in sorted(files.items()))
+    manifest = {1: "0.2.0", 2: ["sim"], 3: ["water"], 4: 1,
+                5: [[len(payload), hashlib.sha256(payload).digest()]], 6: 2,
+                7: len(payload), 8: hashlib.sha256(payload).digest(),
+                9: "2026-12-03T06:00:00Z", 10: 40960}
+    mb = cbor2.dumps(manifest)
+    mac = hmac.new(OTA_KEY, mb, hashlib.sha256).digest()
+    tag = hashlib.sha256(mb).digest()[:8]
+    return [
+        ("ota-offer", {0: 10, 1: "app", 2: mb, 3: mac}),
+        ("ota-offer-forced", {0: 10, 1: "app", 2: mb, 3: mac, 4: True}),
+        ("ota-chunk", {0: 11, 1: tag, 2: 0, 3: payload[:64]}),
+        ("ota-state-idle", {0: 12, 2: "idle", 3: 0, 5: "0.1.0"}),
+        ("ota-state-receiving", {0: 12, 1: tag, 2: "receiving", 3: 64, 5: "0.1.0"}),
+        ("ota-state-staged", {0: 12, 1: tag, 2: "staged", 3: len(payload), 5: "0.1.0"}),
+        ("ota-state-refused", {0: 12, 1: tag, 2: "refused", 3: 0, 4: "version", 5: "0.1.0"}),
+        ("ota-state-trial", {0: 12, 1: tag, 2: "trial", 3: len(payload), 5: "0.2.0"}),
+        ("ota-state-done", {0: 12, 1: tag, 2: "done", 3: len(payload), 5: "0.2.0"}),
+        ("ota-state-rolled-back", {0: 12, 1: tag, 2: "rolled_back", 3: 0, 4: "import",
+                                   5: "0.1.0"}),
+    ]
+
+
+def ota_vectors() -> dict:
+    valid = []
+    for name, message in ota_messages():
+        payload = payload_of(message)
+        valid.append({"name": name, "type": message[0], "frame": frame_of(payload).hex(),
+                      "payload": payload.hex()})
+    return {"about": "OTA messages (PROTOCOL.md 2.6); key: bytes 0..31; see make_vectors.py",
+            "key": OTA_KEY.hex(), "valid": valid}
+
+
 if __name__ == "__main__":
     OUT.write_text(json.dumps(build(), indent=1) + "\n")
-    print(f"wrote {OUT}")
+    OTA_OUT.write_text(json.dumps(ota_vectors(), indent=1) + "\n")
+    print(f"wrote {OUT}, {OTA_OUT}")

@@ -129,6 +129,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     # not offered (help hides it), only refused with the reason
     k.add_argument("--ble", metavar="NODE", help=argparse.SUPPRESS)
     k.set_defaults(handler=handle_secret, ble_timeout=None)
+    o = verbs.add_parser(
+        "ota-key", parents=[serial_only], help="give the node the over-the-air update key",
+        usage="%(prog)s [-p] PORT [--key-file FILE] [--json]",
+        description="Send the ota key (`roadside ota key` makes it; the same for every node "
+                    "that takes the bundles built with it) with the secret.set command, over "
+                    "the serial cable only. The node answers its fingerprint, checked here.")
+    options.complete(o.add_argument(
+        "--key-file", type=Path, default=Path.home() / ".config" / "roadside" / "ota.key",
+        metavar="FILE", help="the ota key (default %(default)s)"), options.FILE)
+    o.add_argument("--ble", metavar="NODE", help=argparse.SUPPRESS)
+    o.set_defaults(handler=handle_ota_key, ble_timeout=None, secret_file=None)
 
 
 def _target(args: argparse.Namespace) -> None:
@@ -358,6 +369,37 @@ def handle_secret(args: argparse.Namespace) -> int:
         print(f"{node}: secret set (fingerprint {expected}); key file {path}"
               f"{' (new)' if made else ''}. The gateway's [[link]] secret_file for {node}"
               " must hold the same key.")
+    return 0
+
+
+def handle_ota_key(args: argparse.Namespace) -> int:
+    from roadside.gateway.ota_bundle import BundleError, load_key
+
+    if args.ble:
+        raise ToolError("the ota key is written over the serial cable only (the node refuses "
+                        "secret.set over BLE): give the node's data PORT")
+    _target(args)
+    try:
+        key = load_key(args.key_file)
+    except BundleError as exc:
+        raise ToolError(str(exc)) from None
+    _warn_shared(args.key_file)
+    with _open(args) as link, interrupted.doing(
+            f"sending the ota key on {link.port}",
+            "the node may or may not have it: run the same command again"):
+        reply = link.command("secret.set", {"secret": key.hex(), "for": "ota"},
+                             attempt_timeout=args.timeout)
+    expected = ble_auth.fingerprint(key)
+    got = reply.get("fingerprint") if isinstance(reply, dict) else None
+    if got != expected:
+        raise ToolError(f"the node answered fingerprint {got!r}, expected {expected} for "
+                        f"{args.key_file}: run the command again")
+    if args.json:
+        print(json.dumps({"port": link.port, "key_file": str(args.key_file),
+                          "fingerprint": expected}, indent=2))
+    else:
+        print(f"{link.port}: ota key set (fingerprint {expected}) from {args.key_file}; the "
+              f"node takes bundles built with `roadside ota build --key-file {args.key_file}`")
     return 0
 
 

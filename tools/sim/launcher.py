@@ -106,13 +106,16 @@ def resolve_scenario(role: str, name: str) -> Path:
 
 
 def write_node(node_dir: Path, config: dict[str, Any], wiring: dict[str, Any],
-               flash: VFlash | None = None) -> VFlash:
-    """Prepare NODE_DIR for sim_main.py: wiring.json on the host, config.json in the flash
+               flash: VFlash | None = None, ota_key: bytes | None = None) -> VFlash:
+    """Prepare NODE_DIR for sim_main.py: wiring.json on the host, config.json (and the
+    over-the-air update key, ota.key, as `roadside config ota-key` provisions it) in the flash
     image (created and formatted on first use). The node must not be running."""
     node_dir.mkdir(parents=True, exist_ok=True)
     flash = flash or VFlash(node_dir / "flash.img", int(wiring["blocks"]))
     (node_dir / "wiring.json").write_text(json.dumps(wiring, indent=2) + "\n")
     flash.put_json("config.json", config)
+    if ota_key is not None:
+        flash.put("ota.key", ota_key)
     return flash
 
 
@@ -131,7 +134,7 @@ class NodeSpec:
     speed: float = 1.0
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
-    ota_key: bytes | None = None      # put in its flash as ota.key: it accepts bundles made with it
+    ota_key: bytes | None = None  # provisioned into the flash image (over-the-air updates)
 
 
 class SimNode:
@@ -179,9 +182,7 @@ class SimNode:
     def write_config(self) -> Path:
         """Wire the node (NODE_DIR/wiring.json) and provision its config into its flash;
         returns the image."""
-        write_node(self.dir, self.config(), self.wiring(), self.flash)
-        if self.spec.ota_key is not None:
-            self.flash.put("ota.key", self.spec.ota_key)
+        write_node(self.dir, self.config(), self.wiring(), self.flash, self.spec.ota_key)
         return self.flash.image
 
     async def start(self) -> None:
