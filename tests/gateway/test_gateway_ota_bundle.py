@@ -61,3 +61,20 @@ def test_a_bundle_for_another_protocol_or_with_bad_boards_is_refused():
         read(remade(ob.M_PROTOCOL, 2))
     with pytest.raises(BundleError, match="boards must be a list of text"):
         read(remade(ob.M_BOARDS, "sim"))
+
+
+def test_the_ota_vectors_decode_and_encode_byte_for_byte_on_the_gateway():
+    """tests/vectors/ota.json (the node answers them byte for byte): the gateway's decoder
+    takes each frame, and encodes what it sends (OFFER, CHUNK) to the same bytes."""
+    import json
+    from pathlib import Path
+
+    vectors = json.loads((Path(__file__).parents[1] / "vectors" / "ota.json").read_text())
+    assert len(vectors["valid"]) >= 10
+    for v in vectors["valid"]:
+        (payload,) = p.FrameDecoder().feed(bytes.fromhex(v["frame"]))
+        assert payload.hex() == v["payload"], v["name"]
+        msg = p.decode_message(payload)
+        assert msg.TYPE == v["type"], v["name"]
+        if v["type"] in (p.OTA_OFFER, p.OTA_CHUNK):
+            assert p.encode_frame(msg).hex() == v["frame"], v["name"]
