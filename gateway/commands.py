@@ -168,6 +168,18 @@ class AuditLog:
                 " WHERE request_id = ?",
                 (outcome, json.dumps(result), attempts, time.time(), request_id))
 
+    def add(self, request_id: int, who: str, origin: str, node: str, name: str,
+            args: dict[str, Any] | None, outcome: str, result: Any) -> None:
+        """A row for something already ended, in one statement (never seen half written)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO commands (request_id, sent, who, origin, node, name, args, outcome,"
+                " result, attempts, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (request_id, now, who, origin, node, name,
+                 None if args is None else json.dumps(_cbor_safe(args)), outcome,
+                 json.dumps(result), now))
+
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._db.execute(
@@ -237,8 +249,8 @@ class Commander:
         rollout's outcome on a node); returns its request id."""
         rid = self._next_id
         self._next_id += 1
-        await asyncio.to_thread(self.audit.start, rid, who, origin, node, name, args)
-        await asyncio.to_thread(self.audit.finish, rid, outcome, result, 1)
+        await asyncio.to_thread(self.audit.add, rid, who, origin, node, name, args, outcome,
+                                result)
         return rid
 
     async def run(self, node: str, name: Any, args: Any = None, who: str = "unknown",

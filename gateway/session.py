@@ -98,6 +98,7 @@ class SessionManager:
         # (re)started by HELLO (called after its ACK went out).
         self.on_ota_state: Callable[[Session, p.OtaState], None] | None = None
         self.on_hello: Callable[[Session], None] | None = None
+        self.on_node_error: Callable[[Session, p.Error], None] | None = None
         self._answering: dict[str, int] = {}    # port -> messages being handled (unanswered)
         self.node_errors = 0
         # "answering busy" while the queue refuses (disk full: every RECORDS, every second):
@@ -205,6 +206,9 @@ class SessionManager:
             log.info(f"{link.port}: node sent ERROR {msg.code}: {msg.message}",
                      extra=logs.fields(link=link.port, node=self._node_on(link),
                                        error=f"{msg.code}: {msg.message}"))
+            session = self.sessions.get(link.port)
+            if session is not None and self.on_node_error is not None:
+                self.on_node_error(session, msg)
         else:
             # A gateway-to-node message coming from a node: valid CBOR, wrong direction.
             link.malformed += 1

@@ -56,6 +56,7 @@ class OtaManager:
         self._saved: dict[tuple[int, str], float] = {}
         sessions.on_ota_state = self.on_state
         sessions.on_hello = self.on_hello
+        sessions.on_node_error = self.on_node_error
 
     # -- the sessions' hooks --------------------------------------------------------------------
     def _active(self, node: str) -> Transfer | None:
@@ -80,6 +81,11 @@ class OtaManager:
         t = self._active(session.node)
         if t is not None:
             t.on_hello()
+
+    def on_node_error(self, session: Session, msg: p.Error) -> None:
+        t = self._active(session.node)
+        if t is not None:
+            t.on_error(msg)
 
     def chunk_sent(self, frame_bytes: int) -> None:
         self.chunks_sent += 1

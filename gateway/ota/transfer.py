@@ -35,6 +35,11 @@ log = logging.getLogger("roadside.gateway.ota")
 CHUNK = ob.CHUNK             # payload bytes a chunk carries (the contract's maximum, 512)
 WINDOW = 4                  # chunks beyond the node's `have`
 DEFAULT_BYTE_RATE = 11_520  # a link that does not know its rate: as 115,200 baud serial
+# A node that answers an OFFER or CHUNK with ERROR (it could not handle it, e.g. out of
+# memory) is offered again after ERROR_RETRY_S; ERRORS_MAX such answers without progress in
+# between fail the transfer with the node's text.
+ERROR_RETRY_S = 1.0
+ERRORS_MAX = 3
 
 # The gateway's view of a transfer. pending: not offered yet (waiting for its turn or for the
 # node's session); offered: OFFER sent; busy: refused busy, offered again after ota.retry_s;
@@ -62,6 +67,7 @@ class Transfer:
         self.attempts = 0              # OFFERs sent
         self.chunks = 0                # chunks sent (resent ones too)
         self.rewinds = 0
+        self.errors = 0                # ERRORs from the node since the last progress
         self.mono = mono
         self.changed = asyncio.Event()
         self.started = mono()
@@ -70,6 +76,7 @@ class Transfer:
         self.retry_at = 0.0
         self.switch_at = 0.0
         self._offer = state == "pending"
+        self._offer_later = False      # offer again at retry_at (after a node ERROR)
         self._ask = state != "pending"
         self._switch_task: asyncio.Task[None] | None = None
         self._ask_task: asyncio.Task[bool | None] | None = None
@@ -130,10 +137,29 @@ class Transfer:
         self._ask = True
         self.changed.set()
 
+    def on_error(self, msg: p.Error) -> None:
+        """The node answered ERROR: one to an OTA message (its type, or none when it could
+        not even decode it while an OFFER waits) counts; ERRORS_MAX in a row fail it."""
+        if self.ended or self.state not in ("offered", "receiving"):
+            return
+        if msg.ref_type not in (p.OTA_OFFER, p.OTA_CHUNK) and not (
+                msg.ref_type is None and self.state == "offered"):
+            return
+        self.errors += 1
+        if self.errors >= ERRORS_MAX:
+            self.fail(f"node error: {msg.message}")
+            return
+        self.heard_at = self.mono()
+        self.retry_at = self.mono() + ERROR_RETRY_S
+        self.sent = self.have
+        self._offer_later = True
+        self.changed.set()
+
     def on_state(self, msg: p.OtaState) -> None:
         if self.ended:
             return
         self.heard_at = self.mono()
+        self.errors = 0
         ours = msg.tag == self.bundle.tag
         if msg.state in ("trial", "done", "rolled_back") and (
                 ours or msg.tag is None and self.state in ("switching", "trial")):
@@ -226,10 +252,10 @@ class Transfer:
             self._ask = False
             self._ask_task = asyncio.create_task(self._command("ota.state", None))
             return 0.2
-        if self.state == "busy":
+        if self.state == "busy" or self._offer_later:
             if now < self.retry_at:
                 return self.retry_at - now
-            self._offer = True
+            self._offer, self._offer_later = True, False
         if self._offer:
             self._offer = False
             self.attempts += 1

