@@ -22,6 +22,8 @@ from typing import Any
 
 import cbor2
 
+from . import secret_files
+
 AUTH = 8
 SEALED = 9
 ERR_AUTH = 7
@@ -76,14 +78,8 @@ def load_secret(path: str | Path) -> bytes:
     except OSError as exc:
         raise AuthError(f"cannot read secret file {str(path)!r}: {exc.strerror}; "
                         f"check secret_file in gateway.toml") from exc
-    if len(data) == SECRET_LEN:
-        return data
-    text = data.decode("ascii", "replace").strip()
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != SECRET_LEN:
+    raw = secret_files.key_bytes(data, SECRET_LEN)
+    if raw is None:
         raise AuthError(f"secret file {str(path)!r} must hold 32 bytes or 64 hex digits; "
                         f"copy the key file `roadside config secret PORT` wrote for the node")
     return raw

@@ -18,6 +18,8 @@ from typing import Any
 
 import cbor2
 
+from . import secret_files
+
 KINDS = ("app", "firmware")
 PROTOCOL = 1
 KEY_LEN = 32
@@ -243,13 +245,8 @@ def load_key(path: Path) -> bytes:
                           f"--key-file FILE") from None
     except OSError as exc:
         raise BundleError(f"cannot read ota key file {path}: {exc.strerror}") from None
-    if len(data) == KEY_LEN:
-        return data
-    try:
-        raw = bytes.fromhex(data.decode("ascii", "replace").strip())
-    except ValueError:
-        raw = b""
-    if len(raw) != KEY_LEN:
+    raw = secret_files.key_bytes(data, KEY_LEN)
+    if raw is None:
         raise BundleError(f"ota key file {path} must hold 32 bytes or 64 hex digits; make "
                           f"one with `roadside ota key`")
     return raw

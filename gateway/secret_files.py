@@ -24,3 +24,15 @@ def readable_by_others(path: Path) -> str | None:
         return None
     return (f"secret file {path} is readable by others (mode {stat.S_IMODE(mode):04o});"
             f" run `chmod 600 {path}`")
+
+
+def key_bytes(data: bytes, length: int) -> bytes | None:
+    """A key file's content as `length` raw bytes: the file holds them raw, or as hex digits
+    (whitespace around them ignored); None when it is neither."""
+    if len(data) == length:
+        return data
+    try:
+        raw = bytes.fromhex(data.decode("ascii", "replace").strip())
+    except ValueError:
+        return None
+    return raw if len(raw) == length else None

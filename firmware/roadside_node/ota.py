@@ -395,6 +395,11 @@ class Ota:
 
     def switch(self, tag):
         st = self.st
+        if isinstance(tag, str):  # 16 hex digits: a JSON command API cannot carry bytes
+            try:
+                tag = bytes.fromhex(tag)
+            except ValueError:
+                tag = None
         if not st or not st["staged"] or tag != self.tag:
             raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
                                      "says what is held)")

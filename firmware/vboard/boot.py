@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, __file__.rsplit("/", 2)[0] if __file__.count("/") > 1 else "..")
 
 from vboard import vesp32, vmachine  # noqa: E402
-from vboard.flash import mount_image  # noqa: E402
+from vboard.flash import host_path, mount_image  # noqa: E402
 
 _READY = "\x00vboard:ready\x00"  # tools/sim/virtual_board.py READY: the relay waits for it
 
@@ -23,7 +23,12 @@ def _boot(image, blocks, cause, run):
     if delay:  # a slow boot (tests): e.g. a board formatting its filesystem
         import time
         time.sleep_ms(delay)
+    if not image.startswith("/"):
+        image = os.getcwd().rstrip("/") + "/" + image
+    vesp32.Partition.root = image  # the OTA app partitions: files beside the image
+    vesp32.bootloader()  # which one boots (the rollback rule), on the host's files
     mount_image(image, blocks)
+    vesp32.Partition.root = host_path(image)  # the same files, as the board sees them now
     sys.path[:] = ["", ".frozen", "/lib"]  # the board's path: nothing from the host
 
 
@@ -63,4 +68,4 @@ def _main():
 
 
 _main()
-del _main, _boot, _run, _READY, mount_image, vmachine, vesp32
+del _main, _boot, _run, _READY, host_path, mount_image, vmachine, vesp32

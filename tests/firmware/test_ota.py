@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,6 @@ def gw(tmp_path):
     g = Gateway(tmp_path / "node", role="water")
     g.set_sim(scenario=str(builder.launcher.SCENARIOS / "water" / "calm.json"))
     write_node(g.dir, g.flash.get_json("config.json"), g.wiring(), g.flash, ota_key=KEY)
-    g.heapsize = os.environ.get("OTA_HEAP", g.heapsize)
     g.other = []
     try:
         yield g
@@ -127,7 +127,7 @@ def test_bundle_that_raises_at_import_rolls_back(gw, app_files, tmp_path):
     boot(gw)
     d = OtaDriver(gw, b)
     assert d.transfer()[2] == "staged"
-    assert d.switch()[2] is True
+    assert d.command("ota.switch", {"tag": b.tag.hex()})[2] is True  # hex: as JSON APIs do
     assert reset_exit(gw) == 3
     gw.start()                                                 # the trial: dies at import
     assert reset_exit(gw) == 3
@@ -343,3 +343,172 @@ def test_the_node_answers_the_ota_vectors_byte_for_byte(tmp_path):
     out = run(f"ARGS = {str(vectors)!r}\n" + VECTORS, cwd=tmp_path, heapsize="2m").stdout
     assert out.decode().split() == ["idle", "True", "receiving-0", "True", "receiving",
                                     "True"], out
+
+
+PARTITION = r"""
+import sys
+from vboard import vesp32
+sys.modules["esp32"] = vesp32
+vesp32.Partition.root = ROOT
+from roadside_node import cbor
+from roadside_node.ota import Ota
+
+
+class Cfg:
+    def get(self, k):
+        return {"board": "esp32-devkitc-v4", "role": "water"}[k]
+
+
+class J:
+    first_unacked = 1
+
+
+class G:
+    trial = None
+
+
+class S:
+    guard = G()
+    fw = "0.1.0"
+    prio_seq = 0
+    errors_in = 0
+    reboot_pending = False
+    config = Cfg()
+    journal = J()
+    last = None
+
+    def log(self, text):
+        pass
+
+    def send(self, payload):
+        self.last = cbor.loads(payload)
+
+
+def transfer():
+    s = S()
+    o = Ota(s)
+    with open(MSGS, "rb") as f:
+        while True:
+            head = f.read(4)
+            if not head:
+                break
+            m = cbor.loads(f.read(int.from_bytes(head, "little")))
+            o.on_message(m[0], m)
+    return o, s
+
+
+print("boot", vesp32.bootloader())
+o, s = transfer()
+print("state", s.last[2], s.last[3])
+o.switch(s.last[1])
+p = vesp32.Partition("ota_1")
+buf = bytearray(SIZE)
+p.readblocks(0, buf)
+with open(IMAGE, "rb") as f:
+    print("written", bytes(buf) == f.read())
+print("boot", vesp32.bootloader(), vesp32._load()["states"]["ota_1"])  # the trial
+print("boot", vesp32.bootloader(), vesp32._load()["states"]["ota_1"])  # never marked valid
+o, s = transfer()
+o.switch(s.last[1])
+print("boot", vesp32.bootloader())
+o.confirm()  # a healthy session: esp32.Partition.mark_app_valid_cancel_rollback()
+print("confirmed", s.last[2], vesp32._load()["states"]["ota_1"])
+print("boot", vesp32.bootloader())
+print("running", vesp32.Partition(vesp32.Partition.RUNNING).info()[4],
+      vesp32.Partition(vesp32.Partition.RUNNING).get_next_update().info()[4])
+"""
+
+
+def test_firmware_bundle_through_the_partition_twin_and_the_rollback_rule(tmp_path):
+    import struct
+
+    import cbor2
+    from roadside.tools.sim import virtual_rom
+    from support.micropython import run
+
+    image = virtual_rom.build_test_image("esp32", tmp_path / "micropython.bin", 200 * 1024)
+    b = builder.build_firmware(KEY, image, "99.0.0", ["esp32-devkitc-v4"])
+    msgs = [b.offer()] + [b.chunk(at) for at in range(0, len(b.payload), 512)]
+    with open(tmp_path / "msgs.bin", "wb") as f:
+        for m in msgs:
+            raw = cbor2.dumps(m)
+            f.write(struct.pack("<I", len(raw)) + raw)
+    (tmp_path / "ota.key").write_bytes(KEY)
+    code = (f"ROOT = {str(tmp_path / 'flash')!r}\nMSGS = {str(tmp_path / 'msgs.bin')!r}\n"
+            f"IMAGE = {str(image)!r}\nSIZE = {len(b.payload)}\n" + PARTITION)
+    out = run(code, cwd=tmp_path, heapsize="4m", timeout=120).stdout.decode().splitlines()
+    assert out == ["boot ota_0", f"state staged {len(b.payload)}", "written True",
+                   "boot ota_1 pending_verify",            # the trial boot
+                   "boot ota_0 aborted",                   # reset unconfirmed: rolled back
+                   "boot ota_1", "confirmed done valid",
+                   "boot ota_1",                           # marked valid: it stays
+                   "running ota_1 ota_0"], out
+
+
+def test_a_node_in_an_alarm_burst_answers_busy(gw, app_files):
+    gw.set_sim(scenario=str(builder.launcher.SCENARIOS / "water" / "flood.json"), speed=60)
+    boot(gw)                                                   # nothing acked from here
+    deadline = time.monotonic() + 20
+    alarm = None
+    while alarm is None:
+        assert time.monotonic() < deadline, "no alarm record from the flood scenario"
+        m = gw.expect(2, timeout=10)
+        alarm = next((r for r in m[2] if r[3] & 2), None)      # a PRIORITY record, unacked
+    d = OtaDriver(gw, make(app_files))
+    st = d.offer()
+    assert (st[2], st[4]) == ("refused", "busy"), st
+    gw.send({0: 3, 1: 10_000})                                 # all acked: a gateway caught up
+    deadline = time.monotonic() + 10
+    while True:
+        st = d.offer()
+        if st[2] == "receiving" or time.monotonic() > deadline:
+            break
+    assert st[2] == "receiving", st
+
+
+NO_SESSION = r"""
+import os
+import otaboot
+from roadside_node.ota import Ota
+os.mkdir("ota")
+otaboot.write({"app": None, "trial": {"slot": "a", "tag": "00" * 8, "version": "0.2.0",
+                                      "kind": "app", "size": 1, "boots": 1}})
+
+
+class G:
+    trial = otaboot.read()["trial"]
+    acked = False
+    ota_due = True
+
+
+class J:
+    first_unacked = 5
+    next_seq = 9
+
+
+class S:
+    guard = G()
+    up = False  # the gateway never answers
+    journal = J()
+    fw = "0.2.0"
+
+    def log(self, text):
+        print(text)
+
+    def send(self, payload):
+        pass
+
+
+o = Ota(S())
+print("at 119 s", o.boot_step(119))
+print("at 120 s", o.boot_step(120))
+print(otaboot.read()["report"])
+"""
+
+
+def test_a_trial_without_a_healthy_session_in_120_s_is_rolled_back(tmp_path):
+    from support.micropython import run
+
+    out = run(NO_SESSION, cwd=tmp_path, heapsize="1m").stdout.decode()
+    assert "at 119 s False" in out and "at 120 s True" in out, out
+    assert "'reason': 'no_session'" in out and "'state': 'rolled_back'" in out, out
