@@ -160,3 +160,75 @@ def test_app_update_of_a_real_node_over_ble(tmp_path: Path, monkeypatch) -> None
 
 async def _eq(value, want) -> bool:
     return await value == want
+
+
+def test_a_real_node_resumes_after_the_gateway_is_killed_mid_transfer(tmp_path: Path) -> None:
+    """kill -9 of the gateway daemon halfway through: a new daemon takes the rollout up from
+    data_dir/ota.sqlite, asks the node (ota.state after its HELLO) and sends only what the
+    node does not hold yet."""
+    import urllib.request
+
+    rsb = tmp_path / "app-0.2.0.rsb"
+    builder.write(builder.build_app(KEY, version="0.2.0", board_names=["sim"],
+                                    roles=["water"]), rsb)
+    sim = Simulation.water(tmp_path / "run", 1, scenario="calm", speed=20.0)
+    node = sim.nodes[0]
+    node.spec.ota_key = KEY
+    listen = f"127.0.0.1:{_free_port()}"
+    url = f"http://{listen}/status"
+    procs_: list = []
+
+    async def main() -> None:
+        await node.start()
+        # 230,400 baud: ~6 s for the bundle, time to kill the gateway halfway
+        cfg = write(tmp_path / "gw.toml", [node.gateway_path], tmp_path / "data", None, listen,
+                    GatewaySettings(baudrate=230400))
+        proc, _ = await asyncio.to_thread(procs.start_gateway, cfg, tmp_path / "gw1.log")
+        procs_.append(proc)
+        await link_open(url, node.gateway_path)
+
+        async def hello() -> bool:
+            return bool((await asyncio.to_thread(status, url))["nodes"])
+
+        await _until(hello, 60, "the node's HELLO")
+        code, _, err = await roadside("ota", "push", str(rsb), "--config", str(cfg),
+                                      "--node", "wl-0001", "--no-wait")
+        assert code == 0, err
+
+        async def half() -> bool:
+            r = (await asyncio.to_thread(status, url))["ota"]["rollouts"][0]["nodes"][0]
+            return bool(r["percent"] >= 45)
+
+        await _until(half, 60, "half the bundle at the node")
+        await asyncio.to_thread(procs.kill, proc)
+        size = rsb.stat().st_size
+        proc, _ = await asyncio.to_thread(procs.start_gateway, cfg, tmp_path / "gw2.log")
+        procs_.append(proc)
+
+        async def done() -> bool:
+            try:
+                doc = (await asyncio.to_thread(status, url))["ota"]
+            except OSError:
+                return False
+            return bool(doc["rollouts"] and doc["rollouts"][0]["state"] == "done")
+
+        await _until(done, 60, "the rollout resumed and done")
+        with urllib.request.urlopen(url.replace("/status", "/metrics"), timeout=5) as resp:
+            metrics = resp.read().decode()
+        sent = next(float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("roadside_ota_chunk_bytes_total"))
+        # the new daemon sent what the node lacked (from its last verified 8 KiB piece on)
+        assert 0 < sent < 0.7 * size, (sent, size)
+        assert "resumed" in (tmp_path / "gw2.log").read_text()
+
+    async def run() -> None:
+        try:
+            await main()
+        finally:
+            await node.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), TEST_TIMEOUT_S))
+    finally:
+        for p in procs_:
+            procs.stop(p)
