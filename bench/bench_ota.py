@@ -109,7 +109,7 @@ async def serial_push(nodes: int, bundle: bytes) -> dict[str, Any]:
             end = await _follow(base, data_dir, doc["id"])
             seconds = time.monotonic() - t1
             during = (await asyncio.to_thread(_stored, url) - s1) / seconds
-            per_node = [n["seconds"] for n in end["nodes"]]
+            per_node = [n["seconds"] or 0.0 for n in end["nodes"]]
             return {"nodes": nodes, "state": end["state"], "reason": end["reason"],
                     "size": end["size"], "seconds": seconds,
                     "node_seconds_median": statistics.median(per_node),
@@ -147,7 +147,7 @@ async def ble_push(nodes: int, bundle: bytes) -> dict[str, Any]:
             during = (await asyncio.to_thread(_stored, rig.status_url) - s1) / seconds
             return {"nodes": nodes, "state": end["state"], "reason": end["reason"],
                     "size": end["size"], "seconds": seconds,
-                    "node_seconds_median": statistics.median(n["seconds"]
+                    "node_seconds_median": statistics.median(n["seconds"] or 0.0
                                                              for n in end["nodes"]),
                     "records_s_during": during}
         finally:
@@ -200,14 +200,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if n:
             r = out[f"serial_{n}"] = await serial_push(n, bundle)
             print(f"serial, {n} node(s): {r['state']} in {r['seconds']:.1f} s ({r['size']}"
-                  f" B payload, a node {r['node_seconds_median']:.1f} s median); records/s"
+                  f" B payload; a node, OFFER to done: {r['node_seconds_median']:.1f} s"
+                  f" median); records/s"
                   f" {r['records_s_before']:.1f} before, {r['records_s_during']:.1f} during;"
                   f" rewinds {r['rewinds']}, offers {r['offers']}", flush=True)
     for n in args.ble:
         if n:
             r = out[f"ble_{n}"] = await ble_push(n, bundle)
-            print(f"ble, {n} node(s): {r['state']} in {r['seconds']:.1f} s (a node"
-                  f" {r['node_seconds_median']:.1f} s median); records/s during"
+            print(f"ble, {n} node(s): {r['state']} in {r['seconds']:.1f} s (a node, OFFER to"
+                  f" done: {r['node_seconds_median']:.1f} s median); records/s during"
                   f" {r['records_s_during']:.1f}", flush=True)
     for during in (False, True):
         r = out[f"latency_{'transfer' if during else 'idle'}"] = await latency(during)

@@ -201,7 +201,7 @@ class OtaManager:
                                        "tag": t.bundle.tag.hex(), "kind": t.bundle.kind},
                 rollout.who if rollout else "ota", rollout.origin if rollout else "ota",
                 outcome, {"state": t.state, "reason": t.reason, "have": t.have,
-                          "size": t.size, "seconds": round(t.mono() - t.started, 1)})
+                          "size": t.size, "seconds": t.doc()["seconds"]})
         except Exception:  # noqa: BLE001 - the audit log must not stop a rollout
             log.exception(f"ota {t.node}: cannot write the audit row")
 

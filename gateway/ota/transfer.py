@@ -71,6 +71,8 @@ class Transfer:
         self.mono = mono
         self.changed = asyncio.Event()
         self.started = mono()
+        self.offered_at: float | None = None   # the first OFFER
+        self.ended_at: float | None = None
         self.progress_at = mono()      # the last time `have` grew or the state moved on
         self.heard_at = mono()         # the last OTA_STATE from the node
         self.retry_at = 0.0
@@ -104,13 +106,17 @@ class Transfer:
                 "percent": round(100 * self.have / self.size, 1) if self.size else 100.0,
                 "reason": self.reason, "attempts": self.attempts, "chunks": self.chunks,
                 "rewinds": self.rewinds, "version": self.bundle.version,
-                "seconds": round(self.mono() - self.started, 1)}
+                # from the first OFFER to the end (or now): transfer, switch and trial
+                "seconds": None if self.offered_at is None else
+                round((self.ended_at or self.mono()) - self.offered_at, 1)}
 
     # -- state changes ----------------------------------------------------------------------------
     def _set(self, state: str, reason: str | None = None) -> None:
         if state != self.state or reason != self.reason:
             self.state, self.reason = state, reason
             self.progress_at = self.mono()
+            if state in ENDS:
+                self.ended_at = self.progress_at
             level = logging.WARNING if state == "failed" else logging.INFO
             log.log(level, f"ota {self.node}: {state}" + (f" ({reason})" if reason else "")
                     + f", {self.have}/{self.size} bytes of {self.bundle.describe()}",
@@ -259,6 +265,8 @@ class Transfer:
         if self._offer:
             self._offer = False
             self.attempts += 1
+            if self.offered_at is None:
+                self.offered_at = now
             self.sent = self.have
             self.heard_at = now
             link.send(p.encode_frame(p.OtaOffer(self.bundle.kind, self.bundle.manifest_bytes,
