@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .. import logs
 from .bundle import Bundle
-from .transfer import Transfer
-
-if TYPE_CHECKING:
-    from .manager import OtaManager
+from .transfer import Host, Transfer
 
 log = logging.getLogger("roadside.gateway.ota")
 
 
+class RolloutHost(Host, Protocol):
+    """What a rollout needs of the OTA service (manager.py's OtaManager)."""
+
+    def rollout_ended(self, rollout: Rollout) -> None: ...
+
+
 class Rollout:
-    def __init__(self, manager: OtaManager, rid: int, bundle: Bundle, nodes: list[str],
+    def __init__(self, manager: RolloutHost, rid: int, bundle: Bundle, nodes: list[str],
                  canary: int, force: bool, who: str, origin: str,
                  states: dict[str, str] | None = None) -> None:
         self.manager = manager

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import logs
 from .. import ota_bundle as ob
@@ -25,10 +25,10 @@ from ..commands import CommandError
 from .bundle import Bundle
 
 if TYPE_CHECKING:
+    from ..commands import Commander
     from ..config import OtaConfig
     from ..links.base import Link
     from ..session import SessionManager
-    from .manager import OtaManager
 
 log = logging.getLogger("roadside.gateway.ota")
 
@@ -50,8 +50,20 @@ ACTIVE = ("pending", "offered", "busy", "receiving", "staged", "switching", "tri
 ENDS = ("done", "failed", "halted", "skipped")
 
 
+class Host(Protocol):
+    """What a transfer needs of the OTA service (manager.py's OtaManager)."""
+
+    config: OtaConfig
+    sessions: SessionManager
+    commander: Commander
+
+    def changed(self, t: Transfer, progress: bool = False) -> None: ...
+
+    def chunk_sent(self, frame_bytes: int) -> None: ...
+
+
 class Transfer:
-    def __init__(self, manager: OtaManager, rollout: int, node: str, bundle: Bundle,
+    def __init__(self, manager: Host, rollout: int, node: str, bundle: Bundle,
                  force: bool = False, state: str = "pending",
                  mono: Callable[[], float] = time.monotonic) -> None:
         self.manager = manager
