@@ -9,7 +9,6 @@ import struct
 from micropython import const
 
 from . import cbor, proto
-from .hmac256 import _pads, hmac_sha256, same  # noqa: F401 - auth.hmac_sha256, auth.same
 
 SECRET_FILE = "secret.bin"  # in the node's filesystem; never in config.json, logs or replies
 SECRET_LEN = const(32)
@@ -37,6 +36,35 @@ DIR_GATEWAY = b"G"
 _NONE = const(0)
 _WAIT_PROOF = const(1)
 _AUTHED = const(2)
+
+
+def _pads(key):
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    ipad = bytearray(64)
+    opad = bytearray(64)
+    for i in range(64):
+        b = key[i] if i < len(key) else 0
+        ipad[i] = b ^ 0x36
+        opad[i] = b ^ 0x5C
+    return bytes(ipad), bytes(opad)
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 (RFC 2104) from hashlib.sha256: MicroPython has no hmac module."""
+    ipad, opad = _pads(key)
+    inner = hashlib.sha256(ipad + msg).digest()
+    return hashlib.sha256(opad + inner).digest()
+
+
+def same(a, b):
+    """Constant-time comparison of two byte strings."""
+    if len(a) != len(b):
+        return False
+    r = 0
+    for i in range(len(a)):
+        r |= a[i] ^ b[i]
+    return r == 0
 
 
 class FrameMac:

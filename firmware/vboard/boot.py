@@ -25,10 +25,14 @@ def _boot(image, blocks, cause, run):
         time.sleep_ms(delay)
     if not image.startswith("/"):
         image = os.getcwd().rstrip("/") + "/" + image
-    vesp32.Partition.root = image  # the OTA app partitions: files beside the image
-    vesp32.bootloader()  # which one boots (the rollback rule), on the host's files
+    try:  # the OTA app partitions: files beside the image, once an update wrote them
+        os.stat(image + ".otadata.json")
+        vesp32.ROOT = image
+        vesp32.bootloader()  # which one boots (the rollback rule), on the host's files
+    except OSError:
+        pass
     mount_image(image, blocks)
-    vesp32.Partition.root = host_path(image)  # the same files, as the board sees them now
+    vesp32.ROOT = host_path(image)  # the same files, as the board sees them now
     sys.path[:] = ["", ".frozen", "/lib"]  # the board's path: nothing from the host
 
 

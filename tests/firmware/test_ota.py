@@ -28,10 +28,10 @@ def app_files() -> dict[str, bytes]:
 
 
 def make(files: dict[str, bytes], version: str = "0.2.0", boards=("sim",),
-         roles=("water",), key: bytes = KEY) -> ota_bundle.Bundle:
+         roles=("water",), key: bytes = KEY, min_free: int | None = None) -> ota_bundle.Bundle:
     return ota_bundle.make("app", version, ota_bundle.archive(files), key=key,
                            boards=list(boards), roles=list(roles), files=len(files),
-                           created="2026-12-03T06:00:00Z")
+                           created="2026-12-03T06:00:00Z", min_free=min_free)
 
 
 @pytest.fixture
@@ -164,6 +164,7 @@ def test_refusals(gw, app_files):
     st = offer(bad_mac)
     assert (st[2], st[3], st[4]) == ("refused", 0, "signature")
     protocol_schema().validate(st, "ota-state")
+    assert "ota/" not in gw.flash.ls("/")                      # no loader at boot for that
     st = offer(make(app_files, boards=("esp32-devkitc-v4",)))
     assert (st[2], st[4]) == ("refused", "board")
     st = offer(make(app_files, roles=("toll",)))
@@ -172,6 +173,9 @@ def test_refusals(gw, app_files):
     st = offer(older)
     assert (st[2], st[4]) == ("refused", "version")
     assert offer(older, force=True)[2] == "receiving"          # forced: allowed
+    st = offer(make(app_files, min_free=64 << 20))             # more than the 2 MiB flash
+    assert (st[2], st[4]) == ("refused", "space")
+    assert "needs 67108864 bytes of flash" in gw.log.read_text()
     # a tampered piece: a chunk with other bytes; 3 bad pieces drop the transfer
     st = offer(good)
     assert st[2] == "receiving" and st[3] == 0
@@ -347,9 +351,9 @@ def test_the_node_answers_the_ota_vectors_byte_for_byte(tmp_path):
 
 PARTITION = r"""
 import sys
-from vboard import vesp32
+from vboard import vesp32, vpartition
 sys.modules["esp32"] = vesp32
-vesp32.Partition.root = ROOT
+vesp32.ROOT = ROOT
 from roadside_node import cbor
 from roadside_node.ota import Ota
 
@@ -398,6 +402,7 @@ def transfer():
 
 
 print("boot", vesp32.bootloader())
+print("partition", vesp32.Partition(vesp32.Partition.RUNNING).info())
 o, s = transfer()
 print("state", s.last[2], s.last[3])
 o.switch(s.last[1])
@@ -406,13 +411,13 @@ buf = bytearray(SIZE)
 p.readblocks(0, buf)
 with open(IMAGE, "rb") as f:
     print("written", bytes(buf) == f.read())
-print("boot", vesp32.bootloader(), vesp32._load()["states"]["ota_1"])  # the trial
-print("boot", vesp32.bootloader(), vesp32._load()["states"]["ota_1"])  # never marked valid
+print("boot", vesp32.bootloader(), vpartition._load()["states"]["ota_1"])  # the trial
+print("boot", vesp32.bootloader(), vpartition._load()["states"]["ota_1"])  # never marked valid
 o, s = transfer()
 o.switch(s.last[1])
 print("boot", vesp32.bootloader())
 o.confirm()  # a healthy session: esp32.Partition.mark_app_valid_cancel_rollback()
-print("confirmed", s.last[2], vesp32._load()["states"]["ota_1"])
+print("confirmed", s.last[2], vpartition._load()["states"]["ota_1"])
 print("boot", vesp32.bootloader())
 print("running", vesp32.Partition(vesp32.Partition.RUNNING).info()[4],
       vesp32.Partition(vesp32.Partition.RUNNING).get_next_update().info()[4])
@@ -437,7 +442,8 @@ def test_firmware_bundle_through_the_partition_twin_and_the_rollback_rule(tmp_pa
     code = (f"ROOT = {str(tmp_path / 'flash')!r}\nMSGS = {str(tmp_path / 'msgs.bin')!r}\n"
             f"IMAGE = {str(image)!r}\nSIZE = {len(b.payload)}\n" + PARTITION)
     out = run(code, cwd=tmp_path, heapsize="4m", timeout=120).stdout.decode().splitlines()
-    assert out == ["boot ota_0", f"state staged {len(b.payload)}", "written True",
+    assert out == ["boot ota_0", "partition (0, 16, 65536, 1572864, 'ota_0', False)",
+                   f"state staged {len(b.payload)}", "written True",
                    "boot ota_1 pending_verify",            # the trial boot
                    "boot ota_0 aborted",                   # reset unconfirmed: rolled back
                    "boot ota_1", "confirmed done valid",
