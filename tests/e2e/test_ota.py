@@ -109,7 +109,7 @@ def test_app_update_of_a_real_node_over_ble(tmp_path: Path, monkeypatch) -> None
     from support.ble_rig import BleRig
     from support.ota_node import api
 
-    # KNOWN NODE-SIDE GAP (otanode, 05:50 UTC): with BLE on, the twin at its BLE heap runs
+    # KNOWN NODE-SIDE GAP (otanode, 06:17 UTC): with BLE on, the twin at its BLE heap runs
     # out of memory at the first OTA_OFFER (`message failed: MemoryError` on every message
     # after it; 4 KiB more is not enough, 8 KiB is). This test is of the gateway's side over
     # BLE, so the node gets 8 KiB more until the node side fits (OTA_BLE_EXTRA=0 shows it).
