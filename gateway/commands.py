@@ -46,6 +46,9 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fault.clear": ((), ()),
     "signal.status": ((), ()),
     "toll.status": ((), ()),
+    # updates over the air (PROTOCOL.md 2.6; gateway/ota/ sends them during a rollout)
+    "ota.state": ((), ()),
+    "ota.switch": (("tag",), ()),
 }
 ATTEMPT_TIMEOUT_S = 2.0      # like the node's ACK timeout
 ATTEMPTS = 3
@@ -156,7 +159,7 @@ class AuditLog:
                 "INSERT INTO commands (request_id, sent, who, origin, node, name, args)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (request_id, time.time(), who, origin, node, name,
-                 None if args is None else json.dumps(args)))
+                 None if args is None else json.dumps(_cbor_safe(args))))
 
     def finish(self, request_id: int, outcome: str, result: Any, attempts: int) -> None:
         with self._lock:
@@ -164,6 +167,18 @@ class AuditLog:
                 "UPDATE commands SET outcome = ?, result = ?, attempts = ?, done = ?"
                 " WHERE request_id = ?",
                 (outcome, json.dumps(result), attempts, time.time(), request_id))
+
+    def add(self, request_id: int, who: str, origin: str, node: str, name: str,
+            args: dict[str, Any] | None, outcome: str, result: Any) -> None:
+        """A row for something already ended, in one statement (never seen half written)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO commands (request_id, sent, who, origin, node, name, args, outcome,"
+                " result, attempts, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (request_id, now, who, origin, node, name,
+                 None if args is None else json.dumps(_cbor_safe(args)), outcome,
+                 json.dumps(result), now))
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._lock:
@@ -227,6 +242,16 @@ class Commander:
             if session.node == node:
                 return session.link
         return None
+
+    async def note(self, node: str, name: str, args: dict[str, Any], who: str, origin: str,
+                   outcome: str, result: Any) -> int:
+        """Write an audit row for something done to a node that is not one COMMAND (an OTA
+        rollout's outcome on a node); returns its request id."""
+        rid = self._next_id
+        self._next_id += 1
+        await asyncio.to_thread(self.audit.add, rid, who, origin, node, name, args, outcome,
+                                result)
+        return rid
 
     async def run(self, node: str, name: Any, args: Any = None, who: str = "unknown",
                   origin: str = "local", attempt_timeout_s: float | None = None,

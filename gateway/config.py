@@ -171,6 +171,17 @@ class BleConfig:
 
 
 @dataclass(frozen=True)
+class OtaConfig:
+    """[ota]: updates over the air (gateway/ota/, PROTOCOL.md 2.6)."""
+
+    link_share: float = 0.5        # share of a link's byte rate OTA chunks may use
+    retry_s: float = 30.0          # a node answering busy (alarm burst) is offered again after
+    stall_s: float = 10.0          # no OTA_STATE for this long while chunks are out: re-OFFER
+    timeout_s: float = 1800.0      # no progress for this long: the transfer fails (timeout)
+    trial_s: float = 300.0         # switch sent, no `done` within this: fails (timeout)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection
     links: tuple[LinkConfig, ...] = ()
@@ -181,6 +192,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     ble: BleConfig = field(default_factory=BleConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
 
     @property
     def queue_path(self) -> Path:
@@ -313,10 +325,11 @@ def _command_allow(t: dict[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}.command_allow: must be a list of command names, e.g."
                           f" [\"ping\", \"info\"], got {value!r}")
+    known = (*COMMANDS, "ota.push")     # ota.push: a rollout (gateway/ota/), never default
     for name in value:
-        if name not in COMMANDS:
+        if name not in known:
             raise ConfigError(f"{where}.command_allow: unknown command {name!r}; known:"
-                              f" {', '.join(COMMANDS)}")
+                              f" {', '.join(known)}")
     return tuple(dict.fromkeys(value))
 
 
@@ -467,7 +480,7 @@ def _pins_unique(links: list[LinkConfig]) -> None:
 
 def parse(raw: dict[str, Any], base_dir: Path | None = None) -> GatewayConfig:
     """Validate a decoded TOML document; relative data_dir is taken from `base_dir`."""
-    sections = ("gateway", "link", "batch", "uplink", "status", "log", "queue", "ble")
+    sections = ("gateway", "link", "batch", "uplink", "status", "log", "queue", "ble", "ota")
     for k in raw:
         if k not in sections:
             raise ConfigError(f"{k}: unknown section or key at the top level; allowed:"
@@ -537,8 +550,15 @@ def parse(raw: dict[str, Any], base_dir: Path | None = None) -> GatewayConfig:
     ble = BleConfig(_int(bt, "max_connections", "ble", 4, 1, 32),
                     _float(bt, "hold_s", "ble", 30.0, 0.0, 86400.0))
 
+    ot = _table(raw, "ota", ("link_share", "retry_s", "stall_s", "timeout_s", "trial_s"), "ota")
+    ota = OtaConfig(_float(ot, "link_share", "ota", 0.5, 0.05, 1.0),
+                    _float(ot, "retry_s", "ota", 30.0, 0.1, 86400.0),
+                    _float(ot, "stall_s", "ota", 10.0, 0.5, 3600.0),
+                    _float(ot, "timeout_s", "ota", 1800.0, 1.0, 7 * 86400.0),
+                    _float(ot, "trial_s", "ota", 300.0, 1.0, 86400.0))
+
     return GatewayConfig(gateway, tuple(links), batch, tuple(uplinks), status, log=log, queue=queue,
-                         ble=ble)
+                         ble=ble, ota=ota)
 
 
 def _ble_link(t: dict[str, Any], where: str, base_dir: Path | None) -> LinkConfig:

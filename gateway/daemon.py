@@ -31,6 +31,7 @@ from .health import Health
 from .links.base import Link
 from .links.serial import SerialLink
 from .links.usb import UsbMatch
+from .ota.manager import OtaManager
 from .queue import Queue
 from .queue_recovery import open_queue
 from .session import SessionManager
@@ -89,6 +90,7 @@ class _Running:
         self.uplink_tasks: dict[str, tuple[Uplink, asyncio.Task[Any]]] = {}
         self.secrets: dict[str, tuple[str | None, ...]] = {}   # uplink name -> its secrets
         self.status: Status | None = None
+        self.ota: OtaManager | None = None
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         return ([t for _, _, t in self.link_tasks.values()]
@@ -117,6 +119,8 @@ class _Running:
                         commander=self.commander)   # remote commands over MQTT (command_topic)
         if self.status is not None:
             self.status.metrics.instrument(u)
+        if hasattr(u, "ota"):           # MQTT: `ota.push` on the command topic
+            u.ota = self.ota
         self.uplinks.append(u)
         self.uplink_tasks[uc.name] = (u, asyncio.create_task(u.run(), name=f"uplink {uc.name}"))
         self.secrets[uc.name] = _secrets(uc)
@@ -233,12 +237,15 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
     batcher = Batcher(queue, config.batch, uplinks=[u.name for u in config.uplinks])
     sessions.on_stored = batcher.wake
     commander = Commander(sessions, g.data_dir / "commands.sqlite")
+    # Updates over the air: rollouts running when the gateway stopped go on (gateway/ota/).
+    ota = OtaManager(config.ota, g.data_dir, sessions, commander)
     run = _Running(config, queue, sessions, batcher, commander)
+    run.ota = ota
     links, uplinks = run.links, run.uplinks
     health = Health(links, uplinks, queue, config.status.link_down_s,
                     config.status.uplink_down_s)
     status = Status(g.id, g.site, queue, sessions, links, uplinks, health, commander,
-                    api_token.ensure(api_token.path_in(g.data_dir)))
+                    api_token.ensure(api_token.path_in(g.data_dir)), ota)
     run.status = status
     tasks: list[asyncio.Task[Any]] = []
     runner = None
@@ -265,6 +272,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
             tasks.append(asyncio.create_task(coro, name=name))
 
         spawn(sessions.resend_time(), "time")
+        ota.resume()
         if uplinks:
             # Without an uplink records stay unbatched in the queue until one is configured.
             spawn(batcher.run(), "batcher")
@@ -309,6 +317,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
             await run.stop_uplink(name)
         if runner is not None:
             await runner.cleanup()
+        await ota.close()
         commander.close()
         # Waits for a commit in progress on the writer thread, then closes the file.
         queue.close()

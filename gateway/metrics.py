@@ -43,6 +43,8 @@ class GatewayCollector(Collector):
         yield from self._identity(st)
         yield from self._queue(st.queue)
         yield from self._uplinks(st.uplinks)
+        if getattr(st, "ota", None) is not None:
+            yield from self._ota(st.ota)
 
     def _gateway(self, st: Any) -> Iterator[Any]:
         info = GaugeMetricFamily("roadside_gateway_info", "Gateway identity (always 1).",
@@ -219,6 +221,43 @@ class GatewayCollector(Collector):
             state = str(s.get("state", "?"))
             up.add_metric([name], 0 if state == "down" else 1)
         yield from (*fams.values(), up)
+
+
+    def _ota(self, ota: Any) -> Iterator[Any]:
+        """Updates over the air (gateway/ota/): chunks sent, transfers by outcome, failures by
+        reason, and each node's progress in the rollouts /status shows."""
+        yield CounterMetricFamily("roadside_ota_chunks", "OTA chunks sent (resent ones too).",
+                                  value=ota.chunks_sent)
+        yield CounterMetricFamily("roadside_ota_chunk_bytes",
+                                  "Bytes of OTA chunk frames sent.", value=ota.chunk_bytes)
+        ended = CounterMetricFamily("roadside_ota_transfers",
+                                    "OTA transfers ended, by outcome (done, failed, halted,"
+                                    " skipped).", labels=["outcome"])
+        for outcome in ("done", "failed", "halted", "skipped"):
+            ended.add_metric([outcome], ota.outcomes.get(outcome, 0))
+        yield ended
+        failures = CounterMetricFamily("roadside_ota_failures",
+                                       "OTA transfers failed, by reason (refused:REASON,"
+                                       " rolled_back:REASON, timeout, switch refused).",
+                                       labels=["reason"])
+        for reason, n in sorted(ota.refusals.items()):
+            failures.add_metric([reason], n)
+        yield failures
+        progress = GaugeMetricFamily("roadside_ota_progress_ratio",
+                                     "Payload share the node holds (its `have` / size) in the"
+                                     " newest rollout that includes it.", labels=["node"])
+        active = GaugeMetricFamily("roadside_ota_active",
+                                   "1 while the node has a transfer under way, else 0.",
+                                   labels=["node"])
+        seen: set[str] = set()
+        for r in sorted(ota.rollouts.values(), key=lambda r: -r.id):
+            for t in r.transfers.values():
+                if t.node in seen:
+                    continue
+                seen.add(t.node)
+                progress.add_metric([t.node], t.have / t.size if t.size else 1.0)
+                active.add_metric([t.node], 0 if t.ended else 1)
+        yield from (progress, active)
 
 
 def _storage_failing(storage: Any) -> GaugeMetricFamily:

@@ -34,8 +34,13 @@ COMMAND = 4
 REPLY = 5
 TIME = 6
 ERROR = 7
+OTA_OFFER = 10     # updates over the air (PROTOCOL.md 2.6): gateway -> node
+OTA_CHUNK = 11     # gateway -> node
+OTA_STATE = 12     # node -> gateway
 TYPE_NAMES = {HELLO: "HELLO", RECORDS: "RECORDS", ACK: "ACK", COMMAND: "COMMAND",
-              REPLY: "REPLY", TIME: "TIME", ERROR: "ERROR"}
+              REPLY: "REPLY", TIME: "TIME", ERROR: "ERROR", OTA_OFFER: "OTA_OFFER",
+              OTA_CHUNK: "OTA_CHUNK", OTA_STATE: "OTA_STATE"}
+OTA_STATES = ("idle", "receiving", "staged", "refused", "trial", "done", "rolled_back")
 
 K_TYPE = 0
 # HELLO
@@ -378,6 +383,47 @@ class Error(Message):
         return m
 
 
+@dataclass(frozen=True)
+class OtaOffer(Message):
+    kind: str
+    manifest: bytes
+    mac: bytes
+    force: bool = False
+    TYPE = OTA_OFFER
+
+    def to_map(self) -> dict[int, Any]:
+        m: dict[int, Any] = {K_TYPE: OTA_OFFER, 1: self.kind, 2: self.manifest, 3: self.mac}
+        if self.force:
+            m[4] = True
+        return m
+
+
+@dataclass(frozen=True)
+class OtaChunk(Message):
+    tag: bytes
+    offset: int
+    data: bytes
+    TYPE = OTA_CHUNK
+
+    def to_map(self) -> dict[int, Any]:
+        return {K_TYPE: OTA_CHUNK, 1: self.tag, 2: self.offset, 3: self.data}
+
+
+@dataclass(frozen=True)
+class OtaState(Message):
+    state: str
+    have: int = 0
+    tag: bytes | None = None
+    reason: str | None = None
+    version: str | None = None
+    TYPE = OTA_STATE
+
+    def to_map(self) -> dict[int, Any]:
+        m: dict[int, Any] = {K_TYPE: OTA_STATE, 1: self.tag, 2: self.state, 3: self.have,
+                             4: self.reason, 5: self.version}
+        return {k: v for k, v in m.items() if v is not None}
+
+
 def _is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_UINT
 
@@ -422,7 +468,8 @@ class _Fields:
         v = self.m[key]
         ok = {"uint": _is_uint, "text": lambda x: isinstance(x, str),
               "bool": lambda x: isinstance(x, bool), "map": lambda x: isinstance(x, dict),
-              "array": lambda x: isinstance(x, list), "any": lambda x: True}[kind](v)
+              "array": lambda x: isinstance(x, list), "bytes": lambda x: isinstance(x, bytes),
+              "any": lambda x: True}[kind](v)
         if not ok:
             if kind == "uint" and type(v) is int:
                 raise self._bad(f"key {key} must be uint 0..2^63-1, got {v}"[:120])
@@ -518,6 +565,18 @@ def decode_message(payload: bytes) -> Message:
                      error=f.get(4, "text", False), raw=m)
     if t == TIME:
         return Time(epoch_ms=f.get(1, "uint"), raw=m)
+    if t == OTA_STATE:
+        state = f.get(2, "text")
+        if state not in OTA_STATES:
+            raise f._bad(f"key 2: unknown state {state[:40]!r}; one of {', '.join(OTA_STATES)}")
+        return OtaState(state=state, have=f.get(3, "uint"), tag=f.get(1, "bytes", False),
+                        reason=f.get(4, "text", False), version=f.get(5, "text", False), raw=m)
+    if t == OTA_OFFER:
+        return OtaOffer(kind=f.get(1, "text"), manifest=f.get(2, "bytes"),
+                        mac=f.get(3, "bytes"), force=bool(f.get(4, "bool", False)), raw=m)
+    if t == OTA_CHUNK:
+        return OtaChunk(tag=f.get(1, "bytes"), offset=f.get(2, "uint"),
+                        data=f.get(3, "bytes"), raw=m)
     return Error(code=f.get(1, "uint"), message=f.get(2, "text"),
                  ref_type=f.get(3, "uint", False), raw=m)
 

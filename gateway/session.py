@@ -63,6 +63,7 @@ class NodeState:
     gaps: int = 0
     hellos: int = 0
     fw: str | None = None
+    board: str | None = None
     boot_count: int | None = None
     reset_cause: str | None = None
 
@@ -93,6 +94,12 @@ class SessionManager:
         # The status page's history (history.py): (node, role, records, wall time), called
         # after the ACK went out.
         self.on_records: Callable[[str, str, tuple[p.Record, ...], float], None] | None = None
+        # Updates over the air (gateway/ota/manager.py): OTA_STATE from a node, and a session
+        # (re)started by HELLO (called after its ACK went out).
+        self.on_ota_state: Callable[[Session, p.OtaState], None] | None = None
+        self.on_hello: Callable[[Session], None] | None = None
+        self.on_node_error: Callable[[Session, p.Error], None] | None = None
+        self._answering: dict[str, int] = {}    # port -> messages being handled (unanswered)
         self.node_errors = 0
         # "answering busy" while the queue refuses (disk full: every RECORDS, every second):
         # the first line, then a count at most once a minute, then one line when it stores.
@@ -149,7 +156,20 @@ class SessionManager:
                 log.exception(f"{link.port}: error while handling a message",
                               extra=logs.fields(link=link.port))
 
+    def quiet(self, link: Link) -> bool:
+        """Nothing from `link` waits to be answered (queued or being handled) and nothing
+        waits to go out on it: OTA chunks go only then, never in front of an ACK."""
+        return (link.incoming.empty() and not self._answering.get(link.port)
+                and link.backlog() == 0)
+
     async def handle(self, link: Link, payload: bytes) -> None:
+        self._answering[link.port] = self._answering.get(link.port, 0) + 1
+        try:
+            await self._handle(link, payload)
+        finally:
+            self._answering[link.port] -= 1
+
+    async def _handle(self, link: Link, payload: bytes) -> None:
         session = self.sessions.get(link.port)
         if session is not None and p.is_records(payload):
             # Decoded, validated and stored on the queue's writer thread, handed over whole.
@@ -184,11 +204,23 @@ class SessionManager:
                 self.nodes[session.node].last_seen = self.mono()
             if self.on_reply is not None:
                 self.on_reply(link, msg)
+        elif isinstance(msg, p.OtaState):
+            session = self.sessions.get(link.port)
+            if session is None:
+                link.send(p.error_frame(p.ERR_NO_SESSION, "no session: send HELLO first",
+                                        p.OTA_STATE))
+                return
+            self.nodes[session.node].last_seen = self.mono()
+            if self.on_ota_state is not None:
+                self.on_ota_state(session, msg)
         elif isinstance(msg, p.Error):
             self.node_errors += 1
             log.info(f"{link.port}: node sent ERROR {msg.code}: {msg.message}",
                      extra=logs.fields(link=link.port, node=self._node_on(link),
                                        error=f"{msg.code}: {msg.message}"))
+            session = self.sessions.get(link.port)
+            if session is not None and self.on_node_error is not None:
+                self.on_node_error(session, msg)
         else:
             # A gateway-to-node message coming from a node: valid CBOR, wrong direction.
             link.malformed += 1
@@ -225,6 +257,7 @@ class SessionManager:
         state = self._state(msg.node, msg.role)
         state.port, state.role, state.hellos = link.port, msg.role, state.hellos + 1
         state.fw, state.boot_count, state.reset_cause = msg.fw, msg.boot_count, msg.reset_cause
+        state.board = msg.board
         state.last_seen = self.mono()
         self.send_time(session)
         try:
@@ -251,6 +284,8 @@ class SessionManager:
                  extra=logs.fields(link=link.port, node=msg.node, ack=result.ack,
                                    resume=resume))
         link.send(p.encode_frame(p.Ack(result.ack, resume)))
+        if self.on_hello is not None:
+            self.on_hello(session)
 
     @staticmethod
     def _resume(msg: p.Hello, high: int) -> int | None:

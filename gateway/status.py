@@ -3,8 +3,9 @@
 GET / (the status page), GET /status (JSON), GET /history (the page's charts, history.py),
 GET /metrics (Prometheus text), GET /healthz
 (200 `ok`, or 503 with one JSON line saying why); from loopback only: POST
-/nodes/{node}/commands (a command to a node, answered with its REPLY) and GET /commands (the
-audit log).
+/nodes/{node}/commands (a command to a node, answered with its REPLY), GET /commands (the
+audit log), POST /ota/rollouts (an update bundle in the body, application/octet-stream: starts
+a rollout, gateway/ota/) and GET /ota/rollouts/{id}.
 
 Any web page the operator opens can make the browser send requests to loopback, and a DNS
 name of the attacker's can be rebound to 127.0.0.1. So the command endpoints also require: a
@@ -36,6 +37,8 @@ from .health import SAMPLE_S, Health
 from .history import History
 from .links.base import Link
 from .metrics import CONTENT_TYPE, Metrics, backpressure
+from .ota.bundle import MAX_BUNDLE
+from .ota.manager import OtaError, OtaManager
 from .queue import Queue
 from .session import SessionManager
 from .uplinks.base import Uplink
@@ -50,7 +53,8 @@ class Status:
 
     def __init__(self, gateway_id: str, site: str, queue: Queue, sessions: SessionManager,
                  links: list[Link], uplinks: list[Uplink], health: Health | None = None,
-                 commander: Commander | None = None, api_token: str | None = None) -> None:
+                 commander: Commander | None = None, api_token: str | None = None,
+                 ota: OtaManager | None = None) -> None:
         self.gateway_id = gateway_id
         self.site = site
         self.queue = queue
@@ -61,6 +65,7 @@ class Status:
         self.health = health or Health(links, list(uplinks), queue)
         self.metrics = Metrics(self)
         self.commander = commander
+        self.ota = ota
         # Without a token from the daemon nobody can use the command API (not: everybody).
         self.api_token = api_token or secrets.token_hex(32)
         for u in uplinks:
@@ -89,7 +94,7 @@ class Status:
                 "last_level": n.last_level, "alarm": n.alarm,
                 "last_seen_s": None if n.last_seen is None else round(now - n.last_seen, 1),
                 "duplicates": n.duplicates, "gaps": n.gaps, "fw": n.fw,
-                "boot_count": n.boot_count, "reset_cause": n.reset_cause,
+                "boot_count": n.boot_count, "reset_cause": n.reset_cause, "board": n.board,
             })
         q = self.queue
         return {
@@ -111,6 +116,7 @@ class Status:
             "uplinks": [u.status() for u in self.uplinks],
             "recent_alarms": list(reversed(self.sessions.recent_alarms)),   # newest first
             "identity": self.identity(),
+            "ota": self.ota.document() if self.ota is not None else None,
         }
 
     def identity(self) -> dict[str, Any]:
@@ -124,7 +130,7 @@ class Status:
                             "last": a.last} for a in s.identity_alarms.values()]}
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BUNDLE + 4096)   # POST /ota/rollouts
         app.router.add_get("/", self._page)
         app.router.add_get("/status", self._status)
         app.router.add_get("/history", self._history)
@@ -133,6 +139,8 @@ class Status:
         app.router.add_post("/nodes/{node}/commands", self._command)
         app.router.add_get("/commands", self._commands)
         app.router.add_post("/links/accept", self._accept)
+        app.router.add_post("/ota/rollouts", self._ota_start)
+        app.router.add_get("/ota/rollouts/{id}", self._ota_rollout)
         app.cleanup_ctx.append(self._sampler)
         return app
 
@@ -174,7 +182,8 @@ class Status:
         except ValueError:
             return False
 
-    def _refuse(self, request: web.Request, write: bool = False) -> web.Response | None:
+    def _refuse(self, request: web.Request, write: bool = False,
+                content_type: str = "application/json") -> web.Response | None:
         if self.commander is None:
             return _error(503, "commands are not available on this server")
         if not self._local(request):
@@ -189,8 +198,8 @@ class Status:
         if origin is not None and _origin(origin) != here:
             return _error(403, f"Origin {origin[:80]!r} is not this server: commands are not"
                                f" accepted from web pages; use `roadside gateway cmd`")
-        if write and request.content_type != "application/json":
-            return _error(415, f"Content-Type must be application/json, got"
+        if write and request.content_type != content_type:
+            return _error(415, f"Content-Type must be {content_type}, got"
                                f" {request.content_type[:80]!r}")
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -265,6 +274,51 @@ class Status:
         except ValueError as exc:
             return _error(409, str(exc))
         return web.json_response({"accepted": text})
+
+    async def _ota_start(self, request: web.Request) -> web.Response:
+        """POST /ota/rollouts?node=ID&node=ID|site=1&canary=N&force=1&who=NAME, the bundle
+        (.rsb) as the body (application/octet-stream, which a web page cannot send cross-site
+        without a CORS preflight either); guarded like commands. 202 with the rollout."""
+        refused = self._refuse(request, write=True, content_type="application/octet-stream")
+        if refused is not None:
+            return refused
+        if self.ota is None:
+            return _error(503, "updates over the air are not available on this server")
+        q = request.query
+        nodes = q.getall("node", [])
+        site = q.get("site", "") in ("1", "true", "yes")
+        if site == bool(nodes):
+            return _error(400, "give node=ID (one or more) or site=1, not both, not neither")
+        try:
+            canary = int(q.get("canary", "1"))
+        except ValueError:
+            return _error(400, f"canary: must be an integer 0..1000, got {q.get('canary')!r}")
+        try:
+            data = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "bundle too large for this server")
+        try:
+            rollout = self.ota.start(data, None if site else nodes, canary,
+                                     q.get("force", "") in ("1", "true", "yes"),
+                                     who=q.get("who", "unknown")[:100],
+                                     origin=str(request.remote))
+        except OtaError as exc:
+            return _error(exc.status, str(exc))
+        return web.json_response(rollout.doc(), status=202)
+
+    async def _ota_rollout(self, request: web.Request) -> web.Response:
+        """GET /ota/rollouts/{id}: a rollout's progress and outcome per node."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            rid = int(request.match_info["id"])
+        except ValueError:
+            return _error(400, "rollout id: must be an integer")
+        doc = None if self.ota is None else self.ota.rollout_doc(rid)
+        if doc is None:
+            return _error(404, f"no rollout {rid} on this gateway")
+        return web.json_response(doc)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         resp = web.Response(body=self.metrics.render())

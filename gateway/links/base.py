@@ -53,6 +53,17 @@ class Link(abc.ABC):
                 "bytes_in": c["bytes_in"], "bytes_out": self.bytes_out}
 
     @property
+    def byte_rate(self) -> float | None:
+        """Bytes per second the transport carries (None: not known); OTA pacing takes its
+        `ota.link_share` of it (gateway/ota/transfer.py)."""
+        return None
+
+    def backlog(self) -> int:
+        """Bytes (or frames) accepted by send() and not yet handed to the transport: OTA
+        chunks go out only when this is 0, so they never wait in front of an ACK."""
+        return 0
+
+    @property
     def is_open(self) -> bool:
         return self.state == OPEN
 

@@ -284,6 +284,9 @@ class BleLink(base.Link):
                 ok = False
         return ok
 
+    def backlog(self) -> int:
+        return self._out.qsize()
+
     def counters(self) -> dict[str, int]:
         c = super().counters()
         s = self.session

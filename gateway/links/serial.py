@@ -76,6 +76,13 @@ class SerialLink(base.Link):
         self.bytes_out += len(frame)
         return True
 
+    @property
+    def byte_rate(self) -> float:
+        return self.baudrate / 10        # 8N1: ten bits a byte
+
+    def backlog(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
     def _close_transport(self) -> None:
         if self._transport is not None:
             self._transport.close()

@@ -27,6 +27,7 @@ the publishing and the commands. The Commander comes at construction (`commander
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -46,11 +47,13 @@ from .. import ids, logs
 from ..commands import COMMANDS, CommandError
 from ..config import UplinkConfig
 from ..errors import UplinkError
+from ..ota.manager import OtaError
 from ..queue import Batch, Queue
 from .base import CONNECTING, Uplink
 
 if TYPE_CHECKING:
     from ..commands import Commander
+    from ..ota.manager import OtaManager
 
 log = logging.getLogger("roadside.gateway.uplink")
 
@@ -89,6 +92,7 @@ class MqttUplink(Uplink):
         self.port = parsed.port or (8883 if self.tls else 1883)
         self.gateway_id = gateway_id
         self.site = site
+        self.ota: OtaManager | None = None     # rollouts (`ota.push`); the daemon sets it
         self.client_id = config.client_id or f"roadside-{gateway_id}-{config.name}"
         self.connects = 0
         self._password = config.password()   # read once at start (ConfigError if gone)
@@ -274,6 +278,8 @@ class MqttUplink(Uplink):
                              " {\"id\", \"node\", \"name\", \"args\"}"}
         node, name, args = doc.get("node"), doc.get("name"), doc.get("args")
         who = doc.get("who")
+        if name == "ota.push":
+            return self._ota_push(doc, cid)
         base: dict[str, Any] = {"id": cid, "node": node, "name": name}
         if not ids.valid(node):
             base["node"] = ids.shown(node)    # not echoed whole
@@ -307,6 +313,42 @@ class MqttUplink(Uplink):
         else:
             out["error"] = result.error
         return out
+
+    def _ota_push(self, doc: dict[Any, Any], cid: Any) -> dict[str, Any]:
+        """{"name": "ota.push", "bundle": bytes (CBOR) or base64 text (JSON), "nodes": [ids]
+        or "site": true, "canary", "force", "who"}: start a rollout (gateway/ota/); the
+        reply carries the rollout as started (its progress: /status, the audit log)."""
+        base: dict[str, Any] = {"id": cid, "name": "ota.push"}
+        if "ota.push" not in self.config.command_allow:
+            return {**base, "ok": False, "status": 403, "outcome": "refused",
+                    "error": "ota.push is not allowed on this command topic; add it to the"
+                             " uplink's command_allow in gateway.toml"}
+        if self.ota is None:
+            return {**base, "ok": False, "status": 503, "error": "no OTA on this gateway"}
+        bundle = doc.get("bundle")
+        if isinstance(bundle, str):
+            try:
+                bundle = base64.b64decode(bundle, validate=True)
+            except ValueError:
+                bundle = None
+        if not isinstance(bundle, bytes):
+            return {**base, "ok": False, "status": 400,
+                    "error": "bundle: give the .rsb bytes (CBOR bytes, or base64 text in JSON)"}
+        nodes, site, canary = doc.get("nodes"), doc.get("site") is True, doc.get("canary", 1)
+        if site == (nodes is not None) or nodes is not None and (
+                not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes)):
+            return {**base, "ok": False, "status": 400,
+                    "error": "give \"nodes\": [ids] or \"site\": true, not both"}
+        if isinstance(canary, bool) or not isinstance(canary, int):
+            return {**base, "ok": False, "status": 400, "error": "canary: must be an integer"}
+        who = doc.get("who")
+        try:
+            rollout = self.ota.start(bundle, None if site else nodes, canary,
+                                     doc.get("force") is True,
+                                     who=str(who)[:100] if who else "mqtt", origin="mqtt")
+        except OtaError as exc:
+            return {**base, "ok": False, "status": exc.status, "error": str(exc)}
+        return {**base, "ok": True, "status": 202, "rollout": rollout.doc()}
 
     async def _publish_reply(self, client: aiomqtt.Client, body: bytes) -> None:
         try:

@@ -82,12 +82,14 @@ def test_the_example_in_docs_gateway_md_is_valid_and_complete(tmp_path, capsys):
     assert "s3cr3t-content" not in out and "00" * 32 not in out   # files named, never read out
     keys = set(re.findall(r"^#? ?(\w+) =", example, re.M))
     sections = set(re.findall(r"^\[\[?(\w+)\]\]?", example, re.M))
-    assert sections == {"gateway", "link", "ble", "queue", "batch", "uplink", "status", "log"}
+    assert sections == {"gateway", "link", "ble", "queue", "batch", "uplink", "status", "log",
+                        "ota"}
     expected = (set(gc.UPLINK_KEYS) | set(gc.MQTT_KEYS) | set(gc.HTTP_KEYS)
                 | {"id", "site", "data_dir", "port", "baudrate", "usb_serial", "vid_pid",
                    "max_records", "max_bytes", "max_age_s", "listen", "link_down_s",
                    "uplink_down_s", "format", "level", "node", "address", "secret_file",
-                   "max_connections", "hold_s"})
+                   "max_connections", "hold_s", "link_share", "retry_s", "stall_s",
+                   "timeout_s", "trial_s"})
     assert expected <= keys, expected - keys
 
 

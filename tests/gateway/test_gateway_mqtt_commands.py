@@ -4,6 +4,7 @@ MQTT uplink that has a command_topic, the fake node on a real pty answering the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 
@@ -187,3 +188,68 @@ def test_commands_over_mqtt_with_replies_dedupe_and_audit(tmp_path, fake_node):
     assert rows == [("ops", "mqtt", "wl-0001", "ping", "ok"),
                     ("mqtt", "mqtt", "wl-0001", "config.set", "ok"),
                     ("mqtt", "mqtt", "wl-0001", "config.set", "error")]
+
+
+def test_ota_push_over_the_command_topic(tmp_path):
+    """`ota.push` on the command topic starts a rollout (when command_allow lists it); the
+    scripted contract node is updated; a bad bundle is answered with one error."""
+    from support.ota_node import OtaNode, make_bundle
+
+    node = OtaNode("wl-0001")
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    cfg = tmp_path / "gw.toml"
+    listen = f"127.0.0.1:{free_port()}"
+    text = config_text(node.path, str(tmp_path / "data"), broker.port, listen)
+    cfg.write_text(text.replace('command_allow = ["ping", "config.set"]',
+                                'command_allow = ["ping", "ota.push"]'))
+    config = load(cfg)
+    cmd_topic, reply_topic = "roadside/site-c/gw-c/cmd", "roadside/site-c/gw-c/cmd/reply"
+    bundle = make_bundle({"main.py": b"m" * 3000}, "1.1.0")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        gw = asyncio.create_task(daemon.main(config, stop))
+        node.start()
+        try:
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="operator") as op:
+                await op.subscribe(reply_topic, qos=1)
+                replies = aiter(op.messages)
+                await link_open(f"http://{listen}/status", node.path)
+                node.hello()
+                await node.until(node.session.is_set, "HELLO acked")
+                r = None
+                for i in range(100):     # until the gateway's subscription is in place
+                    assert not gw.done(), "the daemon stopped"
+                    await op.publish(cmd_topic, json.dumps(
+                        {"id": f"o-{i}", "name": "ota.push", "nodes": ["wl-0001"],
+                         "bundle": base64.b64encode(bundle).decode(), "who": "ops"}).encode(),
+                        qos=1)
+                    try:
+                        async with asyncio.timeout(0.3):
+                            msg = await anext(replies)
+                        r = json.loads(msg.payload)
+                        break
+                    except TimeoutError:
+                        continue
+                assert r is not None and r["ok"] is True and r["status"] == 202, r
+                assert r["rollout"]["nodes"][0]["node"] == "wl-0001"
+                await node.until(lambda: node.state == "done", "updated over MQTT")
+                assert node.version == "1.1.0"
+                # Bad requests get one clear error.
+                await op.publish(cmd_topic, cbor2.dumps({"id": "bad", "name": "ota.push",
+                                                         "site": True, "bundle": b"junk"}),
+                                 qos=1)
+                async with asyncio.timeout(10):
+                    r = cbor2.loads((await anext(replies)).payload)
+                assert r["ok"] is False and r["status"] == 400
+                assert r["error"].startswith("bundle is not a roadside OTA bundle (not CBOR")
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(gw, 15) == 0
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        broker.stop()
+        node.close()

@@ -118,3 +118,52 @@ def test_status_page_shows_node_level_and_alarm(tmp_path, fake_node):
         if driver is not None:
             driver.quit()
         procs.stop(proc)
+
+
+def test_status_page_shows_ota_progress_and_outcome(tmp_path):
+    """An update rolled out (one node done, one refused) shows on the page node by node."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from support.ota_node import OtaNode, api, make_bundle
+
+    a, b = OtaNode("wl-0001"), OtaNode("wl-0002", version="3.0.0")
+    cfg = write(tmp_path / "gw.toml", [a.path, b.path], tmp_path / "data", None, "127.0.0.1:0",
+                GatewaySettings(gateway_id="gw-page", site="river-7"))
+    proc, url = procs.start_gateway(cfg, tmp_path / "gw.log")
+    base = url.removesuffix("/status")
+    driver = None
+    try:
+        async def roll() -> None:
+            for n in (a, b):
+                await n.join(url)
+            code, doc = await asyncio.to_thread(
+                api, base, tmp_path / "data", "/ota/rollouts",
+                make_bundle({"main.py": b"z" * 3000}, "1.1.0"),
+                {"node": ["wl-0001", "wl-0002"]})
+            assert code == 202, doc
+            await a.until(lambda: a.state == "done", "wl-0001 updated")
+            for _ in range(500):
+                if status(url)["ota"]["rollouts"][0]["state"] != "running":
+                    break
+                await asyncio.sleep(0.02)
+
+        asyncio.run(asyncio.wait_for(roll(), 30))
+        driver = chromium(tmp_path / "chromium-profile")
+        driver.set_page_load_timeout(15)
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 15, poll_frequency=0.1,
+                             ignored_exceptions=[NoSuchElementException,
+                                                 StaleElementReferenceException])
+        done = wait.until(lambda d: d.find_element(
+            By.CSS_SELECTOR, '#ota tr[data-node="wl-0001"]').text)
+        assert "done" in done and "100 %" in done and "app 1.1.0" in done
+        refused = wait.until(lambda d: d.find_element(
+            By.CSS_SELECTOR, '#ota tr[data-node="wl-0002"]').text)
+        assert "failed" in refused and "refused: version" in refused
+    finally:
+        if driver is not None:
+            driver.quit()
+        procs.stop(proc)
+        a.close()
+        b.close()

@@ -68,8 +68,9 @@ class BleRig:
     def node_id(self, i: int) -> str:
         return f"wl-{i:04d}"
 
-    async def start(self, prefill: int = 0) -> None:
-        """Start the nodes; `prefill` records are put in each journal first (a backlog)."""
+    async def start(self, prefill: int = 0, ota_key: bytes | None = None) -> None:
+        """Start the nodes; `prefill` records are put in each journal first (a backlog);
+        `ota_key`: in each node's flash (it accepts bundles made with it)."""
         mpy = build_mpy()
         self.backend = await BumbleBackend.create(self.air)
         for i in range(1, self.count + 1):
@@ -81,7 +82,8 @@ class BleRig:
             cfg = {"ble": True, "site": self.site, **self.extra,
                    "sim": {"ble": bridge.node_path, "battery_pct": 80,
                            "scenario": str(self.scenario), "speed": self.speed, "seed": i}}
-            spec = NodeSpec(node, self.role, self.scenario, self.speed, seed=i, config=cfg)
+            spec = NodeSpec(node, self.role, self.scenario, self.speed, seed=i, config=cfg,
+                            ota_key=ota_key)
             sim = SimNode(spec, self.tmp / "run", mpy=mpy)
             await asyncio.to_thread(sim.flash.put, "secret.bin", secret_for(i))  # provisioned
             if prefill:

@@ -34,7 +34,7 @@ def add_parser(actions: argparse._SubParsersAction, epilog: str) -> None:
 
 def handle_accept(args: argparse.Namespace) -> int:
     url = f"{api.base_url(args.config)}/links/accept"
-    status, doc = api._request(url, {"port": args.port, "node": args.node}, 10,
+    status, doc = api.request(url, {"port": args.port, "node": args.node}, 10,
                                        api.token(args.config))
     if status != 200:
         message = doc.get("error", doc) if isinstance(doc, dict) else doc

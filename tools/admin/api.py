@@ -126,11 +126,15 @@ def base_url(config: Path) -> str:
     return f"http://{host}:{port}"
 
 
-def _request(url: str, body: dict[str, Any] | None, timeout: float,
+def request(url: str, body: dict[str, Any] | bytes | None, timeout: float,
              api_key: str) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
+    """GET (body None) or POST a JSON object or raw bytes (an OTA bundle) to the daemon's
+    local API; (HTTP status, the JSON answer)."""
+    raw = isinstance(body, bytes)
+    data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json",
+                                 headers={"Content-Type": "application/octet-stream" if raw
+                                          else "application/json",
                                           "Authorization": f"Bearer {api_key}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -167,7 +171,7 @@ def handle_cmd(args: argparse.Namespace) -> int:
     if args.attempts is not None:
         body["attempts"] = args.attempts
     per_try = args.timeout or 2.0
-    status, doc = _request(url, body, per_try * (args.attempts or 3) + 10, token(args.config))
+    status, doc = request(url, body, per_try * (args.attempts or 3) + 10, token(args.config))
     if status == 200 and doc.get("ok"):
         print(json.dumps(doc["result"], indent=2, sort_keys=True))
         return EXIT_OK
@@ -183,7 +187,7 @@ def handle_cmd(args: argparse.Namespace) -> int:
 
 
 def handle_commands(args: argparse.Namespace) -> int:
-    status, rows = _request(f"{base_url(args.config)}/commands?limit={args.limit}", None, 10,
+    status, rows = request(f"{base_url(args.config)}/commands?limit={args.limit}", None, 10,
                             token(args.config))
     if status != 200:
         raise ToolError(f"{rows.get('error', rows)} (HTTP {status})")

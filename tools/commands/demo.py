@@ -16,11 +16,14 @@ EXAMPLES = """examples:
                                          2 signal + 2 toll nodes (nodes go round the roles)
   roadside demo --fail-rate 0.3 --duration 20   the receiver refuses 30 % of batches
   roadside demo --uplink http://backend.example:8080/batches   your own backend
+  roadside demo --ota --duration 120     an app update (one patch version up) rolled through
+                                         the nodes, canary first, while they keep reporting
 
 With --duration the exit status is 0 only when every record each node produced arrived
 exactly once, in order; with --duration and --uplink the demo drains the gateway's queue
 into that backend (bounded, 30 s), says how many records it handed over, and exits 0 only
-when the queue emptied. Logs, node flash and gateway.toml stay in --run-dir."""
+when the queue emptied. With --duration and --ota the update must also have reached every
+node. Logs, node flash, gateway.toml and the bundle stay in --run-dir."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="toll beacon scenario (default peak)")
     p.add_argument("--rain-scenario", default="storm", metavar="NAME|FILE",
                    help="rain gauge scenario (default storm, timed to the water flood)")
+    p.add_argument("--ota", action="store_true",
+                   help="build the node app one patch version up and roll it through the nodes"
+                        " (canary first) once they are up; with --duration it must reach"
+                        " every node")
     p.add_argument("--fail-rate", type=float, default=0.0, metavar="FRACTION",
                    help="make the local receiver answer 503 to this fraction of batches")
     p.set_defaults(handler=handle)
@@ -80,4 +87,4 @@ def handle(args: argparse.Namespace) -> int:
                                       "toll": args.toll_scenario,
                                       "rain": args.rain_scenario},
                            run_dir=args.run_dir, speed=args.speed, scenario=args.scenario,
-                           fail_rate=args.fail_rate))
+                           fail_rate=args.fail_rate, ota=args.ota))

@@ -36,8 +36,9 @@ class ProgressView:
     """Thread-safe per-board progress; `callback(label)` feeds `flash_board`."""
 
     def __init__(self, labels: list[str], stream: TextIO | None = None,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, stepped: str = "write") -> None:
         self.stream = stream or sys.stderr
+        self.stepped = stepped      # the stage printed at every quarter without a terminal
         self.tty = self.stream.isatty() if tty is None else tty
         self.labels = labels
         self.width = max((len(label) for label in labels), default=0)
@@ -89,11 +90,11 @@ class ProgressView:
             self.bars.update(self._tasks[label], completed=pct, stage=stage)
             return
         with self._lock:
-            step = pct // 25 * 25 if stage == "write" else 0
+            step = pct // 25 * 25 if stage == self.stepped else 0
             if self._last.get(label) == (stage, step):
                 return
             self._last[label] = (stage, step)
-            text = f"{stage} {step}%" if stage == "write" else stage
+            text = f"{stage} {step}%" if stage == self.stepped else stage
             self.stream.write(f"{label:<{self.width}}  {text}\n")
             self.stream.flush()
 

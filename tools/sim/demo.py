@@ -25,6 +25,7 @@ from rich.live import Live
 from ..addresses import free_port
 from ..errors import LaunchError, ToolError
 from . import gateway_toml, procs
+from .demo_ota import DemoOta
 from .launcher import Simulation
 from .node_state import NodeStateError, held_seqs, last_seq
 from .receiver_store import latest_readings, read_seqs
@@ -53,6 +54,7 @@ class DemoOptions:
     drain_timeout: float = 30.0
     node_config: dict[str, Any] = field(default_factory=dict)
     settings: gateway_toml.GatewaySettings = field(default_factory=gateway_toml.GatewaySettings)
+    ota: bool = False         # roll an update (this app, one patch up) through the nodes
 
 
 @dataclass
@@ -125,6 +127,8 @@ class Demo:
         self.tty = sys.stdout.isatty()
         self.live: Live | None = None       # the live table on a terminal, while watching
         self.started = time.monotonic()
+        self.ota = DemoOta(self.run_dir) if options.ota else None
+        self.ota_task: asyncio.Task[None] | None = None
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -139,6 +143,10 @@ class Demo:
         self.sim = Simulation.mixed(self.run_dir, distribute(self.o.roles, self.o.nodes),
                                     {**self.o.scenarios, "water": self.o.scenario},
                                     self.o.speed, config=self.o.node_config)
+        if self.ota is not None:     # the nodes accept bundles made with the demo's key
+            for node in self.sim.nodes:
+                node.spec.ota_key = self.ota.key
+            build = asyncio.create_task(self.ota.build())
         await self.sim.start()
         port = free_port()
         self.status_url = f"http://127.0.0.1:{port}/status"
@@ -147,6 +155,9 @@ class Demo:
             self.run_dir / "gateway-data", uplink, f"127.0.0.1:{port}", self.o.settings)
         self.start_gateway(config)
         self.say(f"run directory: {self.run_dir}")
+        if self.ota is not None:
+            await build
+            self.say(f"ota: built {self.ota.path.name}; pushed once every node said HELLO")
 
     def start_gateway(self, config: Path | None = None) -> None:
         config = config or self.run_dir / "gateway.toml"
@@ -154,7 +165,17 @@ class Demo:
             [sys.executable, "-m", "roadside.gateway.daemon", "--config", str(config)],
             self.run_dir / "logs" / "gateway.log")
 
+    def start_ota(self, session: aiohttp.ClientSession) -> None:
+        """With --ota: the rollout, beside the watching (its lines go above the live view)."""
+        if self.ota is not None:
+            self.ota_task = asyncio.create_task(self.ota.run(
+                session, self.status_url.removesuffix("/status"),
+                self.run_dir / "gateway-data", self.o.nodes, self.say))
+
     async def stop(self) -> None:
+        if self.ota_task is not None:
+            self.ota_task.cancel()
+            await asyncio.gather(self.ota_task, return_exceptions=True)
         if self.sim is not None:
             await self.sim.stop()
         for proc in (self.gateway, self.receiver.proc if self.receiver else None):
@@ -356,6 +377,7 @@ async def run_demo(options: DemoOptions) -> int:
     try:
         async with aiohttp.ClientSession() as session:
             await demo.start()
+            demo.start_ota(session)
             until = None if options.duration is None else time.monotonic() + options.duration
             await demo.watch(session, until, stop)
             if stop.is_set():
@@ -371,6 +393,12 @@ async def run_demo(options: DemoOptions) -> int:
             summary = await demo.finish(session)
             for line in summary.lines():
                 demo.say(line)
+            if demo.ota is not None:
+                result = demo.ota.result
+                if result is None or result["state"] != "done":
+                    demo.say("ota: the update did not reach every node within --duration"
+                             if result is None else f"ota: the update {result['state']}")
+                    return 1
             return 0 if summary.ok else 1
     finally:
         await demo.stop()
