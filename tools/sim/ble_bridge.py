@@ -15,6 +15,7 @@ node holds at most 8 in flight (like NimBLE's buffers), so nothing queues withou
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -33,6 +34,7 @@ from bumble.link import LocalLink
 log = logging.getLogger("roadside.ble_bridge")
 
 _RPC_QUEUE = 256   # node -> bridge messages waiting; credits keep it far below this
+_OUT_MAX_MSGS = 512   # bridge -> node messages the pty has not taken yet (then dropped whole)
 
 
 _STEP_S = 2.0      # bound on one disconnect / power-off on the virtual controller
@@ -91,6 +93,10 @@ class NodeBridge:
         os.set_blocking(self.master, False)
         self.node_path = os.ttyname(self.slave)
         self._buf = bytearray()
+        self._out: collections.deque[bytes] = collections.deque()   # to the node, in order
+        self._writer_on = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dropped_out = 0
         self._rpc: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(_RPC_QUEUE)
         self._task: asyncio.Task[None] | None = None
         self._chars: dict[int, gatt.Characteristic] = {}
@@ -103,7 +109,8 @@ class NodeBridge:
     async def start(self) -> None:
         self.device = await self.air.device(self.name, self.address)
         self.device.on("connection", self._on_connection)
-        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.master, self._readable)
         self._task = asyncio.create_task(self._serve(), name=f"ble bridge {self.name}")
 
     async def close(self) -> None:
@@ -111,6 +118,8 @@ class NodeBridge:
         whose peer already went away may never answer a disconnect)."""
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.master)
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_writer(self.master)
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=_STEP_S)
@@ -148,11 +157,38 @@ class NodeBridge:
                 self.dropped_rpc += 1
 
     def _write(self, op: bytes, body: bytes) -> None:
-        msg = struct.pack("<H", len(body) + 1) + op + body
-        try:
-            os.write(self.master, msg)
-        except OSError:
-            pass   # the node is not running: what it would have heard is lost, like a radio
+        """One message to the node, whole or not at all: a pty that takes only part of it
+        (the node reads slower than the radio talks, e.g. during an OTA transfer on a busy
+        machine) keeps the rest for later; a partial message would desynchronise its stream."""
+        if len(self._out) >= _OUT_MAX_MSGS:
+            self.dropped_out += 1   # the node is not reading: lost whole, like a radio's
+            return
+        self._out.append(struct.pack("<H", len(body) + 1) + op + body)
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        while out:
+            head = out[0]
+            try:
+                n = os.write(self.master, head)
+            except BlockingIOError:
+                break
+            except OSError:   # the pty is gone: what the node would have heard is lost
+                out.clear()
+                break
+            if n < len(head):
+                out[0] = head[n:]
+                break
+            out.popleft()
+        waiting = bool(out)
+        if waiting != self._writer_on and self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                if waiting:
+                    self._loop.add_writer(self.master, self._flush)
+                else:
+                    self._loop.remove_writer(self.master)
+            self._writer_on = waiting
 
     async def _serve(self) -> None:
         while True:
