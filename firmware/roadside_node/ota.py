@@ -10,6 +10,7 @@
 # app slot not running (/ota/a or /ota/b) and then, in one atomic write of ota/boot.json, makes
 # it the trial (the loader, otaboot.py, boots it); a power cut before that write boots the old
 # app, after it the trial.
+import gc
 import hashlib
 import json
 import os
@@ -20,20 +21,11 @@ from micropython import const
 from . import cbor, proto
 from .journal import write_atomic
 
-DIR = "ota"
-STAGE = "ota/stage.json"
-MANIFEST = "ota/manifest.cbor"
-PAYLOAD = "ota/stage.bin"
-BOOT = "ota/boot.json"  # the loader's pointer (otaboot.py)
-KEY = "ota.key"  # 32 bytes, provisioned over serial (secret.set with "for": "ota")
-BLOCK = const(4096)  # a firmware partition's erase block
 _BAD_MAX = const(3)  # bad pieces in one transfer before it is refused as tampered
 _EVERY = const(4)  # OTA_STATE at least every this many chunks
-_BUF = const(512)
 _T_OFFER = const(10)  # message types (proto.py leaves them unnamed, PROTOCOL.md 2.6)
 _T_STATE = const(12)
-_TRIAL_S = const(120)  # a trial boot without a healthy session for this long is rolled back
-_TRIAL_IDLE_S = const(30)  # a session up this long with nothing to send is healthy too
+_T_CHUNK = const(11)
 
 
 def _rm(path):
@@ -58,30 +50,9 @@ def _mkdirs(path):
             pass
 
 
-def _version(text):
-    """"1.4.0" -> (1, 4, 0); None when it is not dotted numbers."""
+def _read(path, mode="r"):
     try:
-        return tuple(int(p) for p in text.split("."))
-    except (ValueError, AttributeError):
-        return None
-
-
-def _mac_ok(key, msg, mac):
-    """HMAC-SHA256(key, msg) == mac, compared in constant time. A 32-byte key needs no
-    hashing (RFC 2104): here rather than auth.py's, whose BLE handshake does not fit the heap
-    left beside this module on a node without BLE."""
-    pad = key + bytes(32)
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in pad) + msg).digest()
-    got = hashlib.sha256(bytes(b ^ 0x5C for b in pad) + inner).digest()
-    r = len(got) ^ len(mac)
-    for a, b in zip(got, mac):
-        r |= a ^ b
-    return r == 0
-
-
-def _read(path, binary=False):
-    try:
-        with open(path, "rb" if binary else "r") as f:
+        with open(path, mode) as f:
             return f.read()
     except OSError:
         return None
@@ -90,28 +61,34 @@ def _read(path, binary=False):
 def _boot():
     """ota/boot.json (otaboot.py's read, without importing the loader: ~1.4 KB held)."""
     try:
-        b = json.loads(_read(BOOT))
+        b = json.loads(_read("ota/boot.json"))
         return b if isinstance(b, dict) else {}
     except (TypeError, ValueError):
         return {}
 
 
 def _set_boot(b):
-    write_atomic(BOOT, json.dumps(b))  # otaboot.write's steps: tmp + rename
+    write_atomic("ota/boot.json", json.dumps(b))  # otaboot.write's steps: tmp + rename
 
 
-def _kept(m):
-    """Of a manifest, what the transfer and the switch use (version, pieces, size, digest)."""
-    return {1: m[1], 5: m[5], 7: m[7], 8: m[8]}
+def _use(name):
+    """A part of the OTA code (ota_steps, ota_trial, ota_fw), imported now (after a
+    collection: its code in one piece if it can) or the one already loaded."""
+    mod = sys.modules.get("roadside_node." + name)
+    if mod is None:
+        gc.collect()
+        mod = __import__("roadside_node." + name, None, None, (name,))
+    return mod
 
 
-def _partition():
-    """The OTA partition a firmware image goes to; None when the board has none."""
+def _drop(name):
+    """Forget a part imported by _use: its code is garbage at the next collection."""
+    sys.modules.pop("roadside_node." + name, None)
     try:
-        import esp32
-        return esp32.Partition(esp32.Partition.RUNNING).get_next_update()  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - no esp32 module, no OTA partitions
-        return None
+        delattr(sys.modules["roadside_node"], name)  # the package's attribute set by the import
+    except (KeyError, AttributeError):
+        pass
+    gc.collect()
 
 
 class Ota:
@@ -128,56 +105,26 @@ class Ota:
         self.f = None  # the open payload file (app)
         self.part = None  # the partition (firmware)
         self.refused = None  # (tag, reason) of the last refusal
-        self.bad_total = 0  # bad pieces seen (counted for info)
-        self.told = False  # boot_step: the trial / outcome was told after HELLO
-        self.up_at = -1  # boot_step: seconds since boot when the session was first up
-        # boot_step (from App's first step on, while bootguard's `ota` is set): real time (a
-        # trial is bounded in seconds), and records acked since (the trial is healthy)
-        self.boot_ms = None
-        self.unacked0 = 0
-        self._load()
+        try:
+            os.stat("ota/stage.json")
+        except OSError:
+            return
+        try:  # a transfer staged before this boot: resumed at its last verified piece
+            _use("ota_steps").load(self)
+        finally:
+            _drop("ota_steps")
 
     # -- staging ---------------------------------------------------------------------------
-    def _load(self):
-        st = _read(STAGE)
-        mb = _read(MANIFEST, True)
-        if st is None or mb is None:
-            return
-        try:
-            st = json.loads(st)
-            self.m = _kept(cbor.loads(mb))
-            self.tag = bytes.fromhex(st["tag"])
-            self.st = st
-            self._at(int(st["have"]))
-            if st["kind"] == "firmware":
-                self.part = _partition()
-        except Exception:  # noqa: BLE001 - damaged staging: start afresh
-            self.s.log("ota: staging unreadable, dropped")
-            self.drop()
-
-    def _at(self, have):
-        """Position at `have`, a piece boundary (pieces before it verified)."""
-        at = 0
-        i = 0
-        for size, _ in self.m[5]:
-            if at >= have:
-                break
-            at += size
-            i += 1
-        self.have = self.start = at
-        self.piece = i
-        self.h = hashlib.sha256()
-
     def _save(self):
         self.st["have"] = self.start
-        write_atomic(STAGE, json.dumps(self.st))
+        write_atomic("ota/stage.json", json.dumps(self.st))
 
     def drop(self):
         """Forget the transfer held: its files go."""
         if self.f is not None:
             self.f.close()
             self.f = None
-        for p in (STAGE, MANIFEST, PAYLOAD):
+        for p in ("ota/stage.json", "ota/manifest.cbor", "ota/stage.bin"):
             _rm(p)
         self.st = {}
         self.m = {}
@@ -187,87 +134,31 @@ class Ota:
 
     # -- messages ---------------------------------------------------------------------------
     def on_message(self, mtype, msg):
-        need = proto._need
-        try:
-            if mtype == _T_OFFER:
-                need(msg, 1, lambda v: v in ("app", "firmware"), "app or firmware", mtype)
-                need(msg, 2, lambda v: isinstance(v, bytes), "the manifest bytes", mtype)
-                need(msg, 3, lambda v: isinstance(v, bytes) and len(v) == 32, "a 32-byte mac",
-                     mtype)
-            else:
-                need(msg, 1, lambda v: isinstance(v, bytes) and len(v) == 8, "an 8-byte tag",
-                     mtype)
-                need(msg, 2, proto._uint, "a uint offset", mtype)
-                need(msg, 3, lambda v: isinstance(v, bytes) and 0 < len(v) <= 512,
-                     "1 to 512 bytes of data", mtype)
-        except proto.ProtoError as e:
-            self.s.errors_in += 1
-            self.s.log("bad message: %s" % e.text)
-            return self.s.send(proto.error(e.code, e.text, e.ref))
-        if mtype == _T_OFFER:
-            self.offer(msg[1], msg[2], msg[3], msg.get(4) is True)
-        else:
-            self.chunk(msg[1], msg[2], msg[3])
+        if mtype != _T_CHUNK:  # an OTA_OFFER: its checks and refusals held for it only
+            try:
+                return _use("ota_steps").offer(self, msg)
+            finally:
+                _drop("ota_steps")
+        t, at, data = msg.get(1), msg.get(2), msg.get(3)
+        if not isinstance(t, bytes) or len(t) != 8:
+            return self.error(mtype, (1, "an 8-byte tag"))
+        if not proto._uint(at):
+            return self.error(mtype, (2, "a uint offset"))
+        if not isinstance(data, bytes) or not 0 < len(data) <= 512:
+            return self.error(mtype, (3, "1 to 512 bytes of data"))
+        self.chunk(t, at, data)
+
+    def error(self, mtype, bad):
+        """ERROR 2 for a message whose key bad[0] is not bad[1] (proto._need's words)."""
+        text = "key %d must be %s" % bad
+        self.s.errors_in += 1
+        self.s.log("bad message: %s" % text)
+        return self.s.send(proto.error(proto.E_MALFORMED, text, mtype))
 
     def refuse(self, tag, reason, text):
         self.refused = (tag, reason)
         self.s.log("ota: refused %s: %s" % (reason, text))
         self.send("refused", tag, 0, reason)
-
-    def offer(self, kind, mb, mac, force):
-        tag = hashlib.sha256(mb).digest()[:8]
-        key = _read(KEY, True)
-        if key is None or len(key) != 32:
-            return self.refuse(tag, "signature", "no ota key on this node (provision it: "
-                                                 "roadside config ota-key)")
-        if not _mac_ok(key, mb, mac):
-            return self.refuse(tag, "signature", "mac does not match the ota key")
-        del key
-        if self.st and tag == self.tag:  # the same bundle: resume
-            self.refused = None
-            return self.state()
-        if self._trial() is not None:
-            return self.refuse(tag, "busy", "an update is on trial")
-        m = cbor.loads(mb)
-        c = self.s.config
-        if m.get(4) != proto.PROTOCOL_VERSION:
-            return self.refuse(tag, "protocol", "protocol %s" % m.get(4))
-        if kind not in ("app", "firmware") or c.get("board") not in (m.get(2) or ()):
-            return self.refuse(tag, "board", "bundle for boards %s" % (m.get(2),))
-        if c.get("role") not in (m.get(3) or ()):
-            return self.refuse(tag, "role", "bundle for roles %s" % (m.get(3),))
-        new = _version(m.get(1))
-        if kind == "app":
-            running = _version(self.s.fw)
-        else:
-            running = tuple(sys.implementation.version[:3])
-        if new is None or (not force and running is not None and new <= running):
-            return self.refuse(tag, "version", "%s, running %s" % (m.get(1), running))
-        if kind == "firmware" and _partition() is None:
-            return self.refuse(tag, "board", "no OTA partition for a firmware image")
-        if self.s.prio_seq >= self.s.journal.first_unacked:
-            return self.refuse(tag, "busy", "priority records not yet acked")
-        self.drop()  # another bundle's staging (or none) goes
-        st = os.statvfs("/")
-        free = st[0] * st[4]
-        if m.get(10, 0) > free:
-            return self.refuse(tag, "space", "needs %d bytes of flash, %d free"
-                               % (m.get(10, 0), free))
-        _mkdirs(DIR)  # from now on the loader (otaboot.py) runs at every boot
-        with open(MANIFEST, "wb") as f:
-            f.write(mb)
-        self.m = _kept(m)
-        self.tag = tag
-        self.st = {"tag": tag.hex(), "kind": kind, "have": 0, "bad": 0, "staged": False,
-                   "version": m[1], "size": m[7]}
-        self._at(0)
-        if kind == "firmware":
-            self.part = _partition()
-        self._save()
-        self.refused = None
-        self.s.log("ota: receiving %s %s (%d bytes)" % (kind, m[1], m[7]))
-        self._forget_outcome()  # the last outcome is reported until a new transfer
-        self.state()
 
     def chunk(self, tag, offset, data):
         st = self.st
@@ -291,7 +182,6 @@ class Ota:
                 continue
             if self.h.digest() != digest:
                 st["bad"] += 1
-                self.bad_total += 1
                 self.s.log("ota: piece %d bad (%d in this transfer)" % (self.piece, st["bad"]))
                 if st["bad"] >= _BAD_MAX:
                     self.drop()
@@ -304,8 +194,11 @@ class Ota:
             self.start = self.have
             self.h = hashlib.sha256()
             boundary = True
-        if self.have == self.m[7]:
-            return self.finish()
+        if self.have == self.m[7]:  # read back from flash (ota_steps.py): staged or tampered
+            try:
+                return _use("ota_steps").staged(self)
+            finally:
+                _drop("ota_steps")
         if boundary:
             self._flush()
             self._save()
@@ -313,23 +206,14 @@ class Ota:
             self.state()
 
     def _write(self, at, data):
-        part = self.part
-        if part is not None:
-            while len(data):
-                block, off = at // BLOCK, at % BLOCK
-                if off == 0:
-                    part.ioctl(6, block)  # erase the block before its first write
-                k = min(len(data), BLOCK - off)
-                part.writeblocks(block, data[:k], off)
-                at += k
-                data = data[k:]
-            return
+        if self.part is not None:
+            return _use("ota_fw").write(self.part, at, data)
         f = self.f
         if f is None:
             try:
-                f = open(PAYLOAD, "r+b")
+                f = open("ota/stage.bin", "r+b")
             except OSError:
-                f = open(PAYLOAD, "wb")
+                f = open("ota/stage.bin", "wb")
             self.f = f
         f.seek(at)
         f.write(data)
@@ -337,35 +221,6 @@ class Ota:
     def _flush(self):
         if self.f is not None:
             self.f.flush()
-
-    def finish(self):
-        """The whole payload held: read it back from flash against the manifest's digest."""
-        self._flush()
-        h = hashlib.sha256()
-        buf = bytearray(_BUF)
-        size = self.m[7]
-        at = 0
-        part, f = self.part, self.f
-        if f is not None:
-            f.seek(0)
-        while at < size:
-            k = min(_BUF, size - at)
-            mv = memoryview(buf)[:k]
-            if part is not None:
-                part.readblocks(at // BLOCK, mv, at % BLOCK)
-            elif f is not None:
-                f.readinto(mv)
-            h.update(mv)
-            at += k
-        if h.digest() != self.m[8]:
-            tag = self.tag
-            self.drop()
-            return self.refuse(tag, "tampered", "the staged payload does not match its sha256")
-        self.st["staged"] = True
-        self.start = size
-        self._save()
-        self.s.log("ota: staged %s %s" % (self.st["kind"], self.st["version"]))
-        self.state()
 
     # -- state ------------------------------------------------------------------------------
     def send(self, state, tag, have, reason=None, version=None):
@@ -412,13 +267,6 @@ class Ota:
                              r["version"] if r["state"] == "done" else self.s.fw)
         return self.send("idle", None, 0, None, self.s.fw)
 
-    def _forget_outcome(self):
-        """Forget the last outcome (a new transfer began): ota/boot.json without report."""
-        b = _boot()
-        if b.pop("report", None) is not None:
-            _set_boot(b)
-
-    # -- switch and confirm -----------------------------------------------------------------
     def command(self, name, args):
         if name == "ota.state":
             return self.state()
@@ -427,116 +275,24 @@ class Ota:
         raise proto.CommandError("unknown command %s; known: ota.switch, ota.state" % name)
 
     def switch(self, tag):
-        st = self.st
-        if isinstance(tag, str):  # 16 hex digits: a JSON command API cannot carry bytes
-            try:
-                tag = bytes.fromhex(tag)
-            except ValueError:
-                tag = None
-        if not st or not st["staged"] or tag != self.tag:
-            raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
-                                     "says what is held)")
-        b = _boot()
-        trial = {"tag": st["tag"], "version": st["version"], "kind": st["kind"],
-                 "size": st["size"], "boots": 0}
-        if st["kind"] == "app":
-            slot = "b" if b.get("app") == "a" else "a"
-            self._unpack(DIR + "/" + slot)
-            trial["slot"] = slot
-        elif self.part is not None:
-            self.part.set_boot()  # the bootloader boots it at the reset, once
-            trial["slot"] = b.get("app")
-        b["trial"] = trial
-        b.pop("report", None)
-        _set_boot(b)  # the switch: one atomic write
-        self.drop()
-        self.s.reboot_pending = True
-        self.s.log("ota: switched to %s %s: reboot into the trial" % (st["kind"],
-                                                                      st["version"]))
-        return {"version": trial["version"], "slot": trial["slot"]}
+        """ota.switch: ota_steps.py, imported for it and dropped after."""
+        try:
+            return _use("ota_steps").switch(self, tag)
+        finally:
+            _drop("ota_steps")
 
-    def _unpack(self, root):
-        """The staged app archive (per file: name length, name, size LE32, bytes; PROTOCOL.md
-        2.6) into the slot directory `root`, emptied first."""
-        _rm(root)
-        self._flush()
-        f = self.f or open(PAYLOAD, "rb")
-        self.f = f
-        f.seek(0)
-        buf = bytearray(_BUF)
-        made = set()
-        at, size = 0, self.m[7]
-        while at < size:
-            n = f.read(1)[0]
-            name = f.read(n).decode()
-            left = int.from_bytes(f.read(4), "little")
-            at += 5 + n + left
-            if not n or name[0] == "/" or ".." in name or at > size:
-                raise proto.CommandError("ota.switch: the staged archive is damaged")
-            path = root + "/" + name
-            d = path.rsplit("/", 1)[0]
-            if d not in made:
-                _mkdirs(d)
-                made.add(d)
-            with open(path, "wb") as out:
-                while left:
-                    mv = memoryview(buf)[:min(_BUF, left)]
-                    f.readinto(mv)
-                    out.write(mv)
-                    left -= len(mv)
+    def boot_step(self, secs=None):
+        """ota_trial.py's boot_step, held while bootguard's `ota` is set (dropped after)."""
+        r = _use("ota_trial").boot_step(self, secs)
+        if r or self.s.guard.ota is None:
+            _drop("ota_trial")
+        return r
+
+    def confirm(self):
+        _use("ota_trial").confirm(self)
 
     def _trial(self):
         """The update on trial this boot (bootguard's `ota`, ota/boot.json at boot), or None."""
         g = self.s.guard
         return g.ota.get("trial") if g is not None and g.ota else None
 
-    # -- a trial boot / an outcome to tell (App.step while bootguard's `ota` is set) ---------
-    def boot_step(self, secs=None):
-        """Tell the gateway the trial or the last outcome once the session is up; confirm a
-        trial once the session is healthy (HELLO answered and records acked, or TRIAL_IDLE_S
-        up with nothing to send). True: the trial failed (no healthy session in TRIAL_S
-        seconds since boot) and was rolled back: reset now."""
-        s = self.s
-        g = s.guard
-        if self.boot_ms is None:  # the first step of this boot
-            self.unacked0 = s.journal.first_unacked
-            self.boot_ms = s.hw.ticks_ms() if secs is None else 0
-        if secs is None:  # seconds since then
-            secs = s.hw.ticks_diff(s.hw.ticks_ms(), self.boot_ms) // 1000
-        if s.up and not self.told:
-            self.told = True
-            self.state()
-        if self._trial() is None:
-            if self.told:
-                g.ota = None
-            return False
-        if s.up and self.up_at < 0:
-            self.up_at = secs
-        idle = s.journal.first_unacked == s.journal.next_seq
-        acked = s.journal.first_unacked > self.unacked0
-        if s.up and (acked or idle and secs - self.up_at >= _TRIAL_IDLE_S):
-            self.confirm()
-            g.ota = None
-            return False
-        if secs < _TRIAL_S:
-            return False
-        import otaboot
-        otaboot.rollback("no_session")
-        s.log("ota: trial without a healthy session in %d s: rolled back" % _TRIAL_S)
-        return True
-
-    def confirm(self):
-        """The trial boot reached a healthy session: it becomes the app."""
-        b = _boot()
-        t = b.pop("trial", None)
-        if t is None:
-            return
-        if t["kind"] == "firmware":
-            import esp32
-            esp32.Partition.mark_app_valid_cancel_rollback()
-        else:
-            b["app"] = t["slot"]
-        b["report"] = {"state": "done", "tag": t["tag"], "version": t["version"], "told": True}
-        _set_boot(b)
-        self.s.log("ota: trial of %s confirmed" % t["version"])
-        self.send("done", bytes.fromhex(t["tag"]), t.get("size", 0), None, t["version"])

@@ -1,0 +1,228 @@
+# The OTA steps taken once per transfer (PROTOCOL.md 2.6), for ota.py: an OTA_OFFER's checks,
+# refusals and staging, the resume of a transfer staged before a reboot, the read-back of the
+# whole payload, and ota.switch (the staged app unpacked into the slot not running, then
+# ota/boot.json's trial written in one atomic step). Imported for the step and dropped from
+# sys.modules after it (ota.py's _use/_drop): none of it is held while the chunks flow. One
+# module, not one per step: every module costs qstrs (its names, its file) that a node never
+# frees, and a node whose qstr pool must grow then needs one big block (ota.py's header).
+import hashlib
+import json
+import os
+import sys
+
+from micropython import const
+
+from . import cbor, proto
+from .ota import _boot, _mkdirs, _read, _rm, _set_boot, _use
+
+_BUF = const(512)
+
+
+def _version(text):
+    """"1.4.0" -> (1, 4, 0); None when it is not dotted numbers."""
+    try:
+        return tuple(int(p) for p in text.split("."))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _mac_ok(key, msg, mac):
+    """HMAC-SHA256(key, msg) == mac, compared in constant time. A 32-byte key needs no
+    hashing (RFC 2104): here rather than auth.py's, whose BLE handshake does not fit the heap
+    left beside this module on a node without BLE."""
+    pad = key + bytes(32)
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in pad) + msg).digest()
+    got = hashlib.sha256(bytes(b ^ 0x5C for b in pad) + inner).digest()
+    r = len(got) ^ len(mac)
+    for a, b in zip(got, mac):
+        r |= a ^ b
+    return r == 0
+
+
+def _at(o, have):
+    """Position o at `have`, a piece boundary (pieces before it verified)."""
+    at = 0
+    i = 0
+    for size, _ in o.m[5]:
+        if at >= have:
+            break
+        at += size
+        i += 1
+    o.have = o.start = at
+    o.piece = i
+    o.h = hashlib.sha256()
+
+
+def load(o):
+    """The transfer staged before this boot (ota/stage.json, ota/manifest.cbor) into o."""
+    st = _read("ota/stage.json")
+    mb = _read("ota/manifest.cbor", "rb")
+    if st is None or mb is None:
+        return
+    try:
+        st = json.loads(st)
+        m = cbor.loads(mb)
+        o.m = {1: m[1], 5: m[5], 7: m[7], 8: m[8]}
+        o.tag = bytes.fromhex(st["tag"])
+        o.st = st
+        _at(o, int(st["have"]))
+        if st["kind"] == "firmware":
+            o.part = _use("ota_fw").partition()
+    except Exception:  # noqa: BLE001 - damaged staging: start afresh
+        o.s.log("ota: staging unreadable, dropped")
+        o.drop()
+
+
+def offer(o, msg):
+    kind, mb, mac, force = msg.get(1), msg.get(2), msg.get(3), msg.get(4) is True
+    if kind not in ("app", "firmware"):
+        return o.error(10, (1, "app or firmware"))
+    if not isinstance(mb, bytes):
+        return o.error(10, (2, "the manifest bytes"))
+    if not isinstance(mac, bytes) or len(mac) != 32:
+        return o.error(10, (3, "a 32-byte mac"))
+    s = o.s
+    tag = hashlib.sha256(mb).digest()[:8]
+    key = _read("ota.key", "rb")
+    if key is None or len(key) != 32:
+        return o.refuse(tag, "signature", "no ota key on this node (provision it: "
+                                          "roadside config ota-key)")
+    if not _mac_ok(key, mb, mac):
+        return o.refuse(tag, "signature", "mac does not match the ota key")
+    del key
+    if o.st and tag == o.tag:  # the same bundle: resume
+        o.refused = None
+        return o.state()
+    if o._trial() is not None:
+        return o.refuse(tag, "busy", "an update is on trial")
+    m = cbor.loads(mb)
+    c = s.config
+    if m.get(4) != proto.PROTOCOL_VERSION:
+        return o.refuse(tag, "protocol", "protocol %s" % m.get(4))
+    if c.get("board") not in (m.get(2) or ()):
+        return o.refuse(tag, "board", "bundle for boards %s" % (m.get(2),))
+    if c.get("role") not in (m.get(3) or ()):
+        return o.refuse(tag, "role", "bundle for roles %s" % (m.get(3),))
+    new = _version(m.get(1))
+    if kind == "app":
+        running = _version(s.fw)
+    else:
+        running = tuple(sys.implementation.version[:3])
+    if new is None or (not force and running is not None and new <= running):
+        return o.refuse(tag, "version", "%s, running %s" % (m.get(1), running))
+    if kind == "firmware" and _use("ota_fw").partition() is None:
+        return o.refuse(tag, "board", "no OTA partition for a firmware image")
+    if s.prio_seq >= s.journal.first_unacked:
+        return o.refuse(tag, "busy", "priority records not yet acked")
+    o.drop()  # another bundle's staging (or none) goes
+    st = os.statvfs("/")
+    free = st[0] * st[4]
+    if m.get(10, 0) > free:
+        return o.refuse(tag, "space", "needs %d bytes of flash, %d free" % (m.get(10, 0), free))
+    _mkdirs("ota")  # from now on the loader (otaboot.py) runs at every boot
+    with open("ota/manifest.cbor", "wb") as f:
+        f.write(mb)
+    o.m = {1: m[1], 5: m[5], 7: m[7], 8: m[8]}  # what the transfer and the switch use
+    o.tag = tag
+    o.st = {"tag": tag.hex(), "kind": kind, "have": 0, "bad": 0, "staged": False,
+            "version": m[1], "size": m[7]}
+    _at(o, 0)
+    if kind == "firmware":
+        o.part = _use("ota_fw").partition()
+    o._save()
+    o.refused = None
+    o.s.log("ota: receiving %s %s (%d bytes)" % (kind, m[1], m[7]))
+    b = _boot()  # the last outcome is reported until a new transfer: forgotten now
+    if b.pop("report", None) is not None:
+        _set_boot(b)
+    o.state()
+
+
+def staged(o):
+    """The whole payload held: read it back from flash against the manifest's digest."""
+    o._flush()
+    h = hashlib.sha256()
+    buf = bytearray(_BUF)
+    size = o.m[7]
+    at = 0
+    part, f = o.part, o.f
+    if f is not None:
+        f.seek(0)
+    while at < size:
+        k = min(_BUF, size - at)
+        mv = memoryview(buf)[:k]
+        if part is not None:
+            _use("ota_fw").read(part, at, mv)
+        elif f is not None:
+            f.readinto(mv)
+        h.update(mv)
+        at += k
+    if h.digest() != o.m[8]:
+        tag = o.tag
+        o.drop()
+        return o.refuse(tag, "tampered", "the staged payload does not match its sha256")
+    o.st["staged"] = True
+    o.start = size
+    o._save()
+    o.s.log("ota: staged %s %s" % (o.st["kind"], o.st["version"]))
+    o.state()
+
+
+def switch(o, tag):
+    st = o.st
+    if isinstance(tag, str):  # 16 hex digits: a JSON command API cannot carry bytes
+        try:
+            tag = bytes.fromhex(tag)
+        except ValueError:
+            tag = None
+    if not st or not st["staged"] or tag != o.tag:
+        raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
+                                 "says what is held)")
+    b = _boot()
+    trial = {"tag": st["tag"], "version": st["version"], "kind": st["kind"],
+             "size": st["size"], "boots": 0}
+    if st["kind"] == "app":
+        slot = "b" if b.get("app") == "a" else "a"
+        _unpack(o, "ota/" + slot)
+        trial["slot"] = slot
+    elif o.part is not None:
+        o.part.set_boot()  # the bootloader boots it at the reset, once
+        trial["slot"] = b.get("app")
+    b["trial"] = trial
+    b.pop("report", None)
+    _set_boot(b)  # the switch: one atomic write
+    o.drop()
+    o.s.reboot_pending = True
+    o.s.log("ota: switched to %s %s: reboot into the trial" % (st["kind"], st["version"]))
+    return {"version": trial["version"], "slot": trial["slot"]}
+
+
+def _unpack(o, root):
+    """The staged app archive (per file: name length, name, size LE32, bytes; PROTOCOL.md
+    2.6) into the slot directory `root`, emptied first."""
+    _rm(root)
+    o._flush()
+    f = o.f or open("ota/stage.bin", "rb")
+    o.f = f
+    f.seek(0)
+    buf = bytearray(_BUF)
+    made = set()
+    at, size = 0, o.m[7]
+    while at < size:
+        n = f.read(1)[0]
+        name = f.read(n).decode()
+        left = int.from_bytes(f.read(4), "little")
+        at += 5 + n + left
+        if not n or name[0] == "/" or ".." in name or at > size:
+            raise proto.CommandError("ota.switch: the staged archive is damaged")
+        path = root + "/" + name
+        d = path.rsplit("/", 1)[0]
+        if d not in made:
+            _mkdirs(d)
+            made.add(d)
+        with open(path, "wb") as out:
+            while left:
+                mv = memoryview(buf)[:min(_BUF, left)]
+                f.readinto(mv)
+                out.write(mv)
+                left -= len(mv)
