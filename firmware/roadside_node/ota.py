@@ -10,6 +10,17 @@
 # app slot not running (/ota/a or /ota/b) and then, in one atomic write of ota/boot.json, makes
 # it the trial (the loader, otaboot.py, boots it); a power cut before that write boots the old
 # app, after it the trial.
+#
+# Held while the chunks flow: this module only (the chunk checks, piece sha256, `have`, the
+# payload write, OTA_STATE). The steps taken once are imported for the step and dropped after
+# (_use, _drop): ota_steps.py (offer checks and staging, resume after a reboot, read-back,
+# ota.switch), ota_fw.py (esp32.Partition: firmware bundles only), ota_trial.py (boot_step and
+# confirm: trial boots only). Qstrs are never freed: every name and short string these modules
+# bring stays interned, and when the node's qstr pool is full the next one is allocated as one
+# block of twice the last (640 entries, ~4.5 KB on a board) that a fragmented heap does not
+# have: that, not the free heap, was the signal node's MemoryError at OTA_OFFER. Hence few
+# module-level names, string literals for paths, and one ota_steps.py rather than a module per
+# step (docs/PERFORMANCE.md "OTA: heap and qstrs per role").
 import gc
 import hashlib
 import json
@@ -247,7 +258,7 @@ class Ota:
 
     def state(self):
         """Send this node's OTA_STATE; returns the state's name."""
-        trial = self._trial()
+        trial = self.trial()
         if trial is not None:
             return self.send("trial", bytes.fromhex(trial["tag"]), trial.get("size", 0),
                              None, trial["version"])
@@ -291,7 +302,7 @@ class Ota:
     def confirm(self):
         _use("ota_trial").confirm(self)
 
-    def _trial(self):
+    def trial(self):
         """The update on trial this boot (bootguard's `ota`, ota/boot.json at boot), or None."""
         g = self.s.guard
         return g.ota.get("trial") if g is not None and g.ota else None

@@ -18,41 +18,6 @@ from .ota import _boot, _mkdirs, _read, _rm, _set_boot, _use
 _BUF = const(512)
 
 
-def _version(text):
-    """"1.4.0" -> (1, 4, 0); None when it is not dotted numbers."""
-    try:
-        return tuple(int(p) for p in text.split("."))
-    except (ValueError, AttributeError):
-        return None
-
-
-def _mac_ok(key, msg, mac):
-    """HMAC-SHA256(key, msg) == mac, compared in constant time. A 32-byte key needs no
-    hashing (RFC 2104): here rather than auth.py's, whose BLE handshake does not fit the heap
-    left beside this module on a node without BLE."""
-    pad = key + bytes(32)
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in pad) + msg).digest()
-    got = hashlib.sha256(bytes(b ^ 0x5C for b in pad) + inner).digest()
-    r = len(got) ^ len(mac)
-    for a, b in zip(got, mac):
-        r |= a ^ b
-    return r == 0
-
-
-def _at(o, have):
-    """Position o at `have`, a piece boundary (pieces before it verified)."""
-    at = 0
-    i = 0
-    for size, _ in o.m[5]:
-        if at >= have:
-            break
-        at += size
-        i += 1
-    o.have = o.start = at
-    o.piece = i
-    o.h = hashlib.sha256()
-
-
 def load(o):
     """The transfer staged before this boot (ota/stage.json, ota/manifest.cbor) into o."""
     st = _read("ota/stage.json")
@@ -65,7 +30,16 @@ def load(o):
         o.m = {1: m[1], 5: m[5], 7: m[7], 8: m[8]}
         o.tag = bytes.fromhex(st["tag"])
         o.st = st
-        _at(o, int(st["have"]))
+        have = int(st["have"])  # a piece boundary (pieces before it verified)
+        at = i = 0
+        for size, _ in o.m[5]:
+            if at >= have:
+                break
+            at += size
+            i += 1
+        o.have = o.start = at
+        o.piece = i
+        o.h = hashlib.sha256()
         if st["kind"] == "firmware":
             o.part = _use("ota_fw").partition()
     except Exception:  # noqa: BLE001 - damaged staging: start afresh
@@ -87,13 +61,22 @@ def offer(o, msg):
     if key is None or len(key) != 32:
         return o.refuse(tag, "signature", "no ota key on this node (provision it: "
                                           "roadside config ota-key)")
-    if not _mac_ok(key, mb, mac):
+    # HMAC-SHA256(key, manifest) == mac, compared in constant time. A 32-byte key needs no
+    # hashing (RFC 2104): here rather than auth.py's, whose BLE handshake does not fit the heap
+    # left beside this module on a node without BLE. Inline: each function name is a qstr.
+    pad = key + bytes(32)
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in pad) + mb).digest()
+    got = hashlib.sha256(bytes(b ^ 0x5C for b in pad) + inner).digest()
+    r = len(got) ^ len(mac)
+    for a, b in zip(got, mac):
+        r |= a ^ b
+    del key, pad, inner
+    if r:
         return o.refuse(tag, "signature", "mac does not match the ota key")
-    del key
     if o.st and tag == o.tag:  # the same bundle: resume
         o.refused = None
         return o.state()
-    if o._trial() is not None:
+    if o.trial() is not None:
         return o.refuse(tag, "busy", "an update is on trial")
     m = cbor.loads(mb)
     c = s.config
@@ -103,10 +86,14 @@ def offer(o, msg):
         return o.refuse(tag, "board", "bundle for boards %s" % (m.get(2),))
     if c.get("role") not in (m.get(3) or ()):
         return o.refuse(tag, "role", "bundle for roles %s" % (m.get(3),))
-    new = _version(m.get(1))
-    if kind == "app":
-        running = _version(s.fw)
-    else:
+    vs = []  # type: list  # "1.4.0" -> (1, 4, 0); None when it is not dotted numbers
+    for text in (m.get(1), s.fw):
+        try:
+            vs.append(tuple(int(p) for p in text.split(".")))
+        except (ValueError, AttributeError):
+            vs.append(None)
+    new, running = vs
+    if kind != "app":
         running = tuple(sys.implementation.version[:3])
     if new is None or (not force and running is not None and new <= running):
         return o.refuse(tag, "version", "%s, running %s" % (m.get(1), running))
@@ -126,7 +113,8 @@ def offer(o, msg):
     o.tag = tag
     o.st = {"tag": tag.hex(), "kind": kind, "have": 0, "bad": 0, "staged": False,
             "version": m[1], "size": m[7]}
-    _at(o, 0)
+    o.have = o.start = o.piece = 0
+    o.h = hashlib.sha256()
     if kind == "firmware":
         o.part = _use("ota_fw").partition()
     o._save()
@@ -183,7 +171,35 @@ def switch(o, tag):
              "size": st["size"], "boots": 0}
     if st["kind"] == "app":
         slot = "b" if b.get("app") == "a" else "a"
-        _unpack(o, "ota/" + slot)
+        # the staged app archive (per file: name length, name, size LE32, bytes; PROTOCOL.md
+        # 2.6) into the slot directory, emptied first
+        root = "ota/" + slot
+        _rm(root)
+        o._flush()
+        f = o.f or open("ota/stage.bin", "rb")
+        o.f = f
+        f.seek(0)
+        buf = bytearray(_BUF)
+        made = set()
+        at, size = 0, o.m[7]
+        while at < size:
+            n = f.read(1)[0]
+            name = f.read(n).decode()
+            left = int.from_bytes(f.read(4), "little")
+            at += 5 + n + left
+            if not n or name[0] == "/" or ".." in name or at > size:
+                raise proto.CommandError("ota.switch: the staged archive is damaged")
+            path = root + "/" + name
+            d = path.rsplit("/", 1)[0]
+            if d not in made:
+                _mkdirs(d)
+                made.add(d)
+            with open(path, "wb") as out:
+                while left:
+                    mv = memoryview(buf)[:min(_BUF, left)]
+                    f.readinto(mv)
+                    out.write(mv)
+                    left -= len(mv)
         trial["slot"] = slot
     elif o.part is not None:
         o.part.set_boot()  # the bootloader boots it at the reset, once
@@ -195,34 +211,3 @@ def switch(o, tag):
     o.s.reboot_pending = True
     o.s.log("ota: switched to %s %s: reboot into the trial" % (st["kind"], st["version"]))
     return {"version": trial["version"], "slot": trial["slot"]}
-
-
-def _unpack(o, root):
-    """The staged app archive (per file: name length, name, size LE32, bytes; PROTOCOL.md
-    2.6) into the slot directory `root`, emptied first."""
-    _rm(root)
-    o._flush()
-    f = o.f or open("ota/stage.bin", "rb")
-    o.f = f
-    f.seek(0)
-    buf = bytearray(_BUF)
-    made = set()
-    at, size = 0, o.m[7]
-    while at < size:
-        n = f.read(1)[0]
-        name = f.read(n).decode()
-        left = int.from_bytes(f.read(4), "little")
-        at += 5 + n + left
-        if not n or name[0] == "/" or ".." in name or at > size:
-            raise proto.CommandError("ota.switch: the staged archive is damaged")
-        path = root + "/" + name
-        d = path.rsplit("/", 1)[0]
-        if d not in made:
-            _mkdirs(d)
-            made.add(d)
-        with open(path, "wb") as out:
-            while left:
-                mv = memoryview(buf)[:min(_BUF, left)]
-                f.readinto(mv)
-                out.write(mv)
-                left -= len(mv)

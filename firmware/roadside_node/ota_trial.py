@@ -33,7 +33,7 @@ def boot_step(o, secs):
     if s.up and not told:
         told = True
         o.state()
-    if o._trial() is None:
+    if o.trial() is None:
         if told:
             g.ota = None
         return False
