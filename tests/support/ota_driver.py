@@ -1,8 +1,8 @@
 """A host-side OTA sender for tests (PROTOCOL.md 2.6): OTA_OFFER, OTA_CHUNK with a window (4
 unless told) and go-back on a repeated `have`, the ota.switch and ota.state commands, over any
 link with `send(msg)` and `recv(timeout) -> msg` (the test gateway of
-tests/firmware/test_session.py, test_ota_ble.py's sealed BLE link). RECORDS met on the way
-are ACKed, as a gateway does, so the node's session stays healthy.
+tests/firmware/test_session.py, bench/ota_ble_heap_probe.py's sealed BLE link). RECORDS met
+on the way are ACKed, as a gateway does, so the node's session stays healthy.
 The gateway's own sender is roadside.gateway's; this one is small and strict on purpose."""
 
 from __future__ import annotations
