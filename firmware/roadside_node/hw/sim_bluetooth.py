@@ -30,6 +30,7 @@ _IRQ_GATTS_WRITE = const(3)
 _IRQ_MTU_EXCHANGED = const(21)
 _INFLIGHT = const(8)  # notifications the "controller" holds; more raise OSError like NimBLE
 _ENOMEM = const(12)
+_EVENT_MAX = const(520)  # the longest event: a write of a 512-byte attribute value and its head
 _VMIN = 6
 _VTIME = 5
 
@@ -51,10 +52,22 @@ class UUID:
 
 
 class _Attr:
+    """An attribute's value: one buffer of its size, allocated when set (gatts_set_buffer),
+    filled by writes in place, as the port's GATTS database holds it."""
+
     def __init__(self):
-        self.value = b""
-        self.size = 20
+        self.buf = bytearray(20)
+        self.n = 0
         self.append = False
+
+    def put(self, data):
+        """A write from the central: appended (append mode, the rest of a full buffer is
+        lost like the port's) or replacing the value; truncated to the buffer."""
+        at = self.n if self.append else 0
+        k = min(len(data), len(self.buf) - at)
+        if k > 0:
+            self.buf[at:at + k] = data[:k]
+        self.n = at + max(0, k)
 
 
 _ble = None
@@ -74,7 +87,13 @@ class _BLE:
         self._irq = None
         self._attrs = {}
         self._inflight = 0
-        self._buf = bytearray()
+        # the bridge's events are read one at a time into this buffer, never grown or
+        # copied: on a board the stack's own memory holds the radio's bytes, not this heap
+        self._rx = bytearray(_EVENT_MAX)
+        self._rx_mv = memoryview(self._rx)
+        self._rx_n = 0
+        self.too_long = 0  # events longer than _EVENT_MAX: skipped
+        self._skip = 0
         self._f = None
         self._mtu = 23
         self.notified = 0
@@ -102,55 +121,58 @@ class _BLE:
         return self._open()
 
     def pump(self):
-        """Read what the bridge sent and deliver it to the irq handler."""
+        """Deliver what the bridge sent to the irq handler, one event at a time from the
+        fixed buffer (no allocation but the irq's own)."""
         f = self._open()
+        mv = self._rx_mv
+        rx = self._rx
         while True:
-            data = f.read(512)
-            if not data:
-                break
-            self._buf.extend(data)
-        buf = self._buf
-        i = 0
-        while len(buf) - i >= 2:
-            n = buf[i] | buf[i + 1] << 8
-            if len(buf) - i < 2 + n:
-                break
-            op = buf[i + 2]
-            body = bytes(buf[i + 3:i + 2 + n])
-            i += 2 + n
-            self._event(op, body)
-        if i:
-            self._buf = buf[i:]
+            if self._skip:  # the rest of an event too long for the buffer
+                k = f.readinto(mv[:min(self._skip, _EVENT_MAX)])
+                if not k:
+                    return
+                self._skip -= k
+                continue
+            n = self._rx_n
+            need = 2 + (rx[0] | rx[1] << 8) if n >= 2 else 2
+            if n < min(need, _EVENT_MAX):
+                k = f.readinto(mv[n:min(need, _EVENT_MAX)])
+                if not k:
+                    return
+                self._rx_n = n + k
+                continue
+            self._rx_n = 0
+            if need > _EVENT_MAX:
+                self.too_long += 1
+                self._skip = need - n
+            elif need > 2:  # a length of 0 has no op: nothing to deliver
+                self._event(rx[2], mv[3:need])
 
     def _event(self, op, body):
         irq = self._irq
         if op == 0x4B:  # K
-            self._inflight = max(0, self._inflight - struct.unpack("<H", body)[0])
+            self._inflight = max(0, self._inflight - struct.unpack_from("<H", body)[0])
             return
         if op == 0x57:  # W
-            conn, handle = struct.unpack("<HH", body[:4])
+            conn, handle = struct.unpack_from("<HH", body)
             a = self._attrs.get(handle)
             if a is None:
                 return
-            if a.append:
-                room = a.size - len(a.value)
-                a.value = a.value + body[4:4 + max(0, room)]
-            else:
-                a.value = body[4:4 + a.size]
+            a.put(body[4:])
             if irq:
                 irq(_IRQ_GATTS_WRITE, (conn, handle))
         elif op == 0x43:  # C
-            conn, atype = struct.unpack("<HB", body[:3])
+            conn, atype = struct.unpack_from("<HB", body)
             self._inflight = 0
             if irq:
-                irq(_IRQ_CENTRAL_CONNECT, (conn, atype, memoryview(body[3:9])))
+                irq(_IRQ_CENTRAL_CONNECT, (conn, atype, memoryview(bytes(body[3:9]))))
         elif op == 0x58:  # X
-            conn = struct.unpack("<H", body)[0]
+            conn = struct.unpack_from("<H", body)[0]
             self._inflight = 0
             if irq:
                 irq(_IRQ_CENTRAL_DISCONNECT, (conn, 0, memoryview(b"\x00" * 6)))
         elif op == 0x55:  # U
-            conn, mtu = struct.unpack("<HH", body)
+            conn, mtu = struct.unpack_from("<HH", body)
             if irq:
                 irq(_IRQ_MTU_EXCHANGED, (conn, mtu))
 
@@ -207,25 +229,32 @@ class _BLE:
 
     def gatts_set_buffer(self, handle, size, append=False):
         a = self._attrs[handle]
-        a.size = size
+        a.buf = bytearray(size)
+        a.n = 0
         a.append = append
 
     def gatts_read(self, handle):
+        """A new bytes of the value (the port's mp_obj_new_bytes); append mode empties it."""
         a = self._attrs[handle]
-        v = a.value
+        v = bytes(memoryview(a.buf)[:a.n])
         if a.append:
-            a.value = b""
+            a.n = 0
         return v
 
     def gatts_write(self, handle, data, send_update=False):
-        self._attrs[handle].value = bytes(data)
+        a = self._attrs[handle]
+        if not a.append and len(data) > len(a.buf):
+            a.buf = bytearray(len(data))  # the port grows a value written locally
+        a.n = 0
+        a.put(data)
 
     def gatts_notify(self, conn_handle, value_handle, data=None):
         if self._inflight >= _INFLIGHT:
             self.refused += 1
             raise OSError(_ENOMEM)  # the controller's buffers are full: try again later
         if data is None:
-            data = self._attrs[value_handle].value
+            a = self._attrs[value_handle]
+            data = memoryview(a.buf)[:a.n]
         self._inflight += 1
         self.notified += 1
         self._send(b"N", struct.pack("<HH", conn_handle, value_handle) + bytes(data))
