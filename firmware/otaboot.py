@@ -12,6 +12,10 @@
 # roadside_node/ota.py's boot_step (while bootguard's `ota`, select's return, is set) confirms
 # it (healthy session) or rolls it back (no session in time).
 # "report" is what the node tells the gateway after its next HELLO.
+# A trial with "unpack" set was switched to but not unpacked yet: ota.switch only writes the
+# pointer, and the boot after it unpacks the staged archive into the trial's slot
+# (otaunpack.py) before the app is imported, while the heap is whole, then resets: the trial
+# boots clean (docs/PERFORMANCE.md "OTA over BLE").
 import json
 import os
 import sys
@@ -44,6 +48,11 @@ def select(modules, reset):
     (reason "import") and reset()."""
     b = read()
     t = b.get("trial")
+    if t and t.get("unpack"):
+        __import__("otaunpack").unpacked(b)
+        reset()  # none of the unpack's heap or names held by the trial's boot
+        b = read()
+        t = b.get("trial")
     if t:
         if t.get("boots", 0) >= TRIAL_BOOTS:
             rollback("boot")

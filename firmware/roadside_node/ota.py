@@ -6,16 +6,18 @@
 # Staging on flash: ota/manifest.cbor (the offered manifest), ota/stage.json ({"tag", "kind",
 # "have", "bad", "staged"}, written atomically at every piece boundary: after a reboot the
 # transfer resumes at the last verified piece) and the payload: ota/stage.bin for an app, the
-# next OTA partition (esp32.Partition) for a firmware image. The switch unpacks an app into the
-# app slot not running (/ota/a or /ota/b) and then, in one atomic write of ota/boot.json, makes
-# it the trial (the loader, otaboot.py, boots it); a power cut before that write boots the old
-# app, after it the trial.
+# next OTA partition (esp32.Partition) for a firmware image. The switch makes the update the
+# trial in one atomic write of ota/boot.json; for an app the loader (otaboot.py) then unpacks
+# ota/stage.bin into the app slot not running (/ota/a or /ota/b) at the next boot, before the
+# app is imported, and boots it. A power cut before that write boots the old app; after it the
+# trial (unpacked again if the cut came while unpacking).
 #
 # Held while the chunks flow: this module only (the chunk checks, piece sha256, `have`, the
-# payload write, OTA_STATE). The steps taken once are imported for the step and dropped after
-# (_use, _drop): ota_steps.py (offer checks and staging, resume after a reboot, read-back,
-# ota.switch), ota_fw.py (esp32.Partition: firmware bundles only), ota_trial.py (boot_step and
-# confirm: trial boots only). Qstrs are never freed: every name and short string these modules
+# payload write, OTA_STATE, and the read-back and switch that follow: no import at the end of
+# a transfer, when the heap is in its smallest pieces). The steps taken once are imported for
+# the step and dropped after (_use, _drop): ota_steps.py (offer checks and staging, resume
+# after a reboot), ota_fw.py (esp32.Partition: firmware bundles only), ota_trial.py (boot_step
+# and confirm: trial boots only). Qstrs are never freed: every name and short string these modules
 # bring stays interned, and when the node's qstr pool is full the next one is allocated as one
 # block of twice the last (640 entries, ~4.5 KB on a board) that a fragmented heap does not
 # have: that, not the free heap, was the signal node's MemoryError at OTA_OFFER. Hence few
@@ -41,24 +43,9 @@ _T_CHUNK = const(11)
 
 def _rm(path):
     try:
-        if os.stat(path)[0] & 0x4000:  # a directory
-            for name in os.listdir(path):
-                _rm(path + "/" + name)
-            os.rmdir(path)
-        else:
-            os.remove(path)
+        os.remove(path)
     except OSError:
         pass
-
-
-def _mkdirs(path):
-    at = ""
-    for part in path.split("/"):
-        at = at + "/" + part if at else part
-        try:
-            os.mkdir(at)
-        except OSError:
-            pass
 
 
 def _read(path, mode="r"):
@@ -130,12 +117,12 @@ class Ota:
         self.st["have"] = self.start
         write_atomic("ota/stage.json", json.dumps(self.st))
 
-    def drop(self):
-        """Forget the transfer held: its files go."""
+    def drop(self, keep=False):
+        """Forget the transfer held: its files go (the payload kept if keep)."""
         if self.f is not None:
             self.f.close()
             self.f = None
-        for p in ("ota/stage.json", "ota/manifest.cbor", "ota/stage.bin"):
+        for p in ("ota/stage.json", "ota/manifest.cbor", "ota/stage.bin")[:3 - keep]:
             _rm(p)
         self.st = {}
         self.m = {}
@@ -205,16 +192,45 @@ class Ota:
             self.start = self.have
             self.h = hashlib.sha256()
             boundary = True
-        if self.have == self.m[7]:  # read back from flash (ota_steps.py): staged or tampered
-            try:
-                return _use("ota_steps").staged(self)
-            finally:
-                _drop("ota_steps")
+        if self.have == self.m[7]:  # read back from flash: staged or tampered
+            return self.staged()
         if boundary:
             self._flush()
             self._save()
         if boundary or self.n >= _EVERY:
             self.state()
+
+    def staged(self):
+        """The whole payload held: read it back from flash against the manifest's digest.
+        Here, not in ota_steps.py: no import at the end of a transfer, when the heap is in
+        the smallest pieces."""
+        self._flush()
+        h = hashlib.sha256()
+        buf = bytearray(512)
+        size = self.m[7]
+        at = 0
+        part, f = self.part, self.f
+        if f is not None:
+            f.seek(0)
+        while at < size:
+            k = min(512, size - at)
+            mv = memoryview(buf)[:k]
+            if part is not None:
+                _use("ota_fw").read(part, at, mv)
+            elif f is not None:
+                f.readinto(mv)
+            h.update(mv)
+            at += k
+        st = self.st
+        if h.digest() != self.m[8]:
+            tag = self.tag
+            self.drop()
+            return self.refuse(tag, "tampered", "the staged payload does not match its sha256")
+        st["staged"] = True
+        self.start = size
+        self._save()
+        self.s.log("ota: staged %s %s" % (st["kind"], st["version"]))
+        self.state()
 
     def _write(self, at, data):
         if self.part is not None:
@@ -286,11 +302,35 @@ class Ota:
         raise proto.CommandError("unknown command %s; known: ota.switch, ota.state" % name)
 
     def switch(self, tag):
-        """ota.switch: ota_steps.py, imported for it and dropped after."""
-        try:
-            return _use("ota_steps").switch(self, tag)
-        finally:
-            _drop("ota_steps")
+        """ota.switch: the trial written to ota/boot.json in one atomic step. An app is
+        unpacked into its slot by the loader at the boot after it (otaboot.py: the heap is
+        whole then); a firmware image is the bootloader's at the reset."""
+        st = self.st
+        if isinstance(tag, str):  # 16 hex digits: a JSON command API cannot carry bytes
+            try:
+                tag = bytes.fromhex(tag)
+            except ValueError:
+                tag = None
+        if not st or not st["staged"] or tag != self.tag:
+            raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
+                                     "says what is held)")
+        b = _boot()
+        trial = {"tag": st["tag"], "version": st["version"], "kind": st["kind"],
+                 "size": st["size"], "boots": 0, "slot": b.get("app")}
+        app = st["kind"] == "app"
+        if app:
+            trial["slot"] = "b" if b.get("app") == "a" else "a"
+            trial["unpack"] = 1
+        elif self.part is not None:
+            self.part.set_boot()  # the bootloader boots it at the reset, once
+        b["trial"] = trial
+        b.pop("report", None)
+        self._flush()
+        _set_boot(b)  # the switch: one atomic write
+        self.drop(app)  # ota/stage.bin stays for the loader to unpack
+        self.s.reboot_pending = True
+        self.s.log("ota: switched to %s %s: reboot into the trial" % (st["kind"], st["version"]))
+        return {"version": trial["version"], "slot": trial["slot"]}
 
     def boot_step(self, secs=None):
         """ota_trial.py's boot_step, held while bootguard's `ota` is set (dropped after)."""

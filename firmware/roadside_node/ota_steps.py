@@ -1,21 +1,18 @@
 # The OTA steps taken once per transfer (PROTOCOL.md 2.6), for ota.py: an OTA_OFFER's checks,
-# refusals and staging, the resume of a transfer staged before a reboot, the read-back of the
-# whole payload, and ota.switch (the staged app unpacked into the slot not running, then
-# ota/boot.json's trial written in one atomic step). Imported for the step and dropped from
-# sys.modules after it (ota.py's _use/_drop): none of it is held while the chunks flow. One
-# module, not one per step: every module costs qstrs (its names, its file) that a node never
-# frees, and a node whose qstr pool must grow then needs one big block (ota.py's header).
+# refusals and staging, and the resume of a transfer staged before a reboot. Imported for the
+# step and dropped from sys.modules after it (ota.py's _use/_drop): none of it is held while
+# the chunks flow. The read-back and ota.switch are ota.py's (no import at the end of a
+# transfer, when the heap is in pieces); the loader (otaboot.py) unpacks an app at the boot
+# after the switch. One module, not one per step: every module costs qstrs (its names, its
+# file) that a node never frees, and a node whose qstr pool must grow then needs one big block
+# (ota.py's header).
 import hashlib
 import json
 import os
 import sys
 
-from micropython import const
-
 from . import cbor, proto
-from .ota import _boot, _mkdirs, _read, _rm, _set_boot, _use
-
-_BUF = const(512)
+from .ota import _boot, _read, _set_boot, _use
 
 
 def load(o):
@@ -75,6 +72,8 @@ def offer(o, msg):
         return o.refuse(tag, "signature", "mac does not match the ota key")
     if o.st and tag == o.tag:  # the same bundle: resume
         o.refused = None
+        if not o.st["staged"] and o.have == o.m[7]:
+            return o.staged()  # all held, the read-back not done (it ran out of memory)
         return o.state()
     if o.trial() is not None:
         return o.refuse(tag, "busy", "an update is on trial")
@@ -106,7 +105,10 @@ def offer(o, msg):
     free = st[0] * st[4]
     if m.get(10, 0) > free:
         return o.refuse(tag, "space", "needs %d bytes of flash, %d free" % (m.get(10, 0), free))
-    _mkdirs("ota")  # from now on the loader (otaboot.py) runs at every boot
+    try:
+        os.mkdir("ota")  # from now on the loader (otaboot.py) runs at every boot
+    except OSError:
+        pass  # it exists
     with open("ota/manifest.cbor", "wb") as f:
         f.write(mb)
     o.m = {1: m[1], 5: m[5], 7: m[7], 8: m[8]}  # what the transfer and the switch use
@@ -124,90 +126,3 @@ def offer(o, msg):
     if b.pop("report", None) is not None:
         _set_boot(b)
     o.state()
-
-
-def staged(o):
-    """The whole payload held: read it back from flash against the manifest's digest."""
-    o._flush()
-    h = hashlib.sha256()
-    buf = bytearray(_BUF)
-    size = o.m[7]
-    at = 0
-    part, f = o.part, o.f
-    if f is not None:
-        f.seek(0)
-    while at < size:
-        k = min(_BUF, size - at)
-        mv = memoryview(buf)[:k]
-        if part is not None:
-            _use("ota_fw").read(part, at, mv)
-        elif f is not None:
-            f.readinto(mv)
-        h.update(mv)
-        at += k
-    if h.digest() != o.m[8]:
-        tag = o.tag
-        o.drop()
-        return o.refuse(tag, "tampered", "the staged payload does not match its sha256")
-    o.st["staged"] = True
-    o.start = size
-    o._save()
-    o.s.log("ota: staged %s %s" % (o.st["kind"], o.st["version"]))
-    o.state()
-
-
-def switch(o, tag):
-    st = o.st
-    if isinstance(tag, str):  # 16 hex digits: a JSON command API cannot carry bytes
-        try:
-            tag = bytes.fromhex(tag)
-        except ValueError:
-            tag = None
-    if not st or not st["staged"] or tag != o.tag:
-        raise proto.CommandError("ota.switch: no staged bundle with that tag (ota.state "
-                                 "says what is held)")
-    b = _boot()
-    trial = {"tag": st["tag"], "version": st["version"], "kind": st["kind"],
-             "size": st["size"], "boots": 0}
-    if st["kind"] == "app":
-        slot = "b" if b.get("app") == "a" else "a"
-        # the staged app archive (per file: name length, name, size LE32, bytes; PROTOCOL.md
-        # 2.6) into the slot directory, emptied first
-        root = "ota/" + slot
-        _rm(root)
-        o._flush()
-        f = o.f or open("ota/stage.bin", "rb")
-        o.f = f
-        f.seek(0)
-        buf = bytearray(_BUF)
-        made = set()
-        at, size = 0, o.m[7]
-        while at < size:
-            n = f.read(1)[0]
-            name = f.read(n).decode()
-            left = int.from_bytes(f.read(4), "little")
-            at += 5 + n + left
-            if not n or name[0] == "/" or ".." in name or at > size:
-                raise proto.CommandError("ota.switch: the staged archive is damaged")
-            path = root + "/" + name
-            d = path.rsplit("/", 1)[0]
-            if d not in made:
-                _mkdirs(d)
-                made.add(d)
-            with open(path, "wb") as out:
-                while left:
-                    mv = memoryview(buf)[:min(_BUF, left)]
-                    f.readinto(mv)
-                    out.write(mv)
-                    left -= len(mv)
-        trial["slot"] = slot
-    elif o.part is not None:
-        o.part.set_boot()  # the bootloader boots it at the reset, once
-        trial["slot"] = b.get("app")
-    b["trial"] = trial
-    b.pop("report", None)
-    _set_boot(b)  # the switch: one atomic write
-    o.drop()
-    o.s.reboot_pending = True
-    o.s.log("ota: switched to %s %s: reboot into the trial" % (st["kind"], st["version"]))
-    return {"version": trial["version"], "slot": trial["slot"]}

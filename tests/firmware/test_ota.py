@@ -62,6 +62,17 @@ def reset_exit(g: Gateway, timeout: float = 20) -> int:
     return g.proc.wait(timeout=timeout)
 
 
+def unpack_boot(g: Gateway) -> dict:
+    """The boot after an app's switch: the loader unpacks it (otaunpack.py) and resets; the
+    trial as ota/boot.json then has it."""
+    assert g.read_json("ota/boot.json")["trial"]["unpack"]
+    g.start()
+    assert reset_exit(g) == 3
+    t = g.read_json("ota/boot.json")["trial"]
+    assert "unpack" not in t and g.flash.exists("ota/" + t["slot"] + "/roadside_node/app.mpy")
+    return t
+
+
 def test_app_update_staged_switched_confirmed(gw, app_files):
     b = make(app_files)
     hello = boot(gw)
@@ -75,8 +86,8 @@ def test_app_update_staged_switched_confirmed(gw, app_files):
     r = d.switch()
     assert r[2] is True and r[3]["version"] == "0.2.0", r
     assert reset_exit(gw) == 3                                 # the reboot into the trial
-    boot_json = gw.read_json("ota/boot.json")
-    assert boot_json["trial"]["version"] == "0.2.0" and boot_json["trial"]["boots"] == 0
+    trial = unpack_boot(gw)                                    # the loader unpacks it
+    assert trial["version"] == "0.2.0" and trial["boots"] == 0
     hello = boot(gw)
     assert hello[3] == "0.2.0"                                 # the new app runs
     d2 = OtaDriver(gw, b)
@@ -129,6 +140,7 @@ def test_bundle_that_raises_at_import_rolls_back(gw, app_files, tmp_path):
     assert d.transfer()[2] == "staged"
     assert d.command("ota.switch", {"tag": b.tag.hex()})[2] is True  # hex: as JSON APIs do
     assert reset_exit(gw) == 3
+    unpack_boot(gw)
     gw.start()                                                 # the trial: dies at import
     assert reset_exit(gw) == 3
     assert "broken build" in gw.log.read_text()
@@ -195,6 +207,7 @@ import os
 import sys
 sys.path.insert(0, "/")
 import otaboot
+import otaunpack
 from vboard.power_cut import _Cut, _Dev, mount, unmount
 from roadside_node.ota import Ota
 
@@ -237,13 +250,14 @@ while True:
     pc.cut_at = n
     try:
         Ota(S()).switch(tag)
+        otaunpack.unpacked(otaboot.read())  # the boot after it: the loader unpacks the app
     except Exception:
         if not pc.dead:
             raise
     unmount()
     cut = pc.dead
     mount(_Dev(dev.image()))  # the power is back: what does the loader boot?
-    b = otaboot.read()
+    b = otaunpack.unpacked(otaboot.read())
     t = b.get("trial")
     if t is None and b.get("app") is None:
         boots = "old"

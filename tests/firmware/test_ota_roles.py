@@ -12,7 +12,7 @@ import pytest
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim.launcher import write_node
 from support.ota_driver import OtaDriver
-from test_ota import KEY, boot, make, reset_exit
+from test_ota import KEY, boot, make, reset_exit, unpack_boot
 from test_session import Gateway
 
 SCENARIO = {"signal": "signal/normal.json", "toll": "toll/peak.json"}
@@ -38,6 +38,7 @@ def test_role_updated_at_the_board_heap(tmp_path, app_files, role):
         r = d.switch()
         assert r[2] is True and r[3]["version"] == "0.2.0", (r, g.log.read_text()[-800:])
         assert reset_exit(g) == 3                              # the reboot into the trial
+        unpack_boot(g)                                         # the loader unpacks it
         assert boot(g)[3] == "0.2.0"
         d2 = OtaDriver(g, b)
         assert d2.state(timeout=10)[2] == "trial"

@@ -206,7 +206,7 @@ def test_a_board_of_the_older_layout_is_switched_and_cleaned(tmp_path: Path, mon
     versions = _versions(tmp_path)
     files = versions["v1"]
     fw_dir = deploy.firmware_dir(files)
-    # the older layout had the package in /lib and no OTA loader (otaboot.mpy) beside it
+    # the older layout had the package in /lib and no OTA loader (otaboot, otaunpack) beside it
     legacy = {p.replace(fw_dir, "/lib"): d for p, d in files.items()
               if p.startswith(fw_dir + "/roadside_node/")}
     legacy["/main.py"] = (launcher.FIRMWARE / "main.py").read_bytes()
@@ -221,7 +221,8 @@ def test_a_board_of_the_older_layout_is_switched_and_cleaned(tmp_path: Path, mon
             t.close()
         res = _deploy(board, monkeypatch, files)
         assert len(res.reused) == len(legacy) - 1
-        assert res.copied == [f"{fw_dir}/{deploy.LOADER}", "/config.json", "/main.py"]
+        assert res.copied == [*(f"{fw_dir}/{n}" for n in deploy.LOADERS), "/config.json",
+                              "/main.py"]
         assert len(res.removed) == len(legacy) - 1
         assert all(p.startswith("/lib/roadside_node/") for p in res.removed)
         assert res.hello is not None

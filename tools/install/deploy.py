@@ -53,7 +53,9 @@ FW_ROOT = "/fw"  # /fw/<tag>/roadside_node: one directory per firmware build (st
 LEGACY_PKG = "/lib/roadside_node"  # where deploys before the staged layout put the package
 ENTRY = "/main.py"
 OTA_BOOT = "/ota/boot.json"  # otaboot's pointer to an app slot: a deploy drops it
-LOADER = "otaboot.mpy"  # main.py's boot select of an over-the-air app slot (firmware/otaboot.py)
+# main.py's boot select of an over-the-air app slot (firmware/otaboot.py) and the unpack of an
+# app switched to, at the boot after the switch (firmware/otaunpack.py)
+LOADERS = ("otaboot.mpy", "otaunpack.mpy")
 CONFIG = "/config.json"
 # the first line of a deployed /main.py; the next two put the firmware directory on sys.path
 ENTRY_HEAD = "# roadside deploy: firmware in "
@@ -135,7 +137,8 @@ def build_files() -> dict[str, bytes]:
         rel = f.relative_to(mpy_dir).as_posix()
         if not rel.startswith(tuple("roadside_node/" + d for d in NOT_DEPLOYED)):
             package[rel] = f.read_bytes()
-    package[LOADER] = (mpy_dir / LOADER).read_bytes()  # app bundles never replace it (OTA)
+    for name in LOADERS:  # app bundles never replace them (OTA)
+        package[name] = (mpy_dir / name).read_bytes()
     return layout(package, (FIRMWARE / "main.py").read_bytes())
 
 

@@ -73,7 +73,7 @@ def build_mpy(out: Path = MPY_DIR) -> Path | None:
         return None
     wanted = set()
     sources = [*(FIRMWARE / "roadside_node").rglob("*.py"), *(FIRMWARE / "vboard").glob("*.py"),
-               FIRMWARE / "otaboot.py"]
+               FIRMWARE / "otaboot.py", FIRMWARE / "otaunpack.py"]
     for src in sorted(sources):
         rel = src.relative_to(FIRMWARE)
         dst = out / rel.with_suffix(".mpy")
