@@ -40,6 +40,7 @@ NODE = "wl-0001"
 TIMEOUT_S = 240.0
 MISSING = 8192  # bytes of heap given beyond a BLE node's (the docstring): the gap, with margin
 EXTRA_HEAP = int(os.environ.get("OTA_BLE_EXTRA_HEAP", str(MISSING)))
+CHUNK = int(os.environ.get("OTA_CHUNK", "512"))  # payload bytes per OTA_CHUNK
 
 
 class SealedLink:
@@ -96,7 +97,7 @@ def test_an_app_bundle_over_ble_is_received_switched_and_confirmed(tmp_path: Pat
         sim = SimNode(NodeSpec(NODE, "water", scenario, 5.0, seed=1, config=cfg, ota_key=KEY),
                       tmp_path / "run", mpy=build_mpy())
         await asyncio.to_thread(sim.flash.put, "secret.bin", secret_for(1))
-        sim.heapsize = str(int(sim.heapsize) + EXTRA_HEAP)  # the gap still to close
+        sim.heapsize = os.environ.get("OTA_BLE_HEAP") or str(int(sim.heapsize) + EXTRA_HEAP)
         rig.nodes.append(sim)
         try:
             await sim.start()
@@ -106,7 +107,7 @@ def test_an_app_bundle_over_ble_is_received_switched_and_confirmed(tmp_path: Pat
             # tools/sim/ble_bridge.py's _write loses a frame's tail when it is full (two such
             # runs side by side on 2 cores did that: the node's stream desynced, every chunk
             # after failed); window=1 avoids it but takes ~150 s (a state every 4 chunks)
-            d = OtaDriver(SealedLink(c, channel, loop), b)
+            d = OtaDriver(SealedLink(c, channel, loop), b, chunk=CHUNK)
             t0 = time.monotonic()
             st = await asyncio.to_thread(d.transfer)
             took = time.monotonic() - t0

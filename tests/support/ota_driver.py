@@ -17,7 +17,9 @@ WINDOW = 4
 
 
 class OtaDriver:
-    def __init__(self, link: Any, bundle: Bundle, window: int = WINDOW) -> None:
+    def __init__(self, link: Any, bundle: Bundle, window: int = WINDOW,
+                 chunk: int = CHUNK) -> None:
+        self.chunk = chunk  # payload bytes per OTA_CHUNK
         self.link = link
         self.bundle = bundle
         self.window = window  # chunks in flight
@@ -85,10 +87,10 @@ class OtaDriver:
         last_have = -1
         deadline = time.monotonic() + timeout
         while True:
-            while nxt < size and nxt - have < self.window * CHUNK:
-                self.link.send(self.bundle.chunk(nxt))
+            while nxt < size and nxt - have < self.window * self.chunk:
+                self.link.send(self.bundle.chunk(nxt, self.chunk))
                 self.chunks_sent += 1
-                nxt = min(size, nxt + CHUNK)
+                nxt = min(size, nxt + self.chunk)
             m = self._next(1.0)
             if time.monotonic() > deadline:
                 raise AssertionError(f"transfer not done within {timeout} s; {self.states[-3:]}")
