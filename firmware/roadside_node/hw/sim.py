@@ -201,6 +201,9 @@ class SimHW:
     def reset(self, cause="soft"):
         with open(self._hw + RESET_FILE, "w") as f:
             f.write(cause)
+        # the qstrs this run interned ("qstr pool: n_pool=.., n_qstr=.."): never freed, so this
+        # is their peak (tests/firmware/test_ota_roles.py reads it after ota.switch)
+        __import__("micropython").qstr_info()
         sys.exit(EXIT_RESET)
 
 
