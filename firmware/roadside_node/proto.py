@@ -29,35 +29,11 @@ E_BAD_ARGS = const(5)
 E_BUSY = const(6)
 E_AUTH = const(7)  # BLE: authenticate first / auth failed / locked out
 
-# record kinds and flags
-K_LEVEL = const(1)
-K_ALARM = const(2)
-K_HEALTH = const(3)
-K_PHASE = const(10)  # signal monitor (body keys in roles/signal.py and PROTOCOL.md 2.1)
-K_FAULT = const(11)
-K_COUNTS = const(12)
-K_PLAN = const(13)
-K_TRANSACTION = const(20)  # toll beacon (body keys in roles/toll.py)
-K_READER = const(21)
-K_RAINFALL = const(30)  # rain gauge (body keys in roles/rain.py)
-K_INTENSITY = const(31)
+# record flags; the record kinds and body keys (PROTOCOL.md 2.1) are private consts where
+# they are used: health in app.py, each role's in roles/<role>.py (every name here is a qstr
+# every node interns for good: docs/PERFORMANCE.md "OTA: heap and qstrs per role")
 F_CLOCK_UNSYNCED = const(1)
 F_PRIORITY = const(2)
-
-# body keys
-B_LEVEL_CM = const(1)
-B_RATE = const(2)
-B_DISTANCE_MM = const(3)
-B_STATE = const(1)
-B_ALARM_LEVEL = const(2)
-B_PREVIOUS = const(3)
-B_FREE_HEAP = const(1)
-B_UPTIME_S = const(2)
-B_JOURNAL_RECORDS = const(3)
-B_DROPPED_FULL = const(4)
-B_BOOT_COUNT = const(5)
-B_RESET_CAUSE = const(6)
-B_SAFE_MODE = const(7)
 
 
 def reply_fits(req, payload, limit):
