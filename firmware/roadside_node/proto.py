@@ -8,11 +8,11 @@ WINDOW = const(32)
 ACK_TIMEOUT_MS = const(2000)
 
 # message types (key 0)
-T_HELLO = const(1)
+_T_HELLO = const(1)
 T_RECORDS = const(2)
 T_ACK = const(3)
 T_COMMAND = const(4)
-T_REPLY = const(5)
+_T_REPLY = const(5)
 T_TIME = const(6)
 T_ERROR = const(7)
 T_AUTH = const(8)  # BLE handshake (auth.py, PROTOCOL.md section 5)
@@ -21,11 +21,11 @@ T_SEALED = const(9)  # BLE: counter + truncated MAC around a message
 # (PROTOCOL.md 2.6): no names here, every node holds this module from boot
 
 # error codes
-E_UNKNOWN_TYPE = const(1)
+_E_UNKNOWN_TYPE = const(1)
 E_MALFORMED = const(2)
 E_NO_SESSION = const(3)
-E_UNKNOWN_COMMAND = const(4)
-E_BAD_ARGS = const(5)
+_E_UNKNOWN_COMMAND = const(4)
+_E_BAD_ARGS = const(5)
 E_BUSY = const(6)
 E_AUTH = const(7)  # BLE: authenticate first / auth failed / locked out
 
@@ -79,7 +79,7 @@ def hello(node_id, role, fw, board, boot_count, reset_cause, next_seq, first_una
     w = cbor.Writer()
     w.map(10 + (free_heap is not None) + bool(safe_mode) + bool(unsure))
     w.int(0)
-    w.int(T_HELLO)
+    w.int(_T_HELLO)
     w.int(1)
     w.text(node_id)
     w.int(2)
@@ -170,7 +170,7 @@ def reply(req_id, ok, result=None, error=None):
     w = cbor.Writer()
     w.map(4)
     w.int(0)
-    w.int(T_REPLY)
+    w.int(_T_REPLY)
     w.int(1)
     w.int(req_id)
     w.int(2)
@@ -243,5 +243,5 @@ def parse(payload):
     elif mtype == 10 or mtype == 11:  # OTA_OFFER, OTA_CHUNK
         pass  # checked by ota.py (imported on demand): no boot-time code for them here
     else:
-        raise ProtoError(E_UNKNOWN_TYPE, "unknown message type " + str(mtype), mtype)
+        raise ProtoError(_E_UNKNOWN_TYPE, "unknown message type " + str(mtype), mtype)
     return mtype, msg

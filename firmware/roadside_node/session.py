@@ -6,9 +6,9 @@ from micropython import const
 from . import framing, proto
 from .config import ConfigError, clip
 
-HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
-SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
-BUSY_MS = const(1000)  # backoff after ERROR 6
+_HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
+_SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
+_BUSY_MS = const(1000)  # backoff after ERROR 6
 _CACHE = const(8)  # recent command replies kept for retried request ids
 # A noisy line (PROTOCOL.md 2.2, "Frame size on a noisy line"): a frame of n bytes survives a
 # bit error rate p with probability (1-p)^(8n), so after a loss the node halves the record
@@ -244,15 +244,15 @@ class Session:
     def tick(self):
         now = self.hw.ticks_ms()
         diff = self.hw.ticks_diff
-        if self.up and diff(now, self.heard_at) > SILENCE_MS:
+        if self.up and diff(now, self.heard_at) > _SILENCE_MS:
             self.up = False
             self.log("gateway silent")
         if not self.up:
-            if self.hello_at is None or diff(now, self.hello_at) > HELLO_RETRY_MS:
+            if self.hello_at is None or diff(now, self.hello_at) > _HELLO_RETRY_MS:
                 self.hello()
             return
         if self.busy_until is not None:
-            if diff(now, self.busy_until) < BUSY_MS:
+            if diff(now, self.busy_until) < _BUSY_MS:
                 return
             self.busy_until = None
             self.progress_at = now
