@@ -4,8 +4,8 @@ from micropython import const
 from . import cbor
 
 PROTOCOL_VERSION = const(1)
-WINDOW = const(32)
-ACK_TIMEOUT_MS = const(2000)
+# the send window, the ACK timeout, ERROR 3 and 6 and the unsynced-clock flag: private consts
+# in session.py, their one user (a name here is a qstr every node interns)
 
 # message types (key 0)
 _T_HELLO = const(1)
@@ -23,16 +23,13 @@ T_SEALED = const(9)  # BLE: counter + truncated MAC around a message
 # error codes
 _E_UNKNOWN_TYPE = const(1)
 E_MALFORMED = const(2)
-E_NO_SESSION = const(3)
 _E_UNKNOWN_COMMAND = const(4)
 _E_BAD_ARGS = const(5)
-E_BUSY = const(6)
 E_AUTH = const(7)  # BLE: authenticate first / auth failed / locked out
 
 # record flags; the record kinds and body keys (PROTOCOL.md 2.1) are private consts where
 # they are used: health in app.py, each role's in roles/<role>.py (every name here is a qstr
 # every node interns for good: docs/PERFORMANCE.md "OTA: heap and qstrs per role")
-F_CLOCK_UNSYNCED = const(1)
 F_PRIORITY = const(2)
 
 
