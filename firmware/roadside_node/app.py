@@ -14,6 +14,14 @@ from .session import Session
 
 _POLL_MS = const(20)  # longest wait for link input before the role gets a turn
 _GC_EVERY = const(8192)  # collect after this many bytes allocated (gc.threshold)
+_K_HEALTH = const(3)  # the health record and its body keys (PROTOCOL.md 2.1)
+_B_FREE_HEAP = const(1)
+_B_UPTIME_S = const(2)
+_B_JOURNAL_RECORDS = const(3)
+_B_DROPPED_FULL = const(4)
+_B_BOOT_COUNT = const(5)
+_B_RESET_CAUSE = const(6)
+_B_SAFE_MODE = const(7)
 
 
 def make_role(config, emit, io=None, journal=None):
@@ -70,13 +78,13 @@ class App:
 
     def health(self):
         j = self.journal
-        self.emit(proto.K_HEALTH, 0, {proto.B_FREE_HEAP: self.hw.free_heap(),
-                                      proto.B_UPTIME_S: self.hw.uptime_s(),
-                                      proto.B_JOURNAL_RECORDS: j.count,
-                                      proto.B_DROPPED_FULL: j.dropped_full,
-                                      proto.B_BOOT_COUNT: j.boot_count,
-                                      proto.B_RESET_CAUSE: self.hw.reset_cause(),
-                                      proto.B_SAFE_MODE: self.safe})
+        self.emit(_K_HEALTH, 0, {_B_FREE_HEAP: self.hw.free_heap(),
+                                 _B_UPTIME_S: self.hw.uptime_s(),
+                                 _B_JOURNAL_RECORDS: j.count,
+                                 _B_DROPPED_FULL: j.dropped_full,
+                                 _B_BOOT_COUNT: j.boot_count,
+                                 _B_RESET_CAUSE: self.hw.reset_cause(),
+                                 _B_SAFE_MODE: self.safe})
 
     def step(self):
         hw = self.hw

@@ -76,7 +76,7 @@ class BlePort:
     """One GATT peripheral; at most one central (the gateway or an installer) at a time."""
 
     max_payload = framing.MAX_PAYLOAD - auth.SEAL_OVERHEAD
-    # records in flight before an ACK (the UART's proto.WINDOW is 32): a BLE round trip is
+    # records in flight before an ACK (the UART's is 32, session.py _WINDOW): a BLE round trip is
     # longer, and room() keeps the output buffer from overflowing (Session.use_port/pump)
     window = 128
 

@@ -15,7 +15,7 @@ from micropython import const
 from .journal import write_atomic
 
 PATH = "bootguard.json"
-HEALTHY_S = const(60)
+_HEALTHY_S = const(60)
 
 
 class BootGuard:
@@ -43,7 +43,7 @@ class BootGuard:
 
     def check(self, t):
         """Called from the main loop with role time (s); True once, when the minute is up."""
-        if self.healthy or t < HEALTHY_S:
+        if self.healthy or t < _HEALTHY_S:
             return False
         self.healthy = True
         if not self.safe:  # safe mode stays until the installer acts (config.set, reboot)

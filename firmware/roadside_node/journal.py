@@ -26,8 +26,8 @@ from micropython import const
 
 from . import cbor, proto
 
-JOURNAL = "journal.bin"
-STATE = "state.json"
+_JOURNAL = const("journal.bin")
+_STATE = const("state.json")
 _HEAD = const(6)
 _COMPACT_AT = const(4096)  # rewrite the file once this many acked bytes lead it
 _CHUNK = const(128)  # offsets per chunk: 512 bytes
@@ -111,7 +111,7 @@ def record_seq(rec):
 
 
 class Journal:
-    def __init__(self, max_bytes=32768, path=JOURNAL, state=STATE):
+    def __init__(self, max_bytes=32768, path=_JOURNAL, state=_STATE):
         self.max_bytes = max_bytes
         self.path = path
         self.state_path = state

@@ -4,15 +4,15 @@ from micropython import const
 from . import cbor
 
 PROTOCOL_VERSION = const(1)
-WINDOW = const(32)
-ACK_TIMEOUT_MS = const(2000)
+# the send window, the ACK timeout, ERROR 3 and 6 and the unsynced-clock flag: private consts
+# in session.py, their one user (a name here is a qstr every node interns)
 
 # message types (key 0)
-T_HELLO = const(1)
+_T_HELLO = const(1)
 T_RECORDS = const(2)
 T_ACK = const(3)
 T_COMMAND = const(4)
-T_REPLY = const(5)
+_T_REPLY = const(5)
 T_TIME = const(6)
 T_ERROR = const(7)
 T_AUTH = const(8)  # BLE handshake (auth.py, PROTOCOL.md section 5)
@@ -21,43 +21,16 @@ T_SEALED = const(9)  # BLE: counter + truncated MAC around a message
 # (PROTOCOL.md 2.6): no names here, every node holds this module from boot
 
 # error codes
-E_UNKNOWN_TYPE = const(1)
+_E_UNKNOWN_TYPE = const(1)
 E_MALFORMED = const(2)
-E_NO_SESSION = const(3)
-E_UNKNOWN_COMMAND = const(4)
-E_BAD_ARGS = const(5)
-E_BUSY = const(6)
+_E_UNKNOWN_COMMAND = const(4)
+_E_BAD_ARGS = const(5)
 E_AUTH = const(7)  # BLE: authenticate first / auth failed / locked out
 
-# record kinds and flags
-K_LEVEL = const(1)
-K_ALARM = const(2)
-K_HEALTH = const(3)
-K_PHASE = const(10)  # signal monitor (body keys in roles/signal.py and PROTOCOL.md 2.1)
-K_FAULT = const(11)
-K_COUNTS = const(12)
-K_PLAN = const(13)
-K_TRANSACTION = const(20)  # toll beacon (body keys in roles/toll.py)
-K_READER = const(21)
-K_RAINFALL = const(30)  # rain gauge (body keys in roles/rain.py)
-K_INTENSITY = const(31)
-F_CLOCK_UNSYNCED = const(1)
+# record flags; the record kinds and body keys (PROTOCOL.md 2.1) are private consts where
+# they are used: health in app.py, each role's in roles/<role>.py (every name here is a qstr
+# every node interns for good: docs/PERFORMANCE.md "OTA: heap and qstrs per role")
 F_PRIORITY = const(2)
-
-# body keys
-B_LEVEL_CM = const(1)
-B_RATE = const(2)
-B_DISTANCE_MM = const(3)
-B_STATE = const(1)
-B_ALARM_LEVEL = const(2)
-B_PREVIOUS = const(3)
-B_FREE_HEAP = const(1)
-B_UPTIME_S = const(2)
-B_JOURNAL_RECORDS = const(3)
-B_DROPPED_FULL = const(4)
-B_BOOT_COUNT = const(5)
-B_RESET_CAUSE = const(6)
-B_SAFE_MODE = const(7)
 
 
 def reply_fits(req, payload, limit):
@@ -103,7 +76,7 @@ def hello(node_id, role, fw, board, boot_count, reset_cause, next_seq, first_una
     w = cbor.Writer()
     w.map(10 + (free_heap is not None) + bool(safe_mode) + bool(unsure))
     w.int(0)
-    w.int(T_HELLO)
+    w.int(_T_HELLO)
     w.int(1)
     w.text(node_id)
     w.int(2)
@@ -194,7 +167,7 @@ def reply(req_id, ok, result=None, error=None):
     w = cbor.Writer()
     w.map(4)
     w.int(0)
-    w.int(T_REPLY)
+    w.int(_T_REPLY)
     w.int(1)
     w.int(req_id)
     w.int(2)
@@ -267,5 +240,5 @@ def parse(payload):
     elif mtype == 10 or mtype == 11:  # OTA_OFFER, OTA_CHUNK
         pass  # checked by ota.py (imported on demand): no boot-time code for them here
     else:
-        raise ProtoError(E_UNKNOWN_TYPE, "unknown message type " + str(mtype), mtype)
+        raise ProtoError(_E_UNKNOWN_TYPE, "unknown message type " + str(mtype), mtype)
     return mtype, msg

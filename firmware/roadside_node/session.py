@@ -6,9 +6,15 @@ from micropython import const
 from . import framing, proto
 from .config import ConfigError, clip
 
-HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
-SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
-BUSY_MS = const(1000)  # backoff after ERROR 6
+# protocol v1 numbers (PROTOCOL.md 2.2) only this module uses (proto.py has the shared ones)
+_WINDOW = const(32)  # records in flight before an ACK (a port may raise it: ble.py)
+_ACK_TIMEOUT_MS = const(2000)
+_E_NO_SESSION = const(3)
+_E_BUSY = const(6)
+_F_CLOCK_UNSYNCED = const(1)
+_HELLO_RETRY_MS = const(3000)  # no answer to HELLO: say it again
+_SILENCE_MS = const(30000)  # nothing heard for this long: the gateway may have restarted
+_BUSY_MS = const(1000)  # backoff after ERROR 6
 _CACHE = const(8)  # recent command replies kept for retried request ids
 # A noisy line (PROTOCOL.md 2.2, "Frame size on a noisy line"): a frame of n bytes survives a
 # bit error rate p with probability (1-p)^(8n), so after a loss the node halves the record
@@ -53,12 +59,12 @@ class Session:
         self.failed = 0  # messages whose handling raised: answered with an error, counted
         self.port = None  # None: the UART; else the port that spoke last (ble.BlePort)
         self.max_payload = framing.MAX_PAYLOAD  # a sealing port lowers it (auth.SEAL_OVERHEAD)
-        self.window = proto.WINDOW  # a port with a longer round trip raises it (ble.py)
+        self.window = _WINDOW  # a port with a longer round trip raises it (ble.py)
         # frames are built in buffers allocated once, here (framing.FrameWriter)
         self.writer = framing.FrameWriter()
         # the line (line_ack, line_loss): frame budget and ACK timer
         self.budget = framing.MAX_PAYLOAD  # record bytes per frame (capped by max_payload)
-        self.rto = proto.ACK_TIMEOUT_MS  # the ACK timer, from measured round trips
+        self.rto = _ACK_TIMEOUT_MS  # the ACK timer, from measured round trips
         self.srtt = 0  # smoothed round trip (ms)
         self.rtts = 0  # round trips measured
         self.rttvar = 0
@@ -73,7 +79,7 @@ class Session:
     def stamp(self):
         """(t, flags) for a new record: epoch seconds once TIME came, else uptime seconds."""
         if self.time_base is None:
-            return self.hw.uptime_s(), proto.F_CLOCK_UNSYNCED
+            return self.hw.uptime_s(), _F_CLOCK_UNSYNCED
         ms, at = self.time_base
         return (ms + self.hw.ticks_diff(self.hw.ticks_ms(), at)) // 1000, 0
 
@@ -100,9 +106,9 @@ class Session:
         if port is not self.port:
             self.port = port
             self.max_payload = framing.MAX_PAYLOAD if port is None else port.max_payload
-            self.window = proto.WINDOW if port is None else port.window
+            self.window = _WINDOW if port is None else port.window
             self.rtts = 0  # another link: measure its round trips afresh
-            self.rto = proto.ACK_TIMEOUT_MS
+            self.rto = _ACK_TIMEOUT_MS
 
     def hello(self):
         j = self.journal
@@ -179,14 +185,14 @@ class Session:
 
     def on_error(self, code, text):
         self.log("error %d from gateway: %s" % (code, text))
-        if code == proto.E_NO_SESSION:
+        if code == _E_NO_SESSION:
             # one ERROR comes back per RECORDS in flight: one HELLO answers them all
             now = self.hw.ticks_ms()
             if self.no_session_at is None or self.hw.ticks_diff(now, self.no_session_at) > 1000:
                 self.no_session_at = now
                 self.up = False
                 self.hello()
-        elif code == proto.E_BUSY:
+        elif code == _E_BUSY:
             self.busy_until = self.hw.ticks_ms()
             self.send_seq = self.journal.first_unacked  # resend all after the backoff
 
@@ -244,15 +250,15 @@ class Session:
     def tick(self):
         now = self.hw.ticks_ms()
         diff = self.hw.ticks_diff
-        if self.up and diff(now, self.heard_at) > SILENCE_MS:
+        if self.up and diff(now, self.heard_at) > _SILENCE_MS:
             self.up = False
             self.log("gateway silent")
         if not self.up:
-            if self.hello_at is None or diff(now, self.hello_at) > HELLO_RETRY_MS:
+            if self.hello_at is None or diff(now, self.hello_at) > _HELLO_RETRY_MS:
                 self.hello()
             return
         if self.busy_until is not None:
-            if diff(now, self.busy_until) < BUSY_MS:
+            if diff(now, self.busy_until) < _BUSY_MS:
                 return
             self.busy_until = None
             self.progress_at = now
@@ -311,7 +317,7 @@ class Session:
             # not only noise (at BER 1e-3 a round trip fails ~40 %: 6 in a row is rare): the
             # gateway may be slow, back off
             if self.timeouts >= 6:
-                self.rto = min(proto.ACK_TIMEOUT_MS, self.rto * 2)
+                self.rto = min(_ACK_TIMEOUT_MS, self.rto * 2)
         self.send_seq = self.journal.first_unacked  # go-back-N
         self.progress_at = now
         self.loss_at = now
@@ -347,7 +353,7 @@ class Session:
 
     def line_rtt(self, rtt):
         """A round trip measured (ms): the ACK timer follows it (RFC 6298's estimator)."""
-        rtt = min(rtt, proto.ACK_TIMEOUT_MS)  # a busy pause is no round trip
+        rtt = min(rtt, _ACK_TIMEOUT_MS)  # a busy pause is no round trip
         if self.rtts:
             err = rtt - self.srtt
             self.srtt += err // 8
@@ -356,6 +362,6 @@ class Session:
             self.srtt = rtt
             self.rttvar = rtt // 2
         self.rtts += 1
-        self.rto = max(_RTO_MIN_MS, min(proto.ACK_TIMEOUT_MS, self.srtt + 4 * self.rttvar))
+        self.rto = max(_RTO_MIN_MS, min(_ACK_TIMEOUT_MS, self.srtt + 4 * self.rttvar))
 
 CommandError = proto.CommandError  # roles raise it without importing the session

@@ -134,7 +134,7 @@ def test_noisy_line_delivers_every_record_and_alarms_fast(tmp_path, ber):
     assert watch.memory_errors == 0 and node.resets == 0
     assert sorted(gw.records) == list(range(1, max(gw.records) + 1))
     # alarms once the session runs (the first record arrived 5 s before): the HELLO exchange
-    # at boot goes through the same noise and is retried every 3 s (session.HELLO_RETRY_MS)
+    # at boot goes through the same noise and is retried every 3 s (session._HELLO_RETRY_MS)
     steady = min(gw.arrived.values()) + 5
     # the alarms the test waited for (the node journals on until it is stopped: a later one
     # may still be on its way)

@@ -58,7 +58,8 @@ def compile_package(source: Path, version: str, with_sim: bool) -> dict[str, byt
             py = Path(tmp) / "src.py"
             py.write_text(text)
             dst = Path(tmp) / "out.mpy"
-            done = subprocess.run([tool, "-o", str(dst), "-s", rel[:-4] + ".py", str(py)],
+            name = launcher.source_name(rel[:-4] + ".py")  # as build_mpy names them
+            done = subprocess.run([tool, "-o", str(dst), "-s", name, str(py)],
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 msg = (done.stderr or done.stdout).strip().splitlines()

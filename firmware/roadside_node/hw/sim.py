@@ -201,6 +201,14 @@ class SimHW:
     def reset(self, cause="soft"):
         with open(self._hw + RESET_FILE, "w") as f:
             f.write(cause)
+        # the qstrs this run interned ("qstr pool: n_pool=.., n_qstr=.."): never freed, so this
+        # is their peak (tests/firmware/test_ota_roles.py reads it after ota.switch); and every
+        # one of them when NODE_DIR holds a file qstr_verbose (bench/qstr_census.py)
+        mp = __import__("micropython")
+        if _remove(self._hw + "qstr_verbose"):
+            mp.qstr_info(1)
+        else:
+            mp.qstr_info()
         sys.exit(EXIT_RESET)
 
 

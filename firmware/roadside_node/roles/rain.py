@@ -5,10 +5,12 @@
 # (mm/h) above rain.heavy_mm_h raises an intensity alarm at once, cleared when an interval's
 # intensity falls below heavy_mm_h - hyst_mm_h. Battery mode (battery.py) keeps the counts,
 # the interval and the alarm state in RTC memory across deep sleep: save() / restore().
+from micropython import const
+
 from .. import proto
 
-K_RAINFALL = proto.K_RAINFALL  # body: 1 tips, 2 mm, 3 interval_s, 4 mm_per_h, 5 total_tips
-K_INTENSITY = proto.K_INTENSITY  # body: 1 state, 2 mm_per_h, 3 previous
+_K_RAINFALL = const(30)  # body: 1 tips, 2 mm, 3 interval_s, 4 mm_per_h, 5 total_tips
+_K_INTENSITY = const(31)  # body: 1 state, 2 mm_per_h, 3 previous
 STATES = ("normal", "heavy")
 
 
@@ -28,9 +30,9 @@ class RainRole:
 
     def describe(self, kind, body):
         """The log line of a record this role emitted (App.emit), None for the default."""
-        if kind == K_RAINFALL:
+        if kind == _K_RAINFALL:
             return "rain %d tips %.2fmm %.1fmm/h" % (body[1], body[2], body[4])
-        if kind == K_INTENSITY:
+        if kind == _K_INTENSITY:
             return "intensity %s (was %s) %.1fmm/h" % (body[1], body[3], body[2])
         return None
 
@@ -67,7 +69,7 @@ class RainRole:
         secs = max(1, int(t - self.start + 0.5))
         mm = n * g("rain.tip_mm")
         self.rate = rate = round(mm * 3600 / secs, 1)
-        self.emit(K_RAINFALL, 0, {1: n, 2: round(mm, 2), 3: secs, 4: rate, 5: self.total})
+        self.emit(_K_RAINFALL, 0, {1: n, 2: round(mm, 2), 3: secs, 4: rate, 5: self.total})
         self.tips = 0
         self.start = t
         self.next_sample = t + g("rain.interval_s")
@@ -81,7 +83,7 @@ class RainRole:
         if new != self.state:
             prev = self.state
             self.state = new
-            self.emit(K_INTENSITY, proto.F_PRIORITY, {1: STATES[new], 2: rate,
+            self.emit(_K_INTENSITY, proto.F_PRIORITY, {1: STATES[new], 2: rate,
                                                       3: STATES[prev]})
 
     # -- deep sleep (battery.py) ----------------------------------------------------------

@@ -18,7 +18,11 @@ G = const(4)
 _PERMISSIVE = const(6)  # green or amber: the phase lets traffic go
 _UNKNOWN = const(255)
 
-# body keys (PROTOCOL.md 2.1)
+# record kinds and body keys (PROTOCOL.md 2.1)
+_K_PHASE = const(10)
+_K_FAULT = const(11)
+_K_COUNTS = const(12)
+_K_PLAN = const(13)
 _PH_PHASE = const(1)
 _PH_STATE = const(2)
 _PH_PREVIOUS = const(3)
@@ -102,7 +106,7 @@ class SignalRole:
         if t - self.count_start >= interval:
             self.count_start += interval
             for i in range(len(c)):
-                self.emit(proto.K_COUNTS, 0, {_C_APPROACH: i + 1, _C_VEHICLES: c[i],
+                self.emit(_K_COUNTS, 0, {_C_APPROACH: i + 1, _C_VEHICLES: c[i],
                                              _C_INTERVAL: interval})
                 c[i] = 0
 
@@ -135,7 +139,7 @@ class SignalRole:
             if known and raw[i] == R and prev & _PERMISSIVE:
                 self.red_at[i] = edge
             prevs.append((prev, dur))
-            self.emit(proto.K_PHASE, 0, {_PH_PHASE: i + 1, _PH_STATE: state_name(raw[i]),
+            self.emit(_K_PHASE, 0, {_PH_PHASE: i + 1, _PH_STATE: state_name(raw[i]),
                                          _PH_PREVIOUS: state_name(prev),
                                          _PH_DURATION: dur if dur > 0 else 0, _PH_AT: edge})
         for k in range(len(changed)):
@@ -184,7 +188,7 @@ class SignalRole:
         out = getattr(self.hw, "fault_output", None)
         if out is not None:
             out(True)
-        self.emit(proto.K_FAULT, proto.F_PRIORITY, {
+        self.emit(_K_FAULT, proto.F_PRIORITY, {
             _F_FAULT: kind, _F_PHASE: i + 1, _F_OTHER: j + 1, _F_MEASURED: measured,
             _F_LIMIT: limit, _F_AT: edge, _F_LATENCY: t_ms - edge})
 
@@ -237,7 +241,7 @@ class SignalRole:
             prev = self.plan
             self.hw.plan_select(plan)
             self.plan = plan
-            self.emit(proto.K_PLAN, 0, {_P_PLAN: plan, _P_PREVIOUS: prev})
+            self.emit(_K_PLAN, 0, {_P_PLAN: plan, _P_PREVIOUS: prev})
             return {"plan": plan, "previous": prev}
         if name == "fault.clear":
             if self.fault is None:
@@ -252,7 +256,7 @@ class SignalRole:
             out = getattr(self.hw, "fault_output", None)
             if out is not None:
                 out(False)
-            self.emit(proto.K_FAULT, proto.F_PRIORITY, {_F_FAULT: "cleared", _F_PHASE: ph,
+            self.emit(_K_FAULT, proto.F_PRIORITY, {_F_FAULT: "cleared", _F_PHASE: ph,
                                                        _F_OTHER: other, _F_AT: self.now})
             return {"cleared": kind, "phase": ph, "suppressed": n}
         # signal.status

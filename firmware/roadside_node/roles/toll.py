@@ -20,7 +20,9 @@ _KEEP = const(32)  # acknowledged passages remembered for resent reads
 _TAG_MAX = const(32)  # hex digits of an EPC kept (128 bits; longer ones are cut)
 _MAX_LINE = const(120)
 
-# body keys (PROTOCOL.md 2.1)
+# record kinds and body keys (PROTOCOL.md 2.1)
+_K_TRANSACTION = const(20)
+_K_READER = const(21)
 _T_TAG = const(1)
 _T_LANE = const(2)
 _T_ENTRY = const(3)
@@ -253,7 +255,7 @@ class TollRole:
         rseq = p[_LAST]
         with open(self.path, "a") as f:  # the intent first: see the top of this file
             f.write("%d,%s,%d\n" % (seq, tag.decode(), rseq))
-        got = self.emit(proto.K_TRANSACTION, proto.F_PRIORITY, {
+        got = self.emit(_K_TRANSACTION, proto.F_PRIORITY, {
             _T_TAG: tag.decode(), _T_LANE: self.lane(p[_ANT]), _T_ENTRY: p[_ENTRY],
             _T_EXIT: p[_EXIT], _T_READS: p[_N], _T_RSSI: p[_BEST], _T_ANTENNAS: p[_BITS],
             _T_RSEQ: rseq})
@@ -273,7 +275,7 @@ class TollRole:
     def _status(self, state, detail):
         self.state = state
         self.detail = detail
-        self.emit(proto.K_READER, 0 if state == "ok" else proto.F_PRIORITY, {
+        self.emit(_K_READER, 0 if state == "ok" else proto.F_PRIORITY, {
             _S_STATE: state, _S_READS: self.reads, _S_BAD: self.bad, _S_DUPS: self.dups,
             _S_DETAIL: detail})
 

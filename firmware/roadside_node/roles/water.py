@@ -16,6 +16,14 @@ STATES = ("normal", "alert", "alarm", "critical")
 _MEDIAN_N = const(5)
 _RATE_N = const(8)  # filtered levels the rate of rise is taken over
 _MAX_REJECTS = const(3)  # this many rejected in a row: the water really moved, accept
+_K_LEVEL = const(1)  # record kinds and body keys (PROTOCOL.md 2.1)
+_K_ALARM = const(2)
+_B_LEVEL_CM = const(1)
+_B_RATE = const(2)
+_B_DISTANCE_MM = const(3)
+_B_STATE = const(1)
+_B_ALARM_LEVEL = const(2)
+_B_PREVIOUS = const(3)
 
 
 def _median(xs):
@@ -51,11 +59,11 @@ class WaterRole:
 
     def describe(self, kind, body):
         """The log line of a record this role emitted (App.emit), None for the default."""
-        if kind == proto.K_LEVEL:
-            return "level %.1fcm rate %.1f" % (body[proto.B_LEVEL_CM], body[proto.B_RATE])
-        if kind == proto.K_ALARM:
+        if kind == _K_LEVEL:
+            return "level %.1fcm rate %.1f" % (body[_B_LEVEL_CM], body[_B_RATE])
+        if kind == _K_ALARM:
             return "alarm %s (was %s) at %.1fcm" % (
-                body[proto.B_STATE], body[proto.B_PREVIOUS], body[proto.B_ALARM_LEVEL])
+                body[_B_STATE], body[_B_PREVIOUS], body[_B_ALARM_LEVEL])
         return None
 
     def thresholds(self):
@@ -105,9 +113,9 @@ class WaterRole:
         interval = self.interval()
         if self.last_report is None or t - self.last_report >= interval:
             self.last_report = t
-            self.emit(proto.K_LEVEL, 0, {proto.B_LEVEL_CM: self.level,
-                                         proto.B_RATE: self.rate,
-                                         proto.B_DISTANCE_MM: self.distance})
+            self.emit(_K_LEVEL, 0, {_B_LEVEL_CM: self.level,
+                                         _B_RATE: self.rate,
+                                         _B_DISTANCE_MM: self.distance})
 
     def interval(self):
         """Seconds between level records: fast, normal or calm."""
@@ -145,9 +153,9 @@ class WaterRole:
         if new != self.state:
             prev = self.state
             self.state = new
-            self.emit(proto.K_ALARM, proto.F_PRIORITY, {proto.B_STATE: STATES[new],
-                                                       proto.B_ALARM_LEVEL: lv,
-                                                       proto.B_PREVIOUS: STATES[prev]})
+            self.emit(_K_ALARM, proto.F_PRIORITY, {_B_STATE: STATES[new],
+                                                       _B_ALARM_LEVEL: lv,
+                                                       _B_PREVIOUS: STATES[prev]})
 
     # -- deep sleep (battery.py) ----------------------------------------------------------
     def save(self):
