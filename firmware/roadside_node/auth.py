@@ -1,10 +1,12 @@
 # BLE session security, node side (PROTOCOL.md section 5, SECURITY.md): the per-node secret,
-# the AUTH handshake (HMAC-SHA256 challenge-response, fresh nonces both ways), the session key
-# and the SEALED wrapper (counter + truncated MAC) every frame carries after it, and the
-# exponential lockout after failures. Pure logic: the BLE port (ble.py) moves the bytes.
+# the SEALED wrapper (counter + truncated MAC) every frame carries after the AUTH handshake,
+# and the exponential lockout after failures. The handshake itself (HMAC-SHA256
+# challenge-response, fresh nonces both ways, the session key) is handshake.py, imported for
+# each AUTH message and dropped after; provisioning (secret.set) is provision.py. Pure logic:
+# the BLE port (ble.py) moves the bytes.
 import hashlib
-import os
 import struct
+import sys
 
 from micropython import const
 
@@ -21,15 +23,6 @@ LOCKOUT_MAX_MS = const(300000)
 MAX_BAD_FRAMES = const(8)  # forged/replayed frames in one session before it is dropped
 HANDSHAKE_MS = const(10000)  # a started handshake must end within this
 
-# AUTH steps (key 1 of an AUTH message)
-A_CHALLENGE = const(1)  # gateway -> node: 2: gateway nonce
-A_RESPONSE = const(2)  # node -> gateway: 2: node nonce, 3: node MAC, 4: node id
-A_PROOF = const(3)  # gateway -> node: 2: gateway MAC
-
-# HMAC labels: each MAC says what it is, so one can never stand in for another
-L_NODE = b"roadside-auth-node"
-L_GATEWAY = b"roadside-auth-gateway"
-L_KEY = b"roadside-session-key"
 DIR_NODE = b"N"  # sealed frames from the node
 DIR_GATEWAY = b"G"
 
@@ -50,11 +43,13 @@ def _pads(key):
     return bytes(ipad), bytes(opad)
 
 
-def hmac_sha256(key, msg):
-    """HMAC-SHA256 (RFC 2104) from hashlib.sha256: MicroPython has no hmac module."""
-    ipad, opad = _pads(key)
-    inner = hashlib.sha256(ipad + msg).digest()
-    return hashlib.sha256(opad + inner).digest()
+def _forget(name):
+    """A module imported for one step leaves sys.modules (its code is garbage)."""
+    sys.modules.pop("roadside_node." + name, None)
+    try:
+        delattr(sys.modules["roadside_node"], name)
+    except (KeyError, AttributeError):
+        pass
 
 
 def same(a, b):
@@ -91,49 +86,6 @@ def load_secret(path=SECRET_FILE):
     return s if len(s) == SECRET_LEN else None
 
 
-def fingerprint(secret):
-    """What may be shown of a secret: 8 hex digits of its SHA-256."""
-    return "".join("%02x" % b for b in hashlib.sha256(secret).digest()[:4])
-
-
-def parse_secret(value):
-    """32 bytes, or 64 hex digits -> bytes; ValueError saying what is allowed."""
-    if isinstance(value, str) and len(value) == 2 * SECRET_LEN:
-        try:
-            value = bytes(int(value[i:i + 2], 16) for i in range(0, len(value), 2))
-        except ValueError:
-            pass
-    if isinstance(value, (bytes, bytearray)) and len(value) == SECRET_LEN:
-        return bytes(value)
-    raise ValueError("secret.set: secret must be 32 bytes or 64 hex digits "
-                     "(`roadside` generates one)")
-
-
-def secret_command(session, args):
-    """The secret.set command: over the UART only; replies a fingerprint, never the secret."""
-    if session.port is not None:
-        raise proto.CommandError("secret.set: refused over BLE; provision the secret over "
-                                 "the serial cable")
-    try:
-        secret = parse_secret(args.get("secret"))
-    except ValueError as e:
-        raise proto.CommandError(str(e))
-    if args.get("for") == "ota":  # the over-the-air update key (ota.py), not the BLE secret
-        store_secret(secret, "ota.key")
-    else:
-        store_secret(secret)
-        if session.ble is not None:
-            session.ble.set_secret(secret)
-    return {"fingerprint": fingerprint(secret)}
-
-
-def store_secret(secret, path=SECRET_FILE):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(secret)
-    os.rename(tmp, path)
-
-
 def sealed(ctr, inner, tag):
     """The SEALED message {0: 9, 1: ctr, 2: inner, 3: tag} as CBOR."""
     w = cbor.Writer()
@@ -147,28 +99,6 @@ def sealed(ctr, inner, tag):
     w.int(3)
     w.bytes(tag)
     return bytes(w.buf)
-
-
-def auth_msg(step, fields):
-    """AUTH {0: 8, 1: step, key: value...} as CBOR (fields: [(key, bytes or text)])."""
-    w = cbor.Writer()
-    w.map(2 + len(fields))
-    w.int(0)
-    w.int(proto.T_AUTH)
-    w.int(1)
-    w.int(step)
-    for k, v in fields:
-        w.int(k)
-        if isinstance(v, str):
-            w.text(v)
-        else:
-            w.bytes(v)
-    return bytes(w.buf)
-
-
-def _bstr(msg, key, n):
-    v = msg.get(key)
-    return v if isinstance(v, (bytes, bytearray)) and len(v) == n else None
 
 
 class Channel:
@@ -267,61 +197,17 @@ class Channel:
             self._count("unauthenticated")  # unsealed in a sealed session: dropped
             return None
         if mtype == proto.T_AUTH:
-            self._auth(msg)
+            # the handshake's code is held for its step only: an authenticated session needs
+            # seal/open, and a BLE node's heap is short (docs/PERFORMANCE.md "OTA over BLE")
+            from . import handshake
+            try:
+                handshake.step(self, msg)
+            finally:
+                _forget("handshake")
         else:
             self._count("unauthenticated")
             self._error("authenticate first: AUTH (type 8) challenge")
         return None
-
-    def _auth(self, msg):
-        step = msg.get(1)
-        now = self.hw.ticks_ms()
-        if step == A_CHALLENGE:
-            if self.secret is None:
-                self._error("no secret on this node: provision it with secret.set over serial")
-                return
-            left = self._locked()
-            if left:
-                self._count("locked_out")
-                self._error("locked out for %d ms after failed authentication" % left)
-                return
-            if self.state == _WAIT_PROOF:  # a second challenge: the first one was abandoned
-                self._fail("challenge again before the proof")
-                return
-            ng = _bstr(msg, 2, NONCE_LEN)
-            if ng is None:
-                self._count("malformed")
-                self._error("AUTH challenge: key 2 must be a 16-byte nonce")
-                return
-            self.ng = bytes(ng)
-            self.nn = self.hw.random_bytes(NONCE_LEN)
-            self.state = _WAIT_PROOF
-            self.started = now
-            mac = hmac_sha256(self.secret, L_NODE + self.ng + self.nn + self.node_id.encode())
-            self.reply(auth_msg(A_RESPONSE, [(2, self.nn), (3, mac), (4, self.node_id)]))
-        elif step == A_PROOF:
-            if self.state != _WAIT_PROOF or self.hw.ticks_diff(now, self.started) > \
-                    HANDSHAKE_MS:
-                self._fail("proof without a fresh challenge")  # a replayed proof
-                return
-            mac = _bstr(msg, 2, MAC_LEN)
-            ng = self.ng or b""
-            nn = self.nn or b""
-            want = hmac_sha256(self.secret, L_GATEWAY + nn + ng)
-            if mac is None or not same(mac, want):
-                self._fail("wrong key")
-                return
-            self.mac = FrameMac(hmac_sha256(self.secret, L_KEY + ng + nn))
-            self.state = _AUTHED
-            self.fails = 0
-            self.locked_until = None
-            self._count("auth_ok")
-            self.log("ble authenticated")
-            if self.on_authed is not None:
-                self.on_authed()
-        else:
-            self._count("malformed")
-            self._error("AUTH: unknown step; key 1 must be 1 (challenge) or 3 (proof)")
 
     def _open(self, msg):
         ctr = msg.get(1)

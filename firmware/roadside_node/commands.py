@@ -46,8 +46,8 @@ def run(s, name, args):
             s.guard.clear()
         return v
     if name == "secret.set":
-        from . import auth
-        return auth.secret_command(s, args)
+        from . import provision
+        return provision.secret_command(s, args)
     if name[:4] == "ota.":  # ota.switch, ota.state
         return s.ota().command(name, args)
     extra = getattr(s.role, "commands", ())

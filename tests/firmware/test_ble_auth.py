@@ -13,7 +13,7 @@ VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "ble_auth.json"
 
 PRELUDE = f"VECTORS_PATH = {str(VECTORS)!r}\n" + r"""
 import json
-from roadside_node import auth, proto, cbor
+from roadside_node import auth, handshake, provision, proto, cbor
 V = json.loads(open(VECTORS_PATH).read())
 def h(s): return bytes(int(s[i:i + 2], 16) for i in range(0, len(s), 2))
 class HW:
@@ -40,19 +40,21 @@ def etype(p):
 def test_hmac_and_handshake_match_the_vectors() -> None:
     out = run_stdout(PRELUDE + r"""
 for v in V["hmac_rfc4231"]:
-    assert auth.hmac_sha256(h(v["key"]), h(v["data"])) == h(v["mac"]), v
+    assert handshake.hmac_sha256(h(v["key"]), h(v["data"])) == h(v["mac"]), v
 c = make()
 assert c.handle(h(V["challenge"])) is None
 assert sent[-1] == h(V["response"]), sent
 assert not c.authed
 c.handle(h(V["proof"]))
 assert c.authed and c.stats["auth_ok"] == 1
+import sys
+assert "roadside_node.handshake" not in sys.modules  # held for its step only
 inner = h(V["inner_node"])
 assert c.seal(inner) == h(V["sealed_node"][0])
 assert c.seal(inner) == h(V["sealed_node"][1])
 assert c.handle(h(V["sealed_gateway"][0])) == h(V["inner_gateway"])
 assert c.handle(h(V["sealed_gateway"][1])) == h(V["inner_gateway"])
-assert auth.fingerprint(h(V["secret"])) == V["fingerprint"]
+assert provision.fingerprint(h(V["secret"])) == V["fingerprint"]
 print("ok")
 """)
     assert out.strip() == "ok"
@@ -76,9 +78,9 @@ c.handle(h(V["challenge"]))
 assert etype(sent[-1]) == (7, proto.E_AUTH) and c.stats["locked_out"] == 1
 hw.t += 1000  # base lockout 1 s is over
 c.handle(h(V["challenge"]))
-assert etype(sent[-1]) == (8, auth.A_RESPONSE)
+assert etype(sent[-1]) == (8, handshake.A_RESPONSE)
 # the wrong key: the gateway's proof made with another secret
-bad = auth.auth_msg(auth.A_PROOF, [(2, auth.hmac_sha256(b"x" * 32, b"guess"))])
+bad = handshake.auth_msg(handshake.A_PROOF, [(2, handshake.hmac_sha256(b"x" * 32, b"guess"))])
 c.handle(bad)
 assert not c.authed and c.stats["auth_failed"] == 2
 left = c.locked_until - hw.t

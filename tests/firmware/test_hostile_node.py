@@ -311,7 +311,7 @@ def test_started_handshakes_count_toward_the_lockout() -> None:
     """A challenge never completed costs as much as a wrong proof: a second challenge in the
     same connection, or a disconnect while the proof is awaited, locks out (doubling)."""
     out = run_stdout(r"""
-from roadside_node import auth, cbor
+from roadside_node import auth, cbor, handshake
 class HW:
     t = 1000
     def ticks_ms(self): return self.t
@@ -321,7 +321,7 @@ hw = HW()
 sent = []
 c = auth.Channel("n1", hw, sent.append, secret=bytes(range(32)), log=lambda s: None)
 c.on_fail = lambda: None
-challenge = auth.auth_msg(auth.A_CHALLENGE, [(2, b"\x22" * 16)])
+challenge = handshake.auth_msg(handshake.A_CHALLENGE, [(2, b"\x22" * 16)])
 c.handle(challenge)
 assert cbor.loads(sent[-1])[0] == 8
 c.handle(challenge)                      # again, without a proof: a failure

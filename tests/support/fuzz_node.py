@@ -24,6 +24,7 @@ from roadside_node.framing import Deframer
 from roadside_node.hw.sim import SimHW
 
 auth = None  # roadside_node.auth, imported by the BLE links only (a UART node never loads it)
+handshake = None  # roadside_node.handshake (the AUTH messages the fuzzer sends)
 
 SECRET = bytes(range(32))
 STEP_MS = 7  # virtual time per frame: 10 s handshake windows and role minutes go by
@@ -247,10 +248,11 @@ class Rig:
         if fresh:
             self.fresh_config()
         if mode != "uart":
-            global auth
-            from roadside_node import auth
+            global auth, handshake
+            from roadside_node import auth, handshake
             if fresh:
-                auth.store_secret(SECRET)
+                from roadside_node import provision
+                provision.store_secret(SECRET)
             NOTIFIED[0] = bytearray(4096)
 
     def fresh_config(self):
@@ -342,14 +344,14 @@ class Rig:
         """A gateway that knows the secret: challenge, response, proof -> sealed session."""
         self.notified()
         ng = bytes(self.r.getrandbits(8) for _ in range(16))
-        self.write(b"\x00" + framing.encode(auth.auth_msg(auth.A_CHALLENGE, [(2, ng)])))
+        self.write(b"\x00" + framing.encode(handshake.auth_msg(handshake.A_CHALLENGE, [(2, ng)])))
         for p in self.notified():
             m = cbor.loads(p)
-            if m.get(0) == 8 and m.get(1) == auth.A_RESPONSE:
+            if m.get(0) == 8 and m.get(1) == handshake.A_RESPONSE:
                 nn = m[2]
-                proof = auth.hmac_sha256(SECRET, auth.L_GATEWAY + nn + ng)
-                self.write(framing.encode(auth.auth_msg(auth.A_PROOF, [(2, proof)])))
-                self.key = auth.FrameMac(auth.hmac_sha256(SECRET, auth.L_KEY + ng + nn))
+                proof = handshake.hmac_sha256(SECRET, handshake.L_GATEWAY + nn + ng)
+                self.write(framing.encode(handshake.auth_msg(handshake.A_PROOF, [(2, proof)])))
+                self.key = auth.FrameMac(handshake.hmac_sha256(SECRET, handshake.L_KEY + ng + nn))
                 self.ctr = 0
                 self.authed = self.app.ble.channel.authed
                 return self.authed
