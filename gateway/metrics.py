@@ -230,6 +230,10 @@ class GatewayCollector(Collector):
                                   value=ota.chunks_sent)
         yield CounterMetricFamily("roadside_ota_chunk_bytes",
                                   "Bytes of OTA chunk frames sent.", value=ota.chunk_bytes)
+        yield CounterMetricFamily("roadside_ota_busy",
+                                  "OTA offers a node refused busy (an alarm, an unacked"
+                                  " PRIORITY record, an update on trial): offered again"
+                                  " after ota.retry_s, not a failure.", value=ota.busy)
         ended = CounterMetricFamily("roadside_ota_transfers",
                                     "OTA transfers ended, by outcome (done, failed, halted,"
                                     " skipped).", labels=["outcome"])

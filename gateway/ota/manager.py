@@ -53,6 +53,7 @@ class OtaManager:
         self.chunk_bytes = 0
         self.outcomes: Counter[str] = Counter()     # transfers ended, by state
         self.refusals: Counter[str] = Counter()     # failed transfers, by reason word
+        self.busy = 0                               # OFFERs refused busy (retried later)
         self._saved: dict[tuple[int, str], float] = {}
         sessions.on_ota_state = self.on_state
         sessions.on_hello = self.on_hello
@@ -86,6 +87,9 @@ class OtaManager:
         t = self._active(session.node)
         if t is not None:
             t.on_error(msg)
+
+    def busy_refused(self, t: Transfer) -> None:
+        self.busy += 1
 
     def chunk_sent(self, frame_bytes: int) -> None:
         self.chunks_sent += 1
@@ -213,7 +217,7 @@ class OtaManager:
         return {"rollouts": [r.doc() for r in sorted(self.rollouts.values(),
                                                      key=lambda r: -r.id)],
                 "chunks_sent": self.chunks_sent, "chunk_bytes": self.chunk_bytes,
-                "link_share": self.config.link_share}
+                "busy": self.busy, "link_share": self.config.link_share}
 
     def rollout_doc(self, rid: int) -> dict[str, Any] | None:
         r = self.rollouts.get(rid)

@@ -472,6 +472,28 @@ def test_a_node_in_an_alarm_burst_answers_busy(gw, app_files):
     assert st[2] == "receiving", st
 
 
+def test_a_node_whose_role_is_in_alarm_answers_busy_with_every_record_acked(gw, app_files,
+                                                                          tmp_path):
+    # The water level at alarm height for 60 simulated seconds, then dry: the role's state
+    # (ble.py's alarm flag) holds the offer off while it lasts, not only an unacked record.
+    scenario = tmp_path / "burst.json"
+    scenario.write_text('{"points": [[0, 220], [60, 220], [70, 20], [9999, 20]]}')
+    gw.set_sim(scenario=str(scenario), speed=10)
+    boot(gw)
+    d = OtaDriver(gw, make(app_files))
+    deadline = time.monotonic() + 20
+    while "ota: refused busy: the role is in alarm" not in gw.log.read_text():
+        assert time.monotonic() < deadline, gw.log.read_text()[-1500:]
+        st = d.offer()                                         # RECORDS acked on the way
+        assert (st[2], st[4]) == ("refused", "busy"), st
+    deadline = time.monotonic() + 30                           # the level falls: it goes on
+    while True:
+        st = d.offer()
+        if st[2] == "receiving" or time.monotonic() > deadline:
+            break
+    assert st[2] == "receiving", (st, gw.log.read_text()[-1500:])
+
+
 NO_SESSION = r"""
 import os
 import otaboot

@@ -182,7 +182,8 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
         assert states["wl-0003"][0] == "halted"
         assert done["state"] == "halted" and "wl-0002: refused: version" in done["reason"]
         assert a.version == "1.1.0" and c.version == "1.0.0" and c.state != "staged"
-        assert [n for n in done["nodes"] if n["node"] == "wl-0001"][0]["attempts"] >= 2
+        canary = [n for n in done["nodes"] if n["node"] == "wl-0001"][0]
+        assert canary["attempts"] >= 2 and canary["busy"] == 1    # busy: counted, not failed
 
         # A canary that rolls back halts the rollout before the rest is offered anything.
         a.trial_outcome = "import"
@@ -219,6 +220,8 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
             metrics = resp.read().decode()
         assert 'roadside_ota_failures_total{reason="refused:version"} 1.0' in metrics
         assert 'roadside_ota_failures_total{reason="rolled_back:import"} 1.0' in metrics
+        assert "roadside_ota_busy_total 1.0" in metrics
+        assert 'roadside_ota_failures_total{reason="refused:busy"}' not in metrics
 
     try:
         asyncio.run(asyncio.wait_for(main(), 90))
