@@ -236,8 +236,8 @@ class GatewayCollector(Collector):
                                   " after ota.retry_s, not a failure.", value=ota.busy)
         ended = CounterMetricFamily("roadside_ota_transfers",
                                     "OTA transfers ended, by outcome (done, failed, halted,"
-                                    " skipped).", labels=["outcome"])
-        for outcome in ("done", "failed", "halted", "skipped"):
+                                    " cancelled, skipped).", labels=["outcome"])
+        for outcome in ("done", "failed", "halted", "cancelled", "skipped"):
             ended.add_metric([outcome], ota.outcomes.get(outcome, 0))
         yield ended
         failures = CounterMetricFamily("roadside_ota_failures",

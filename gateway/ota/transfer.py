@@ -45,9 +45,10 @@ ERRORS_MAX = 3
 # node's session); offered: OFFER sent; busy: refused busy, offered again after ota.retry_s;
 # receiving: chunks flowing; staged: the node holds it all, switch to be sent; switching:
 # ota.switch answered ok (the node reboots); trial: the node runs it, not yet confirmed.
-# Ends: done, failed (reason), halted (the rollout stopped before it), skipped (not for it).
+# Ends: done, failed (reason), halted (the rollout stopped before it), cancelled (an operator
+# stopped the rollout before it), skipped (not for it).
 ACTIVE = ("pending", "offered", "busy", "receiving", "staged", "switching", "trial")
-ENDS = ("done", "failed", "halted", "skipped")
+ENDS = ("done", "failed", "halted", "cancelled", "skipped")
 
 
 class Host(Protocol):
@@ -141,7 +142,8 @@ class Transfer:
         self.changed.set()
 
     def stop(self, state: str, reason: str) -> None:
-        """The rollout ends this transfer (halted / skipped) unless it is past the switch."""
+        """The rollout ends this transfer (halted, cancelled, skipped) unless it is past the
+        switch."""
         if self.state in ("pending", "offered", "busy", "receiving", "staged"):
             self._set(state, reason)
 

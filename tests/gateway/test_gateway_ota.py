@@ -1,7 +1,8 @@
 """Updates over the air, the gateway's side (gateway/ota/), through the REAL daemon process and
 session code over real ptys, against a scripted node speaking the OTA contract
 (tests/support/ota_node.py): transfer, pacing while records flow, resume after a link drop and
-after the daemon is killed, busy retry, refusals surfaced with their reason, canary halt."""
+after the daemon is killed, busy retry, refusals surfaced with their reason, canary halt,
+cancel."""
 
 from __future__ import annotations
 
@@ -269,6 +270,80 @@ def test_cli_push_site_with_canary_and_progress_then_status(tmp_path):
         code, _, err = await roadside("ota", "push", str(tmp_path / "missing.rsb"), "--config",
                                       str(cfg), "--site")
         assert code != 0 and "missing.rsb: No such file or directory" in err
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        procs.stop(proc)
+        for n in nodes:
+            n.close()
+
+
+def test_cancel_stops_nodes_not_yet_switched_and_keeps_the_switched(tmp_path):
+    a, b, c = OtaNode("wl-0001"), OtaNode("wl-0002"), OtaNode("wl-0003")
+    nodes = [a, b, c]
+    cfg, base = _config(tmp_path, [n.path for n in nodes])
+    data = tmp_path / "data"
+    bundle = make_bundle(FILES, "1.1.0")
+    proc = _start(cfg, tmp_path / "gw.log")
+    gw = ["--gateway", base, "--token-file", str(data / "api.token")]
+
+    def chunks(n: OtaNode) -> int:
+        return len([e for e in n.events if e[1] == "OtaChunk"])
+
+    async def main() -> None:
+        for n in nodes:
+            await n.join(base + "/status")
+        code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", bundle,
+                                            {"node": ["wl-0001", "wl-0002", "wl-0003"],
+                                             "canary": 1, "who": "test"})
+        assert code == 202, doc
+        rid = doc["id"]
+        # The canary runs the new version; the rest receive: cancel (the one running).
+        await b.until(lambda: b.have >= 1024, "the rest receiving", timeout=30)
+        code, out, err = await roadside("ota", "cancel", *gw)
+        assert code == 0, err
+        assert out.startswith(f"rollout {rid} cancelled: 2 nodes stopped; wl-0001 switched"
+                              f" already (they keep 1.1.0)"), out
+        code, doc = await asyncio.to_thread(api, base, data, f"/ota/rollouts/{rid}")
+        held = {n.node: (n.have, chunks(n)) for n in (b, c)}   # chunks in flight arrived
+        assert doc["state"] == "cancelled" and doc["reason"].startswith("cancelled by "), doc
+        states = {n["node"]: n["state"] for n in doc["nodes"]}
+        assert states == {"wl-0001": "done", "wl-0002": "cancelled", "wl-0003": "cancelled"}
+        assert a.version == "1.1.0" and b.version == c.version == "1.0.0"
+        assert b.state == c.state == "receiving" and b.have < len(ob.archive(FILES))
+
+        # Cancelling again, or a rollout that ended: one line, exit 2.
+        code, _, err = await roadside("ota", "cancel", *gw)
+        assert code == 2 and "no rollout is running on this gateway" in err, err
+        code, _, err = await roadside("ota", "cancel", *gw, str(rid))
+        assert code == 2 and f"rollout {rid} is cancelled already" in err, err
+        code, _, err = await roadside("ota", "cancel", *gw, "99")
+        assert code == 2 and "no rollout 99 on this gateway (HTTP 404)" in err, err
+
+        # Where it shows: /status, the metrics, the audit log (a row per stopped node).
+        doc = (await asyncio.to_thread(status, base + "/status"))["ota"]
+        assert doc["rollouts"][0]["state"] == "cancelled"
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'roadside_ota_transfers_total{outcome="cancelled"} 2.0' in metrics
+        for _ in range(500):
+            code, rows = await asyncio.to_thread(api, base, data, "/commands")
+            stopped = {r["node"]: r["outcome"] for r in rows if r["name"] == "ota.update"}
+            if len(stopped) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert stopped == {"wl-0001": "ok", "wl-0002": "cancelled", "wl-0003": "cancelled"}
+
+        # No chunk went out after the cancel (in all that time a transfer would have sent ~10
+        # a second), and the same bundle pushed again resumes where the node stopped.
+        assert {n.node: (n.have, chunks(n)) for n in (b, c)} == held
+        t_again = time.monotonic()
+        code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", bundle,
+                                            {"node": ["wl-0002"], "canary": 0})
+        assert code == 202, doc
+        await b.until(lambda: b.state == "done", "the same bundle again", timeout=30)
+        assert _chunks_after(b, t_again)[0][1] == held["wl-0002"][0]
 
     try:
         asyncio.run(asyncio.wait_for(main(), 90))
