@@ -111,7 +111,8 @@ class Status:
                       "storage": storage_doc(q)},
             "links": [{"port": link.port, "type": link.type, "state": link.state,
                        "device": getattr(link, "device", link.port),
-                       "last_error": link.last_error, **link.counters()}
+                       "last_error": link.last_error, "byte_rate": link.byte_rate,
+                       **link.counters()}
                       for link in self.links],
             "uplinks": [u.status() for u in self.uplinks],
             "recent_alarms": list(reversed(self.sessions.recent_alarms)),   # newest first

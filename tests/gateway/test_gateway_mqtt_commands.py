@@ -59,6 +59,9 @@ def test_command_topic_config_is_validated():
     u = mqtt(command_topic="r/{site}/{gateway}/cmd").uplinks[0]
     assert (u.command_topic, u.reply_topic) == ("r/{site}/{gateway}/cmd",
                                                 "r/{site}/{gateway}/cmd/reply")
+    allow = mqtt(command_topic="r/c", command_allow=["ota.push", "ota.cancel"]).uplinks[0]
+    assert allow.command_allow == ("ota.push", "ota.cancel")       # never by default
+    assert "ota.cancel" not in u.command_allow
     for keys, text in [({"command_topic": "r/{kind}/cmd"}, "command_topic"),
                        ({"command_topic": "r/+/cmd"}, "no MQTT wildcards"),
                        ({"reply_topic": "r/reply"}, "needs command_topic"),

@@ -353,6 +353,70 @@ def test_cancel_stops_nodes_not_yet_switched_and_keeps_the_switched(tmp_path):
             n.close()
 
 
+def test_pacing_follows_the_links_byte_rate(tmp_path):
+    """A serial link at 38,400 baud carries 3,840 B/s: with the whole link to OTA
+    (link_share 1.0) the chunks come no faster than that, three times slower than the
+    115,200 baud a link of unknown rate is paced as."""
+    from roadside.tools.sim.gateway_toml import GatewaySettings
+
+    node = OtaNode("wl-0001")
+    listen = f"127.0.0.1:{_free_port()}"
+    cfg = write(tmp_path / "gw.toml", [node.path], tmp_path / "data", None, listen,
+                GatewaySettings(baudrate=38400))
+    cfg.write_text(cfg.read_text() + "\n[ota]\nlink_share = 1.0\nstall_s = 2.0\n")
+    base = f"http://{listen}"
+    files = {"main.py": bytes(range(256)) * 24}       # 6 KB: 12 chunks, ~1.7 s at 3,840 B/s
+    proc = _start(cfg, tmp_path / "gw.log")
+
+    async def main() -> None:
+        await node.join(base + "/status")
+        (link,) = (await asyncio.to_thread(status, base + "/status"))["links"]
+        assert link["byte_rate"] == 3840.0, link
+        code, doc = await asyncio.to_thread(api, base, tmp_path / "data", "/ota/rollouts",
+                                            make_bundle(files, "1.1.0"), {"node": "wl-0001"})
+        assert code == 202, doc
+        await node.until(lambda: node.state == "done", "update done", timeout=30)
+        chunks = _chunks_after(node, 0.0)
+        frame = len(p_frame(node, 0))
+        span = chunks[-1][0] - chunks[0][0]
+        # Each chunk no earlier than one frame's time at 3,840 B/s after the one before; the
+        # first one's time stamp may be late (this process reading the pty): 0.3 s slack.
+        assert span >= (len(chunks) - 1) * frame / 3840 - 0.3, (len(chunks), span)
+        assert span < (len(chunks) - 1) * frame / 3840 * 3 + 2, (len(chunks), span)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        procs.stop(proc)
+        node.close()
+
+
+def p_frame(node: OtaNode, offset: int) -> bytes:
+    """The OTA_CHUNK frame at `offset` of what the node staged, as the gateway sent it."""
+    from roadside.gateway import protocol as p
+
+    assert node.tag is not None
+    return p.encode_frame(p.OtaChunk(node.tag, offset, bytes(node.buf[offset:offset + 512])))
+
+
+def test_a_ble_links_byte_rate_from_its_mtu_and_measured_writes():
+    """BleLink.byte_rate: one write of MTU - 3 bytes per 50 ms connection interval, lowered to
+    the rate its writes measured (when the stack held frames back) once 4 KiB were timed."""
+    from roadside.gateway.links.ble import BleCentral, BleLink
+
+    link = BleLink("wl-0001", bytes(32), BleCentral())
+    assert link.byte_rate == 20 / 0.05                 # before the MTU exchange: ATT's 23
+    link.session.mtu = 247
+    assert link.byte_rate == 244 / 0.05                # 4,880 B/s
+    link.timed_write(2048, 1.0)                        # too little to go by
+    assert link.byte_rate == 244 / 0.05
+    link.timed_write(2048, 1.0)                        # 4 KiB at 2,048 B/s: slower, taken
+    assert link.byte_rate == 2048.0
+    link.timed_write(40960, 1.0)                       # faster than the estimate: not taken
+    assert link.byte_rate == 244 / 0.05
+    assert link.timed_bytes == 32768                   # the window keeps the newest
+
+
 def _free_port() -> int:
     import socket
 
