@@ -308,6 +308,7 @@ class J:
 class S:
     guard = None
     fw = "0.1.0"
+    role = None  # a Session's before the App sets it (the offer reads its alarm state)
     prio_seq = 0
     errors_in = 0
     config = Cfg()
@@ -374,6 +375,7 @@ class G:
 class S:
     guard = G()
     fw = "0.1.0"
+    role = None
     prio_seq = 0
     errors_in = 0
     reboot_pending = False
