@@ -477,7 +477,8 @@ def test_a_node_in_an_alarm_burst_answers_busy(gw, app_files):
 def test_a_node_whose_role_is_in_alarm_answers_busy_with_every_record_acked(gw, app_files,
                                                                           tmp_path):
     # The water level at alarm height for 60 simulated seconds, then dry: the role's state
-    # (ble.py's alarm flag) holds the offer off while it lasts, not only an unacked record.
+    # (ble.py's alarm flag) holds the offer off while it lasts, not only an unacked record;
+    # a forced offer is taken (a fault the update fixes), the other bundle's once it is dry.
     scenario = tmp_path / "burst.json"
     scenario.write_text('{"points": [[0, 220], [60, 220], [70, 20], [9999, 20]]}')
     gw.set_sim(scenario=str(scenario), speed=10)
@@ -488,6 +489,8 @@ def test_a_node_whose_role_is_in_alarm_answers_busy_with_every_record_acked(gw, 
         assert time.monotonic() < deadline, gw.log.read_text()[-1500:]
         st = d.offer()                                         # RECORDS acked on the way
         assert (st[2], st[4]) == ("refused", "busy"), st
+    forced = OtaDriver(gw, make(app_files, version="0.2.1"))  # force: taken in the alarm
+    assert forced.offer(force=True)[2] == "receiving"
     deadline = time.monotonic() + 30                           # the level falls: it goes on
     while True:
         st = d.offer()

@@ -117,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--canary", type=int, default=1, metavar="N",
                       help="nodes updated first; the rest only when they are done (default 1)")
     push.add_argument("--force", action="store_true",
-                      help="let nodes take an older or equal version")
+                      help="let nodes take an older or equal version, or take it while"
+                           " their role is in alarm")
     push.add_argument("--no-wait", action="store_true",
                       help="start the rollout and return (follow it with `ota status`)")
     push.set_defaults(handler=handle_push)
