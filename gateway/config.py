@@ -325,7 +325,8 @@ def _command_allow(t: dict[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}.command_allow: must be a list of command names, e.g."
                           f" [\"ping\", \"info\"], got {value!r}")
-    known = (*COMMANDS, "ota.push")     # ota.push: a rollout (gateway/ota/), never default
+    # ota.push / ota.cancel: start / stop a rollout (gateway/ota/), never by default
+    known = (*COMMANDS, "ota.push", "ota.cancel")
     for name in value:
         if name not in known:
             raise ConfigError(f"{where}.command_allow: unknown command {name!r}; known:"

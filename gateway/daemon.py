@@ -92,6 +92,12 @@ class _Running:
         self.status: Status | None = None
         self.ota: OtaManager | None = None
 
+    def ota_ended(self, rollout: Any) -> None:
+        """A rollout ended: the MQTT uplinks publish the final outcome of those they started."""
+        for u in self.uplinks:
+            if hasattr(u, "ota_ended"):
+                u.ota_ended(rollout)
+
     def tasks(self) -> list[asyncio.Task[Any]]:
         return ([t for _, _, t in self.link_tasks.values()]
                 + [t for _, t in self.uplink_tasks.values()])
@@ -241,6 +247,7 @@ async def main(config: GatewayConfig, stop: asyncio.Event | None = None,
     ota = OtaManager(config.ota, g.data_dir, sessions, commander)
     run = _Running(config, queue, sessions, batcher, commander)
     run.ota = ota
+    ota.on_ended = run.ota_ended
     links, uplinks = run.links, run.uplinks
     health = Health(links, uplinks, queue, config.status.link_down_s,
                     config.status.uplink_down_s)

@@ -230,10 +230,14 @@ class GatewayCollector(Collector):
                                   value=ota.chunks_sent)
         yield CounterMetricFamily("roadside_ota_chunk_bytes",
                                   "Bytes of OTA chunk frames sent.", value=ota.chunk_bytes)
+        yield CounterMetricFamily("roadside_ota_busy",
+                                  "OTA offers a node refused busy (an alarm, an unacked"
+                                  " PRIORITY record, an update on trial): offered again"
+                                  " after ota.retry_s, not a failure.", value=ota.busy)
         ended = CounterMetricFamily("roadside_ota_transfers",
                                     "OTA transfers ended, by outcome (done, failed, halted,"
-                                    " skipped).", labels=["outcome"])
-        for outcome in ("done", "failed", "halted", "skipped"):
+                                    " cancelled, skipped).", labels=["outcome"])
+        for outcome in ("done", "failed", "halted", "cancelled", "skipped"):
             ended.add_metric([outcome], ota.outcomes.get(outcome, 0))
         yield ended
         failures = CounterMetricFamily("roadside_ota_failures",

@@ -5,7 +5,7 @@ GET /metrics (Prometheus text), GET /healthz
 (200 `ok`, or 503 with one JSON line saying why); from loopback only: POST
 /nodes/{node}/commands (a command to a node, answered with its REPLY), GET /commands (the
 audit log), POST /ota/rollouts (an update bundle in the body, application/octet-stream: starts
-a rollout, gateway/ota/) and GET /ota/rollouts/{id}.
+a rollout, gateway/ota/), GET /ota/rollouts/{id} and POST /ota/rollouts/{id}/cancel.
 
 Any web page the operator opens can make the browser send requests to loopback, and a DNS
 name of the attacker's can be rebound to 127.0.0.1. So the command endpoints also require: a
@@ -111,7 +111,8 @@ class Status:
                       "storage": storage_doc(q)},
             "links": [{"port": link.port, "type": link.type, "state": link.state,
                        "device": getattr(link, "device", link.port),
-                       "last_error": link.last_error, **link.counters()}
+                       "last_error": link.last_error, "byte_rate": link.byte_rate,
+                       **link.counters()}
                       for link in self.links],
             "uplinks": [u.status() for u in self.uplinks],
             "recent_alarms": list(reversed(self.sessions.recent_alarms)),   # newest first
@@ -141,6 +142,7 @@ class Status:
         app.router.add_post("/links/accept", self._accept)
         app.router.add_post("/ota/rollouts", self._ota_start)
         app.router.add_get("/ota/rollouts/{id}", self._ota_rollout)
+        app.router.add_post("/ota/rollouts/{id}/cancel", self._ota_cancel)
         app.cleanup_ctx.append(self._sampler)
         return app
 
@@ -319,6 +321,32 @@ class Status:
         if doc is None:
             return _error(404, f"no rollout {rid} on this gateway")
         return web.json_response(doc)
+
+    async def _ota_cancel(self, request: web.Request) -> web.Response:
+        """POST /ota/rollouts/{id}/cancel {"who": NAME} ({id}: a rollout id, or `running`: the
+        one running); guarded like commands. 200 with the rollout as cancelled."""
+        refused = self._refuse(request, write=True)
+        if refused is not None:
+            return refused
+        if self.ota is None:
+            return _error(503, "updates over the air are not available on this server")
+        text = request.match_info["id"]
+        try:
+            rid = None if text == "running" else int(text)
+        except ValueError:
+            return _error(400, f"rollout id: must be an integer or `running`, got {text[:40]!r}")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "body: must be a JSON object {\"who\": NAME}")
+        who = body.get("who")
+        try:
+            rollout = self.ota.cancel(rid, who=str(who)[:100] if who else "unknown")
+        except OtaError as exc:
+            return _error(exc.status, str(exc))
+        return web.json_response(rollout.doc())
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         resp = web.Response(body=self.metrics.render())

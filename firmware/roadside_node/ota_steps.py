@@ -100,6 +100,12 @@ def offer(o, msg):
         return o.refuse(tag, "board", "no OTA partition for a firmware image")
     if s.prio_seq >= s.journal.first_unacked:
         return o.refuse(tag, "busy", "priority records not yet acked")
+    # the role in alarm (ble.py's status flag): an alarm burst goes first; the gateway offers
+    # again after ota.retry_s. force overrides it (a reader fault the update fixes), not the
+    # unacked PRIORITY records above. "state" is interned already; "ok" and "normal" may be
+    # new qstrs on a signal node (docs/PERFORMANCE.md: its margin); the long text is not.
+    if not force and getattr(s.role, "state", None) not in (None, 0, "ok", "normal"):
+        return o.refuse(tag, "busy", "the role is in alarm (state %s)" % (s.role.state,))
     o.drop()  # another bundle's staging (or none) goes
     st = os.statvfs("/")
     free = st[0] * st[4]

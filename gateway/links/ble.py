@@ -51,6 +51,16 @@ OUT_FRAMES = 64          # frames waiting to be written to one node; more are dr
 STALE_S = 5.0            # an advertisement older than this does not start a connection
 CONNECT_TIMEOUT_S = 10.0
 IDLE_S = 2.0             # nothing received for this long: the node may be rotated out
+# The link's byte rate (OTA pacing, gateway/ota/transfer.py): bleak tells the ATT MTU but not
+# the connection interval the central chose, so the estimate is one write of MTU - 3 bytes per
+# CONN_INTERVAL_S, the longest interval BlueZ asks for by default (MaxConnectionInterval 50
+# ms); controllers that fit more packets in a connection event do better, none does worse at
+# that interval. Writes timed while frames wait behind them (the stack holding us back)
+# measure the link; their rate, once RATE_MIN_BYTES were timed, lowers the estimate when the
+# link is slower (a longer interval, a noisy channel). Sealing's overhead is taken off.
+CONN_INTERVAL_S = 0.05
+RATE_MIN_BYTES = 4096
+RATE_WINDOW_BYTES = 32768  # the measurement forgets older writes beyond this many bytes
 
 
 def site_tag(site: str | None) -> int:
@@ -249,6 +259,10 @@ class BleLink(base.Link):
                                   client_backend=central.client_backend,
                                   decoder=self.decoder, on_refused=self._on_refused)
         self._out: asyncio.Queue[bytes] = asyncio.Queue(OUT_FRAMES)
+        self.frame_bytes = 0          # bytes of frames given to send(), before sealing
+        self.sealed_bytes = 0         # ... and what they became sealed for the air
+        self.timed_bytes = 0.0        # bytes written while others waited, and their seconds
+        self.timed_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self._last_rx = 0.0
         self._reported: str | None = None
@@ -256,6 +270,26 @@ class BleLink(base.Link):
     @property
     def mtu(self) -> int:
         return self.session.mtu
+
+    @property
+    def byte_rate(self) -> float:
+        """Frame bytes per second this link carries (before sealing): the MTU's estimate,
+        lowered to the measured write rate when that is slower (CONN_INTERVAL_S above)."""
+        rate = self.session.room / CONN_INTERVAL_S
+        if self.timed_bytes >= RATE_MIN_BYTES and self.timed_s > 0:
+            rate = min(rate, self.timed_bytes / self.timed_s)
+        if self.sealed_bytes:
+            rate *= self.frame_bytes / self.sealed_bytes
+        return rate
+
+    def timed_write(self, nbytes: int, seconds: float) -> None:
+        """A write of `nbytes` that took `seconds` while other frames waited behind it."""
+        self.timed_bytes += nbytes
+        self.timed_s += seconds
+        if self.timed_bytes > RATE_WINDOW_BYTES:     # keep the newest: scale both down
+            k = RATE_WINDOW_BYTES / self.timed_bytes
+            self.timed_bytes *= k
+            self.timed_s *= k
 
     # -- Link API -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -282,6 +316,8 @@ class BleLink(base.Link):
             except asyncio.QueueFull:
                 self.dropped_out += 1
                 ok = False
+            self.sealed_bytes += len(sealed)
+        self.frame_bytes += len(frame)
         return ok
 
     def backlog(self) -> int:
@@ -396,7 +432,10 @@ class BleLink(base.Link):
             data = await self._out.get()
             while not self._out.empty() and len(data) < self.session.room:
                 data += self._out.get_nowait()
+            t0 = time.monotonic()
             await self.session.write(data)
+            if not self._out.empty():       # frames waited behind it: the link's own pace
+                self.timed_write(len(data), time.monotonic() - t0)
 
     def _on_inner(self, payload: bytes) -> None:
         """An unsealed payload from the node: to the SessionManager."""

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,11 @@ class OtaManager:
         self.chunk_bytes = 0
         self.outcomes: Counter[str] = Counter()     # transfers ended, by state
         self.refusals: Counter[str] = Counter()     # failed transfers, by reason word
+        self.busy = 0                               # OFFERs refused busy (retried later)
         self._saved: dict[tuple[int, str], float] = {}
+        # Told of each rollout that ends (done, halted, cancelled): the daemon sets it to tell
+        # its MQTT uplinks, which publish the final outcome of the rollouts they started.
+        self.on_ended: Callable[[Rollout], None] | None = None
         sessions.on_ota_state = self.on_state
         sessions.on_hello = self.on_hello
         sessions.on_node_error = self.on_node_error
@@ -86,6 +91,9 @@ class OtaManager:
         t = self._active(session.node)
         if t is not None:
             t.on_error(msg)
+
+    def busy_refused(self, t: Transfer) -> None:
+        self.busy += 1
 
     def chunk_sent(self, frame_bytes: int) -> None:
         self.chunks_sent += 1
@@ -148,6 +156,29 @@ class OtaManager:
         self._launch(rollout)
         return rollout
 
+    def cancel(self, rid: int | None, who: str = "unknown") -> Rollout:
+        """Cancel rollout `rid` (None: the one running); OtaError(404/409) when there is no
+        such rollout running."""
+        if rid is None:
+            running = sorted(r.id for r in self.rollouts.values() if r.state == "running")
+            if not running:
+                raise OtaError("no rollout is running on this gateway (`roadside ota status`"
+                               " lists them)", 409)
+            if len(running) > 1:
+                raise OtaError(f"rollouts {', '.join(map(str, running))} are running; say"
+                               f" which to cancel", 409)
+            rid = running[0]
+        rollout = self.rollouts.get(rid)
+        if rollout is None or rollout.state != "running":
+            doc = self.rollout_doc(rid)
+            if doc is None:
+                raise OtaError(f"no rollout {rid} on this gateway", 404)
+            raise OtaError(f"rollout {rid} is {doc['state']} already: only a running rollout"
+                           f" can be cancelled", 409)
+        rollout.cancel(who)
+        self.store.set_rollout(rollout.id, rollout.state, rollout.reason)   # not resumed
+        return rollout
+
     def _launch(self, rollout: Rollout) -> None:
         self.rollouts[rollout.id] = rollout
         self.tasks[rollout.id] = asyncio.create_task(rollout.run(),
@@ -194,7 +225,7 @@ class OtaManager:
             asyncio.get_running_loop().create_task(self._audit(t, rollout))
 
     async def _audit(self, t: Transfer, rollout: Rollout | None) -> None:
-        outcome = {"done": "ok", "failed": "error"}.get(t.state, t.state)
+        outcome = {"done": "ok", "failed": "error"}.get(t.state, t.state)   # halted, cancelled..
         try:
             await self.commander.note(
                 t.node, "ota.update", {"rollout": t.rollout, "version": t.bundle.version,
@@ -207,13 +238,18 @@ class OtaManager:
 
     def rollout_ended(self, rollout: Rollout) -> None:
         self.store.set_rollout(rollout.id, rollout.state, rollout.reason)
+        if self.on_ended is not None:
+            try:
+                self.on_ended(rollout)
+            except Exception:  # noqa: BLE001 - a report must not stop the rollout's end
+                log.exception(f"ota rollout {rollout.id}: cannot report its end")
 
     # -- reports --------------------------------------------------------------------------------
     def document(self) -> dict[str, Any]:
         return {"rollouts": [r.doc() for r in sorted(self.rollouts.values(),
                                                      key=lambda r: -r.id)],
                 "chunks_sent": self.chunks_sent, "chunk_bytes": self.chunk_bytes,
-                "link_share": self.config.link_share}
+                "busy": self.busy, "link_share": self.config.link_share}
 
     def rollout_doc(self, rid: int) -> dict[str, Any] | None:
         r = self.rollouts.get(rid)

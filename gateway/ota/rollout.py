@@ -1,7 +1,8 @@
 """A rollout: one bundle to one node, a list, or every node of the site, with a canary step
 (the first `canary` nodes first; the rest only once every canary reached `done`) and a halt
 on the first failure (refused other than busy, rolled back, timeout): transfers not yet past
-the switch stop (`halted`), those already switching run to their end.
+the switch stop (`halted`), those already switching run to their end. An operator's cancel
+(`cancel`) stops it the same way, with `cancelled` for the rollout and those transfers.
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ class Rollout:
         groups = [("canary", eligible[:self.canary]), ("rest", eligible[self.canary:])]
         try:
             for phase, group in groups:
-                if not group:
+                if not group or self.state != "running":
                     continue
                 self.phase = phase
                 failed = await self._run_group([self.transfers[n] for n in group])
+                if self.state != "running":         # cancelled meanwhile
+                    return
                 if failed is not None:
                     self._halt(f"{failed.node}: {failed.reason}")
                     return
+            if self.state != "running":
+                return
             self.state = "done"
             log.info(f"ota rollout {self.id} of {self.bundle.describe()} done on"
                      f" {len(self.nodes)} nodes", extra=logs.fields(rollout=self.id))
@@ -96,3 +101,14 @@ class Rollout:
             t.stop("halted", f"rollout halted: {reason}")
         log.warning(f"ota rollout {self.id} of {self.bundle.describe()} halted: {reason}",
                     extra=logs.fields(rollout=self.id, reason=reason))
+
+    def cancel(self, who: str) -> None:
+        """An operator stops the rollout: transfers not yet past the switch end `cancelled` (no
+        more chunks; the node keeps what it staged, so the same bundle pushed again resumes,
+        another bundle's OFFER drops it); nodes already switching run to their end and are
+        still reported. The rollout ends when those have."""
+        self.state, self.reason = "cancelled", f"cancelled by {who}"
+        for t in self.transfers.values():
+            t.stop("cancelled", self.reason)
+        log.warning(f"ota rollout {self.id} of {self.bundle.describe()} cancelled by {who}",
+                    extra=logs.fields(rollout=self.id, who=who))

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     who TEXT NOT NULL,
     origin TEXT NOT NULL,
     created REAL NOT NULL,
-    state TEXT NOT NULL,           -- running, done, halted
+    state TEXT NOT NULL,           -- running, done, halted, cancelled
     reason TEXT
 );
 CREATE TABLE IF NOT EXISTS transfers (

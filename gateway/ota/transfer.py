@@ -45,9 +45,10 @@ ERRORS_MAX = 3
 # node's session); offered: OFFER sent; busy: refused busy, offered again after ota.retry_s;
 # receiving: chunks flowing; staged: the node holds it all, switch to be sent; switching:
 # ota.switch answered ok (the node reboots); trial: the node runs it, not yet confirmed.
-# Ends: done, failed (reason), halted (the rollout stopped before it), skipped (not for it).
+# Ends: done, failed (reason), halted (the rollout stopped before it), cancelled (an operator
+# stopped the rollout before it), skipped (not for it).
 ACTIVE = ("pending", "offered", "busy", "receiving", "staged", "switching", "trial")
-ENDS = ("done", "failed", "halted", "skipped")
+ENDS = ("done", "failed", "halted", "cancelled", "skipped")
 
 
 class Host(Protocol):
@@ -60,6 +61,8 @@ class Host(Protocol):
     def changed(self, t: Transfer, progress: bool = False) -> None: ...
 
     def chunk_sent(self, frame_bytes: int) -> None: ...
+
+    def busy_refused(self, t: Transfer) -> None: ...
 
 
 class Transfer:
@@ -80,6 +83,7 @@ class Transfer:
         self.chunks = 0                # chunks sent (resent ones too)
         self.rewinds = 0
         self.errors = 0                # ERRORs from the node since the last progress
+        self.busy = 0                  # OFFERs refused busy (an alarm, an unacked PRIORITY)
         self.mono = mono
         self.changed = asyncio.Event()
         self.started = mono()
@@ -117,7 +121,7 @@ class Transfer:
         return {"node": self.node, "state": self.state, "have": self.have, "size": self.size,
                 "percent": round(100 * self.have / self.size, 1) if self.size else 100.0,
                 "reason": self.reason, "attempts": self.attempts, "chunks": self.chunks,
-                "rewinds": self.rewinds, "version": self.bundle.version,
+                "rewinds": self.rewinds, "busy": self.busy, "version": self.bundle.version,
                 # from the first OFFER to the end (or now): transfer, switch and trial
                 "seconds": None if self.offered_at is None else
                 round((self.ended_at or self.mono()) - self.offered_at, 1)}
@@ -138,7 +142,8 @@ class Transfer:
         self.changed.set()
 
     def stop(self, state: str, reason: str) -> None:
-        """The rollout ends this transfer (halted / skipped) unless it is past the switch."""
+        """The rollout ends this transfer (halted, cancelled, skipped) unless it is past the
+        switch."""
         if self.state in ("pending", "offered", "busy", "receiving", "staged"):
             self._set(state, reason)
 
@@ -192,6 +197,11 @@ class Transfer:
         if msg.state == "refused" and (ours or msg.tag is None):
             self.restored = False
             if msg.reason == "busy":
+                # Not a failure: the node is busy with an alarm (or an update on trial). It is
+                # offered again after ota.retry_s for as long as that lasts; each offer moves
+                # the state, so the timeout does not run out while it is busy.
+                self.busy += 1
+                self.manager.busy_refused(self)
                 self.retry_at = self.mono() + self.config.retry_s
                 self._set("busy", "busy")
             else:

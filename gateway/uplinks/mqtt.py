@@ -105,6 +105,11 @@ class MqttUplink(Uplink):
         self.commands = 0                 # command messages received
         self._replies: OrderedDict[str, tuple[str, bytes] | None] = OrderedDict()
         self._command_tasks: set[asyncio.Task[None]] = set()
+        # The rollouts `ota.push` started here: rollout id -> (the request's id, JSON?), for
+        # the final outcome published on the reply topic when the rollout ends; and final
+        # outcomes not yet published (no connection then), sent after the next connect.
+        self._ota_started: dict[int, tuple[Any, bool]] = {}
+        self._ota_unsent: list[bytes] = []
 
     def status(self) -> dict[str, object]:
         return {**super().status(), "connects": self.connects,
@@ -172,6 +177,8 @@ class MqttUplink(Uplink):
                             " cert_file/key_file and that ca_file signs its certificate")
             raise UplinkError(message, True) from exc
         self._conn = client
+        if self._ota_unsent:
+            self._spawn(self._publish_finals())
         # Iterating the messages ends, with MqttError, only on a disconnect, which is how an
         # idle uplink notices that the broker went away; it also receives the commands.
         self._watch = asyncio.create_task(self._read(client), name=f"mqtt read {self.name}")
@@ -234,10 +241,7 @@ class MqttUplink(Uplink):
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 payload = str(payload).encode()
-            task = asyncio.create_task(self._command(client, bytes(payload)),
-                                       name=f"mqtt command {self.name}")
-            self._command_tasks.add(task)
-            task.add_done_callback(self._command_tasks.discard)
+            self._spawn(self._command(client, bytes(payload)))
 
     async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
         """Run one command message and publish its reply (in the request's encoding)."""
@@ -263,6 +267,8 @@ class MqttUplink(Uplink):
             while len(self._replies) > RECENT_REPLIES:
                 self._replies.popitem(last=False)
         reply = await self._run_command(doc, cid, payload)
+        if reply.get("name") == "ota.push" and reply.get("ok"):   # its end: ota_ended
+            self._ota_started[reply["rollout"]["id"]] = (cid, use_json)
         body = (json.dumps(reply).encode() if use_json else cbor2.dumps(reply))
         if key is not None:
             self._replies[key] = (self.reply_topic, body)
@@ -278,8 +284,8 @@ class MqttUplink(Uplink):
                              " {\"id\", \"node\", \"name\", \"args\"}"}
         node, name, args = doc.get("node"), doc.get("name"), doc.get("args")
         who = doc.get("who")
-        if name == "ota.push":
-            return self._ota_push(doc, cid)
+        if name in ("ota.push", "ota.cancel"):
+            return self._ota(name, doc, cid)
         base: dict[str, Any] = {"id": cid, "node": node, "name": name}
         if not ids.valid(node):
             base["node"] = ids.shown(node)    # not echoed whole
@@ -314,17 +320,40 @@ class MqttUplink(Uplink):
             out["error"] = result.error
         return out
 
-    def _ota_push(self, doc: dict[Any, Any], cid: Any) -> dict[str, Any]:
+    def _ota(self, name: str, doc: dict[Any, Any], cid: Any) -> dict[str, Any]:
+        """ota.push / ota.cancel, each only when command_allow lists it."""
+        base: dict[str, Any] = {"id": cid, "name": name}
+        if name not in self.config.command_allow:
+            return {**base, "ok": False, "status": 403, "outcome": "refused",
+                    "error": f"{name} is not allowed on this command topic; add it to the"
+                             f" uplink's command_allow in gateway.toml"}
+        if self.ota is None:
+            return {**base, "ok": False, "status": 503, "error": "no OTA on this gateway"}
+        if name == "ota.cancel":
+            return self._ota_cancel(doc, base)
+        return self._ota_push(doc, base)
+
+    def _ota_cancel(self, doc: dict[Any, Any], base: dict[str, Any]) -> dict[str, Any]:
+        """{"name": "ota.cancel", "rollout": ID (default: the one running), "who"}: stop a
+        rollout (gateway/ota/rollout.py cancel); the reply carries it as cancelled."""
+        assert self.ota is not None
+        rid = doc.get("rollout")
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, int)):
+            return {**base, "ok": False, "status": 400,
+                    "error": "rollout: must be a rollout id (an integer), or left out for the"
+                             " one running"}
+        who = doc.get("who")
+        try:
+            rollout = self.ota.cancel(rid, who=str(who)[:100] if who else "mqtt")
+        except OtaError as exc:
+            return {**base, "ok": False, "status": exc.status, "error": str(exc)}
+        return {**base, "ok": True, "status": 200, "rollout": rollout.doc()}
+
+    def _ota_push(self, doc: dict[Any, Any], base: dict[str, Any]) -> dict[str, Any]:
         """{"name": "ota.push", "bundle": bytes (CBOR) or base64 text (JSON), "nodes": [ids]
         or "site": true, "canary", "force", "who"}: start a rollout (gateway/ota/); the
         reply carries the rollout as started (its progress: /status, the audit log)."""
-        base: dict[str, Any] = {"id": cid, "name": "ota.push"}
-        if "ota.push" not in self.config.command_allow:
-            return {**base, "ok": False, "status": 403, "outcome": "refused",
-                    "error": "ota.push is not allowed on this command topic; add it to the"
-                             " uplink's command_allow in gateway.toml"}
-        if self.ota is None:
-            return {**base, "ok": False, "status": 503, "error": "no OTA on this gateway"}
+        assert self.ota is not None
         bundle = doc.get("bundle")
         if isinstance(bundle, str):
             try:
@@ -350,7 +379,42 @@ class MqttUplink(Uplink):
             return {**base, "ok": False, "status": exc.status, "error": str(exc)}
         return {**base, "ok": True, "status": 202, "rollout": rollout.doc()}
 
-    async def _publish_reply(self, client: aiomqtt.Client, body: bytes) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro, name=f"mqtt command {self.name}")
+        self._command_tasks.add(task)
+        task.add_done_callback(self._command_tasks.discard)
+
+    def ota_ended(self, rollout: Any) -> None:
+        """A rollout ended (gateway/ota/manager.py on_ended): one started by `ota.push` on
+        this command topic gets its final outcome on the reply topic, in the request's
+        encoding: {"id": the request's id, "name": "ota.push", "final": true, "ok": done,
+        "state": done | halted | cancelled, "reason", "rollout": its document with each node's
+        state}. One resumed after a restart (its request id forgotten) gets "id": null."""
+        if self.command_topic is None:
+            return
+        cid, use_json = self._ota_started.pop(rollout.id, (None, False))
+        if cid is None and rollout.origin != "mqtt":
+            return
+        doc = rollout.doc()
+        final = {"id": cid, "name": "ota.push", "final": True, "ok": rollout.state == "done",
+                 "state": rollout.state, "reason": rollout.reason, "rollout": doc}
+        self._ota_unsent.append(json.dumps(final).encode() if use_json else cbor2.dumps(final))
+        if len(self._ota_unsent) > RECENT_REPLIES:      # bounded while the broker is away
+            del self._ota_unsent[0]
+            log.warning(f"uplink {self.name}: an unsent final outcome of a rollout dropped"
+                        f" (more than {RECENT_REPLIES} wait for the broker)",
+                        extra=logs.fields(uplink=self.name, rollout=rollout.id))
+        if self._conn is not None:
+            self._spawn(self._publish_finals())
+
+    async def _publish_finals(self) -> None:
+        while self._ota_unsent and self._conn is not None:
+            body = self._ota_unsent.pop(0)
+            if not await self._publish_reply(self._conn, body):
+                self._ota_unsent.insert(0, body)    # after the next connect
+                return
+
+    async def _publish_reply(self, client: aiomqtt.Client, body: bytes) -> bool:
         try:
             await client.publish(self.reply_topic, body, qos=1,
                                  timeout=self.config.timeout_s)
@@ -360,3 +424,5 @@ class MqttUplink(Uplink):
             log.warning(f"uplink {self.name}: cannot publish a command reply on"
                         f" {self.reply_topic}: {exc}",
                         extra=logs.fields(uplink=self.name, error=str(exc)))
+            return False
+        return True

@@ -54,7 +54,7 @@ def test_app_update_of_a_real_node_over_serial_with_the_cli(tmp_path: Path) -> N
         await node.start()
         # 921,600 baud: the pacing's half of it lets a ~100 KB bundle go in a few seconds.
         cfg = write(tmp_path / "gw.toml", [node.gateway_path], tmp_path / "data", None, listen,
-                    GatewaySettings(baudrate=921600))
+                    GatewaySettings(baudrate=921600, ota_retry_s=1.0))   # busy in the flood
         proc, _ = await asyncio.to_thread(procs.start_gateway, cfg, tmp_path / "gw.log")
         await link_open(url, node.gateway_path)
 
@@ -122,8 +122,9 @@ def test_app_update_of_a_real_node_over_ble(tmp_path: Path, monkeypatch) -> None
     async def main() -> None:
         await rig.start(ota_key=KEY)
         config = rig.gateway_config(None)
-        # a link of unknown rate is paced as 115,200 baud: take all of it here
-        config = dataclasses.replace(config, ota=OtaConfig(link_share=1.0))
+        # the BLE link's rate from its MTU (4,880 B/s at 247): take all of it here; a node
+        # in the flood's alarm answers busy: offered again after 1 s
+        config = dataclasses.replace(config, ota=OtaConfig(link_share=1.0, retry_s=1.0))
         await rig.start_gateway(config)
         base = rig.status_url.removesuffix("/status")
 

@@ -322,6 +322,7 @@ class J:
 class S:
     guard = None
     fw = "0.1.0"
+    role = None  # a Session's before the App sets it (the offer reads its alarm state)
     prio_seq = 0
     errors_in = 0
     config = Cfg()
@@ -388,6 +389,7 @@ class G:
 class S:
     guard = G()
     fw = "0.1.0"
+    role = None
     prio_seq = 0
     errors_in = 0
     reboot_pending = False
@@ -484,6 +486,31 @@ def test_a_node_in_an_alarm_burst_answers_busy(gw, app_files):
         if st[2] == "receiving" or time.monotonic() > deadline:
             break
     assert st[2] == "receiving", st
+
+
+def test_a_node_whose_role_is_in_alarm_answers_busy_with_every_record_acked(gw, app_files,
+                                                                          tmp_path):
+    # The water level at alarm height for 60 simulated seconds, then dry: the role's state
+    # (ble.py's alarm flag) holds the offer off while it lasts, not only an unacked record;
+    # a forced offer is taken (a fault the update fixes), the other bundle's once it is dry.
+    scenario = tmp_path / "burst.json"
+    scenario.write_text('{"points": [[0, 220], [60, 220], [70, 20], [9999, 20]]}')
+    gw.set_sim(scenario=str(scenario), speed=10)
+    boot(gw)
+    d = OtaDriver(gw, make(app_files))
+    deadline = time.monotonic() + 20
+    while "ota: refused busy: the role is in alarm" not in gw.log.read_text():
+        assert time.monotonic() < deadline, gw.log.read_text()[-1500:]
+        st = d.offer()                                         # RECORDS acked on the way
+        assert (st[2], st[4]) == ("refused", "busy"), st
+    forced = OtaDriver(gw, make(app_files, version="0.2.1"))  # force: taken in the alarm
+    assert forced.offer(force=True)[2] == "receiving"
+    deadline = time.monotonic() + 30                           # the level falls: it goes on
+    while True:
+        st = d.offer()
+        if st[2] == "receiving" or time.monotonic() > deadline:
+            break
+    assert st[2] == "receiving", (st, gw.log.read_text()[-1500:])
 
 
 NO_SESSION = r"""

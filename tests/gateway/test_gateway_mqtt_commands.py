@@ -59,6 +59,9 @@ def test_command_topic_config_is_validated():
     u = mqtt(command_topic="r/{site}/{gateway}/cmd").uplinks[0]
     assert (u.command_topic, u.reply_topic) == ("r/{site}/{gateway}/cmd",
                                                 "r/{site}/{gateway}/cmd/reply")
+    allow = mqtt(command_topic="r/c", command_allow=["ota.push", "ota.cancel"]).uplinks[0]
+    assert allow.command_allow == ("ota.push", "ota.cancel")       # never by default
+    assert "ota.cancel" not in u.command_allow
     for keys, text in [({"command_topic": "r/{kind}/cmd"}, "command_topic"),
                        ({"command_topic": "r/+/cmd"}, "no MQTT wildcards"),
                        ({"reply_topic": "r/reply"}, "needs command_topic"),
@@ -192,7 +195,9 @@ def test_commands_over_mqtt_with_replies_dedupe_and_audit(tmp_path, fake_node):
 
 def test_ota_push_over_the_command_topic(tmp_path):
     """`ota.push` on the command topic starts a rollout (when command_allow lists it); the
-    scripted contract node is updated; a bad bundle is answered with one error."""
+    scripted contract node is updated; the rollout's final outcome follows on the reply topic;
+    `ota.cancel` stops a second one mid-transfer (its final outcome: cancelled); a bad bundle
+    is answered with one error."""
     from support.ota_node import OtaNode, make_bundle
 
     node = OtaNode("wl-0001")
@@ -202,7 +207,7 @@ def test_ota_push_over_the_command_topic(tmp_path):
     listen = f"127.0.0.1:{free_port()}"
     text = config_text(node.path, str(tmp_path / "data"), broker.port, listen)
     cfg.write_text(text.replace('command_allow = ["ping", "config.set"]',
-                                'command_allow = ["ping", "ota.push"]'))
+                                'command_allow = ["ping", "ota.push", "ota.cancel"]'))
     config = load(cfg)
     cmd_topic, reply_topic = "roadside/site-c/gw-c/cmd", "roadside/site-c/gw-c/cmd/reply"
     bundle = make_bundle({"main.py": b"m" * 3000}, "1.1.0")
@@ -234,8 +239,58 @@ def test_ota_push_over_the_command_topic(tmp_path):
                         continue
                 assert r is not None and r["ok"] is True and r["status"] == 202, r
                 assert r["rollout"]["nodes"][0]["node"] == "wl-0001"
+                pushed, rid = r["id"], r["rollout"]["id"]
                 await node.until(lambda: node.state == "done", "updated over MQTT")
                 assert node.version == "1.1.0"
+
+                async def final() -> dict:
+                    """The next final outcome on the reply topic (a retry's 409 skipped)."""
+                    async with asyncio.timeout(15):
+                        while True:
+                            raw = (await anext(replies)).payload
+                            try:
+                                m = json.loads(raw)
+                            except ValueError:
+                                m = cbor2.loads(raw)
+                            if m.get("final"):
+                                return m
+
+                # The rollout's end, once, on the reply topic, in the request's encoding.
+                f = await final()
+                assert (f["id"], f["name"], f["ok"], f["state"]) == (pushed, "ota.push", True,
+                                                                     "done"), f
+                assert f["rollout"]["id"] == rid
+                assert [(n["node"], n["state"]) for n in f["rollout"]["nodes"]] == [
+                    ("wl-0001", "done")]
+
+                # ota.cancel: a second rollout (CBOR) stopped mid-transfer.
+                big = make_bundle({"main.py": bytes(range(256)) * 80}, "1.2.0")   # ~4 s
+                await op.publish(cmd_topic, cbor2.dumps({"id": "p-2", "name": "ota.push",
+                                                         "nodes": ["wl-0001"], "bundle": big}),
+                                 qos=1)
+                async with asyncio.timeout(10):
+                    r = cbor2.loads((await anext(replies)).payload)
+                assert r["ok"] is True and r["status"] == 202, r
+                rid2 = r["rollout"]["id"]
+                await node.until(lambda: node.have > 0, "chunks of the second rollout")
+                await op.publish(cmd_topic, cbor2.dumps({"id": "c-1", "name": "ota.cancel",
+                                                         "rollout": rid2, "who": "ops"}), qos=1)
+                async with asyncio.timeout(10):
+                    r = cbor2.loads((await anext(replies)).payload)
+                assert r["ok"] is True and r["status"] == 200, r
+                assert r["rollout"]["state"] == "cancelled"
+                assert r["rollout"]["reason"] == "cancelled by ops"
+                assert r["rollout"]["nodes"][0]["state"] == "cancelled"
+                f = await final()
+                assert (f["id"], f["ok"], f["state"]) == ("p-2", False, "cancelled"), f
+                assert node.have < len(cbor2.loads(big)[4]) and node.version == "1.1.0"
+                # Cancelling again: one clear error.
+                await op.publish(cmd_topic, cbor2.dumps({"id": "c-2", "name": "ota.cancel"}),
+                                 qos=1)
+                async with asyncio.timeout(10):
+                    r = cbor2.loads((await anext(replies)).payload)
+                assert r["ok"] is False and r["status"] == 409, r
+                assert r["error"].startswith("no rollout is running on this gateway"), r
                 # Bad requests get one clear error.
                 await op.publish(cmd_topic, cbor2.dumps({"id": "bad", "name": "ota.push",
                                                          "site": True, "bundle": b"junk"}),

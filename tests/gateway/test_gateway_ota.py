@@ -1,7 +1,8 @@
 """Updates over the air, the gateway's side (gateway/ota/), through the REAL daemon process and
 session code over real ptys, against a scripted node speaking the OTA contract
 (tests/support/ota_node.py): transfer, pacing while records flow, resume after a link drop and
-after the daemon is killed, busy retry, refusals surfaced with their reason, canary halt."""
+after the daemon is killed, busy retry, refusals surfaced with their reason, canary halt,
+cancel."""
 
 from __future__ import annotations
 
@@ -182,7 +183,8 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
         assert states["wl-0003"][0] == "halted"
         assert done["state"] == "halted" and "wl-0002: refused: version" in done["reason"]
         assert a.version == "1.1.0" and c.version == "1.0.0" and c.state != "staged"
-        assert [n for n in done["nodes"] if n["node"] == "wl-0001"][0]["attempts"] >= 2
+        canary = [n for n in done["nodes"] if n["node"] == "wl-0001"][0]
+        assert canary["attempts"] >= 2 and canary["busy"] == 1    # busy: counted, not failed
 
         # A canary that rolls back halts the rollout before the rest is offered anything.
         a.trial_outcome = "import"
@@ -219,6 +221,8 @@ def test_canary_halt_busy_retry_and_refusals_with_their_reason(tmp_path):
             metrics = resp.read().decode()
         assert 'roadside_ota_failures_total{reason="refused:version"} 1.0' in metrics
         assert 'roadside_ota_failures_total{reason="rolled_back:import"} 1.0' in metrics
+        assert "roadside_ota_busy_total 1.0" in metrics
+        assert 'roadside_ota_failures_total{reason="refused:busy"}' not in metrics
 
     try:
         asyncio.run(asyncio.wait_for(main(), 90))
@@ -273,6 +277,144 @@ def test_cli_push_site_with_canary_and_progress_then_status(tmp_path):
         procs.stop(proc)
         for n in nodes:
             n.close()
+
+
+def test_cancel_stops_nodes_not_yet_switched_and_keeps_the_switched(tmp_path):
+    a, b, c = OtaNode("wl-0001"), OtaNode("wl-0002"), OtaNode("wl-0003")
+    nodes = [a, b, c]
+    cfg, base = _config(tmp_path, [n.path for n in nodes])
+    data = tmp_path / "data"
+    bundle = make_bundle(FILES, "1.1.0")
+    proc = _start(cfg, tmp_path / "gw.log")
+    gw = ["--gateway", base, "--token-file", str(data / "api.token")]
+
+    def chunks(n: OtaNode) -> int:
+        return len([e for e in n.events if e[1] == "OtaChunk"])
+
+    async def main() -> None:
+        for n in nodes:
+            await n.join(base + "/status")
+        code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", bundle,
+                                            {"node": ["wl-0001", "wl-0002", "wl-0003"],
+                                             "canary": 1, "who": "test"})
+        assert code == 202, doc
+        rid = doc["id"]
+        # The canary runs the new version; the rest receive: cancel (the one running).
+        await b.until(lambda: b.have >= 1024, "the rest receiving", timeout=30)
+        code, out, err = await roadside("ota", "cancel", *gw)
+        assert code == 0, err
+        assert out.startswith(f"rollout {rid} cancelled: 2 nodes stopped; wl-0001 switched"
+                              f" already (they keep 1.1.0)"), out
+        code, doc = await asyncio.to_thread(api, base, data, f"/ota/rollouts/{rid}")
+        held = {n.node: (n.have, chunks(n)) for n in (b, c)}   # chunks in flight arrived
+        assert doc["state"] == "cancelled" and doc["reason"].startswith("cancelled by "), doc
+        states = {n["node"]: n["state"] for n in doc["nodes"]}
+        assert states == {"wl-0001": "done", "wl-0002": "cancelled", "wl-0003": "cancelled"}
+        assert a.version == "1.1.0" and b.version == c.version == "1.0.0"
+        assert b.state == c.state == "receiving" and b.have < len(ob.archive(FILES))
+
+        # Cancelling again, or a rollout that ended: one line, exit 2.
+        code, _, err = await roadside("ota", "cancel", *gw)
+        assert code == 2 and "no rollout is running on this gateway" in err, err
+        code, _, err = await roadside("ota", "cancel", *gw, str(rid))
+        assert code == 2 and f"rollout {rid} is cancelled already" in err, err
+        code, _, err = await roadside("ota", "cancel", *gw, "99")
+        assert code == 2 and "no rollout 99 on this gateway (HTTP 404)" in err, err
+
+        # Where it shows: /status, the metrics, the audit log (a row per stopped node).
+        doc = (await asyncio.to_thread(status, base + "/status"))["ota"]
+        assert doc["rollouts"][0]["state"] == "cancelled"
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'roadside_ota_transfers_total{outcome="cancelled"} 2.0' in metrics
+        for _ in range(500):
+            code, rows = await asyncio.to_thread(api, base, data, "/commands")
+            stopped = {r["node"]: r["outcome"] for r in rows if r["name"] == "ota.update"}
+            if len(stopped) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert stopped == {"wl-0001": "ok", "wl-0002": "cancelled", "wl-0003": "cancelled"}
+
+        # No chunk went out after the cancel (in all that time a transfer would have sent ~10
+        # a second), and the same bundle pushed again resumes where the node stopped.
+        assert {n.node: (n.have, chunks(n)) for n in (b, c)} == held
+        t_again = time.monotonic()
+        code, doc = await asyncio.to_thread(api, base, data, "/ota/rollouts", bundle,
+                                            {"node": ["wl-0002"], "canary": 0})
+        assert code == 202, doc
+        await b.until(lambda: b.state == "done", "the same bundle again", timeout=30)
+        assert _chunks_after(b, t_again)[0][1] == held["wl-0002"][0]
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        procs.stop(proc)
+        for n in nodes:
+            n.close()
+
+
+def test_pacing_follows_the_links_byte_rate(tmp_path):
+    """A serial link at 38,400 baud carries 3,840 B/s: with the whole link to OTA
+    (link_share 1.0) the chunks come no faster than that, three times slower than the
+    115,200 baud a link of unknown rate is paced as."""
+    from roadside.tools.sim.gateway_toml import GatewaySettings
+
+    node = OtaNode("wl-0001")
+    listen = f"127.0.0.1:{_free_port()}"
+    cfg = write(tmp_path / "gw.toml", [node.path], tmp_path / "data", None, listen,
+                GatewaySettings(baudrate=38400))
+    cfg.write_text(cfg.read_text() + "\n[ota]\nlink_share = 1.0\nstall_s = 2.0\n")
+    base = f"http://{listen}"
+    files = {"main.py": bytes(range(256)) * 24}       # 6 KB: 12 chunks, ~1.7 s at 3,840 B/s
+    proc = _start(cfg, tmp_path / "gw.log")
+
+    async def main() -> None:
+        await node.join(base + "/status")
+        (link,) = (await asyncio.to_thread(status, base + "/status"))["links"]
+        assert link["byte_rate"] == 3840.0, link
+        code, doc = await asyncio.to_thread(api, base, tmp_path / "data", "/ota/rollouts",
+                                            make_bundle(files, "1.1.0"), {"node": "wl-0001"})
+        assert code == 202, doc
+        await node.until(lambda: node.state == "done", "update done", timeout=30)
+        chunks = _chunks_after(node, 0.0)
+        frame = len(p_frame(node, 0))
+        span = chunks[-1][0] - chunks[0][0]
+        # Each chunk no earlier than one frame's time at 3,840 B/s after the one before; the
+        # first one's time stamp may be late (this process reading the pty): 0.3 s slack.
+        assert span >= (len(chunks) - 1) * frame / 3840 - 0.3, (len(chunks), span)
+        assert span < (len(chunks) - 1) * frame / 3840 * 3 + 2, (len(chunks), span)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        procs.stop(proc)
+        node.close()
+
+
+def p_frame(node: OtaNode, offset: int) -> bytes:
+    """The OTA_CHUNK frame at `offset` of what the node staged, as the gateway sent it."""
+    from roadside.gateway import protocol as p
+
+    assert node.tag is not None
+    return p.encode_frame(p.OtaChunk(node.tag, offset, bytes(node.buf[offset:offset + 512])))
+
+
+def test_a_ble_links_byte_rate_from_its_mtu_and_measured_writes():
+    """BleLink.byte_rate: one write of MTU - 3 bytes per 50 ms connection interval, lowered to
+    the rate its writes measured (when the stack held frames back) once 4 KiB were timed."""
+    from roadside.gateway.links.ble import BleCentral, BleLink
+
+    link = BleLink("wl-0001", bytes(32), BleCentral())
+    assert link.byte_rate == 20 / 0.05                 # before the MTU exchange: ATT's 23
+    link.session.mtu = 247
+    assert link.byte_rate == 244 / 0.05                # 4,880 B/s
+    link.timed_write(2048, 1.0)                        # too little to go by
+    assert link.byte_rate == 244 / 0.05
+    link.timed_write(2048, 1.0)                        # 4 KiB at 2,048 B/s: slower, taken
+    assert link.byte_rate == 2048.0
+    link.timed_write(40960, 1.0)                       # faster than the estimate: not taken
+    assert link.byte_rate == 244 / 0.05
+    assert link.timed_bytes == 32768                   # the window keeps the newest
 
 
 def _free_port() -> int:

@@ -1,11 +1,12 @@
-"""`roadside ota build|key|push|status`: make over-the-air update bundles and the key that
+"""`roadside ota build|key|push|status|cancel`: make over-the-air update bundles and the key that
 authenticates them (docs/TOOLS.md, PROTOCOL.md 2.6), and roll a bundle out through a running
 gateway (docs/GATEWAY.md "Updates over the air").
 
 `push` uploads the bundle to the gateway's local API (POST /ota/rollouts, the command API's
 token), then follows the rollout with a progress bar per node until it ends: exit 0 when
 every node runs the new version, 1 when the rollout halted (the failing node and its reason
-are printed). Ctrl-C stops following; the rollout goes on in the gateway (`ota status`).
+are printed). Ctrl-C stops following; the rollout goes on in the gateway (`ota status`);
+`ota cancel` stops it.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ EXAMPLES = """examples:
       --token-file /var/lib/roadside/api.token --node wl-0003
   roadside ota status --config gateway.toml          the gateway's rollouts, newest first
   roadside ota status --config gateway.toml 4        rollout 4, node by node
+  roadside ota cancel --config gateway.toml          stop the rollout that is running
+  roadside ota cancel --config gateway.toml 4        stop rollout 4
 
 A rollout offers the bundle to the canary nodes first (default 1) and to the rest only when
 every canary runs the new version; the first failure (a refusal other than busy, a rollback,
-a timeout) halts it. The gateway keeps the rollout across its restarts."""
+a timeout) halts it; a node busy with an alarm is offered it again later. Cancelling stops
+the chunks to nodes not yet switched; nodes already switched keep the new version. The
+gateway keeps the rollout across its restarts."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -112,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--canary", type=int, default=1, metavar="N",
                       help="nodes updated first; the rest only when they are done (default 1)")
     push.add_argument("--force", action="store_true",
-                      help="let nodes take an older or equal version")
+                      help="let nodes take an older or equal version, or take it while"
+                           " their role is in alarm")
     push.add_argument("--no-wait", action="store_true",
                       help="start the rollout and return (follow it with `ota status`)")
     push.set_defaults(handler=handle_push)
@@ -124,6 +130,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("rollout", nargs="?", type=int, metavar="ROLLOUT", help="a rollout id")
     st.add_argument("--json", action="store_true", help="the JSON document")
     st.set_defaults(handler=handle_status)
+
+    c = verbs.add_parser("cancel", help="stop a rollout (nodes already switched stay)",
+                         description="Stop a running rollout: nodes not yet switched get no"
+                                     " more chunks (they keep what they staged); nodes"
+                                     " already switched keep the new version.",
+                         epilog=EXAMPLES, formatter_class=fmt)
+    _gateway_args(c)
+    c.add_argument("rollout", nargs="?", type=int, metavar="ROLLOUT",
+                   help="a rollout id (default: the one running)")
+    c.set_defaults(handler=handle_cancel)
 
 
 def _gateway_args(p: argparse.ArgumentParser) -> None:
@@ -234,7 +250,7 @@ def _follow(base: str, key: str, rid: int, doc: dict[str, Any]) -> int:
                     if n["node"] in finished:
                         continue
                     view.update(n["node"], n["state"], int(n.get("percent") or 0))
-                    if n["state"] in ("done", "failed", "halted", "skipped"):
+                    if n["state"] in ("done", "failed", "halted", "cancelled", "skipped"):
                         finished.add(n["node"])
                         view.finish(n["node"], ("ok " + doc["version"]) if n["state"] == "done"
                                     else f"{n['state']}: {n.get('reason') or ''}".rstrip(": "))
@@ -280,4 +296,19 @@ def handle_status(args: argparse.Namespace) -> int:
             print(f"  {n['node']:<12} {n['state']:<10}"
                   + (f" {pct:5.1f}%" if pct is not None else "")
                   + (f"  {n['reason']}" if n.get("reason") else ""))
+    return EXIT_OK
+
+
+def handle_cancel(args: argparse.Namespace) -> int:
+    base, key = _target(args)
+    which = "running" if args.rollout is None else str(args.rollout)
+    status, doc = api.request(f"{base}/ota/rollouts/{which}/cancel", {"who": api.who()}, 10,
+                              key)
+    if status != 200:
+        raise _fail(status, doc)
+    kept = [n["node"] for n in doc["nodes"] if n["state"] in ("switching", "trial", "done")]
+    stopped = [n["node"] for n in doc["nodes"] if n["state"] == "cancelled"]
+    print(f"rollout {doc['id']} cancelled: {len(stopped)} nodes stopped"
+          + (f"; {', '.join(kept)} switched already (they keep {doc['version']})"
+             if kept else ""))
     return EXIT_OK

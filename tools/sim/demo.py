@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +150,14 @@ class Demo:
         await self.sim.start()
         port = free_port()
         self.status_url = f"http://127.0.0.1:{port}/status"
+        settings = self.o.settings
+        if self.ota is not None and settings.ota_retry_s is None:
+            # a node in the flood's alarm answers the update busy: offered again soon, in
+            # the demo's fast simulated time
+            settings = replace(settings, ota_retry_s=2.0)
         config = gateway_toml.write(
             self.run_dir / "gateway.toml", list(self.sim.gateway_ports().values()),
-            self.run_dir / "gateway-data", uplink, f"127.0.0.1:{port}", self.o.settings)
+            self.run_dir / "gateway-data", uplink, f"127.0.0.1:{port}", settings)
         self.start_gateway(config)
         self.say(f"run directory: {self.run_dir}")
         if self.ota is not None:

@@ -20,6 +20,9 @@ class GatewaySettings:
     max_bytes: int = 64 * 1024
     max_age_s: float = 1.0
     baudrate: int = 115200
+    # [ota] retry_s: how soon a node that refused an update busy (in alarm) is offered it
+    # again; None: the gateway's default (30 s). Simulated time runs faster: the demo's is 2.
+    ota_retry_s: float | None = None
 
 
 def link_sections(ports: list[str], baudrate: int = 115200) -> str:
@@ -43,6 +46,8 @@ def render(ports: list[str], data_dir: Path, uplink_url: str | None, status_list
     if uplink_url:
         text += f'[[uplink]]\ntype = "http"\nurl = {_q(uplink_url)}\n\n'
     text += f"[status]\nlisten = {_q(status_listen)}\n"
+    if s.ota_retry_s is not None:
+        text += f"\n[ota]\nretry_s = {s.ota_retry_s}\n"
     return text
 
 
