@@ -52,6 +52,9 @@ class Link(abc.ABC):
                 "oversize": c["oversize"], "malformed": self.malformed,
                 "bytes_in": c["bytes_in"], "bytes_out": self.bytes_out}
 
+    # Payload bytes per OTA_CHUNK on this link (PROTOCOL.md 2.6 allows 1 to 512).
+    ota_chunk = 512
+
     @property
     def byte_rate(self) -> float | None:
         """Bytes per second the transport carries (None: not known); OTA pacing takes its

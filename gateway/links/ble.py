@@ -234,6 +234,11 @@ class BleLink(base.Link):
     """One node over BLE, authenticated with its secret; a Link like the serial one."""
 
     type = "ble"
+    # Smaller chunks than serial: each chunk is copied a few times on the node (the frame, the
+    # sealed message, its data) and a BLE node's heap is the shortest (the BLE stack's buffers
+    # and auth.py); 192-byte copies fit the pieces its heap is in after thousands of chunks
+    # where 512-byte ones did not (docs/PERFORMANCE.md "OTA over BLE: the heap it needs").
+    ota_chunk = 192
 
     def __init__(self, node: str, secret: bytes | str | Path, central: BleCentral,
                  address: str | None = None, retry_s: float = 1.0,

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .. import logs
-from .. import ota_bundle as ob
 from .. import protocol as p
 from ..commands import CommandError
 from .bundle import Bundle
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roadside.gateway.ota")
 
-CHUNK = ob.CHUNK             # payload bytes a chunk carries (the contract's maximum, 512)
 WINDOW = 4                  # chunks beyond the node's `have`
 DEFAULT_BYTE_RATE = 11_520  # a link that does not know its rate: as 115,200 baud serial
 # A node that answers an OFFER or CHUNK with ERROR (it could not handle it, e.g. out of
@@ -311,13 +309,14 @@ class Transfer:
             return 0.5
         if self.state != "receiving":
             return 0.5
-        if self.sent >= self.size or self.sent >= self.have + WINDOW * CHUNK:
+        chunk = link.ota_chunk
+        if self.sent >= self.size or self.sent >= self.have + WINDOW * chunk:
             return 0.5          # the window is full: wait for the node's next OTA_STATE
         if not self.sessions.quiet(link):
             return 0.002
         if now < self._next_at:
             return self._next_at - now
-        data = self.bundle.payload[self.sent:self.sent + CHUNK]
+        data = self.bundle.payload[self.sent:self.sent + chunk]
         frame = p.encode_frame(p.OtaChunk(self.bundle.tag, self.sent, data))
         if not link.send(frame):
             return 0.1
