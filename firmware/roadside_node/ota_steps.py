@@ -6,6 +6,7 @@
 # after the switch. One module, not one per step: every module costs qstrs (its names, its
 # file) that a node never frees, and a node whose qstr pool must grow then needs one big block
 # (ota.py's header).
+import gc
 import hashlib
 import json
 import os
@@ -125,9 +126,11 @@ def offer(o, msg):
     o.h = hashlib.sha256()
     if kind == "firmware":
         o.part = _use("ota_fw").partition()
+    m = mb = mac = msg = None  # the whole manifest, its bytes, the HMAC's temporaries: garbage
+    gc.collect()  # before the files are opened (a BLE node's heap is at its lowest here)
     o._save()
     o.refused = None
-    o.s.log("ota: receiving %s %s (%d bytes)" % (kind, m[1], m[7]))
+    o.s.log("ota: receiving %s %s (%d bytes)" % (kind, o.st["version"], o.st["size"]))
     b = _boot()  # the last outcome is reported until a new transfer: forgotten now
     if b.pop("report", None) is not None:
         _set_boot(b)
