@@ -11,10 +11,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import GatewaySettings, write
-from roadside.tools.sim.launcher import Simulation
+from roadside.tools.sim.launcher import DEFAULT_SCENARIO, Simulation
 from support.cli import roadside
 from support.gateway_status import link_open, status
 
@@ -98,9 +100,10 @@ def test_app_update_of_a_real_node_over_serial_with_the_cli(tmp_path: Path) -> N
         print((tmp_path / "run" / "logs" / "wl-0001.log").read_text()[-3000:])
 
 
-def test_app_update_of_a_real_node_over_ble(tmp_path: Path) -> None:
-    """The same update over Bluetooth LE: the node's BLE code on bumble's virtual radio, the
-    gateway's BleLink (sealed frames), the rollout started on the local API."""
+@pytest.mark.parametrize("role", ["water", "signal", "toll", "rain"])
+def test_app_update_of_a_real_node_over_ble(tmp_path: Path, role: str) -> None:
+    """The same update over Bluetooth LE, each role: the node's BLE code on bumble's virtual
+    radio, the gateway's BleLink (sealed frames), the rollout started on the local API."""
     import dataclasses
 
     from roadside.gateway.config import OtaConfig
@@ -111,8 +114,8 @@ def test_app_update_of_a_real_node_over_ble(tmp_path: Path) -> None:
     # 192-byte chunks, the handshake dropped after AUTH and the switch without an import are
     # what fit it (docs/PERFORMANCE.md "OTA over BLE: the heap it needs").
     data = builder.build_app(KEY, version="0.2.0", board_names=["sim"],
-                             roles=["water"]).encode()
-    rig = BleRig(tmp_path, nodes=1)
+                             roles=[role]).encode()
+    rig = BleRig(tmp_path, nodes=1, role=role, scenario=DEFAULT_SCENARIO[role])
 
     async def main() -> None:
         await rig.start(ota_key=KEY)
@@ -132,7 +135,7 @@ def test_app_update_of_a_real_node_over_ble(tmp_path: Path) -> None:
 
         await _until(lambda: _eq(fw(), "0.1.0"), 60, "the node's HELLO over BLE")
         code, doc = await asyncio.to_thread(api, base, config.gateway.data_dir,
-                                            "/ota/rollouts", data, {"node": "wl-0001"})
+                                            "/ota/rollouts", data, {"node": rig.node_id(1)})
         assert code == 202, doc
 
         async def done() -> bool:
