@@ -14,7 +14,8 @@ driver's code 3.0 KiB and sim_bluetooth.py ~4.4 KiB on 32-bit): ~103.4 KiB.
 
 OTA_BLE_HEAP: the node's heap (default: launcher.BLE_HEAPSIZE + OTA_BLE_EXTRA_HEAP, the 64-bit
 twin's board heap); OTA_CHUNK: payload bytes per chunk (default 192, the gateway's over BLE;
-512 is serial's). Figures in docs/PERFORMANCE.md "OTA over BLE: the heap it needs".
+512 is serial's); OTA_ROLE: the node's role (default water). Figures in docs/PERFORMANCE.md
+"OTA over BLE: the heap it needs".
 
 A probe, not part of the suite: this bare driver has no flow control, and beside another test
 run the node's stream once lost a chunk; the gateway's paced transfer over BLE, at the board's
@@ -32,7 +33,13 @@ import cbor2
 from roadside.gateway import ota_bundle
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim.ble_bridge import NodeBridge
-from roadside.tools.sim.launcher import NodeSpec, SimNode, build_mpy, resolve_scenario
+from roadside.tools.sim.launcher import (
+    DEFAULT_SCENARIO,
+    NodeSpec,
+    SimNode,
+    build_mpy,
+    resolve_scenario,
+)
 from support.ble_central import Central
 from support.ble_rig import BleRig, secret_for
 from support.bleak_bumble import BumbleBackend
@@ -43,6 +50,7 @@ NODE = "wl-0001"
 TIMEOUT_S = 240.0
 EXTRA_HEAP = int(os.environ.get("OTA_BLE_EXTRA_HEAP", "0"))  # beyond a BLE node's board heap
 CHUNK = int(os.environ.get("OTA_CHUNK", "192"))  # payload bytes per OTA_CHUNK
+ROLE = os.environ.get("OTA_ROLE", "water")
 
 
 class SealedLink:
@@ -83,7 +91,7 @@ async def connect(rig: BleRig) -> tuple[Central, Any, dict]:
 def test_an_app_bundle_over_ble_is_received_switched_and_confirmed(tmp_path: Path) -> None:
     files = builder.compile_package(builder.PACKAGE, "0.2.0", with_sim=True)
     b = ota_bundle.make("app", "0.2.0", ota_bundle.archive(files), key=KEY, boards=["sim"],
-                        roles=["water"], files=len(files), created="2026-12-03T06:00:00Z")
+                        roles=[ROLE], files=len(files), created="2026-12-03T06:00:00Z")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -92,11 +100,11 @@ def test_an_app_bundle_over_ble_is_received_switched_and_confirmed(tmp_path: Pat
         bridge = NodeBridge(rig.air, "F0:00:00:00:00:01", NODE)
         await bridge.start()
         rig.bridges.append(bridge)
-        scenario = resolve_scenario("water", "calm")
+        scenario = resolve_scenario(ROLE, "calm" if ROLE == "water" else DEFAULT_SCENARIO[ROLE])
         cfg = {"ble": True, "site": rig.site,
                "sim": {"ble": bridge.node_path, "battery_pct": 80, "scenario": str(scenario),
                        "speed": 5.0, "seed": 1}}
-        sim = SimNode(NodeSpec(NODE, "water", scenario, 5.0, seed=1, config=cfg, ota_key=KEY),
+        sim = SimNode(NodeSpec(NODE, ROLE, scenario, 5.0, seed=1, config=cfg, ota_key=KEY),
                       tmp_path / "run", mpy=build_mpy())
         await asyncio.to_thread(sim.flash.put, "secret.bin", secret_for(1))
         sim.heapsize = os.environ.get("OTA_BLE_HEAP") or str(int(sim.heapsize) + EXTRA_HEAP)

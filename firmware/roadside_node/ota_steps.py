@@ -63,12 +63,14 @@ def offer(o, msg):
     # hashing (RFC 2104): here rather than auth.py's, whose BLE handshake does not fit the heap
     # left beside this module on a node without BLE. Inline: each function name is a qstr.
     pad = key + bytes(32)
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in pad) + mb).digest()
+    h = hashlib.sha256(bytes(b ^ 0x36 for b in pad))
+    h.update(mb)  # not pad + mb: no copy of the manifest (the offer is a BLE node's lowest)
+    inner = h.digest()
     got = hashlib.sha256(bytes(b ^ 0x5C for b in pad) + inner).digest()
     r = len(got) ^ len(mac)
     for a, b in zip(got, mac):
         r |= a ^ b
-    del key, pad, inner
+    del key, pad, inner, h
     if r:
         return o.refuse(tag, "signature", "mac does not match the ota key")
     if o.st and tag == o.tag:  # the same bundle: resume
