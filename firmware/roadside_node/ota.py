@@ -130,6 +130,15 @@ class Ota:
         self.have = self.start = self.piece = 0
         self.part = None
 
+    def unload(self):
+        """After a MemoryError (Session.failure): the payload file closed and the OTA code
+        dropped from sys.modules; what is staged stays on flash for the next load."""
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        for name in ("ota_steps", "ota_fw", "ota_trial", "ota"):
+            _drop(name)
+
     # -- messages ---------------------------------------------------------------------------
     def on_message(self, mtype, msg):
         if mtype != _T_CHUNK:  # an OTA_OFFER: its checks and refusals held for it only

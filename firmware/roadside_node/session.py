@@ -159,6 +159,9 @@ class Session:
         its type only (never the input), and the node goes on."""
         self.failed += 1
         if isinstance(e, MemoryError):
+            if self._ota is not None:  # shed the update's code and state (~6 KB): the next
+                o, self._ota = self._ota, None  # OTA message loads it again and resumes at
+                o.unload()  # the last verified piece (ota/stage.json)
             import gc
             gc.collect()
         self.log("message failed: %s" % type(e).__name__)

@@ -15,6 +15,7 @@ from roadside.gateway import ota_bundle
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim.cddl import protocol_schema
 from roadside.tools.sim.launcher import write_node
+from support.micropython import run_stdout
 from support.ota_driver import OtaDriver
 from test_session import Gateway
 
@@ -557,3 +558,33 @@ def test_a_trial_without_a_healthy_session_in_120_s_is_rolled_back(tmp_path):
     out = run(NO_SESSION, cwd=tmp_path, heapsize="1m").stdout.decode()
     assert "at 119 s False" in out and "at 120 s True" in out, out
     assert "'reason': 'no_session'" in out and "'state': 'rolled_back'" in out, out
+
+
+def test_a_memory_error_sheds_the_ota_code() -> None:
+    """A node out of memory during an update drops the OTA code and state (Session.failure)
+    instead of failing every message after; the next OTA message loads it again (and
+    Ota.__init__ resumes a staged transfer at its last verified piece, as after a reboot:
+    test_transfer_resumes_after_link_loss_and_node_reboot)."""
+    out = run_stdout(r"""
+import sys
+from roadside_node.session import Session
+from roadside_node.config import Config
+class HW:
+    def ticks_ms(self): return 0
+    def ticks_diff(self, a, b): return a - b
+    def uptime_s(self): return 0
+    def reset_cause(self): return "power_on"
+    def free_heap(self): return 1
+    def uart_write(self, d): pass
+class J:
+    first_unacked = 1; next_seq = 1; boot_count = 1; count = 0; dropped_full = 0
+logs = []
+s = Session(HW(), J(), Config({"node_id": "wl-0001"}), "t", log=logs.append)
+o = s.ota()
+assert "roadside_node.ota" in sys.modules
+s.failure(MemoryError())
+assert s._ota is None and "roadside_node.ota" not in sys.modules, sys.modules
+assert s.ota() is not o and "roadside_node.ota" in sys.modules     # loaded again
+print("ok", logs[-1])
+""")
+    assert out.strip() == "ok message failed: MemoryError", out
