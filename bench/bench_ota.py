@@ -13,9 +13,9 @@ serial    real nodes (firmware/sim_main.py under MicroPython, LittleFS image, ot
           B/s) for chunks, so the transfer time is what a real 115,200 cable gives, give or
           take the node's flash writes; `roadside ota push --site --canary 1`
 ble       real nodes over bumble's virtual radio (tests/support/ble_rig.py, the gateway
-          in process), the rollout through the local API; a BLE link of unknown rate is
-          paced as 115,200 baud. The node gets 8 KiB more heap (it runs out of memory at the
-          OFFER at its BLE heap: docs/PERFORMANCE.md, otanode's open point)
+          in process), the rollout through the local API; chunks of 192 bytes paced at the BLE
+          link's byte rate (GATEWAY.md), the node at a BLE node's board heap
+          (launcher.BLE_HEAPSIZE)
 records   records stored by the gateway per second, all nodes, in the 10 s before the push
           and while it runs (the flood scenario at speed 10)
 latency   a scripted node speaking the contract (tests/support/ota_node.py) on a pty sends a
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from roadside.tools.ota import bundle as builder  # noqa: E402
-from roadside.tools.sim import launcher, procs  # noqa: E402
+from roadside.tools.sim import procs  # noqa: E402
 from roadside.tools.sim.gateway_toml import GatewaySettings, write  # noqa: E402
 from roadside.tools.sim.launcher import Simulation  # noqa: E402
 from support.gateway_status import status  # noqa: E402
@@ -126,7 +126,6 @@ async def ble_push(nodes: int, bundle: bytes) -> dict[str, Any]:
     from roadside.gateway.config import OtaConfig
     from support.ble_rig import BleRig
 
-    launcher.BLE_HEAPSIZE = str(int(launcher.BLE_HEAPSIZE) + 8192)
     with tempfile.TemporaryDirectory(prefix="bench-ota-ble-") as tmp:
         rig = BleRig(Path(tmp), nodes=nodes, speed=10.0)
         try:

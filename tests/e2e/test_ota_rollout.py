@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim import procs
 from roadside.tools.sim.gateway_toml import GatewaySettings, write
