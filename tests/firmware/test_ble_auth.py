@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from support.bare_session import SESSION
 from support.micropython import run_stdout
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "ble_auth.json"
@@ -124,21 +125,8 @@ print("ok")
 
 
 def test_secret_set_only_over_serial(tmp_path: Path) -> None:
-    out = run_stdout(r"""
-from roadside_node.session import Session
-from roadside_node.config import Config
+    out = run_stdout(SESSION + r"""
 from roadside_node import auth
-class HW:
-    def ticks_ms(self): return 0
-    def ticks_diff(self, a, b): return a - b
-    def uptime_s(self): return 0
-    def reset_cause(self): return "power_on"
-    def free_heap(self): return 1
-    def uart_write(self, d): pass
-class J:
-    first_unacked = 1; next_seq = 1; boot_count = 1; count = 0; dropped_full = 0
-logs = []
-s = Session(HW(), J(), Config({"node_id": "wl-0001"}), "t", log=logs.append)
 class BLE:
     max_payload = 990
     window = 128

@@ -15,6 +15,7 @@ from roadside.gateway import ota_bundle
 from roadside.tools.ota import bundle as builder
 from roadside.tools.sim.cddl import protocol_schema
 from roadside.tools.sim.launcher import write_node
+from support.bare_session import SESSION
 from support.micropython import run_stdout
 from support.ota_driver import OtaDriver
 from test_session import Gateway
@@ -565,21 +566,8 @@ def test_a_memory_error_sheds_the_ota_code() -> None:
     instead of failing every message after; the next OTA message loads it again (and
     Ota.__init__ resumes a staged transfer at its last verified piece, as after a reboot:
     test_transfer_resumes_after_link_loss_and_node_reboot)."""
-    out = run_stdout(r"""
+    out = run_stdout(SESSION + r"""
 import sys
-from roadside_node.session import Session
-from roadside_node.config import Config
-class HW:
-    def ticks_ms(self): return 0
-    def ticks_diff(self, a, b): return a - b
-    def uptime_s(self): return 0
-    def reset_cause(self): return "power_on"
-    def free_heap(self): return 1
-    def uart_write(self, d): pass
-class J:
-    first_unacked = 1; next_seq = 1; boot_count = 1; count = 0; dropped_full = 0
-logs = []
-s = Session(HW(), J(), Config({"node_id": "wl-0001"}), "t", log=logs.append)
 o = s.ota()
 assert "roadside_node.ota" in sys.modules
 s.failure(MemoryError())
