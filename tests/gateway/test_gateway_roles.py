@@ -61,8 +61,17 @@ def test_firmware_agrees_with_the_host_table():
     fw_roles = _fw_constants(FW / "roles" / "__init__.py")["ROLES"]
     assert fw_roles == roles.NAMES                     # advertisement code = index + 1
     assert [r.ble_code for r in roles.ROLES] == list(range(1, len(roles.ROLES) + 1))
-    kinds = {v for k, v in _fw_constants(FW / "proto.py").items() if k.startswith("K_")}
-    assert kinds == set(roles.KINDS)
+    # record kinds are private consts where the node makes them: health in app.py, each
+    # role's in roles/<role>.py (docs/PERFORMANCE.md "OTA: heap and qstrs per role")
+    health = {v for k, v in _fw_constants(FW / "app.py").items() if k.startswith("_K_")}
+    assert health == {roles.HEALTH.number}
+    every = set(health)
+    for r in roles.ROLES:
+        made = {v for k, v in _fw_constants(FW / "roles" / f"{r.name}.py").items()
+                if k.startswith("_K_")}
+        assert made == {k.number for k in r.kinds}, r.name
+        every |= made
+    assert every == set(roles.KINDS)
     for r in roles.ROLES:                              # a role module and its hardware
         assert (FW / "roles" / f"{r.name}.py").is_file()
         assert (FW / "hw" / f"esp32_{r.name}.py").is_file()
